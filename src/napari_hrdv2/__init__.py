@@ -1,0 +1,61 @@
+"""napari-hrdv2: pixel-resolution DINOv2 (HR-Dv2) features and weakly supervised segmentation.
+
+``import napari_hrdv2`` is cheap: torch, transformers, Qt and napari are imported
+only when a public name that needs them is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "FeatureConfig": "core.config",
+    "PRESETS": "core.config",
+    "Featurizer": "core.encoding",
+    "Encoding": "core.encoding",
+    "Progress": "core.encoding",
+    "encode": "core.encoding",
+    "PCABasis": "core.pca",
+    "fit_pca": "core.pca",
+    "pca_rgb": "core.pca",
+    "feature_norm": "core.pca",
+    "cosine_similarity_map": "core.pca",
+    "BackboneSpec": "core.backbones",
+    "BACKBONES": "core.backbones",
+    "load_backbone": "core.backbones",
+    "Transform": "core.transforms",
+    "make_transforms": "core.transforms",
+    "LinearSegmenter": "core.segmenter",
+    "HRDv2Error": "core.errors",
+    "InputError": "core.errors",
+    "WeightsNotFoundError": "core.errors",
+    "ModelFileError": "core.errors",
+    "Cancelled": "core.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core.backbones import BACKBONES, BackboneSpec, load_backbone
+    from .core.config import PRESETS, FeatureConfig
+    from .core.encoding import Encoding, Featurizer, Progress, encode
+    from .core.errors import Cancelled, HRDv2Error, InputError, ModelFileError, WeightsNotFoundError
+    from .core.pca import PCABasis, cosine_similarity_map, feature_norm, fit_pca, pca_rgb
+    from .core.segmenter import LinearSegmenter
+    from .core.transforms import Transform, make_transforms
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_hrdv2' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,141 @@
+"""``FeatureConfig``: every setting of the HR-Dv2 feature pipeline, frozen and JSON-serialisable."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import InputError
+from .preprocess import NORMALIZE_OPTIONS, Normalize
+from .resample import RESIZE_OPTIONS, Resize
+from .transforms import SHIFT_PATTERNS, ShiftPattern, Transform, make_transforms
+
+#: Settings that change the features themselves; a trained model must be applied with the same values.
+FEATURE_DEFINING_FIELDS = ("backbone", "shifts", "shift_distances", "flips", "stride", "resize", "normalize")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Settings of the HR-Dv2 feature pipeline.
+
+    Parameters
+    ----------
+    backbone : str
+        Preset (``"dinov2_vits14"``, ``"dinov2_vitb14_reg"``...), Hugging Face id,
+        ``save_pretrained`` folder or official ``.pth`` file.
+    shifts : {"none", "neumann", "moore"}
+        Shift directions: none, 4 axial, or 8 axial + diagonal.
+    shift_distances : tuple of int
+        Shift lengths in pixels; each adds 4 or 8 transforms. The default
+        ``(5,)`` with Moore shifts samples the 14-px patch grid at phases
+        {-5, 0, +5} px along each axis, i.e. nearly evenly every ~4.7 px, for 9
+        forward passes (see the README's "Choosing the defaults").
+    flips : bool
+        Also apply horizontal and vertical flips to every shift (3x the passes).
+    stride : int or None
+        Patch-embedding stride; ``None`` = patch size. Smaller strides give
+        overlapping patches and cost ~(P / stride)^2 to ^4 more.
+    resize : {"bilinear", "nearest"}
+        How token maps are brought to pixels.
+    normalize : {"minmax", "percentile", "dtype"}
+        Intensity scaling to [0, 1] before ImageNet normalisation.
+    tile_size : int or None
+        Side of the square tiles large images are split into (None = whole
+        image). 518 px is the backbone's native 37x37 position grid.
+    tile_overlap : int
+        Overlap of neighbouring tiles in pixels; blended with linear ramps.
+    device : str
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    dtype : str
+        ``"auto"`` (float16 on CUDA, float32 elsewhere), ``"float32"``, ``"float16"``, ``"bfloat16"``.
+    batch_size : int
+        Transformed copies per forward pass; halved automatically on out-of-memory.
+    weights_sha256 : str or None
+        Expected sha256 of a local weights file (checked on load).
+    """
+
+    backbone: str = "dinov2_vits14"
+    shifts: ShiftPattern = "moore"
+    shift_distances: tuple[int, ...] = (5,)
+    flips: bool = False
+    stride: int | None = None
+    resize: Resize = "bilinear"
+    normalize: Normalize = "minmax"
+    tile_size: int | None = 518
+    tile_overlap: int = 84
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 4
+    weights_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        distances = self.shift_distances
+        if isinstance(distances, int):
+            distances = (distances,)
+        try:
+            distances = tuple(int(d) for d in distances)
+        except (TypeError, ValueError):
+            raise InputError(f"shift_distances must be positive integers, got {self.shift_distances!r}.") from None
+        object.__setattr__(self, "shift_distances", distances)
+        if any(d < 1 for d in distances):
+            raise InputError(f"shift_distances must be positive integers, got {distances}.")
+        if self.shifts not in SHIFT_PATTERNS:
+            raise InputError(f"shifts={self.shifts!r} is not one of {SHIFT_PATTERNS}.")
+        if self.resize not in RESIZE_OPTIONS:
+            raise InputError(f"resize={self.resize!r} is not one of {RESIZE_OPTIONS}.")
+        if self.normalize not in NORMALIZE_OPTIONS:
+            raise InputError(f"normalize={self.normalize!r} is not one of {NORMALIZE_OPTIONS}.")
+        if self.stride is not None and int(self.stride) < 1:
+            raise InputError(f"stride must be a positive integer or None, got {self.stride}.")
+        if self.tile_size is not None and int(self.tile_size) < 28:
+            raise InputError(f"tile_size must be at least 28 pixels (two patches) or None, got {self.tile_size}.")
+        if self.tile_overlap < 0 or (self.tile_size is not None and self.tile_overlap >= self.tile_size // 2):
+            raise InputError(f"tile_overlap must be >= 0 and less than half of tile_size, got {self.tile_overlap}.")
+        if int(self.batch_size) < 1:
+            raise InputError(f"batch_size must be at least 1, got {self.batch_size}.")
+
+    @property
+    def transforms(self) -> tuple[Transform, ...]:
+        """The transform set, identity first."""
+        distances = self.shift_distances if self.shifts != "none" else ()
+        return make_transforms(self.shifts, distances, self.flips)
+
+    @property
+    def n_transforms(self) -> int:
+        return len(self.transforms)
+
+    def replace(self, **changes: Any) -> FeatureConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists)."""
+        data = dataclasses.asdict(self)
+        data["shift_distances"] = list(self.shift_distances)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise an :class:`InputError`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise InputError(f"Unknown FeatureConfig fields {sorted(unknown)}; known: {sorted(names)}.")
+        values = dict(data)
+        if "shift_distances" in values:
+            values["shift_distances"] = tuple(values["shift_distances"])
+        return cls(**values)
+
+    def feature_signature(self) -> dict[str, Any]:
+        """The settings that define the features (not device, precision, tiling or batching)."""
+        data = self.to_dict()
+        return {name: data[name] for name in FEATURE_DEFINING_FIELDS}
+
+
+#: Named speed/quality trade-offs offered in the GUI and CLI.
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"shifts": "neumann", "shift_distances": (5,), "flips": False, "stride": None},
+    "balanced": {"shifts": "moore", "shift_distances": (5,), "flips": False, "stride": None},
+    "quality": {"shifts": "moore", "shift_distances": (3, 6), "flips": False, "stride": None},
+}

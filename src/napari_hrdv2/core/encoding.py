@@ -1,0 +1,466 @@
+"""The HR-Dv2 feature engine: ``Featurizer.encode(image) -> Encoding``.
+
+An :class:`Encoding` keeps only the low-resolution per-transform token maps
+``(K, C, h, w)`` of every tile. Resizing, unflipping, unshifting, averaging
+and tile blending are linear, so any linear map of the high-resolution
+features (a classifier, a PCA projection) is applied to the token maps first
+and only its ``n_out`` output channels are brought to full resolution
+(:meth:`Encoding.project`); training pixels are read exactly from a few taps
+(:meth:`Encoding.sample`). Full ``(C, H, W)`` maps are produced only on request.
+
+Definition (for one tile; tiles are blended with :mod:`.tiling` windows)::
+
+    F = 1/K * sum_k  T_k^-1( resize( features( pad( T_k(x) ) ) )[:H, :W] )
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .backbones import Backbone, load_backbone
+from .config import FeatureConfig
+from .devices import empty_cache, is_out_of_memory, resolve_device, resolve_dtype
+from .errors import Cancelled, InputError
+from .preprocess import to_rgb01
+from .resample import AxisTaps, TorchTaps, token_axis_taps
+from .tiling import Tile, plan_tiles
+from .transforms import Transform
+from .vit import forward_tokens, token_grid
+
+#: Target size (in float32 elements) of one working block during reconstruction.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``done`` of ``total`` steps (one step = one transformed copy of one tile)."""
+
+    done: int
+    total: int
+    stage: str = "encoding"
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+def padded_size(length: int, *, patch_size: int, stride: int) -> int:
+    """Smallest side >= ``length`` that a patch grid with ``stride`` covers exactly."""
+    if length <= patch_size:
+        return patch_size
+    return patch_size + -(-(length - patch_size) // stride) * stride
+
+
+def pad_to_grid(pixels: torch.Tensor, *, patch_size: int, stride: int) -> torch.Tensor:
+    """Pad (..., H, W) at the bottom/right by reflection (replication if too small)."""
+    height, width = pixels.shape[-2:]
+    pad_h = padded_size(height, patch_size=patch_size, stride=stride) - height
+    pad_w = padded_size(width, patch_size=patch_size, stride=stride) - width
+    if not (pad_h or pad_w):
+        return pixels
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    batched = pixels if pixels.ndim == 4 else pixels.unsqueeze(0)
+    padded = F.pad(batched, (0, pad_w, 0, pad_h), mode=mode)
+    return padded if pixels.ndim == 4 else padded.squeeze(0)
+
+
+@dataclass
+class TileMaps:
+    """Low-resolution maps of one tile and the fused resize/inverse-transform taps."""
+
+    tile: Tile
+    maps: torch.Tensor  # (K, C, h, w), compute dtype
+    attention: torch.Tensor | None  # (K, heads, h, w) float32
+    row_taps: list[AxisTaps]  # per transform, length tile.height, weights include 1/K and blending
+    col_taps: list[AxisTaps]  # per transform, length tile.width, weights include blending
+    _groups: list[tuple[TorchTaps, list[tuple[int, TorchTaps]]]] | None = field(default=None, repr=False)
+
+    def groups(self) -> list[tuple[TorchTaps, list[tuple[int, TorchTaps]]]]:
+        """Transforms grouped by identical row taps, so each group needs one full-size row pass."""
+        if self._groups is None:
+            device = self.maps.device
+            by_key: dict[bytes, tuple[TorchTaps, list[tuple[int, TorchTaps]]]] = {}
+            for k, (rows, cols) in enumerate(zip(self.row_taps, self.col_taps)):
+                entry = by_key.setdefault(rows.key(), (TorchTaps(rows, device), []))
+                entry[1].append((k, TorchTaps(cols, device)))
+            self._groups = list(by_key.values())
+        return self._groups
+
+
+def _fused_taps(
+    tile: Tile, transforms: Sequence[Transform], grid: tuple[int, int], *, patch_size: int, stride: int, resize: str
+) -> tuple[list[AxisTaps], list[AxisTaps]]:
+    base_rows = token_axis_taps(tile.height, grid[0], stride=stride, patch_size=patch_size, resize=resize)
+    base_cols = token_axis_taps(tile.width, grid[1], stride=stride, patch_size=patch_size, resize=resize)
+    row_weights = tile.row_weights / len(transforms)
+    rows, cols = [], []
+    for transform in transforms:
+        rows.append(base_rows.take(transform.inverse_source_index(tile.height, 0)).scaled(row_weights))
+        cols.append(base_cols.take(transform.inverse_source_index(tile.width, 1)).scaled(tile.col_weights))
+    return rows, cols
+
+
+LowRes = Callable[[TileMaps, int, slice], torch.Tensor]
+
+
+class Encoding:
+    """HR-Dv2 features of one image, stored as low-resolution per-transform maps.
+
+    Use :meth:`features` for dense ``(C, H, W)`` maps, :meth:`project` for a
+    linear map of them without materialising them, :meth:`sample` for exact
+    feature vectors at given pixels, and :meth:`attention` for CLS attention.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: FeatureConfig,
+        image_shape: tuple[int, int],
+        tiles: list[TileMaps],
+        transforms: Sequence[Transform],
+        image: np.ndarray | None = None,
+    ):
+        self.config = config
+        self.image_shape = image_shape
+        self.tiles = tiles
+        self.transforms = tuple(transforms)
+        #: The (validated, unscaled) input image, kept by reference for hybrid features.
+        self.image = image
+        self._norm: np.ndarray | None = None
+
+    # ------------------------------------------------------------ properties
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the encoded image."""
+        return self.image_shape
+
+    @property
+    def n_features(self) -> int:
+        return int(self.tiles[0].maps.shape[1])
+
+    @property
+    def n_heads(self) -> int:
+        attention = self.tiles[0].attention
+        return 0 if attention is None else int(attention.shape[1])
+
+    @property
+    def n_transforms(self) -> int:
+        return len(self.transforms)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tiles[0].maps.device
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the low-resolution maps."""
+        total = 0
+        for tile in self.tiles:
+            total += tile.maps.numel() * tile.maps.element_size()
+            if tile.attention is not None:
+                total += tile.attention.numel() * tile.attention.element_size()
+        return total
+
+    def __repr__(self) -> str:
+        h, w = self.image_shape
+        return (
+            f"Encoding({h}x{w}, {self.n_features} features, {self.n_transforms} transforms, "
+            f"{len(self.tiles)} tile(s), {self.nbytes / 2**20:.0f} MiB on {self.device})"
+        )
+
+    # ------------------------------------------------------------ reconstruction
+    def _reconstruct(self, lowres: LowRes, n_out: int) -> torch.Tensor:
+        """Full-resolution (n_out, H, W) float32 from per-tile/per-transform low-res maps."""
+        height, width = self.image_shape
+        out = torch.zeros((n_out, height, width), dtype=torch.float32, device=self.device)
+        for tile_maps in self.tiles:
+            tile = tile_maps.tile
+            chunk = max(1, _BLOCK_ELEMENTS // (tile.height * tile.width))
+            for start in range(0, n_out, chunk):
+                channels = slice(start, min(start + chunk, n_out))
+                region = out[channels, tile.rows, tile.cols]
+                for row_taps, members in tile_maps.groups():
+                    columns_done = None
+                    for k, col_taps in members:
+                        columns_done = col_taps.gather(lowres(tile_maps, k, channels), dim=-1, out=columns_done)
+                    row_taps.gather(columns_done, dim=-2, out=region)
+        return out
+
+    def _check_channels(self, channels: Sequence[int] | slice | None) -> torch.Tensor | slice:
+        if channels is None:
+            return slice(None)
+        if isinstance(channels, slice):
+            return channels
+        index = np.asarray(channels, dtype=np.int64).reshape(-1)
+        if index.size and (index.min() < -self.n_features or index.max() >= self.n_features):
+            raise InputError(f"Channel indices must lie in [0, {self.n_features}), got {index.min()}..{index.max()}.")
+        return torch.as_tensor(index % self.n_features, device=self.device)
+
+    def features(self, channels: Sequence[int] | slice | None = None) -> np.ndarray:
+        """Full-resolution HR-Dv2 features.
+
+        Parameters
+        ----------
+        channels : sequence of int, slice or None
+            Feature channels to return (default all). Memory is
+            ``len(channels) * H * W * 4`` bytes: ask for a subset on large images.
+
+        Returns
+        -------
+        (C', H, W) float32 array.
+        """
+        selection = self._check_channels(channels)
+        n_out = len(range(self.n_features)[selection]) if isinstance(selection, slice) else len(selection)
+
+        def lowres(tile_maps: TileMaps, k: int, part: slice) -> torch.Tensor:
+            if isinstance(selection, slice):
+                picked = tile_maps.maps[k][selection]
+            else:
+                picked = tile_maps.maps[k].index_select(0, selection)
+            return picked[part].float()
+
+        return self._reconstruct(lowres, n_out).cpu().numpy()
+
+    def features_tensor(self, channels: Sequence[int] | slice | None = None) -> torch.Tensor:
+        """Like :meth:`features` but a float32 tensor on the encoding's device."""
+        return torch.as_tensor(self.features(channels), device=self.device)
+
+    def project(self, weight: np.ndarray | torch.Tensor, bias: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+        """``weight @ features() + bias`` without materialising the features.
+
+        Parameters
+        ----------
+        weight : (n_out, C) array
+        bias : (n_out,) array or None
+
+        Returns
+        -------
+        (n_out, H, W) float32 array, equal to applying the map to :meth:`features`.
+        """
+        weight_t = torch.as_tensor(np.asarray(weight) if not torch.is_tensor(weight) else weight)
+        if weight_t.ndim != 2 or weight_t.shape[1] != self.n_features:
+            raise InputError(f"weight must have shape (n_out, {self.n_features}), got {tuple(weight_t.shape)}.")
+        weight_t = weight_t.to(device=self.device, dtype=torch.float32)
+
+        def lowres(tile_maps: TileMaps, k: int, part: slice) -> torch.Tensor:
+            maps = tile_maps.maps[k]
+            return torch.einsum("oc,chw->ohw", weight_t[part], maps.float())
+
+        out = self._reconstruct(lowres, weight_t.shape[0])
+        if bias is not None:
+            bias_t = torch.as_tensor(np.asarray(bias) if not torch.is_tensor(bias) else bias).reshape(-1)
+            if bias_t.shape[0] != weight_t.shape[0]:
+                raise InputError(f"bias must have shape ({weight_t.shape[0]},), got {tuple(bias_t.shape)}.")
+            out += bias_t.to(device=self.device, dtype=torch.float32)[:, None, None]
+        return out.cpu().numpy()
+
+    def attention(self) -> np.ndarray:
+        """Last-block CLS attention per head, (heads, H, W) float32, transform-averaged like the features."""
+        if self.n_heads == 0:
+            raise InputError("This encoding was computed without attention maps (with_attention=False).")
+
+        def lowres(tile_maps: TileMaps, k: int, part: slice) -> torch.Tensor:
+            assert tile_maps.attention is not None
+            return tile_maps.attention[k][part]
+
+        return self._reconstruct(lowres, self.n_heads).cpu().numpy()
+
+    def sample(self, rows: np.ndarray | Sequence[int], cols: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Exact HR feature vectors at pixels ``(rows[i], cols[i])``: (N, C) float32.
+
+        Equals ``features()[:, rows, cols].T`` but reads only a few taps per pixel.
+        """
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        cols = np.asarray(cols, dtype=np.int64).reshape(-1)
+        height, width = self.image_shape
+        if rows.shape != cols.shape:
+            raise InputError(f"rows and cols must have the same length, got {rows.shape} and {cols.shape}.")
+        if rows.size and (rows.min() < 0 or rows.max() >= height or cols.min() < 0 or cols.max() >= width):
+            raise InputError(f"Pixel coordinates must lie inside the {height}x{width} image.")
+        out = torch.zeros((rows.size, self.n_features), dtype=torch.float32, device=self.device)
+        for tile_maps in self.tiles:
+            tile = tile_maps.tile
+            inside = np.flatnonzero(
+                (rows >= tile.top) & (rows < tile.top + tile.height) & (cols >= tile.left) & (cols < tile.left + tile.width)
+            )
+            if inside.size == 0:
+                continue
+            local_rows, local_cols = rows[inside] - tile.top, cols[inside] - tile.left
+            accumulated = torch.zeros((self.n_features, inside.size), dtype=torch.float32, device=self.device)
+            for k in range(len(self.transforms)):
+                row_taps = tile_maps.row_taps[k].take(local_rows)
+                col_taps = tile_maps.col_taps[k].take(local_cols)
+                maps = tile_maps.maps[k]
+                for r_index, r_weight in ((row_taps.index0, row_taps.weight0), (row_taps.index1, row_taps.weight1)):
+                    for c_index, c_weight in ((col_taps.index0, col_taps.weight0), (col_taps.index1, col_taps.weight1)):
+                        weight = torch.as_tensor(r_weight * c_weight, device=self.device)
+                        if not torch.any(weight):
+                            continue
+                        taps = maps[:, torch.as_tensor(r_index, device=self.device), torch.as_tensor(c_index, device=self.device)]
+                        accumulated.addcmul_(taps.float(), weight)
+            out[torch.as_tensor(inside, device=self.device)] += accumulated.T
+        return out.cpu().numpy()
+
+    def feature_norm(self) -> np.ndarray:
+        """Per-pixel L2 norm of the HR features, (H, W) float32 (computed in channel blocks, cached)."""
+        if self._norm is None:
+            height, width = self.image_shape
+            squared = np.zeros((height, width), dtype=np.float32)
+            block = max(1, _BLOCK_ELEMENTS * 4 // (height * width))
+            for start in range(0, self.n_features, block):
+                part = self.features(slice(start, min(start + block, self.n_features)))
+                squared += np.einsum("chw,chw->hw", part, part)
+            self._norm = np.sqrt(squared)
+        return self._norm
+
+    def cosine_similarity(self, row: int, col: int) -> np.ndarray:
+        """Cosine similarity of every pixel's feature to the feature at ``(row, col)``: (H, W) in [-1, 1]."""
+        reference = self.sample([row], [col])[0]
+        dots = self.project(reference[None, :])[0]
+        denominator = self.feature_norm() * max(float(np.linalg.norm(reference)), 1e-12)
+        return np.clip(dots / np.maximum(denominator, 1e-12), -1.0, 1.0)
+
+    def to(self, device: str | torch.device) -> Encoding:
+        """Move the low-resolution maps (e.g. to the CPU to free GPU memory); returns self."""
+        device = torch.device(device)
+        for tile_maps in self.tiles:
+            tile_maps.maps = tile_maps.maps.to(device)
+            if tile_maps.attention is not None:
+                tile_maps.attention = tile_maps.attention.to(device)
+            tile_maps._groups = None
+        return self
+
+
+class Featurizer:
+    """Computes :class:`Encoding` objects with one :class:`FeatureConfig`.
+
+    The backbone is loaded on first use (and cached per process).
+    """
+
+    def __init__(self, config: FeatureConfig | None = None, *, backbone: Backbone | None = None):
+        self.config = config or FeatureConfig()
+        self.device = resolve_device(self.config.device)
+        self.dtype = resolve_dtype(self.config.dtype, self.device)
+        self._backbone = backbone
+        self._batch_size = int(self.config.batch_size)
+        self._lock = threading.Lock()
+
+    @property
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            self._backbone = load_backbone(
+                self.config.backbone, device=self.device, dtype=self.dtype, sha256=self.config.weights_sha256
+            )
+        return self._backbone
+
+    @property
+    def patch_size(self) -> int:
+        return self.backbone.patch_size
+
+    @property
+    def stride(self) -> int:
+        return int(self.config.stride or self.backbone.patch_size)
+
+    def encode(
+        self,
+        image: np.ndarray,
+        *,
+        progress: Callable[[Progress], None] | None = None,
+        cancel: threading.Event | None = None,
+        with_attention: bool = True,
+    ) -> Encoding:
+        """Encode one image (H, W) or (H, W, 3|4) of any int/float dtype.
+
+        ``progress`` is called after every step; setting ``cancel`` stops the
+        run between steps with :class:`Cancelled`.
+        """
+        steps = self.iter_encode(image, with_attention=with_attention)
+        while True:
+            try:
+                update = next(steps)
+            except StopIteration as finished:
+                return finished.value
+            if progress is not None:
+                progress(update)
+            if cancel is not None and cancel.is_set():
+                steps.close()
+                raise Cancelled("Encoding was cancelled.")
+
+    def iter_encode(self, image: np.ndarray, *, with_attention: bool = True) -> Generator[Progress, None, Encoding]:
+        """Generator form of :meth:`encode`: yields :class:`Progress`, returns the :class:`Encoding`.
+
+        Stop iterating (or call ``close()``) to cancel; nothing is left running.
+        """
+        backbone = self.backbone
+        patch, stride = backbone.patch_size, self.stride
+        rgb = to_rgb01(image, normalize=self.config.normalize, min_side=patch)
+        height, width = rgb.shape[:2]
+        tiles = plan_tiles(height, width, tile_size=self.config.tile_size, overlap=self.config.tile_overlap)
+        transforms = self.config.transforms
+        total = len(tiles) * len(transforms)
+        yield Progress(0, total)
+
+        mean = torch.tensor(backbone.mean, device=self.device).view(3, 1, 1)
+        std = torch.tensor(backbone.std, device=self.device).view(3, 1, 1)
+        pixels = (torch.from_numpy(rgb).to(self.device).permute(2, 0, 1) - mean) / std
+
+        done = 0
+        tile_maps: list[TileMaps] = []
+        for tile in tiles:
+            crop = pixels[:, tile.rows, tile.cols]
+            padded_h = padded_size(tile.height, patch_size=patch, stride=stride)
+            padded_w = padded_size(tile.width, patch_size=patch, stride=stride)
+            grid = token_grid(padded_h, padded_w, patch_size=patch, stride=stride)
+            maps = torch.empty((len(transforms), backbone.embed_dim, *grid), dtype=self.dtype, device=self.device)
+            attention = (
+                torch.empty((len(transforms), backbone.num_heads, *grid), dtype=torch.float32, device=self.device)
+                if with_attention
+                else None
+            )
+            start = 0
+            while start < len(transforms):
+                batch = range(start, min(start + self._batch_size, len(transforms)))
+                copies = torch.stack([pad_to_grid(transforms[k].apply(crop), patch_size=patch, stride=stride) for k in batch])
+                tokens, cls_attention = self._forward(copies.to(self.dtype), stride, with_attention)
+                if tokens is None:  # out of memory: retry this batch with the (now smaller) batch size
+                    continue
+                maps[batch.start : batch.stop] = tokens
+                if attention is not None:
+                    attention[batch.start : batch.stop] = cls_attention
+                start = batch.stop
+                done += len(batch)
+                yield Progress(done, total)
+            rows, cols = _fused_taps(tile, transforms, grid, patch_size=patch, stride=stride, resize=self.config.resize)
+            tile_maps.append(TileMaps(tile, maps, attention, rows, cols))
+        return Encoding(
+            config=self.config, image_shape=(height, width), tiles=tile_maps, transforms=transforms, image=np.asarray(image)
+        )
+
+    def _forward(
+        self, copies: torch.Tensor, stride: int, with_attention: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        try:
+            with self._lock, torch.inference_mode():
+                return forward_tokens(self.backbone, copies, stride=stride, with_attention=with_attention)
+        except Exception as err:
+            if not is_out_of_memory(err) or self._batch_size == 1:
+                if is_out_of_memory(err):
+                    raise InputError(
+                        "Out of memory even with batch_size=1. Use a smaller tile_size, a larger stride, "
+                        "a smaller backbone, or device='cpu'."
+                    ) from err
+                raise
+            empty_cache(self.device)
+            self._batch_size = max(1, self._batch_size // 2)
+            return None, None
+
+
+def encode(image: np.ndarray, config: FeatureConfig | None = None, **options) -> Encoding:
+    """One-shot helper: ``Featurizer(config).encode(image, **options)``."""
+    return Featurizer(config).encode(image, **options)

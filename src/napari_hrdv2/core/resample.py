@@ -1,0 +1,101 @@
+"""Separable resampling of token grids to pixels, fused with the inverse transforms.
+
+For one axis, the HR-Dv2 pipeline "resize the token grid to pixels, crop the
+padding, unflip, unshift, weight by the tile's blending window" maps a token
+axis of length ``n_tokens`` to a pixel axis of length ``n_pixels`` and is a
+fixed sparse matrix with at most two non-zeros per pixel. :class:`AxisTaps`
+stores it as two (index, weight) pairs, so the whole per-transform
+reconstruction is two cheap gathers and nothing is ever resized at full size
+and then permuted.
+
+Token ``i`` of a grid with stride ``s`` and patch size ``P`` is centred at
+pixel ``i * s + (P - 1) / 2``. With ``s == P`` this is exactly
+``torch.nn.functional.interpolate(..., align_corners=False)`` to the padded
+size, followed by a crop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+Resize = Literal["bilinear", "nearest"]
+RESIZE_OPTIONS: tuple[str, ...] = ("bilinear", "nearest")
+
+
+@dataclass(frozen=True)
+class AxisTaps:
+    """Pixel ``p`` of an axis = ``weight0[p] * token[index0[p]] + weight1[p] * token[index1[p]]``.
+
+    Arrays have shape (n_pixels,). For nearest resizing ``weight1`` is zero.
+    """
+
+    index0: np.ndarray
+    index1: np.ndarray
+    weight0: np.ndarray
+    weight1: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index0)
+
+    def take(self, positions: np.ndarray) -> AxisTaps:
+        """The taps of the given pixel positions (used to permute or to sample)."""
+        return AxisTaps(self.index0[positions], self.index1[positions], self.weight0[positions], self.weight1[positions])
+
+    def scaled(self, factor: np.ndarray) -> AxisTaps:
+        """Taps with both weights multiplied by ``factor`` of shape (n_pixels,)."""
+        return AxisTaps(self.index0, self.index1, self.weight0 * factor, self.weight1 * factor)
+
+    def key(self) -> bytes:
+        """Hashable identity, used to group transforms that share this axis map."""
+        return b"".join(a.tobytes() for a in (self.index0, self.index1, self.weight0, self.weight1))
+
+
+def token_axis_taps(
+    n_pixels: int, n_tokens: int, *, stride: int, patch_size: int, resize: Resize = "bilinear"
+) -> AxisTaps:
+    """Taps from a token axis to the first ``n_pixels`` pixels of its (padded) image.
+
+    Bilinear clamps at the first and last token centre like
+    ``interpolate(align_corners=False)``; nearest picks ``floor(u + 0.5)`` like
+    ``mode="nearest-exact"``.
+    """
+    coords = (np.arange(n_pixels, dtype=np.float64) - (patch_size - 1) / 2.0) / stride
+    if resize == "nearest":
+        index = np.clip(np.floor(coords + 0.5), 0, n_tokens - 1).astype(np.int64)
+        ones = np.ones(n_pixels, dtype=np.float32)
+        return AxisTaps(index, index, ones, np.zeros(n_pixels, dtype=np.float32))
+    if resize != "bilinear":
+        raise ValueError(f"resize={resize!r} is not one of {RESIZE_OPTIONS}")
+    coords = np.clip(coords, 0.0, n_tokens - 1)
+    index0 = np.floor(coords).astype(np.int64)
+    index1 = np.minimum(index0 + 1, n_tokens - 1)
+    frac = (coords - index0).astype(np.float32)
+    return AxisTaps(index0, index1, (1.0 - frac).astype(np.float32), frac)
+
+
+class TorchTaps:
+    """:class:`AxisTaps` moved to a torch device, ready to gather along one dimension."""
+
+    def __init__(self, taps: AxisTaps, device: torch.device):
+        self.index0 = torch.as_tensor(taps.index0, device=device)
+        self.index1 = torch.as_tensor(taps.index1, device=device)
+        self.weight0 = torch.as_tensor(taps.weight0, device=device, dtype=torch.float32)
+        self.weight1 = torch.as_tensor(taps.weight1, device=device, dtype=torch.float32)
+        self.single = not bool(np.any(taps.weight1))
+
+    def gather(self, values: torch.Tensor, dim: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Resample ``values`` along ``dim``; adds into ``out`` when given."""
+        shape = [1] * values.ndim
+        shape[dim] = -1
+        first = values.index_select(dim, self.index0)
+        if out is None:
+            out = first.mul_(self.weight0.view(shape))
+        else:
+            out.addcmul_(first, self.weight0.view(shape))
+        if not self.single:
+            out.addcmul_(values.index_select(dim, self.index1), self.weight1.view(shape))
+        return out
