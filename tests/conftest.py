@@ -48,7 +48,9 @@ def tiny_backbone_registers(tmp_path_factory) -> str:
 def tiny_config(tiny_backbone):
     import napari_hrdv2 as hr
 
-    return hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shifts="neumann", shift_distances=(3,), tile_size=None)
+    return hr.FeatureConfig(
+        backbone=tiny_backbone, device="cpu", shifts="neumann", shift_distances=(3,), tile_size=None
+    )
 
 
 def two_texture_image(size: int = 112, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

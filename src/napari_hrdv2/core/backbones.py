@@ -45,11 +45,18 @@ class BackboneSpec:
         return f"{self.name.removesuffix('_reg')}{reg}_pretrain.pth"
 
 
-_SIZES = {"s": ("small", 384, 12, 6), "b": ("base", 768, 12, 12), "l": ("large", 1024, 24, 16), "g": ("giant", 1536, 40, 24)}
+_SIZES = {
+    "s": ("small", 384, 12, 6),
+    "b": ("base", 768, 12, 12),
+    "l": ("large", 1024, 24, 16),
+    "g": ("giant", 1536, 40, 24),
+}
 
 BACKBONES: dict[str, BackboneSpec] = {}
 for _letter, (_word, _dim, _depth, _heads) in _SIZES.items():
-    BACKBONES[f"dinov2_vit{_letter}14"] = BackboneSpec(f"dinov2_vit{_letter}14", f"facebook/dinov2-{_word}", _dim, _depth, _heads)
+    BACKBONES[f"dinov2_vit{_letter}14"] = BackboneSpec(
+        f"dinov2_vit{_letter}14", f"facebook/dinov2-{_word}", _dim, _depth, _heads
+    )
     BACKBONES[f"dinov2_vit{_letter}14_reg"] = BackboneSpec(
         f"dinov2_vit{_letter}14_reg", f"facebook/dinov2-with-registers-{_word}", _dim, _depth, _heads, num_registers=4
     )
@@ -341,6 +348,9 @@ def _model_from_state_dict(state: dict[str, torch.Tensor], path: Path) -> torch.
     mlp_ratio = hidden / embed_dim
     if swiglu:  # transformers shrinks 4x to 2/3 rounded to 8; the official giant has 4096 = 2/3 * 4 * 1536
         mlp_ratio = 4.0 if (int(embed_dim * 4 * 2 / 3) + 7) // 8 * 8 == hidden else hidden * 1.5 / embed_dim
+    if abs(mlp_ratio - round(mlp_ratio)) > 1e-6:
+        raise InputError(f"'{path}' has an MLP width {hidden} that is not a whole multiple of its dim {embed_dim}.")
+    mlp_ratio = int(round(mlp_ratio))
     common = dict(
         hidden_size=embed_dim, num_hidden_layers=depth, num_attention_heads=max(1, embed_dim // 64),
         mlp_ratio=mlp_ratio, patch_size=patch_size, image_size=grid * patch_size, use_swiglu_ffn=swiglu,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from .errors import InputError
 from .preprocess import NORMALIZE_OPTIONS, Normalize

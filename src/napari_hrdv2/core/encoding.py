@@ -287,7 +287,10 @@ class Encoding:
         for tile_maps in self.tiles:
             tile = tile_maps.tile
             inside = np.flatnonzero(
-                (rows >= tile.top) & (rows < tile.top + tile.height) & (cols >= tile.left) & (cols < tile.left + tile.width)
+                (rows >= tile.top)
+                & (rows < tile.top + tile.height)
+                & (cols >= tile.left)
+                & (cols < tile.left + tile.width)
             )
             if inside.size == 0:
                 continue
@@ -302,7 +305,11 @@ class Encoding:
                         weight = torch.as_tensor(r_weight * c_weight, device=self.device)
                         if not torch.any(weight):
                             continue
-                        taps = maps[:, torch.as_tensor(r_index, device=self.device), torch.as_tensor(c_index, device=self.device)]
+                        taps = maps[
+                            :,
+                            torch.as_tensor(r_index, device=self.device),
+                            torch.as_tensor(c_index, device=self.device),
+                        ]
                         accumulated.addcmul_(taps.float(), weight)
             out[torch.as_tensor(inside, device=self.device)] += accumulated.T
         return out.cpu().numpy()
@@ -426,7 +433,9 @@ class Featurizer:
             start = 0
             while start < len(transforms):
                 batch = range(start, min(start + self._batch_size, len(transforms)))
-                copies = torch.stack([pad_to_grid(transforms[k].apply(crop), patch_size=patch, stride=stride) for k in batch])
+                copies = torch.stack(
+                    [pad_to_grid(transforms[k].apply(crop), patch_size=patch, stride=stride) for k in batch]
+                )
                 tokens, cls_attention = self._forward(copies.to(self.dtype), stride, with_attention)
                 if tokens is None:  # out of memory: retry this batch with the (now smaller) batch size
                     continue
@@ -439,7 +448,11 @@ class Featurizer:
             rows, cols = _fused_taps(tile, transforms, grid, patch_size=patch, stride=stride, resize=self.config.resize)
             tile_maps.append(TileMaps(tile, maps, attention, rows, cols))
         return Encoding(
-            config=self.config, image_shape=(height, width), tiles=tile_maps, transforms=transforms, image=np.asarray(image)
+            config=self.config,
+            image_shape=(height, width),
+            tiles=tile_maps,
+            transforms=transforms,
+            image=np.asarray(image),
         )
 
     def _forward(

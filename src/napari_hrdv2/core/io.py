@@ -99,5 +99,4 @@ def write_labels(path: str | Path, labels: np.ndarray, *, overwrite: bool = Fals
 
 def iter_planes(image: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """(index, plane) for every plane of an image or stack."""
-    for index, plane in enumerate(planes(image)):
-        yield index, plane
+    yield from enumerate(planes(image))

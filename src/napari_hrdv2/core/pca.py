@@ -104,7 +104,12 @@ def sample_vectors(
 
 
 def fit_pca(
-    features, *, n_components: int = 3, mask: np.ndarray | None = None, n_pixels: int = DEFAULT_FIT_PIXELS, seed: int = 0
+    features,
+    *,
+    n_components: int = 3,
+    mask: np.ndarray | None = None,
+    n_pixels: int = DEFAULT_FIT_PIXELS,
+    seed: int = 0,
 ) -> PCABasis:
     """Fit a :class:`PCABasis` on one image's features (an ``Encoding`` or (C, H, W) array).
 
@@ -121,7 +126,9 @@ def fit_pca(
     components = components * signs[:, None]
     scores = centred @ components.T
     low, high = np.percentile(scores, [2, 98], axis=0)
-    return PCABasis(mean.astype(np.float32), components.astype(np.float32), low.astype(np.float32), high.astype(np.float32))
+    return PCABasis(
+        mean.astype(np.float32), components.astype(np.float32), low.astype(np.float32), high.astype(np.float32)
+    )
 
 
 def pca_rgb(

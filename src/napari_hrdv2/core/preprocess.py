@@ -52,8 +52,7 @@ def validate_image(image: np.ndarray, *, min_side: int = 1) -> np.ndarray:
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         n_bad = int((~np.isfinite(image)).sum())
         raise InputError(
-            f"Image contains {n_bad} NaN or infinite values; fill them first (e.g. np.nan_to_num) "
-            "or crop them away."
+            f"Image contains {n_bad} NaN or infinite values; fill them first (e.g. np.nan_to_num) or crop them away."
         )
     return image
 

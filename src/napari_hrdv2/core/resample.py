@@ -43,7 +43,9 @@ class AxisTaps:
 
     def take(self, positions: np.ndarray) -> AxisTaps:
         """The taps of the given pixel positions (used to permute or to sample)."""
-        return AxisTaps(self.index0[positions], self.index1[positions], self.weight0[positions], self.weight1[positions])
+        return AxisTaps(
+            self.index0[positions], self.index1[positions], self.weight0[positions], self.weight1[positions]
+        )
 
     def scaled(self, factor: np.ndarray) -> AxisTaps:
         """Taps with both weights multiplied by ``factor`` of shape (n_pixels,)."""

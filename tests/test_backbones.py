@@ -1,0 +1,99 @@
+"""Loading backbones from folders, official .pth state dicts, presets; errors when weights are missing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import napari_hrdv2 as hr
+from napari_hrdv2.core.backbones import find_spec, load_backbone, sha256_of
+
+
+def transformers_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Write a transformers DINOv2 state dict in the official torch.hub layout (test-only inverse)."""
+    out = {
+        "cls_token": state["embeddings.cls_token"],
+        "pos_embed": state["embeddings.position_embeddings"],
+        "mask_token": state["embeddings.mask_token"],
+        "patch_embed.proj.weight": state["embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": state["embeddings.patch_embeddings.projection.bias"],
+        "norm.weight": state["layernorm.weight"],
+        "norm.bias": state["layernorm.bias"],
+    }
+    if "embeddings.register_tokens" in state:
+        out["register_tokens"] = state["embeddings.register_tokens"]
+    depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layer."))
+    for i in range(depth):
+        layer, block = f"encoder.layer.{i}.", f"blocks.{i}."
+        for suffix in ("weight", "bias"):
+            out[f"{block}attn.qkv.{suffix}"] = torch.cat(
+                [state[f"{layer}attention.{n}_proj.{suffix}"] for n in ("q", "k", "v")]
+            )
+            out[f"{block}attn.proj.{suffix}"] = state[f"{layer}attention.o_proj.{suffix}"]
+            for part in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
+                out[f"{block}{part}.{suffix}"] = state[f"{layer}{part}.{suffix}"]
+        out[f"{block}ls1.gamma"] = state[f"{layer}layer_scale1.lambda1"]
+        out[f"{block}ls2.gamma"] = state[f"{layer}layer_scale2.lambda1"]
+    out["head.weight"] = torch.zeros(3)  # extra keys in real checkpoints are ignored
+    return out
+
+
+@pytest.mark.parametrize("fixture", ["tiny_backbone", "tiny_backbone_registers"])
+def test_folder_and_official_pth_give_the_same_features(fixture, request, tmp_path):
+    from transformers import AutoModel
+
+    folder = request.getfixturevalue(fixture)
+    state = AutoModel.from_pretrained(folder).state_dict()
+    checkpoint = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(transformers_to_official(state), checkpoint)
+
+    image = np.random.default_rng(0).random((42, 56)).astype(np.float32)
+    base = dict(device="cpu", shift_distances=(1,), tile_size=None)
+    from_folder = hr.Featurizer(hr.FeatureConfig(backbone=folder, **base)).encode(image)
+    from_pth = hr.Featurizer(hr.FeatureConfig(backbone=str(checkpoint), **base)).encode(image)
+    np.testing.assert_allclose(from_pth.features(), from_folder.features(), atol=1e-5)
+    np.testing.assert_allclose(from_pth.attention(), from_folder.attention(), atol=1e-6)
+    backbone = load_backbone(str(checkpoint))
+    assert backbone.num_registers == (4 if "registers" in fixture else 0)
+    assert (backbone.embed_dim, backbone.num_heads, backbone.patch_size) == (128, 2, 14)
+
+
+def test_sha256_is_checked(tiny_backbone, tmp_path):
+    from transformers import AutoModel
+
+    checkpoint = tmp_path / "weights.pth"
+    torch.save(transformers_to_official(AutoModel.from_pretrained(tiny_backbone).state_dict()), checkpoint)
+    good = sha256_of(checkpoint)
+    assert load_backbone(str(checkpoint), sha256=good, cache=False).embed_dim == 128
+    with pytest.raises(hr.WeightsNotFoundError, match="Checksum mismatch"):
+        load_backbone(str(checkpoint), sha256="0" * 64, cache=False)
+
+
+def test_missing_hub_weights_offline_give_instructions(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(hr.WeightsNotFoundError) as error:
+        load_backbone("dinov2_vits14", cache=False)
+    message = str(error.value)
+    assert "huggingface-cli download facebook/dinov2-small" in message
+    assert "dinov2_vits14_pretrain.pth" in message
+
+
+def test_bad_backbone_sources(tmp_path):
+    with pytest.raises(hr.InputError, match="Unknown backbone"):
+        load_backbone("resnet50", cache=False)
+    with pytest.raises(hr.WeightsNotFoundError, match="does not exist"):
+        load_backbone(str(tmp_path / "missing.pth"), cache=False)
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(hr.WeightsNotFoundError, match="state dict"):
+        load_backbone(str(corrupt), cache=False)
+
+
+def test_presets_and_aliases():
+    assert find_spec("small").hf_id == "facebook/dinov2-small"
+    assert find_spec("facebook/dinov2-with-registers-large").name == "dinov2_vitl14_reg"
+    assert find_spec("dinov2_vitg14").embed_dim == 1536
+    assert find_spec("dinov2_vitb14_reg").official_filename == "dinov2_vitb14_reg4_pretrain.pth"
+    assert len(hr.BACKBONES) == 8

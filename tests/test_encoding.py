@@ -1,0 +1,207 @@
+"""HR-Dv2 features, projections, samples and attention against plain reference computations."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import napari_hrdv2 as hr
+from napari_hrdv2.core.encoding import pad_to_grid
+from napari_hrdv2.core.preprocess import to_rgb01
+from napari_hrdv2.core.vit import forward_tokens
+
+
+def _interp_axis(values: np.ndarray, centres: np.ndarray, n_pixels: int, axis: int, nearest: bool) -> np.ndarray:
+    """Independent 1D resize: linear interpolation between token centres (edges clamped) via np.interp."""
+    pixels = np.arange(n_pixels, dtype=np.float64)
+    moved = np.moveaxis(values, axis, -1)
+    if nearest:
+        spacing = centres[1] - centres[0] if len(centres) > 1 else 1.0
+        index = np.clip(np.floor((pixels - centres[0]) / spacing + 0.5), 0, len(centres) - 1).astype(int)
+        out = moved[..., index]
+    else:
+        flat = moved.reshape(-1, moved.shape[-1])
+        out = np.stack([np.interp(pixels, centres, row) for row in flat]).reshape(*moved.shape[:-1], n_pixels)
+    return np.moveaxis(out, -1, axis)
+
+
+def reference_hrdv2(featurizer: hr.Featurizer, image: np.ndarray, *, attention: bool = False) -> np.ndarray:
+    """The issue's definition, literally: mean over T of T^-1(resize(features(T(x)))), full-res maps."""
+    config = featurizer.config
+    backbone = featurizer.backbone
+    patch, stride = backbone.patch_size, featurizer.stride
+    rgb = torch.from_numpy(to_rgb01(image, normalize=config.normalize))
+    pixels = (rgb.permute(2, 0, 1) - torch.tensor(backbone.mean).view(3, 1, 1)) / torch.tensor(backbone.std).view(
+        3, 1, 1
+    )
+    height, width = pixels.shape[-2:]
+    total = 0.0
+    for transform in config.transforms:
+        padded = pad_to_grid(transform.apply(pixels), patch_size=patch, stride=stride)
+        with torch.no_grad():
+            tokens, cls_attention = forward_tokens(backbone, padded[None], stride=stride)
+        low = (cls_attention if attention else tokens)[0].double().numpy()
+        rows = np.arange(low.shape[1]) * stride + (patch - 1) / 2
+        cols = np.arange(low.shape[2]) * stride + (patch - 1) / 2
+        nearest = config.resize == "nearest"
+        full = _interp_axis(_interp_axis(low, rows, height, 1, nearest), cols, width, 2, nearest)
+        total = total + transform.invert(torch.from_numpy(full)).numpy()
+    return (total / len(config.transforms)).astype(np.float32)
+
+
+OPTIONS = [
+    dict(shifts="none"),
+    dict(shifts="neumann", shift_distances=(2,)),
+    dict(shifts="moore", shift_distances=(1, 3)),
+    dict(shifts="moore", shift_distances=(2,), flips=True),
+    dict(shifts="neumann", shift_distances=(1,), resize="nearest"),
+    dict(shifts="neumann", shift_distances=(2,), stride=7),
+    dict(shifts="moore", shift_distances=(1,), flips=True, stride=5, normalize="percentile"),
+]
+
+
+@pytest.fixture(scope="module")
+def odd_image():
+    rng = np.random.default_rng(1)
+    return (rng.random((45, 59)) * 4000).astype(np.uint16)  # sides not multiples of 14
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_features_equal_reference_loop(tiny_backbone, odd_image, options):
+    featurizer = hr.Featurizer(hr.FeatureConfig(backbone=tiny_backbone, device="cpu", tile_size=None, **options))
+    encoding = featurizer.encode(odd_image)
+    features = encoding.features()
+    expected = reference_hrdv2(featurizer, odd_image)
+    assert features.shape == (128, 45, 59) and features.dtype == np.float32
+    np.testing.assert_allclose(features, expected, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(encoding.attention(), reference_hrdv2(featurizer, odd_image, attention=True), atol=1e-6)
+
+
+def test_bilinear_resize_equals_interpolate_align_corners_false(tiny_backbone):
+    """With stride == patch size the resize is F.interpolate(align_corners=False) to the padded size, cropped."""
+    image = np.random.default_rng(2).random((30, 40)).astype(np.float32)
+    featurizer = hr.Featurizer(hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shifts="none", tile_size=None))
+    backbone = featurizer.backbone
+    rgb = torch.from_numpy(to_rgb01(image)).permute(2, 0, 1)
+    pixels = (rgb - torch.tensor(backbone.mean).view(3, 1, 1)) / torch.tensor(backbone.std).view(3, 1, 1)
+    padded = pad_to_grid(pixels, patch_size=14, stride=14)
+    with torch.no_grad():
+        tokens, _ = forward_tokens(backbone, padded[None])
+    expected = F.interpolate(tokens, size=padded.shape[-2:], mode="bilinear", align_corners=False)[0, :, :30, :40]
+    np.testing.assert_allclose(featurizer.encode(image).features(), expected.numpy(), atol=1e-5)
+
+
+def test_project_equals_linear_map_of_features(tiny_backbone, odd_image):
+    config = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shift_distances=(2,), flips=True, tile_size=None)
+    encoding = hr.Featurizer(config).encode(odd_image)
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((4, encoding.n_features)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    expected = np.einsum("oc,chw->ohw", weight, encoding.features()) + bias[:, None, None]
+    np.testing.assert_allclose(encoding.project(weight, bias), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_sample_and_channel_subset_equal_indexing(tiny_backbone, odd_image):
+    config = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shift_distances=(3,), stride=7, tile_size=None)
+    encoding = hr.Featurizer(config).encode(odd_image)
+    features = encoding.features()
+    rng = np.random.default_rng(4)
+    rows, cols = rng.integers(0, 45, 200), rng.integers(0, 59, 200)
+    np.testing.assert_allclose(encoding.sample(rows, cols), features[:, rows, cols].T, atol=1e-5)
+    np.testing.assert_allclose(encoding.features(channels=[5, 0, 77]), features[[5, 0, 77]], atol=1e-6)
+    np.testing.assert_allclose(encoding.features(channels=slice(10, 20)), features[10:20], atol=1e-6)
+    with pytest.raises(hr.InputError, match="inside"):
+        encoding.sample([45], [0])
+
+
+def test_attention_equals_eager_attention(tiny_backbone_registers):
+    """Our cheap CLS row (sdpa model + q/k hooks) equals transformers' eager attention probabilities."""
+    from transformers import AutoModel
+
+    image = np.random.default_rng(5).random((56, 70)).astype(np.float32)
+    config = hr.FeatureConfig(backbone=tiny_backbone_registers, device="cpu", shifts="none", tile_size=None)
+    encoding = hr.Featurizer(config).encode(image)
+    eager = AutoModel.from_pretrained(tiny_backbone_registers, attn_implementation="eager").eval()
+    backbone = hr.Featurizer(config).backbone
+    rgb = torch.from_numpy(to_rgb01(image)).permute(2, 0, 1)
+    pixels = (rgb - torch.tensor(backbone.mean).view(3, 1, 1)) / torch.tensor(backbone.std).view(3, 1, 1)
+    with torch.no_grad():
+        output = eager(pixel_values=pixels[None], output_attentions=True)
+    cls_row = output.attentions[-1][0, :, 0, 1 + 4 :].reshape(2, 4, 5)  # 2 heads, 4x5 patches, 4 registers skipped
+    expected = F.interpolate(cls_row[None], size=(56, 70), mode="bilinear", align_corners=False)[0]
+    np.testing.assert_allclose(encoding.attention(), expected.numpy(), atol=1e-6)
+    assert encoding.attention().shape == (2, 56, 70)
+
+
+def test_transform_inverse_undoes_shift_and_flip_in_reverse_order():
+    image = torch.arange(5 * 7, dtype=torch.float32).reshape(1, 5, 7)
+    for transform in hr.make_transforms("moore", (1, 2), flips=True):
+        assert torch.equal(transform.invert(transform.apply(image)), image)
+    combined = hr.Transform((1, 2), "horizontal")
+    upstream_order = torch.flip(torch.roll(combined.apply(image), (-1, -2), (-2, -1)), (-1,))
+    assert not torch.equal(upstream_order, image)  # undoing the shift first is wrong
+
+
+def test_transform_set_sizes():
+    assert len(hr.FeatureConfig(shifts="moore", shift_distances=(1, 2)).transforms) == 17
+    assert len(hr.FeatureConfig(shifts="neumann", shift_distances=(3,)).transforms) == 5
+    assert len(hr.FeatureConfig(shifts="neumann", shift_distances=(3,), flips=True).transforms) == 15
+    assert hr.FeatureConfig(shifts="none").transforms == (hr.Transform(),)
+
+
+def test_progress_and_cancel(tiny_config, two_textures):
+    image, _ = two_textures
+    steps = hr.Featurizer(tiny_config.replace(batch_size=2)).iter_encode(image)
+    seen = []
+    try:
+        while True:
+            seen.append(next(steps))
+    except StopIteration as done:
+        encoding = done.value
+    assert isinstance(encoding, hr.Encoding)
+    assert [p.done for p in seen] == [0, 2, 4, 5] and all(p.total == 5 for p in seen)
+
+    cancel = threading.Event()
+    calls = []
+
+    def on_progress(update):
+        calls.append(update.done)
+        if update.done >= 1:
+            cancel.set()
+
+    with pytest.raises(hr.Cancelled):
+        hr.Featurizer(tiny_config.replace(batch_size=1)).encode(image, progress=on_progress, cancel=cancel)
+    assert calls == [0, 1]
+
+
+def test_out_of_memory_halves_batch_and_retries(tiny_config, two_textures, monkeypatch):
+    import napari_hrdv2.core.encoding as encoding_module
+
+    image, _ = two_textures
+    expected = hr.Featurizer(tiny_config).encode(image).features()
+    real_forward = encoding_module.forward_tokens
+    batch_sizes = []
+
+    def flaky_forward(backbone, pixels, **kwargs):
+        batch_sizes.append(pixels.shape[0])
+        if pixels.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return real_forward(backbone, pixels, **kwargs)
+
+    monkeypatch.setattr(encoding_module, "forward_tokens", flaky_forward)
+    featurizer = hr.Featurizer(tiny_config.replace(batch_size=4))
+    np.testing.assert_allclose(featurizer.encode(image).features(), expected, atol=1e-6)
+    assert batch_sizes[:3] == [4, 2, 1]
+
+
+def test_encoding_memory_holds_low_resolution_maps_only(tiny_backbone):
+    image = np.random.default_rng(6).random((140, 140)).astype(np.float32)
+    config = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shift_distances=(2,), tile_size=None)
+    encoding = hr.Featurizer(config).encode(image)
+    assert encoding.tiles[0].maps.shape == (9, 128, 10, 10)
+    assert encoding.nbytes < 9 * 130 * 10 * 10 * 4 + 1024  # not C x H x W
+    assert "9 transforms" in repr(encoding)
