@@ -155,7 +155,7 @@ def _sampling_matrix(tile_maps: TileMaps, rows: np.ndarray, cols: np.ndarray) ->
         size=(rows.size, n_transforms * grid_h * grid_w),
         check_invariants=False,
     )
-    return matrix.to(tile_maps.maps.device)
+    return matrix if tile_maps.maps.device.type == "mps" else matrix.to(tile_maps.maps.device)
 
 
 class Encoding:
@@ -188,6 +188,11 @@ class Encoding:
     def shape(self) -> tuple[int, int]:
         """(H, W) of the encoded image."""
         return self.image_shape
+
+    @property
+    def lowres_maps(self) -> list[torch.Tensor]:
+        """Per tile, the (K, C, h, w) token maps of every transformed copy (what the encoding stores)."""
+        return [tile_maps.maps for tile_maps in self.tiles]
 
     @property
     def n_features(self) -> int:
@@ -352,7 +357,11 @@ class Encoding:
                 # Row-major pixel order lets neighbouring pixels reuse the same tokens from cache.
                 inside = inside[np.lexsort((cols[inside], rows[inside]))]
                 taps = _sampling_matrix(tile_maps, rows[inside] - tile.top, cols[inside] - tile.left)
-                out[torch.as_tensor(inside, device=self.device)] += torch.sparse.mm(taps, tile_maps.token_rows())
+                tokens = tile_maps.token_rows()
+                if self.device.type == "mps":  # no sparse CSR kernels on MPS: sample on the CPU
+                    taps, tokens = taps.cpu(), tokens.cpu()
+                values = torch.sparse.mm(taps, tokens).to(self.device)
+                out[torch.as_tensor(inside, device=self.device)] += values
         return out.cpu().numpy()
 
     def feature_norm(self) -> np.ndarray:
