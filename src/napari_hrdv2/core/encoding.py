@@ -16,6 +16,7 @@ Definition (for one tile; tiles are blended with :mod:`.tiling` windows)::
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
@@ -148,13 +149,15 @@ def _sampling_matrix(tile_maps: TileMaps, rows: np.ndarray, cols: np.ndarray) ->
     weights = (row_weight[:, :, None, :] * col_weight[:, None, :, :]).reshape(-1, rows.size).T
     per_pixel = tokens.shape[1]
     crow = torch.arange(0, rows.size * per_pixel + 1, per_pixel, dtype=torch.int64)
-    matrix = torch.sparse_csr_tensor(
-        crow,
-        torch.from_numpy(np.ascontiguousarray(tokens)),
-        torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
-        size=(rows.size, n_transforms * grid_h * grid_w),
-        check_invariants=False,
-    )
+    with warnings.catch_warnings():  # torch flags sparse CSR as beta; it is exact and tested here
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        matrix = torch.sparse_csr_tensor(
+            crow,
+            torch.from_numpy(np.ascontiguousarray(tokens)),
+            torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
+            size=(rows.size, n_transforms * grid_h * grid_w),
+            check_invariants=False,
+        )
     return matrix if tile_maps.maps.device.type == "mps" else matrix.to(tile_maps.maps.device)
 
 
