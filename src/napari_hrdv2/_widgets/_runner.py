@@ -1,0 +1,130 @@
+"""Start generator jobs in napari thread workers: progress bars, error notifications, busy state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error
+
+from .._workers import JobProgress
+from ..core.errors import HRDv2Error
+
+logger = logging.getLogger(__name__)
+
+#: Resolution of the napari progress bars (fractions are mapped to 0..PROGRESS_STEPS).
+PROGRESS_STEPS = 1000
+
+
+class QuietGeneratorWorker(GeneratorWorker):
+    """A napari generator worker whose errors are shown by the widget (a message with the fix).
+
+    napari's own worker relays every exception to the notification manager with a traceback;
+    expected problems (missing weights, bad shapes, out of memory) deserve a plain message instead.
+    """
+
+    def _relay_error(self, exc: Exception) -> None:  # noqa: D401 - napari hook
+        """Do nothing: :class:`JobRunner` shows the error."""
+
+
+def user_message(error: BaseException) -> str:
+    """What to tell the user about ``error``: our messages as they are, others with a hint."""
+    if isinstance(error, HRDv2Error):
+        return str(error)
+    from ..core.devices import is_out_of_memory
+
+    if is_out_of_memory(error):
+        return (
+            "Out of memory. Pick a smaller tile size or backbone, the 'fast' quality preset, "
+            "or the cpu device in HR-Dv2 Features' advanced settings, then try again."
+        )
+    if isinstance(error, MemoryError):
+        return "Out of memory. Compute the current plane only, or use a smaller tile size or backbone."
+    return f"{type(error).__name__}: {error} (details in the terminal log)."
+
+
+def notify_error(error: BaseException) -> None:
+    """Show ``error`` as a napari error notification (no traceback dialog); log the traceback."""
+    if not isinstance(error, HRDv2Error):
+        logger.error("HR-Dv2 job failed", exc_info=error)
+    show_error(f"HR-Dv2: {user_message(error)}")
+
+
+class JobRunner:
+    """Runs a widget's jobs; keeps the list of active workers and reports busy/idle changes.
+
+    Parameters
+    ----------
+    on_busy : called with True when the first job starts and False when the last one finishes.
+    on_status : called with short status texts (progress messages, errors, "Cancelled").
+    """
+
+    def __init__(self, on_busy: Callable[[bool], None], on_status: Callable[[str], None]):
+        self._on_busy = on_busy
+        self._on_status = on_status
+        self.active: list[GeneratorWorker] = []
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.active)
+
+    def start(
+        self,
+        job: Callable[..., Any],
+        *args: Any,
+        description: str,
+        on_returned: Callable[[Any], None],
+        quiet_errors: bool = False,
+        **kwargs: Any,
+    ) -> GeneratorWorker:
+        """Start ``job(*args, **kwargs)`` in a thread worker with a napari progress bar; returns the worker.
+
+        ``on_returned`` runs on the main thread with the job's result. Errors become notifications
+        (or only a status text with ``quiet_errors``, for background live updates).
+        """
+        worker = create_worker(
+            job, *args, _worker_class=QuietGeneratorWorker, _ignore_errors=True, _start_thread=False, **kwargs
+        )
+        bar = progress(total=PROGRESS_STEPS, desc=description)
+        worker.yielded.connect(partial(self._on_progress, bar))
+        worker.returned.connect(on_returned)
+        worker.errored.connect(partial(self._on_error, quiet=quiet_errors))
+        worker.aborted.connect(partial(self._on_status, f"{description}: cancelled."))
+        worker.finished.connect(partial(self._on_finished, worker, bar))
+        was_busy = self.busy
+        self.active.append(worker)
+        if not was_busy:
+            self._on_busy(True)
+        self._on_status(f"{description}...")
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask every active job to stop at its next step."""
+        for worker in list(self.active):
+            worker.quit()
+
+    def _on_progress(self, bar: progress, update: Any) -> None:
+        if not isinstance(update, JobProgress):
+            return
+        target = int(round(min(max(update.fraction, 0.0), 1.0) * PROGRESS_STEPS))
+        if target > bar.n:
+            bar.update(target - bar.n)
+        bar.set_description(update.message)
+        self._on_status(update.message)
+
+    def _on_error(self, error: BaseException, *, quiet: bool) -> None:
+        self._on_status(user_message(error))
+        if not quiet:
+            notify_error(error)
+
+    def _on_finished(self, worker: GeneratorWorker, bar: progress) -> None:
+        bar.close()
+        if worker in self.active:
+            self.active.remove(worker)
+        if not self.active:
+            self._on_busy(False)

@@ -1,0 +1,490 @@
+"""The "HR-Dv2 Segmentation" dock widget: scribbles -> linear classifier -> label layers, live, batch, export."""
+
+from __future__ import annotations
+
+import weakref
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, show_file_dialog
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QTimer
+
+from .._layers import (
+    SourceGeometry,
+    assemble_planes,
+    current_plane,
+    find_result_layer,
+    probabilities_layer_data,
+    result_name,
+    segmentation_layer_data,
+    uncertainty_layer_data,
+    upsert_layer,
+)
+from .._workers import (
+    BatchReport,
+    PredictionResult,
+    folder_job,
+    merge_runtime,
+    predict_job,
+    segmenter_config,
+    train_job,
+)
+from ..core.config import FeatureConfig
+from ..core.errors import HRDv2Error, InputError
+from ._common import connect_layer_list, image_layer_choices, labels_layer_choices
+from ._runner import JobRunner, notify_error
+from ._session import session_for
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+    from napari.qt.threading import GeneratorWorker
+
+#: Quiet time after the last paint stroke before a live retrain starts (milliseconds).
+LIVE_DELAY_MS = 400
+MODEL_FILTER = "HR-Dv2 model (*.hrdv2 *.npz *.safetensors);;All files (*)"
+
+
+def new_segmenter() -> Any:
+    """A LinearSegmenter with its documented default hyper-parameters."""
+    from ..core.segmenter import LinearSegmenter
+
+    return LinearSegmenter()
+
+
+def describe_config(config: FeatureConfig) -> str:
+    """One line summarising feature settings, e.g. 'dinov2_vits14, moore (5,), cpu'."""
+    backbone = Path(config.backbone).name if ("/" in config.backbone or "\\" in config.backbone) else config.backbone
+    shifts = "no shifts" if config.shifts == "none" else f"{config.shifts} {config.shift_distances}"
+    flips = ", flips" if config.flips else ""
+    return f"{backbone}, {shifts}{flips}, {config.device}"
+
+
+class SegmentationWidget(Container):
+    """Train a linear classifier on HR-Dv2 features under brush scribbles and segment images.
+
+    Pinned API: :meth:`train`, :meth:`predict` (both return the started worker), :meth:`save_model`,
+    :meth:`load_model`. Feature settings and cached encodings are shared with the viewer's
+    "HR-Dv2 Features" widget. The scribbles layer is only ever read (copied) here.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._session = session_for(napari_viewer)
+        #: Factory of untrained segmenters (tests or scripts may swap in other hyper-parameters).
+        self.make_segmenter = new_segmenter
+
+        self._image = ComboBox(label="Image", choices=self._image_choices, nullable=True)
+        self._scribbles = ComboBox(label="Scribbles", choices=self._labels_choices, nullable=True)
+        self._new_scribbles = PushButton(text="New scribbles layer")
+        self._settings_summary = Label(label="Features")
+        self._open_features = PushButton(text="Feature settings...")
+        self._train = PushButton(text="Train")
+        self._live = CheckBox(text="Live", tooltip="Retrain and predict the current plane after each paint stroke")
+        train_row = Container(widgets=[self._train, self._live], layout="horizontal", labels=False)
+        self._predict_plane = PushButton(text="Predict current plane")
+        self._predict_all = PushButton(text="Predict all planes")
+        predict_row = Container(widgets=[self._predict_plane, self._predict_all], layout="horizontal", labels=False)
+        self._want_uncertainty = CheckBox(text="Uncertainty layer", value=False)
+        self._want_probabilities = CheckBox(text="Probabilities layer", value=False)
+        outputs = Container(
+            widgets=[self._want_uncertainty, self._want_probabilities], layout="horizontal", labels=False
+        )
+        self._save = PushButton(text="Save model...")
+        self._load = PushButton(text="Load model...")
+        self._export = PushButton(text="Export segmentation...")
+        files_row = Container(widgets=[self._save, self._load, self._export], layout="horizontal", labels=False)
+        self._model_status = Label(label="Model", value="none (paint scribbles, then Train)")
+        self._folder_in = FileEdit(label="Folder in", mode="d")
+        self._folder_out = FileEdit(label="Folder out", mode="d")
+        self._folder_format = ComboBox(label="Format", choices=["tif", "png"], value="tif")
+        self._overwrite = CheckBox(text="Overwrite existing", value=False)
+        self._apply_folder = PushButton(text="Apply to folder")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._status = Label(value="")
+        self.extend(
+            [
+                self._image,
+                self._scribbles,
+                self._new_scribbles,
+                self._settings_summary,
+                self._open_features,
+                train_row,
+                predict_row,
+                outputs,
+                files_row,
+                self._model_status,
+                self._folder_in,
+                self._folder_out,
+                self._folder_format,
+                self._overwrite,
+                self._apply_folder,
+                self._cancel,
+                self._status,
+            ]
+        )
+
+        self._runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
+        self._live_runner = JobRunner(on_busy=lambda busy: None, on_status=self._set_status)
+        self._live_worker: GeneratorWorker | None = None
+        self._live_generation = 0
+        self._watched: weakref.ref | None = None
+        self._live_timer = QTimer()
+        self._live_timer.setSingleShot(True)
+        self._live_timer.setInterval(LIVE_DELAY_MS)
+        self._live_timer.timeout.connect(self._live_update)
+
+        self._new_scribbles.changed.connect(self._new_scribbles_clicked)
+        self._open_features.changed.connect(self._open_features_widget)
+        self._train.changed.connect(self._train_clicked)
+        self._live.changed.connect(self._live_toggled)
+        self._scribbles.changed.connect(self._scribbles_changed)
+        self._predict_plane.changed.connect(self._predict_clicked)
+        self._predict_all.changed.connect(partial(self._predict_clicked, all_planes=True))
+        self._save.changed.connect(self._save_clicked)
+        self._load.changed.connect(self._load_clicked)
+        self._export.changed.connect(self._export_clicked)
+        self._apply_folder.changed.connect(self._apply_folder_clicked)
+        self._cancel.changed.connect(self.cancel)
+        self._session.config_changed.connect(self._show_config)
+        self._session.segmenter_changed.connect(self._show_model)
+        connect_layer_list(napari_viewer, self._refresh_choices)
+        self._show_config(self._session.config)
+        self._show_model(self._session.segmenter)
+
+    # ------------------------------------------------------------------ layer choices
+    def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return image_layer_choices(self._viewer)
+
+    def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return labels_layer_choices(self._viewer)
+
+    def _refresh_choices(self, *_: Any) -> None:
+        self._image.reset_choices()
+        self._scribbles.reset_choices()
+
+    # ------------------------------------------------------------------ pinned API
+    def train(
+        self, image_layer: Any, labels_layer: Any, *, predict_planes: list[int] | None = None, live: bool = False
+    ) -> GeneratorWorker | None:
+        """Train a new model on the scribbles of ``labels_layer`` over ``image_layer``, then predict.
+
+        Predicts the planes that have scribbles (or ``predict_planes``) into "<image> segmentation".
+        The scribbles are copied before the worker starts. Returns the started worker, or None after
+        notifying the user (only a status text when ``live``) if the input is unusable.
+        """
+        try:
+            geometry = self._geometry(image_layer)
+            scribbles = self._copy_scribbles(geometry, labels_layer)
+        except HRDv2Error as err:
+            self._report(err, quiet=live)
+            return None
+        indices = sorted(scribbles) if predict_planes is None else list(predict_planes)
+        runner = self._live_runner if live else self._runner
+        if live:
+            self._live_generation += 1
+        return runner.start(
+            train_job,
+            image_layer.data,
+            scribbles,
+            self._session.config,
+            self._session.cache,
+            is_stack=geometry.is_stack,
+            make_segmenter=self.make_segmenter,
+            predict_indices=indices,
+            uncertainty=bool(self._want_uncertainty.value),
+            probabilities=bool(self._want_probabilities.value),
+            description=f"HR-Dv2 training on {geometry.name}",
+            on_returned=partial(self._show_prediction, geometry, generation=self._live_generation if live else None),
+            quiet_errors=live,
+        )
+
+    def predict(self, image_layer: Any, *, all_planes: bool = False) -> GeneratorWorker | None:
+        """Segment the current plane (or all planes) of ``image_layer`` with the trained or loaded model."""
+        try:
+            geometry = self._geometry(image_layer)
+            if self._session.segmenter is None:
+                raise InputError(
+                    "No model yet: paint scribbles of at least two classes and press Train, or Load model."
+                )
+        except HRDv2Error as err:
+            self._report(err)
+            return None
+        indices = geometry.plane_indices if all_planes else [current_plane(self._viewer, image_layer)]
+        return self._runner.start(
+            predict_job,
+            image_layer.data,
+            indices,
+            self._session.segmenter,
+            self._session.prediction_config(),
+            self._session.cache,
+            is_stack=geometry.is_stack,
+            uncertainty=bool(self._want_uncertainty.value),
+            probabilities=bool(self._want_probabilities.value),
+            description=f"HR-Dv2 segmentation of {geometry.name}",
+            on_returned=partial(self._show_prediction, geometry, generation=None),
+        )
+
+    def save_model(self, path: str | Path) -> Path:
+        """Save the current model (weights, classes and feature settings) to one file."""
+        if self._session.segmenter is None:
+            raise InputError("No model to save yet: train one first (paint scribbles, press Train).")
+        saved = self._session.segmenter.save(path)
+        path = Path(saved) if isinstance(saved, (str, Path)) else Path(path)
+        self._set_status(f"Model saved to {path}.")
+        return path
+
+    def load_model(self, path: str | Path) -> Any:
+        """Load a model file; the feature settings switch to the ones it was trained with."""
+        from ..core.segmenter import LinearSegmenter
+
+        segmenter = LinearSegmenter.load(path)
+        trained_with = segmenter_config(segmenter)
+        if trained_with is not None:
+            self._session.config = merge_runtime(trained_with, self._session.config)
+        self._session.segmenter = segmenter
+        self._set_status(f"Model loaded from {Path(path).name}.")
+        return segmenter
+
+    def apply_to_folder(
+        self, folder_in: str | Path, folder_out: str | Path, *, suffix: str = ".tif", overwrite: bool = False
+    ) -> GeneratorWorker | None:
+        """Segment every image in ``folder_in`` and write label images to ``folder_out`` (in a worker)."""
+        try:
+            if self._session.segmenter is None:
+                raise InputError("No model yet: train one (or Load model) before applying it to a folder.")
+            if not Path(folder_in).is_dir():
+                raise InputError(f"Input folder '{folder_in}' does not exist: choose a folder of images.")
+            if Path(folder_out).resolve() == Path(folder_in).resolve():
+                raise InputError("Choose an output folder different from the input folder.")
+        except HRDv2Error as err:
+            self._report(err)
+            return None
+        return self._runner.start(
+            folder_job,
+            [folder_in],
+            folder_out,
+            self._session.segmenter,
+            self._session.prediction_config(),
+            suffix=suffix,
+            overwrite=overwrite,
+            description=f"HR-Dv2 segmentation of {Path(folder_in).name}",
+            on_returned=self._show_batch_report,
+        )
+
+    def export_segmentation(self, path: str | Path, image_layer: Any = None, *, per_plane: bool = False) -> list[Path]:
+        """Write "<image> segmentation" to ``path`` (.tif: multi-page for stacks; .png: one file per plane)."""
+        from ..core.io import write_labels
+
+        image_layer = image_layer if image_layer is not None else self._image.value
+        if image_layer is None:
+            raise InputError("Choose the image whose segmentation to export.")
+        layer = find_result_layer(self._viewer, result_name(image_layer.name, "segmentation"), "labels")
+        if layer is None:
+            raise InputError(f"'{image_layer.name}' has no segmentation yet: press Train or Predict first.")
+        path = Path(path)
+        labels = np.asarray(layer.data)
+        if labels.ndim == 3 and (per_plane or path.suffix.lower() == ".png"):
+            written = [
+                write_labels(path.with_name(f"{path.stem}_{i:03d}{path.suffix}"), plane, overwrite=True)
+                for i, plane in enumerate(labels)
+            ]
+        else:
+            written = [write_labels(path, labels, overwrite=True)]
+        self._set_status(f"Exported {len(written)} file(s) to {path.parent}.")
+        return written
+
+    def cancel(self, *_: Any) -> None:
+        """Stop running jobs (training, prediction, batch) at their next step."""
+        self._runner.cancel()
+        self._live_runner.cancel()
+
+    # ------------------------------------------------------------------ scribbles
+    def _geometry(self, image_layer: Any) -> SourceGeometry:
+        if image_layer is None:
+            raise InputError("Choose an image layer first (open an image, or File > Open Sample > HR-Dv2).")
+        return SourceGeometry.from_layer(image_layer)
+
+    def _copy_scribbles(self, geometry: SourceGeometry, labels_layer: Any) -> dict[int, np.ndarray]:
+        """Copies of the scribbled planes: plane index -> (H, W) labels (planes without scribbles left out)."""
+        if labels_layer is None:
+            raise InputError("Choose a scribbles (Labels) layer, or press 'New scribbles layer' and paint.")
+        data = labels_layer.data
+        shape = tuple(data.shape)
+        if shape == geometry.planes_shape:
+            if geometry.is_stack:
+                copies = {i: np.array(data[i]) for i in range(shape[0])}
+            else:
+                copies = {0: np.array(data)}
+        elif geometry.is_stack and shape == geometry.plane_shape:
+            copies = {current_plane(self._viewer, self._image.value or labels_layer): np.array(data)}
+        else:
+            raise InputError(
+                f"The scribbles layer '{labels_layer.name}' has shape {shape} but '{geometry.name}' needs "
+                f"{geometry.planes_shape}. Press 'New scribbles layer' to create one of the right shape."
+            )
+        scribbled = {index: plane for index, plane in copies.items() if np.any(plane)}
+        if not scribbled:
+            raise InputError(
+                f"'{labels_layer.name}' is empty: paint a few strokes of at least two classes "
+                "(label 1, label 2...) on the image, then Train."
+            )
+        return scribbled
+
+    def new_scribbles_layer(self, image_layer: Any = None) -> Any:
+        """Add an empty uint8 Labels layer shaped like the image's planes, ready to paint."""
+        geometry = self._geometry(image_layer if image_layer is not None else self._image.value)
+        layer = self._viewer.add_labels(
+            np.zeros(geometry.planes_shape, dtype=np.uint8),
+            name=f"{geometry.name} scribbles",
+            **geometry.placement(),
+        )
+        layer.brush_size = max(3, min(geometry.plane_shape) // 60)
+        layer.selected_label = 1
+        layer.mode = "paint"
+        self._scribbles.reset_choices()
+        self._scribbles.value = layer
+        return layer
+
+    # ------------------------------------------------------------------ results
+    def _show_prediction(self, geometry: SourceGeometry, result: PredictionResult, *, generation: int | None) -> None:
+        if generation is not None and generation != self._live_generation:
+            return  # a newer live run superseded this one
+        if self._session.segmenter is not result.segmenter:
+            self._session.segmenter = result.segmenter
+        classes = result.classes
+        layer = find_result_layer(self._viewer, result_name(geometry.name, "segmentation"), "labels")
+        base = layer.data if layer is not None else None
+        labels = assemble_planes(
+            geometry, result.labels, dtype=np.uint8 if max(classes) <= 255 else np.uint16, base=base
+        )
+        upsert_layer(self._viewer, segmentation_layer_data(geometry, labels, classes=classes))
+        if result.uncertainty:
+            layer = find_result_layer(self._viewer, result_name(geometry.name, "uncertainty"), "image")
+            data = assemble_planes(geometry, result.uncertainty, dtype=np.float32, base=getattr(layer, "data", None))
+            upsert_layer(self._viewer, uncertainty_layer_data(geometry, data))
+        if result.probabilities:
+            layer = find_result_layer(self._viewer, result_name(geometry.name, "probabilities"), "image")
+            data = assemble_planes(
+                geometry, result.probabilities, dtype=np.float32, base=getattr(layer, "data", None), channel_axis=True
+            )
+            upsert_layer(self._viewer, probabilities_layer_data(geometry, data, classes=classes))
+        planes = ", ".join(str(i + 1) for i in sorted(result.labels))
+        self._set_status(f"Segmented {geometry.name}" + (f" plane(s) {planes}." if geometry.is_stack else "."))
+
+    def _show_batch_report(self, report: BatchReport) -> None:
+        (show_warning if report.failed else show_info)(f"HR-Dv2: {report.summary()}")
+        self._set_status(report.summary())
+
+    def _show_config(self, config: FeatureConfig) -> None:
+        self._settings_summary.value = describe_config(config)
+
+    def _show_model(self, segmenter: Any) -> None:
+        if segmenter is None:
+            self._model_status.value = "none (paint scribbles, then Train)"
+        else:
+            classes = ", ".join(str(int(c)) for c in getattr(segmenter, "classes_", []))
+            self._model_status.value = f"trained, classes {classes}"
+
+    # ------------------------------------------------------------------ live mode
+    def _live_toggled(self, enabled: bool) -> None:
+        if enabled:
+            self._watch(self._scribbles.value)
+            self._live_timer.start()
+        else:
+            self._watch(None)
+            self._live_timer.stop()
+            self._live_runner.cancel()
+
+    def _scribbles_changed(self, layer: Any) -> None:
+        if self._live.value:
+            self._watch(layer)
+
+    def _watch(self, layer: Any) -> None:
+        previous = self._watched() if self._watched is not None else None
+        if previous is not None:
+            previous.events.paint.disconnect(self._on_scribbles_edited)
+            previous.events.data.disconnect(self._on_scribbles_edited)
+        self._watched = None
+        if layer is not None:
+            layer.events.paint.connect(self._on_scribbles_edited)
+            layer.events.data.connect(self._on_scribbles_edited)
+            self._watched = weakref.ref(layer)
+
+    def _on_scribbles_edited(self, *_: Any) -> None:
+        self._live_timer.start()  # restarting the single-shot timer debounces a burst of strokes
+
+    def _live_update(self) -> None:
+        image, scribbles = self._image.value, self._scribbles.value
+        if image is None or scribbles is None or not self._live.value:
+            return
+        self._live_runner.cancel()  # a stale run stops at its next step; its result is ignored anyway
+        self._live_worker = self.train(image, scribbles, predict_planes=[current_plane(self._viewer, image)], live=True)
+
+    # ------------------------------------------------------------------ buttons
+    def _train_clicked(self, *_: Any) -> None:
+        self.train(self._image.value, self._scribbles.value)
+
+    def _predict_clicked(self, *_: Any, all_planes: bool = False) -> None:
+        self.predict(self._image.value, all_planes=all_planes)
+
+    def _new_scribbles_clicked(self, *_: Any) -> None:
+        try:
+            self.new_scribbles_layer()
+        except HRDv2Error as err:
+            self._report(err)
+
+    def _open_features_widget(self, *_: Any) -> None:
+        self._viewer.window.add_plugin_dock_widget("napari-hrdv2", "HR-Dv2 Features")
+
+    def _save_clicked(self, *_: Any) -> None:
+        path = show_file_dialog(mode="w", caption="Save HR-Dv2 model", filter=MODEL_FILTER)
+        if path:
+            self._guarded(self.save_model, path)
+
+    def _load_clicked(self, *_: Any) -> None:
+        path = show_file_dialog(mode="r", caption="Load HR-Dv2 model", filter=MODEL_FILTER)
+        if path:
+            self._guarded(self.load_model, path)
+
+    def _export_clicked(self, *_: Any) -> None:
+        path = show_file_dialog(
+            mode="w", caption="Export segmentation", filter="TIFF (*.tif *.tiff);;PNG, one file per plane (*.png)"
+        )
+        if path:
+            if not Path(path).suffix:
+                path = f"{path}.tif"
+            self._guarded(self.export_segmentation, path)
+
+    def _apply_folder_clicked(self, *_: Any) -> None:
+        folder_in, folder_out = str(self._folder_in.value or ""), str(self._folder_out.value or "")
+        if folder_in in ("", ".") or folder_out in ("", "."):
+            self._report(InputError("Choose both an input folder of images and an output folder."))
+            return
+        self.apply_to_folder(
+            folder_in, folder_out, suffix=f".{self._folder_format.value}", overwrite=bool(self._overwrite.value)
+        )
+
+    def _guarded(self, action: Any, *args: Any) -> Any:
+        try:
+            return action(*args)
+        except (HRDv2Error, OSError) as err:
+            self._report(err)
+            return None
+
+    # ------------------------------------------------------------------ status
+    def _report(self, error: BaseException, *, quiet: bool = False) -> None:
+        self._set_status(str(error))
+        if not quiet:
+            notify_error(error)
+
+    def _set_busy(self, busy: bool) -> None:
+        for button in (self._train, self._predict_plane, self._predict_all, self._apply_folder):
+            button.enabled = not busy
+        self._cancel.enabled = busy
+
+    def _set_status(self, text: str) -> None:
+        self._status.value = text

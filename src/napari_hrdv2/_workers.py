@@ -1,0 +1,448 @@
+"""Generator jobs run by the widgets in napari thread workers. No Qt, no layers.
+
+Each job takes plain data (arrays copied on the main thread, configs, a shared
+:class:`EncodingCache`), yields :class:`JobProgress` between steps and returns a result
+object; the widgets turn results into layers on the main thread. Stopping the
+generator (``worker.quit()``) cancels a job at its next step. Heavy work runs under
+``torch.inference_mode()``, which must be entered in the worker thread itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .core.config import FeatureConfig
+from .core.errors import HRDv2Error, InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core.encoding import Encoding, Featurizer
+    from .core.pca import PCABasis
+
+#: Default memory budget of the per-viewer encoding cache (low-resolution maps only).
+DEFAULT_CACHE_BYTES = 2 * 2**30
+
+#: Fields of FeatureConfig that only say how to compute (not what): the widget's values win for these.
+RUNTIME_FIELDS = ("device", "dtype", "tile_size", "tile_overlap", "batch_size")
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Overall progress of a job: ``fraction`` in [0, 1] and what it is doing."""
+
+    fraction: float
+    message: str
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def fingerprint(plane: np.ndarray) -> str:
+    """Content hash of an image plane (shape, dtype and bytes)."""
+    plane = np.ascontiguousarray(plane)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((plane.shape, plane.dtype.str)).encode())
+    digest.update(memoryview(plane).cast("B"))
+    return digest.hexdigest()
+
+
+class EncodingCache:
+    """Thread-safe LRU cache of :class:`Encoding` objects keyed by (plane content, FeatureConfig).
+
+    Keys use the content of the plane, so the same image in two layers (or an unchanged plane
+    after a layer was renamed) is encoded once; evicts least recently used encodings beyond
+    ``max_bytes``.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES):
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[tuple[str, FeatureConfig], Encoding] = OrderedDict()
+        self._lock = threading.Lock()
+        self._featurizers: dict[FeatureConfig, Featurizer] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(encoding.nbytes for encoding in self._items.values())
+
+    def get(self, key: tuple[str, FeatureConfig]) -> Encoding | None:
+        with self._lock:
+            encoding = self._items.get(key)
+            if encoding is not None:
+                self._items.move_to_end(key)
+            return encoding
+
+    def put(self, key: tuple[str, FeatureConfig], encoding: Encoding) -> None:
+        with self._lock:
+            self._items[key] = encoding
+            self._items.move_to_end(key)
+            total = sum(e.nbytes for e in self._items.values())
+            while total > self.max_bytes and len(self._items) > 1:
+                _, evicted = self._items.popitem(last=False)
+                total -= evicted.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._featurizers.clear()
+
+    def featurizer(self, config: FeatureConfig) -> Featurizer:
+        """One :class:`Featurizer` per config (the backbone itself is cached by ``load_backbone``)."""
+        from .core.encoding import Featurizer
+
+        with self._lock:
+            featurizer = self._featurizers.get(config)
+            if featurizer is None:
+                featurizer = self._featurizers[config] = Featurizer(config)
+            return featurizer
+
+    def iter_encode(self, plane: np.ndarray, config: FeatureConfig) -> Generator[float, None, Encoding]:
+        """Cached encoding of one plane; yields fractions in [0, 1] while computing."""
+        key = (fingerprint(plane), config)
+        cached = self.get(key)
+        if cached is not None:
+            return cached
+        encoding = yield from _fractions(self.featurizer(config).iter_encode(plane))
+        self.put(key, encoding)
+        return encoding
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+@contextmanager
+def inference_mode() -> Iterator[None]:
+    import torch
+
+    with torch.inference_mode():
+        yield
+
+
+def read_plane(data: Any, index: int, *, is_stack: bool) -> np.ndarray:
+    """Plane ``index`` of an image array (single planes have only plane 0), as numpy."""
+    return np.asarray(data[index]) if is_stack else np.asarray(data)
+
+
+def _stepped(
+    steps: Generator[float, None, Any], start: float, span: float, message: str
+) -> Generator[JobProgress, None, Any]:
+    """Re-yield a sub-task's fractions as overall progress in [start, start + span]."""
+    while True:
+        try:
+            fraction = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        yield JobProgress(start + span * fraction, message)
+
+
+def merge_runtime(model_config: FeatureConfig, runtime: FeatureConfig) -> FeatureConfig:
+    """The model's feature definition with the runtime settings (device, tiling, batch) of ``runtime``."""
+    return model_config.replace(**{name: getattr(runtime, name) for name in RUNTIME_FIELDS})
+
+
+def segmenter_config(segmenter: Any) -> FeatureConfig | None:
+    """The FeatureConfig a trained segmenter was trained with, if it records one."""
+    for name in ("feature_config", "config_", "config"):
+        value = getattr(segmenter, name, None)
+        if isinstance(value, FeatureConfig):
+            return value
+    return None
+
+
+def _feature_range(encoding: Encoding, n_pixels: int = 2000, seed: int = 0) -> tuple[float, float]:
+    height, width = encoding.shape
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, height, n_pixels)
+    cols = rng.integers(0, width, n_pixels)
+    values = encoding.sample(rows, cols)
+    low, high = np.percentile(values, [1, 99])
+    return float(low), float(high)
+
+
+def _fractions(steps: Generator[Any, None, Encoding]) -> Generator[float, None, Encoding]:
+    """Turn a Featurizer.iter_encode generator's Progress items into fractions."""
+    while True:
+        try:
+            update = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        yield update.fraction
+
+
+# ---------------------------------------------------------------------------------------------- features
+@dataclass
+class FeaturesResult:
+    """Per-plane outputs of :func:`features_job` (plane index -> array)."""
+
+    config: FeatureConfig
+    encodings: dict[int, Encoding]
+    pca: dict[int, np.ndarray] = field(default_factory=dict)  # (H, W, 3) float32 in [0, 1]
+    attention: dict[int, np.ndarray] = field(default_factory=dict)  # (1 + heads, H, W): mean, then heads
+    basis: PCABasis | None = None
+    feature_range: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def n_features(self) -> int:
+        return next(iter(self.encodings.values())).n_features
+
+
+def features_job(
+    data: Any,
+    indices: Sequence[int],
+    config: FeatureConfig,
+    cache: EncodingCache,
+    *,
+    is_stack: bool,
+    pca: bool = True,
+    attention: bool = True,
+    basis: PCABasis | None = None,
+) -> Generator[JobProgress, None, FeaturesResult]:
+    """Encode planes ``indices`` of ``data`` and compute their PCA-RGB and attention maps.
+
+    One PCA basis (``basis``, or fitted on the first plane) colours every plane of a stack consistently.
+    """
+    from ._layers import with_mean_head
+    from .core.pca import fit_pca
+
+    if not indices:
+        raise InputError("No planes selected to compute.")
+    result = FeaturesResult(config=config, encodings={}, basis=basis)
+    yield JobProgress(0.0, "Loading the backbone")
+    with inference_mode():
+        cache.featurizer(config).backbone  # noqa: B018  (load weights in this thread, errors surface here)
+        n = len(indices)
+        for i, index in enumerate(indices):
+            plane = read_plane(data, index, is_stack=is_stack)
+            label = f"plane {index + 1}" if is_stack else "image"
+            encoding = yield from _stepped(cache.iter_encode(plane, config), i / n, 0.8 / n, f"Encoding {label}")
+            result.encodings[index] = encoding
+            if pca:
+                if result.basis is None:
+                    result.basis = fit_pca(encoding, n_components=3)
+                result.pca[index] = result.basis.to_rgb(encoding)
+            if attention and encoding.n_heads:
+                result.attention[index] = with_mean_head(encoding.attention())
+            yield JobProgress((i + 1) / n, f"Finished {label}")
+        result.feature_range = _feature_range(result.encodings[indices[0]])
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- similarity
+def similarity_job(
+    plane: np.ndarray, row: int, col: int, config: FeatureConfig, cache: EncodingCache
+) -> Generator[JobProgress, None, np.ndarray]:
+    """Cosine similarity (H, W) of every pixel's HR feature to the one at ``(row, col)``."""
+    from .core.pca import cosine_similarity_map
+
+    with inference_mode():
+        encoding = yield from _stepped(cache.iter_encode(plane, config), 0.0, 0.9, "Encoding")
+        yield JobProgress(0.9, "Similarity")
+        return np.asarray(cosine_similarity_map(encoding, int(row), int(col)), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- segmentation
+@dataclass
+class PredictionResult:
+    """Per-plane predictions (plane index -> array) and the segmenter that made them."""
+
+    segmenter: Any
+    config: FeatureConfig
+    labels: dict[int, np.ndarray] = field(default_factory=dict)
+    uncertainty: dict[int, np.ndarray] = field(default_factory=dict)
+    probabilities: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[int]:
+        return [int(c) for c in self.segmenter.classes_]
+
+
+def _predict_planes(
+    segmenter: Any,
+    encode: Callable[[int], Generator[float, None, Encoding]],
+    indices: Sequence[int],
+    result: PredictionResult,
+    *,
+    start: float,
+    span: float,
+    uncertainty: bool,
+    probabilities: bool,
+) -> Generator[JobProgress, None, None]:
+    n = max(len(indices), 1)
+    for i, index in enumerate(indices):
+        base = start + span * i / n
+        encoding = yield from _stepped(encode(index), base, 0.8 * span / n, f"Encoding plane {index + 1}")
+        yield JobProgress(base + 0.8 * span / n, f"Predicting plane {index + 1}")
+        result.labels[index] = np.asarray(segmenter.predict(encoding))
+        if uncertainty:
+            result.uncertainty[index] = np.asarray(segmenter.uncertainty(encoding), dtype=np.float32)
+        if probabilities:
+            result.probabilities[index] = np.asarray(segmenter.predict_proba(encoding), dtype=np.float32)
+        yield JobProgress(start + span * (i + 1) / n, f"Predicted plane {index + 1}")
+
+
+def train_job(
+    data: Any,
+    labels: Mapping[int, np.ndarray],
+    config: FeatureConfig,
+    cache: EncodingCache,
+    *,
+    is_stack: bool,
+    make_segmenter: Callable[[], Any],
+    predict_indices: Sequence[int] | None = None,
+    uncertainty: bool = False,
+    probabilities: bool = False,
+) -> Generator[JobProgress, None, PredictionResult]:
+    """Train a new segmenter on the planes in ``labels`` (plane index -> copied (H, W) labels), then predict.
+
+    Predicts ``predict_indices`` (default: the labelled planes).
+    """
+    if not labels:
+        raise InputError("The scribbles layer is empty: paint a few strokes of at least two classes, then Train.")
+    indices = sorted(labels)
+    predict_indices = indices if predict_indices is None else list(predict_indices)
+
+    def encode(index: int) -> Generator[float, None, Encoding]:
+        return cache.iter_encode(read_plane(data, index, is_stack=is_stack), config)
+
+    yield JobProgress(0.0, "Loading the backbone")
+    with inference_mode():
+        cache.featurizer(config).backbone  # noqa: B018
+        encodings = []
+        n = len(indices)
+        for i, index in enumerate(indices):
+            encoding = yield from _stepped(encode(index), 0.5 * i / n, 0.5 / n, f"Encoding plane {index + 1}")
+            encodings.append(encoding)
+        yield JobProgress(0.5, "Training")
+        segmenter = make_segmenter()
+        segmenter.fit(encodings, [labels[index] for index in indices])
+        result = PredictionResult(segmenter=segmenter, config=config)
+        yield from _predict_planes(
+            segmenter,
+            encode,
+            predict_indices,
+            result,
+            start=0.6,
+            span=0.4,
+            uncertainty=uncertainty,
+            probabilities=probabilities,
+        )
+    return result
+
+
+def predict_job(
+    data: Any,
+    indices: Sequence[int],
+    segmenter: Any,
+    config: FeatureConfig,
+    cache: EncodingCache,
+    *,
+    is_stack: bool,
+    uncertainty: bool = False,
+    probabilities: bool = False,
+) -> Generator[JobProgress, None, PredictionResult]:
+    """Predict planes ``indices`` of ``data`` with a trained segmenter."""
+    if not indices:
+        raise InputError("No planes selected to predict.")
+
+    def encode(index: int) -> Generator[float, None, Encoding]:
+        return cache.iter_encode(read_plane(data, index, is_stack=is_stack), config)
+
+    yield JobProgress(0.0, "Loading the backbone")
+    result = PredictionResult(segmenter=segmenter, config=config)
+    with inference_mode():
+        cache.featurizer(config).backbone  # noqa: B018
+        yield from _predict_planes(
+            segmenter,
+            encode,
+            indices,
+            result,
+            start=0.0,
+            span=1.0,
+            uncertainty=uncertainty,
+            probabilities=probabilities,
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- batch
+@dataclass
+class BatchReport:
+    """What :func:`folder_job` did: files written, skipped (existing) and failed (with the reason)."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"Wrote {len(self.written)} label image(s)"
+        if self.skipped:
+            text += f", skipped {len(self.skipped)} existing (tick Overwrite to replace them)"
+        if self.failed:
+            reasons = "; ".join(f"{path.name}: {reason}" for path, reason in self.failed[:3])
+            text += f", {len(self.failed)} failed ({reasons}{'...' if len(self.failed) > 3 else ''})"
+        return text + "."
+
+
+def output_path(source: Path, outdir: Path, suffix: str) -> Path:
+    """Where the label image of ``source`` goes: ``outdir/<stem>_labels<suffix>``."""
+    return outdir / f"{source.stem}_labels{suffix}"
+
+
+def folder_job(
+    inputs: Sequence[str | Path],
+    outdir: str | Path,
+    segmenter: Any,
+    config: FeatureConfig,
+    *,
+    suffix: str = ".tif",
+    overwrite: bool = False,
+) -> Generator[JobProgress, None, BatchReport]:
+    """Segment every image in ``inputs`` (files or folders) and write one label image per input.
+
+    Stacks become multi-page TIFFs (PNG output writes stacks as TIFF). A bad file is recorded in the
+    report and skipped; the rest are still processed. Nothing is cached (each image is seen once).
+    """
+    from .core.encoding import Featurizer
+    from .core.io import expand_inputs, planes, read_image, write_labels
+
+    outdir = Path(outdir)
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise InputError(f"No images found in {', '.join(str(p) for p in inputs)} (looked for .tif/.png/.jpg/.bmp).")
+    report = BatchReport()
+    yield JobProgress(0.0, "Loading the backbone")
+    with inference_mode():
+        featurizer = Featurizer(config)
+        featurizer.backbone  # noqa: B018
+        for i, path in enumerate(paths):
+            yield JobProgress(i / len(paths), f"{path.name} ({i + 1}/{len(paths)})")
+            try:
+                image = read_image(path)
+                stack = planes(image)
+                target = output_path(path, outdir, ".tif" if len(stack) > 1 else suffix)
+                if target.exists() and not overwrite:
+                    report.skipped.append(target)
+                    continue
+                predicted = []
+                for p, plane in enumerate(stack):
+                    start = (i + p / len(stack)) / len(paths)
+                    message = f"{path.name} ({i + 1}/{len(paths)})"
+                    encoding = yield from _stepped(
+                        _fractions(featurizer.iter_encode(plane)), start, 0.9 / len(stack) / len(paths), message
+                    )
+                    predicted.append(np.asarray(segmenter.predict(encoding)))
+                result = predicted[0] if len(stack) == 1 and image.ndim == stack[0].ndim else np.stack(predicted)
+                report.written.append(write_labels(target, result, overwrite=overwrite))
+            except HRDv2Error as err:
+                report.failed.append((path, str(err)))
+            except (OSError, ValueError) as err:
+                report.failed.append((path, f"{type(err).__name__}: {err}"))
+    yield JobProgress(1.0, report.summary())
+    return report
