@@ -1,0 +1,558 @@
+"""``LinearSegmenter``: weakly supervised segmentation from brush labels on HR-Dv2 features.
+
+A multinomial logistic regression (class-balanced, L2) is trained on the exact
+HR-Dv2 features of the labelled pixels only (:meth:`Encoding.sample`). The
+standardisation of the features is folded into the weights, so prediction is
+one linear map: :meth:`Encoding.project` applies it to the low-resolution
+per-transform maps and upsamples only ``n_classes`` logit channels; a dense
+``(C, H, W)`` feature map is never built.
+
+Optional *hybrid* features append classical multiscale filters of the image
+(:mod:`.classical`); they are computed at full resolution, so their logit
+contribution is accumulated one filter at a time and the trick stays exact.
+
+Axis convention: label images ``(H, W)`` integers (0 = unlabelled); feature
+maps ``(C, H, W)``; probabilities ``(n_classes, H, W)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from .classical import DEFAULT_SIGMAS, check_sigmas, iter_classical_features, n_classical_features
+from .config import FeatureConfig
+from .errors import InputError, ModelFileError
+
+#: Version of the model file layout written by :meth:`LinearSegmenter.save`.
+FORMAT_VERSION = 1
+#: Identifies our files among other safetensors files.
+FORMAT_NAME = "napari-hrdv2-linear-segmenter"
+#: Largest label value a prediction can hold (uint16 output).
+MAX_LABEL = np.iinfo(np.uint16).max
+
+FeatureSource = Union["Encoding", np.ndarray]  # noqa: F821  (Encoding is imported lazily)
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """What :meth:`LinearSegmenter.fit` saw and did."""
+
+    n_images: int
+    pixels_per_class: dict[int, int]
+    pixels_used: int
+    iterations: int
+    final_loss: float
+    training_accuracy: float
+
+
+def _is_encoding(features: object) -> bool:
+    return hasattr(features, "project") and hasattr(features, "sample")
+
+
+def _source_shape(features: FeatureSource) -> tuple[int, int]:
+    if _is_encoding(features):
+        return tuple(features.shape)
+    dense = np.asarray(features)
+    if dense.ndim != 3:
+        raise InputError(f"Dense features must be (C, H, W), got shape {dense.shape}.")
+    return dense.shape[1:]
+
+
+def check_labels(labels: np.ndarray, shape: tuple[int, int], *, name: str = "labels") -> np.ndarray:
+    """Validate a label image against an image shape; returns an int64 copy (the input is untouched).
+
+    Accepts any integer, bool or integer-valued float array of shape ``shape``
+    (a leading singleton axis is dropped). Raises :class:`InputError` naming the problem.
+    """
+    array = np.asarray(labels)
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.shape != tuple(shape):
+        raise InputError(f"{name} has shape {array.shape} but the image is {tuple(shape)}: they must match.")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise InputError(f"{name} contains NaN or infinite values; use 0 for unlabelled pixels.")
+        if not np.array_equal(array, np.round(array)):
+            raise InputError(f"{name} must hold whole numbers (class values), got fractional values.")
+    elif array.dtype.kind not in "iub":
+        raise InputError(f"{name} must be an integer array, got dtype {array.dtype}.")
+    out = array.astype(np.int64)  # always a copy
+    if out.size and out.min() < 0:
+        raise InputError(f"{name} has negative values ({out.min()}); class values must be 1..{MAX_LABEL}.")
+    if out.size and out.max() > MAX_LABEL:
+        raise InputError(f"{name} has the value {out.max()}; class values must be at most {MAX_LABEL}.")
+    return out
+
+
+def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """Entropy of ``(n_classes, H, W)`` probabilities divided by ``log(n_classes)``: (H, W) in [0, 1]."""
+    p = np.clip(probabilities, 1e-12, 1.0)
+    entropy = -(p * np.log(p)).sum(axis=0)
+    return np.clip(entropy / math.log(max(probabilities.shape[0], 2)), 0.0, 1.0).astype(np.float32)
+
+
+def clean_labels(labels: np.ndarray, *, majority_size: int = 0, min_object_size: int = 0) -> np.ndarray:
+    """Cheap clean-up of a label image ``(H, W)``.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+    majority_size : int
+        Side of a square majority (mode) filter; 0 or 1 = off. Odd sizes are centred.
+    min_object_size : int
+        Connected regions (8-connectivity) smaller than this many pixels take the
+        label of the nearest larger region; 0 = off.
+
+    Returns
+    -------
+    (H, W) array of the same dtype.
+    """
+    from scipy import ndimage as ndi
+
+    out = np.asarray(labels).copy()
+    values = np.unique(out)
+    if majority_size > 1 and values.size > 1:
+        votes = np.stack([ndi.uniform_filter((out == v).astype(np.float32), majority_size) for v in values])
+        out = values[np.argmax(votes, axis=0)].astype(labels.dtype)
+    if min_object_size > 0 and values.size > 1:
+        small = np.zeros(out.shape, dtype=bool)
+        structure = np.ones((3, 3), dtype=bool)
+        for value in values:
+            regions, n = ndi.label(out == value, structure=structure)
+            if n:
+                sizes = np.bincount(regions.ravel())
+                sizes[0] = np.iinfo(np.int64).max
+                small |= sizes[regions] < min_object_size
+        if small.any() and not small.all():
+            _, (rows, cols) = ndi.distance_transform_edt(small, return_indices=True)
+            out = out[rows, cols]
+    return out
+
+
+class LinearSegmenter:
+    """Multinomial logistic regression on HR-Dv2 (optionally hybrid) features, trained from scribbles.
+
+    Parameters
+    ----------
+    l2 : float
+        L2 penalty on the weights (standardised features), added to the mean
+        class-balanced cross-entropy as ``l2 / 2 * ||W||^2``. Independent of the
+        number of labelled pixels.
+    class_balanced : bool
+        Weight every class equally however many pixels were painted.
+    hybrid : bool
+        Append classical multiscale filters of the image (intensity, edges,
+        blobs, ridges, texture) to the HR-Dv2 features.
+    classical_sigmas : sequence of float
+        Gaussian scales of the classical filters (hybrid only).
+    max_pixels_per_class : int
+        Training uses at most this many labelled pixels per class (a seeded random
+        subset); more add time, not accuracy.
+    max_iter : int
+        L-BFGS iterations.
+    majority_size, min_object_size : int
+        Optional clean-up of :meth:`predict` (see :func:`clean_labels`); 0 = off.
+    seed : int
+        Seed of the pixel subsampling.
+
+    Attributes (after :meth:`fit` or :meth:`load`)
+    ----------------------------------------------
+    classes_ : (n_classes,) int array
+        The label values seen, ascending; predictions use them.
+    coef_ : (n_classes, n_features) float32
+        Weights on the raw (unstandardised) features; the scaler is folded in.
+    intercept_ : (n_classes,) float32
+    feature_config : FeatureConfig or None
+        The feature pipeline the model was trained with (None if trained on dense arrays).
+    summary_ : TrainingSummary
+    """
+
+    def __init__(
+        self,
+        *,
+        l2: float = 1e-3,
+        class_balanced: bool = True,
+        hybrid: bool = False,
+        classical_sigmas: Sequence[float] = DEFAULT_SIGMAS,
+        max_pixels_per_class: int = 50_000,
+        max_iter: int = 100,
+        majority_size: int = 0,
+        min_object_size: int = 0,
+        seed: int = 0,
+    ):
+        if not (l2 >= 0 and math.isfinite(l2)):
+            raise InputError(f"l2 must be a non-negative number, got {l2}.")
+        if max_pixels_per_class < 1 or max_iter < 1:
+            raise InputError("max_pixels_per_class and max_iter must be at least 1.")
+        if majority_size < 0 or min_object_size < 0:
+            raise InputError("majority_size and min_object_size must be >= 0.")
+        self.l2 = float(l2)
+        self.class_balanced = bool(class_balanced)
+        self.hybrid = bool(hybrid)
+        self.classical_sigmas = check_sigmas(classical_sigmas)
+        self.max_pixels_per_class = int(max_pixels_per_class)
+        self.max_iter = int(max_iter)
+        self.majority_size = int(majority_size)
+        self.min_object_size = int(min_object_size)
+        self.seed = int(seed)
+        self.classes_: np.ndarray | None = None
+        self.coef_: np.ndarray | None = None
+        self.intercept_: np.ndarray | None = None
+        self.feature_config: FeatureConfig | None = None
+        self.n_hr_features_: int | None = None
+        self.summary_: TrainingSummary | None = None
+
+    # ------------------------------------------------------------------ parameters
+    def get_params(self) -> dict[str, Any]:
+        """Hyper-parameters, as passed to ``__init__`` (JSON-safe)."""
+        return {
+            "l2": self.l2,
+            "class_balanced": self.class_balanced,
+            "hybrid": self.hybrid,
+            "classical_sigmas": list(self.classical_sigmas),
+            "max_pixels_per_class": self.max_pixels_per_class,
+            "max_iter": self.max_iter,
+            "majority_size": self.majority_size,
+            "min_object_size": self.min_object_size,
+            "seed": self.seed,
+        }
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.coef_ is not None
+
+    @property
+    def n_classes(self) -> int:
+        return 0 if self.classes_ is None else int(self.classes_.size)
+
+    @property
+    def n_classical(self) -> int:
+        return n_classical_features(self.classical_sigmas) if self.hybrid else 0
+
+    def __repr__(self) -> str:
+        state = f"classes={self.classes_.tolist()}" if self.is_fitted else "not fitted"
+        return f"LinearSegmenter({'hybrid, ' if self.hybrid else ''}{state})"
+
+    # ------------------------------------------------------------------ features
+    def _image_of(self, features: FeatureSource) -> np.ndarray:
+        image = getattr(features, "image", None)
+        if image is None:
+            raise InputError(
+                "Hybrid features need the image: pass an Encoding made by Featurizer.encode (it keeps the image)."
+            )
+        return image
+
+    def _sample(self, features: FeatureSource, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Training vectors (N, n_features) at pixels: HR features, then classical filters if hybrid."""
+        if _is_encoding(features):
+            vectors = features.sample(rows, cols)
+            if self.hybrid:
+                classical = [f[rows, cols] for f in iter_classical_features(self._image_of(features), **self._cl())]
+                vectors = np.concatenate([vectors, np.stack(classical, axis=1)], axis=1)
+            return vectors.astype(np.float32, copy=False)
+        dense = np.asarray(features)
+        return np.ascontiguousarray(dense[:, rows, cols].T, dtype=np.float32)
+
+    def _cl(self) -> dict[str, Any]:
+        normalize = self.feature_config.normalize if self.feature_config is not None else "minmax"
+        return {"sigmas": self.classical_sigmas, "normalize": normalize}
+
+    def _n_features_of(self, features: FeatureSource) -> int:
+        if _is_encoding(features):
+            return int(features.n_features) + self.n_classical
+        return int(np.asarray(features).shape[0])
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        features: Sequence[FeatureSource] | FeatureSource,
+        labels: Sequence[np.ndarray] | np.ndarray,
+    ) -> LinearSegmenter:
+        """Train on the labelled pixels of one or several images.
+
+        Parameters
+        ----------
+        features : Encoding or (C, H, W) array, or a sequence of them
+            All with the same feature definition (the same FeatureConfig for encodings).
+            With ``hybrid=True``, dense arrays must already hold the classical channels
+            (see :meth:`dense_features`).
+        labels : (H, W) int array or a sequence of them, one per image
+            0 = unlabelled; any positive values name the classes. Never modified.
+
+        Returns
+        -------
+        self
+        """
+        import torch
+
+        sources = [features] if _is_encoding(features) or np.asarray(features).ndim == 3 else list(features)
+        label_list = [labels] if isinstance(labels, np.ndarray) and labels.ndim == 2 else list(labels)
+        if len(sources) != len(label_list):
+            raise InputError(f"Got {len(sources)} images but {len(label_list)} label images; give one per image.")
+        if not sources:
+            raise InputError("Nothing to train on: give at least one image and its labels.")
+        self.feature_config = self._common_config(sources)
+        n_features = {self._n_features_of(s) for s in sources}
+        if len(n_features) > 1:
+            raise InputError(f"The images have different numbers of features {sorted(n_features)}.")
+
+        checked = [
+            check_labels(lab, _source_shape(src), name=f"labels of image {i + 1}")
+            for i, (src, lab) in enumerate(zip(sources, label_list))
+        ]
+        classes = np.unique(np.concatenate([np.unique(lab) for lab in checked]))
+        classes = classes[classes > 0]
+        if classes.size == 0:
+            raise InputError("No pixels are labelled: paint a few strokes of at least two classes (0 = unlabelled).")
+        if classes.size == 1:
+            raise InputError(f"Only one class (value {classes[0]}) is labelled: paint strokes of at least two classes.")
+
+        rng = np.random.default_rng(self.seed)
+        counts = {int(c): int(sum(np.count_nonzero(lab == c) for lab in checked)) for c in classes}
+        keep_fraction = np.minimum(1.0, self.max_pixels_per_class / np.array(list(counts.values()), dtype=np.float64))
+        vectors, targets = [], []
+        for src, lab in zip(sources, checked):
+            rows, cols = np.nonzero(lab)
+            if rows.size == 0:
+                continue
+            target = np.searchsorted(classes, lab[rows, cols])
+            keep = rng.random(rows.size) < keep_fraction[target]
+            rows, cols, target = rows[keep], cols[keep], target[keep]
+            x = self._sample(src, rows, cols)
+            if not np.isfinite(x).all():
+                raise InputError("The features contain NaN or infinite values; check the image and the backbone.")
+            vectors.append(x)
+            targets.append(target)
+        x = torch.from_numpy(np.concatenate(vectors))
+        y = torch.from_numpy(np.concatenate(targets))
+
+        mean = x.mean(0)
+        std = x.std(0, unbiased=False).clamp_min(1e-6)
+        z = (x - mean) / std
+        n_classes = classes.size
+        present = torch.bincount(y, minlength=n_classes).float()
+        if self.class_balanced:
+            sample_weight = (y.numel() / (n_classes * present))[y]
+        else:
+            sample_weight = torch.ones(y.numel())
+        sample_weight = sample_weight / sample_weight.sum()
+
+        weight = torch.zeros((n_classes, z.shape[1]), requires_grad=True)
+        bias = torch.zeros(n_classes, requires_grad=True)
+        optimizer = torch.optim.LBFGS(
+            [weight, bias], lr=1.0, max_iter=self.max_iter, history_size=20,
+            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe",
+        )  # fmt: skip
+        l2 = self.l2
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            losses = torch.nn.functional.cross_entropy(z @ weight.T + bias, y, reduction="none")
+            loss = (losses * sample_weight).sum() + 0.5 * l2 * (weight * weight).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimizer.step(closure)
+            final_loss = float(closure().detach())
+        state = optimizer.state[weight]
+        with torch.no_grad():
+            accuracy = float(((z @ weight.T + bias).argmax(1) == y).float().mean())
+            coef = weight / std  # fold the scaler: W (x - m) / s + b = (W / s) x + (b - (W / s) m)
+            intercept = bias - coef @ mean
+
+        self.classes_ = classes.astype(np.int64)
+        self.coef_ = coef.numpy().astype(np.float32)
+        self.intercept_ = intercept.numpy().astype(np.float32)
+        self.n_hr_features_ = self.coef_.shape[1] - self.n_classical
+        self.summary_ = TrainingSummary(
+            n_images=len(sources),
+            pixels_per_class=counts,
+            pixels_used=int(y.numel()),
+            iterations=int(state.get("n_iter", 0)),
+            final_loss=final_loss,
+            training_accuracy=accuracy,
+        )
+        return self
+
+    @staticmethod
+    def _common_config(sources: Sequence[FeatureSource]) -> FeatureConfig | None:
+        configs = [getattr(s, "config", None) for s in sources if _is_encoding(s)]
+        if not configs:
+            return None
+        signature = configs[0].feature_signature()
+        for config in configs[1:]:
+            if config.feature_signature() != signature:
+                raise InputError("The encodings were computed with different feature settings; use one FeatureConfig.")
+        return configs[0]
+
+    # ------------------------------------------------------------------ prediction
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise InputError("This LinearSegmenter is not trained yet: call fit(...) or LinearSegmenter.load(path).")
+
+    def check_compatible(self, features: FeatureSource) -> None:
+        """Raise :class:`InputError` if ``features`` were not made like the training features."""
+        self._check_fitted()
+        if _is_encoding(features):
+            config = getattr(features, "config", None)
+            if self.feature_config is not None and config is not None:
+                mine, theirs = self.feature_config.feature_signature(), config.feature_signature()
+                if mine != theirs:
+                    diff = ", ".join(
+                        f"{k}: model {mine[k]!r} vs image {theirs[k]!r}" for k in mine if mine[k] != theirs[k]
+                    )
+                    raise InputError(
+                        f"This model was trained with different feature settings ({diff}). Encode the image with "
+                        "the model's settings (segmenter.feature_config) or retrain."
+                    )
+        n = self._n_features_of(features)
+        if n != self.coef_.shape[1]:
+            raise InputError(
+                f"The features have {n} channels but the model expects {self.coef_.shape[1]} "
+                f"({self.n_hr_features_} HR-Dv2 + {self.n_classical} classical): wrong backbone or feature setting?"
+            )
+
+    def decision_function(self, features: FeatureSource) -> np.ndarray:
+        """Class logits ``(n_classes, H, W)`` float32, computed without materialising the features."""
+        self.check_compatible(features)
+        if not _is_encoding(features):
+            dense = np.asarray(features, dtype=np.float32)
+            if not np.isfinite(dense).all():
+                raise InputError("The features contain NaN or infinite values.")
+            logits = np.einsum("oc,chw->ohw", self.coef_, dense, optimize=True)
+            return (logits + self.intercept_[:, None, None]).astype(np.float32)
+        n_hr = self.n_hr_features_
+        logits = features.project(self.coef_[:, :n_hr], self.intercept_)
+        if self.hybrid:
+            for g, response in enumerate(iter_classical_features(self._image_of(features), **self._cl())):
+                logits += self.coef_[:, n_hr + g, None, None] * response[None]
+        return logits
+
+    def predict_proba(self, features: FeatureSource) -> np.ndarray:
+        """Class probabilities ``(n_classes, H, W)`` float32 (softmax of the logits; sums to 1)."""
+        logits = self.decision_function(features)
+        logits -= logits.max(axis=0, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=0, keepdims=True)
+        return logits
+
+    def predict(self, features: FeatureSource) -> np.ndarray:
+        """Label image ``(H, W)`` with the class values of :attr:`classes_`: uint8, or uint16 above 255."""
+        logits = self.decision_function(features)
+        dtype = np.uint8 if self.classes_.max() <= np.iinfo(np.uint8).max else np.uint16
+        labels = self.classes_.astype(dtype)[np.argmax(logits, axis=0)]
+        if self.majority_size > 1 or self.min_object_size > 0:
+            labels = clean_labels(labels, majority_size=self.majority_size, min_object_size=self.min_object_size)
+        return labels
+
+    def uncertainty(self, features: FeatureSource) -> np.ndarray:
+        """Normalised entropy of the class probabilities: (H, W) float32, 0 = certain, 1 = uniform."""
+        return normalized_entropy(self.predict_proba(features))
+
+    def dense_features(self, encoding: Any) -> np.ndarray:
+        """The full feature array this model works on, ``(n_features, H, W)``: for small images and tests."""
+        dense = encoding.features()
+        if self.hybrid:
+            classical = np.stack(list(iter_classical_features(self._image_of(encoding), **self._cl())))
+            dense = np.concatenate([dense, classical])
+        return dense
+
+    def featurizer(self, **runtime: Any) -> Any:
+        """A :class:`Featurizer` that computes the features this model was trained on.
+
+        ``runtime`` may change how they are computed (``device``, ``dtype``, ``tile_size``,
+        ``tile_overlap``, ``batch_size``), not what they are.
+        """
+        from .config import FEATURE_DEFINING_FIELDS
+        from .encoding import Featurizer
+
+        self._check_fitted()
+        if self.feature_config is None:
+            raise InputError("This model was trained on dense arrays and does not know its feature pipeline.")
+        defining = sorted(set(runtime) & set(FEATURE_DEFINING_FIELDS))
+        if defining:
+            raise InputError(f"{defining} define the features; a trained model must use its own values.")
+        return Featurizer(self.feature_config.replace(**runtime))
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the model to one safetensors file (no pickle): weights, classes, config, version.
+
+        Refuses to replace an existing file unless ``overwrite=True``.
+        """
+        from safetensors.numpy import save_file
+
+        self._check_fitted()
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise InputError(f"'{path}' already exists; pass overwrite=True (--overwrite) to replace it.")
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": str(FORMAT_VERSION),
+            "params": json.dumps(self.get_params()),
+            "feature_config": json.dumps(self.feature_config.to_dict() if self.feature_config else None),
+            "n_hr_features": str(self.n_hr_features_),
+            "summary": json.dumps(asdict(self.summary_) if self.summary_ else None),
+        }
+        tensors = {
+            "coef": np.ascontiguousarray(self.coef_, dtype=np.float32),
+            "intercept": np.ascontiguousarray(self.intercept_, dtype=np.float32),
+            "classes": np.ascontiguousarray(self.classes_, dtype=np.int64),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LinearSegmenter:
+        """Read a model written by :meth:`save`; raises :class:`ModelFileError` for anything else."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"Model file '{path}' does not exist.")
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                meta = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ModelFileError(f"'{path.name}' is not a napari-hrdv2 model file (or it is corrupt): {err}") from err
+        if meta.get("format") != FORMAT_NAME:
+            raise ModelFileError(f"'{path.name}' is a safetensors file but not a napari-hrdv2 segmentation model.")
+        version = int(meta.get("format_version", "0"))
+        if version > FORMAT_VERSION:
+            raise ModelFileError(
+                f"'{path.name}' was written by a newer napari-hrdv2 (format {version}); please upgrade the plugin."
+            )
+        try:
+            model = cls(**json.loads(meta["params"]))
+            config = json.loads(meta["feature_config"])
+            model.feature_config = FeatureConfig.from_dict(config) if config else None
+            model.coef_ = np.asarray(tensors["coef"], dtype=np.float32)
+            model.intercept_ = np.asarray(tensors["intercept"], dtype=np.float32)
+            model.classes_ = np.asarray(tensors["classes"], dtype=np.int64)
+            model.n_hr_features_ = int(meta["n_hr_features"])
+            summary = json.loads(meta.get("summary", "null"))
+            if summary:
+                summary["pixels_per_class"] = {int(k): v for k, v in summary["pixels_per_class"].items()}
+                model.summary_ = TrainingSummary(**summary)
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+            raise ModelFileError(f"'{path.name}' is damaged (missing or invalid entry: {err}).") from err
+        n_classes, n_features = model.coef_.shape if model.coef_.ndim == 2 else (-1, -1)
+        if (
+            model.intercept_.shape != (n_classes,)
+            or model.classes_.shape != (n_classes,)
+            or n_features != model.n_hr_features_ + model.n_classical
+        ):
+            raise ModelFileError(f"'{path.name}' is damaged (inconsistent array shapes).")
+        return model
