@@ -319,10 +319,12 @@ def train_job(
         for i, index in enumerate(indices):
             encoding = yield from _stepped(encode(index), 0.5 * i / n, 0.5 / n, f"Encoding plane {index + 1}")
             encodings.append(encoding)
-        yield JobProgress(0.5, "Training")
-        segmenter = make_segmenter()
-        segmenter.fit(encodings, [labels[index] for index in indices])
-        result = PredictionResult(segmenter=segmenter, config=config)
+    yield JobProgress(0.5, "Training")
+    # Outside inference mode: the optimiser needs autograd (tensors made in inference mode cannot be trained).
+    segmenter = make_segmenter()
+    segmenter.fit(encodings, [labels[index] for index in indices])
+    result = PredictionResult(segmenter=segmenter, config=config)
+    with inference_mode():
         yield from _predict_planes(
             segmenter,
             encode,

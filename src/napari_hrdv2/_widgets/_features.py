@@ -232,6 +232,12 @@ class FeaturesWidget(Container):
     def _refresh_choices(self, *_: Any) -> None:
         self._image.reset_choices()
 
+    def _select(self, layer: Any) -> None:
+        """Show the layer a programmatic call used in the Image box (similarity clicks follow it)."""
+        if layer in self._viewer.layers and layer is not self._image.value:
+            self._image.reset_choices()
+            self._image.value = layer
+
     # ------------------------------------------------------------------ compute
     def compute(self, layer: Any, *, all_planes: bool = False) -> GeneratorWorker | None:
         """Compute HR-Dv2 features of the current plane (or all planes) of ``layer`` in a thread worker.
@@ -249,6 +255,7 @@ class FeaturesWidget(Container):
             self._set_status(str(err))
             return None
         self._session.config = config
+        self._select(layer)
         indices = geometry.plane_indices if all_planes else [current_plane(self._viewer, layer)]
         basis = self._session.pca_bases.get((geometry.name, config)) if geometry.is_stack else None
         return self._runner.start(

@@ -47,11 +47,48 @@ LIVE_DELAY_MS = 400
 MODEL_FILTER = "HR-Dv2 model (*.hrdv2 *.npz *.safetensors);;All files (*)"
 
 
-def new_segmenter() -> Any:
-    """A LinearSegmenter with its documented default hyper-parameters."""
+def new_segmenter(*, hybrid: bool = False) -> Any:
+    """A LinearSegmenter with its documented default hyper-parameters (plus classical filters if ``hybrid``)."""
     from ..core.segmenter import LinearSegmenter
 
-    return LinearSegmenter()
+    return LinearSegmenter(hybrid=hybrid)
+
+
+def export_targets(path: str | Path, labels_shape: tuple[int, ...], *, per_plane: bool) -> list[Path]:
+    """Files an export of labels of ``labels_shape`` to ``path`` writes.
+
+    A stack goes to one multi-page TIFF, or to ``<stem>_000<suffix>``, ``<stem>_001<suffix>``... with
+    ``per_plane`` or as PNG (a PNG holds one plane).
+    """
+    path = Path(path)
+    if len(labels_shape) == 3 and (per_plane or path.suffix.lower() == ".png"):
+        return [path.with_name(f"{path.stem}_{i:03d}{path.suffix}") for i in range(labels_shape[0])]
+    return [path]
+
+
+def confirm_overwrite(existing: list[Path], parent: Any = None) -> bool:
+    """Ask the user whether to replace ``existing`` files (a Yes/No message box)."""
+    from qtpy.QtWidgets import QMessageBox
+
+    names = "\n".join(str(p) for p in existing[:8]) + ("\n..." if len(existing) > 8 else "")
+    answer = QMessageBox.question(
+        parent,
+        "Replace files?",
+        f"{len(existing)} file(s) already exist:\n{names}\n\nReplace them?",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def ask_save_path(caption: str, file_filter: str, parent: Any = None) -> tuple[str, str]:
+    """A save dialog that does not itself confirm overwriting (the widget asks once, for every file)."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, chosen_filter = QFileDialog.getSaveFileName(
+        parent, caption, "", file_filter, options=QFileDialog.Option.DontConfirmOverwrite
+    )
+    return path, chosen_filter
 
 
 def describe_config(config: FeatureConfig) -> str:
@@ -75,7 +112,9 @@ class SegmentationWidget(Container):
         self._viewer = napari_viewer
         self._session = session_for(napari_viewer)
         #: Factory of untrained segmenters (tests or scripts may swap in other hyper-parameters).
-        self.make_segmenter = new_segmenter
+        self.make_segmenter = self._new_segmenter
+        #: Asks before files are replaced; returns True to replace (tests swap in an answer).
+        self.confirm_overwrite = confirm_overwrite
 
         self._image = ComboBox(label="Image", choices=self._image_choices, nullable=True)
         self._scribbles = ComboBox(label="Scribbles", choices=self._labels_choices, nullable=True)
@@ -84,7 +123,12 @@ class SegmentationWidget(Container):
         self._open_features = PushButton(text="Feature settings...")
         self._train = PushButton(text="Train")
         self._live = CheckBox(text="Live", tooltip="Retrain and predict the current plane after each paint stroke")
-        train_row = Container(widgets=[self._train, self._live], layout="horizontal", labels=False)
+        self._hybrid = CheckBox(
+            text="+ classical filters",
+            tooltip="Also train on classical multiscale filters of the image (intensity, edges, texture): "
+            "helps where the classes differ mostly in brightness",
+        )
+        train_row = Container(widgets=[self._train, self._live, self._hybrid], layout="horizontal", labels=False)
         self._predict_plane = PushButton(text="Predict current plane")
         self._predict_all = PushButton(text="Predict all planes")
         predict_row = Container(widgets=[self._predict_plane, self._predict_all], layout="horizontal", labels=False)
@@ -95,8 +139,13 @@ class SegmentationWidget(Container):
         )
         self._save = PushButton(text="Save model...")
         self._load = PushButton(text="Load model...")
+        files_row = Container(widgets=[self._save, self._load], layout="horizontal", labels=False)
         self._export = PushButton(text="Export segmentation...")
-        files_row = Container(widgets=[self._save, self._load, self._export], layout="horizontal", labels=False)
+        self._export_per_plane = CheckBox(
+            text="one file per plane",
+            tooltip="Stacks: one file per plane instead of a multi-page TIFF (PNG is always one file per plane)",
+        )
+        export_row = Container(widgets=[self._export, self._export_per_plane], layout="horizontal", labels=False)
         self._model_status = Label(label="Model", value="none (paint scribbles, then Train)")
         self._folder_in = FileEdit(label="Folder in", mode="d")
         self._folder_out = FileEdit(label="Folder out", mode="d")
@@ -116,6 +165,7 @@ class SegmentationWidget(Container):
                 predict_row,
                 outputs,
                 files_row,
+                export_row,
                 self._model_status,
                 self._folder_in,
                 self._folder_out,
@@ -155,6 +205,14 @@ class SegmentationWidget(Container):
         self._show_config(self._session.config)
         self._show_model(self._session.segmenter)
 
+    @property
+    def is_busy(self) -> bool:
+        """True while a job (training, prediction, batch, or a live update) started here is running."""
+        return self._runner.busy or self._live_runner.busy
+
+    def _new_segmenter(self) -> Any:
+        return new_segmenter(hybrid=bool(self._hybrid.value))
+
     # ------------------------------------------------------------------ layer choices
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return image_layer_choices(self._viewer)
@@ -178,10 +236,12 @@ class SegmentationWidget(Container):
         """
         try:
             geometry = self._geometry(image_layer)
-            scribbles = self._copy_scribbles(geometry, labels_layer)
+            scribbles = self._copy_scribbles(geometry, labels_layer, image_layer)
         except HRDv2Error as err:
             self._report(err, quiet=live)
             return None
+        if not live:
+            self._select(image_layer, labels_layer)
         indices = sorted(scribbles) if predict_planes is None else list(predict_planes)
         runner = self._live_runner if live else self._runner
         if live:
@@ -213,6 +273,7 @@ class SegmentationWidget(Container):
         except HRDv2Error as err:
             self._report(err)
             return None
+        self._select(image_layer)
         indices = geometry.plane_indices if all_planes else [current_plane(self._viewer, image_layer)]
         return self._runner.start(
             predict_job,
@@ -228,11 +289,16 @@ class SegmentationWidget(Container):
             on_returned=partial(self._show_prediction, geometry, generation=None),
         )
 
-    def save_model(self, path: str | Path) -> Path:
-        """Save the current model (weights, classes and feature settings) to one file."""
+    def save_model(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Save the current model (weights, classes and feature settings) to one file.
+
+        An existing file is only replaced with ``overwrite=True`` (the Save button asks first).
+        """
         if self._session.segmenter is None:
             raise InputError("No model to save yet: train one first (paint scribbles, press Train).")
-        saved = self._session.segmenter.save(path)
+        if Path(path).exists() and not overwrite:
+            raise InputError(f"'{path}' already exists; choose another name or confirm replacing it.")
+        saved = self._session.segmenter.save(path, overwrite=overwrite)
         path = Path(saved) if isinstance(saved, (str, Path)) else Path(path)
         self._set_status(f"Model saved to {path}.")
         return path
@@ -275,8 +341,15 @@ class SegmentationWidget(Container):
             on_returned=self._show_batch_report,
         )
 
-    def export_segmentation(self, path: str | Path, image_layer: Any = None, *, per_plane: bool = False) -> list[Path]:
-        """Write "<image> segmentation" to ``path`` (.tif: multi-page for stacks; .png: one file per plane)."""
+    def export_segmentation(
+        self, path: str | Path, image_layer: Any = None, *, per_plane: bool = False, overwrite: bool = False
+    ) -> list[Path]:
+        """Write "<image> segmentation" to ``path``; returns the files written.
+
+        ``.tif``: one multi-page file for a stack (or one file per plane with ``per_plane``); ``.png``:
+        one file per plane (``<stem>_000.png``...). Existing files are only replaced with ``overwrite``
+        (the Export button asks first); otherwise nothing is written and an InputError names them.
+        """
         from ..core.io import write_labels
 
         image_layer = image_layer if image_layer is not None else self._image.value
@@ -286,14 +359,18 @@ class SegmentationWidget(Container):
         if layer is None:
             raise InputError(f"'{image_layer.name}' has no segmentation yet: press Train or Predict first.")
         path = Path(path)
+        if path.suffix.lower() not in (".tif", ".tiff", ".png"):
+            raise InputError(f"Export as .tif or .png, not '{path.suffix or path.name}'.")
         labels = np.asarray(layer.data)
-        if labels.ndim == 3 and (per_plane or path.suffix.lower() == ".png"):
-            written = [
-                write_labels(path.with_name(f"{path.stem}_{i:03d}{path.suffix}"), plane, overwrite=True)
-                for i, plane in enumerate(labels)
-            ]
-        else:
-            written = [write_labels(path, labels, overwrite=True)]
+        targets = export_targets(path, labels.shape, per_plane=per_plane)
+        existing = [target for target in targets if target.exists()]
+        if existing and not overwrite:
+            raise InputError(
+                f"{len(existing)} file(s) already exist ({existing[0].name}...); choose another name or confirm "
+                "replacing them."
+            )
+        planes = list(labels) if len(targets) > 1 else [labels]
+        written = [write_labels(target, plane, overwrite=overwrite) for target, plane in zip(targets, planes)]
         self._set_status(f"Exported {len(written)} file(s) to {path.parent}.")
         return written
 
@@ -308,7 +385,20 @@ class SegmentationWidget(Container):
             raise InputError("Choose an image layer first (open an image, or File > Open Sample > HR-Dv2).")
         return SourceGeometry.from_layer(image_layer)
 
-    def _copy_scribbles(self, geometry: SourceGeometry, labels_layer: Any) -> dict[int, np.ndarray]:
+    def _select(self, image_layer: Any, labels_layer: Any = None) -> None:
+        """Show the layers a programmatic call used in the combo boxes (live mode and Export follow them)."""
+        if image_layer is not None and image_layer in self._viewer.layers and self._image.value is not image_layer:
+            self._image.reset_choices()
+            self._image.value = image_layer
+        if (
+            labels_layer is not None
+            and labels_layer in self._viewer.layers
+            and labels_layer is not self._scribbles.value
+        ):
+            self._scribbles.reset_choices()
+            self._scribbles.value = labels_layer
+
+    def _copy_scribbles(self, geometry: SourceGeometry, labels_layer: Any, image_layer: Any) -> dict[int, np.ndarray]:
         """Copies of the scribbled planes: plane index -> (H, W) labels (planes without scribbles left out)."""
         if labels_layer is None:
             raise InputError("Choose a scribbles (Labels) layer, or press 'New scribbles layer' and paint.")
@@ -320,7 +410,7 @@ class SegmentationWidget(Container):
             else:
                 copies = {0: np.array(data)}
         elif geometry.is_stack and shape == geometry.plane_shape:
-            copies = {current_plane(self._viewer, self._image.value or labels_layer): np.array(data)}
+            copies = {current_plane(self._viewer, image_layer): np.array(data)}
         else:
             raise InputError(
                 f"The scribbles layer '{labels_layer.name}' has shape {shape} but '{geometry.name}' needs "
@@ -336,7 +426,8 @@ class SegmentationWidget(Container):
 
     def new_scribbles_layer(self, image_layer: Any = None) -> Any:
         """Add an empty uint8 Labels layer shaped like the image's planes, ready to paint."""
-        geometry = self._geometry(image_layer if image_layer is not None else self._image.value)
+        image_layer = image_layer if image_layer is not None else self._image.value
+        geometry = self._geometry(image_layer)
         layer = self._viewer.add_labels(
             np.zeros(geometry.planes_shape, dtype=np.uint8),
             name=f"{geometry.name} scribbles",
@@ -345,8 +436,7 @@ class SegmentationWidget(Container):
         layer.brush_size = max(3, min(geometry.plane_shape) // 60)
         layer.selected_label = 1
         layer.mode = "paint"
-        self._scribbles.reset_choices()
-        self._scribbles.value = layer
+        self._select(image_layer, layer)
         return layer
 
     # ------------------------------------------------------------------ results
@@ -441,23 +531,41 @@ class SegmentationWidget(Container):
         self._viewer.window.add_plugin_dock_widget("napari-hrdv2", "HR-Dv2 Features")
 
     def _save_clicked(self, *_: Any) -> None:
-        path = show_file_dialog(mode="w", caption="Save HR-Dv2 model", filter=MODEL_FILTER)
-        if path:
-            self._guarded(self.save_model, path)
+        if self._session.segmenter is None:
+            self._report(InputError("No model to save yet: train one first (paint scribbles, press Train)."))
+            return
+        path, _ = ask_save_path("Save HR-Dv2 model", MODEL_FILTER, self.native)
+        if not path:
+            return
+        if not Path(path).suffix:
+            path = f"{path}.hrdv2"
+        if Path(path).exists() and not self.confirm_overwrite([Path(path)], self.native):
+            return
+        self._guarded(partial(self.save_model, path, overwrite=True))
 
     def _load_clicked(self, *_: Any) -> None:
         path = show_file_dialog(mode="r", caption="Load HR-Dv2 model", filter=MODEL_FILTER)
         if path:
-            self._guarded(self.load_model, path)
+            self._guarded(partial(self.load_model, path))
 
     def _export_clicked(self, *_: Any) -> None:
-        path = show_file_dialog(
-            mode="w", caption="Export segmentation", filter="TIFF (*.tif *.tiff);;PNG, one file per plane (*.png)"
+        image = self._image.value
+        if image is None or find_result_layer(self._viewer, result_name(image.name, "segmentation"), "labels") is None:
+            self._report(InputError("Nothing to export yet: choose an image and press Train or Predict first."))
+            return
+        path, chosen = ask_save_path(
+            "Export segmentation", "TIFF (*.tif *.tiff);;PNG, one file per plane (*.png)", self.native
         )
-        if path:
-            if not Path(path).suffix:
-                path = f"{path}.tif"
-            self._guarded(self.export_segmentation, path)
+        if not path:
+            return
+        if not Path(path).suffix:
+            path = f"{path}{'.png' if 'png' in chosen.lower() else '.tif'}"
+        layer = find_result_layer(self._viewer, result_name(image.name, "segmentation"), "labels")
+        per_plane = bool(self._export_per_plane.value)
+        existing = [p for p in export_targets(path, tuple(layer.data.shape), per_plane=per_plane) if p.exists()]
+        if existing and not self.confirm_overwrite(existing, self.native):
+            return
+        self._guarded(partial(self.export_segmentation, path, image, per_plane=per_plane, overwrite=bool(existing)))
 
     def _apply_folder_clicked(self, *_: Any) -> None:
         folder_in, folder_out = str(self._folder_in.value or ""), str(self._folder_out.value or "")
@@ -468,10 +576,11 @@ class SegmentationWidget(Container):
             folder_in, folder_out, suffix=f".{self._folder_format.value}", overwrite=bool(self._overwrite.value)
         )
 
-    def _guarded(self, action: Any, *args: Any) -> Any:
+    def _guarded(self, action: Any) -> Any:
+        """Run a quick main-thread action; any error becomes a notification (never a traceback dialog)."""
         try:
-            return action(*args)
-        except (HRDv2Error, OSError) as err:
+            return action()
+        except Exception as err:  # noqa: BLE001 - shown to the user with a hint, traceback logged
             self._report(err)
             return None
 
