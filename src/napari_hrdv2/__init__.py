@@ -29,6 +29,10 @@ _EXPORTS = {
     "Transform": "core.transforms",
     "make_transforms": "core.transforms",
     "LinearSegmenter": "core.segmenter",
+    "EncodingCache": "core.cache",
+    "StackEncoder": "core.stack",
+    "fit_stack": "core.stack",
+    "predict_stack": "core.stack",
     "HRDv2Error": "core.errors",
     "InputError": "core.errors",
     "WeightsNotFoundError": "core.errors",
@@ -40,11 +44,13 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core.backbones import BACKBONES, BackboneSpec, load_backbone
+    from .core.cache import EncodingCache
     from .core.config import PRESETS, FeatureConfig
     from .core.encoding import Encoding, Featurizer, Progress, encode
     from .core.errors import Cancelled, HRDv2Error, InputError, ModelFileError, WeightsNotFoundError
     from .core.pca import PCABasis, cosine_similarity_map, feature_norm, fit_pca, pca_rgb
     from .core.segmenter import LinearSegmenter
+    from .core.stack import StackEncoder, fit_stack, predict_stack
     from .core.transforms import Transform, make_transforms
 
 

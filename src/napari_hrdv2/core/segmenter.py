@@ -465,21 +465,24 @@ class LinearSegmenter:
         if not self.is_fitted:
             raise InputError("This LinearSegmenter is not trained yet: call fit(...) or LinearSegmenter.load(path).")
 
+    def check_compatible_config(self, config: FeatureConfig | None) -> None:
+        """Raise :class:`InputError` if ``config`` defines other features than the training features."""
+        self._check_fitted()
+        if self.feature_config is None or config is None:
+            return
+        mine, theirs = self.feature_config.feature_signature(), config.feature_signature()
+        if mine != theirs:
+            diff = ", ".join(f"{k}: model {mine[k]!r} vs image {theirs[k]!r}" for k in mine if mine[k] != theirs[k])
+            raise InputError(
+                f"This model was trained with different feature settings ({diff}). Encode the image with "
+                "the model's settings (segmenter.feature_config) or retrain."
+            )
+
     def check_compatible(self, features: FeatureSource) -> None:
         """Raise :class:`InputError` if ``features`` were not made like the training features."""
         self._check_fitted()
         if _is_encoding(features):
-            config = getattr(features, "config", None)
-            if self.feature_config is not None and config is not None:
-                mine, theirs = self.feature_config.feature_signature(), config.feature_signature()
-                if mine != theirs:
-                    diff = ", ".join(
-                        f"{k}: model {mine[k]!r} vs image {theirs[k]!r}" for k in mine if mine[k] != theirs[k]
-                    )
-                    raise InputError(
-                        f"This model was trained with different feature settings ({diff}). Encode the image with "
-                        "the model's settings (segmenter.feature_config) or retrain."
-                    )
+            self.check_compatible_config(getattr(features, "config", None))
         n = self._n_features_of(features)
         if n != self.coef_.shape[1]:
             raise InputError(

@@ -1,0 +1,106 @@
+"""A thread-safe, memory-bounded LRU cache of encodings, keyed by image content and feature settings.
+
+Shared by the napari widgets (one per viewer) and :class:`~.stack.StackEncoder`, so that a plane
+is encoded once however many times it is trained on or predicted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .config import FeatureConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .encoding import Encoding, Featurizer
+
+#: Default memory budget of a cache (low-resolution maps only).
+DEFAULT_CACHE_BYTES = 2 * 2**30
+
+
+def progress_fractions(steps: Generator[Any, None, Encoding]) -> Generator[float, None, Encoding]:
+    """Turn a ``Featurizer.iter_encode`` generator's Progress items into fractions in [0, 1]."""
+    while True:
+        try:
+            update = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        yield update.fraction
+
+
+def fingerprint(plane: np.ndarray) -> str:
+    """Content hash of an image plane (shape, dtype and bytes)."""
+    plane = np.ascontiguousarray(plane)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((plane.shape, plane.dtype.str)).encode())
+    digest.update(memoryview(plane).cast("B"))
+    return digest.hexdigest()
+
+
+class EncodingCache:
+    """Thread-safe LRU cache of :class:`Encoding` objects keyed by (plane content, FeatureConfig).
+
+    Keys use the content of the plane, so the same image in two layers (or an unchanged plane
+    after a layer was renamed) is encoded once; evicts least recently used encodings beyond
+    ``max_bytes``.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES):
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[tuple[str, FeatureConfig], Encoding] = OrderedDict()
+        self._lock = threading.Lock()
+        self._featurizers: dict[FeatureConfig, Featurizer] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(encoding.nbytes for encoding in self._items.values())
+
+    def get(self, key: tuple[str, FeatureConfig]) -> Encoding | None:
+        with self._lock:
+            encoding = self._items.get(key)
+            if encoding is not None:
+                self._items.move_to_end(key)
+            return encoding
+
+    def put(self, key: tuple[str, FeatureConfig], encoding: Encoding) -> None:
+        with self._lock:
+            self._items[key] = encoding
+            self._items.move_to_end(key)
+            total = sum(e.nbytes for e in self._items.values())
+            while total > self.max_bytes and len(self._items) > 1:
+                _, evicted = self._items.popitem(last=False)
+                total -= evicted.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._featurizers.clear()
+
+    def featurizer(self, config: FeatureConfig) -> Featurizer:
+        """One :class:`Featurizer` per config (the backbone itself is cached by ``load_backbone``)."""
+        from .encoding import Featurizer
+
+        with self._lock:
+            featurizer = self._featurizers.get(config)
+            if featurizer is None:
+                featurizer = self._featurizers[config] = Featurizer(config)
+            return featurizer
+
+    def iter_encode(self, plane: np.ndarray, config: FeatureConfig) -> Generator[float, None, Encoding]:
+        """Cached encoding of one plane; yields fractions in [0, 1] while computing."""
+        key = (fingerprint(plane), config)
+        cached = self.get(key)
+        if cached is not None:
+            return cached
+        encoding = yield from progress_fractions(self.featurizer(config).iter_encode(plane))
+        self.put(key, encoding)
+        return encoding

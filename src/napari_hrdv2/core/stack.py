@@ -1,0 +1,192 @@
+"""Stacks: planes encoded lazily (LRU cache with a memory budget), trained on and predicted plane by plane.
+
+Axis convention: stacks are plane-first, ``(N, H, W)`` or ``(N, H, W, 3|4)``; label stacks
+``(N, H, W)`` with 0 = unlabelled; predictions ``(N, H, W)``.
+
+Every long-running function here is a generator that yields :class:`~.encoding.Progress`
+and returns its result; :func:`run` drives one with a progress callback and a cancel event.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from .cache import DEFAULT_CACHE_BYTES, EncodingCache
+from .config import FeatureConfig
+from .encoding import Progress
+from .errors import Cancelled, InputError
+from .io import is_stack
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .encoding import Encoding
+    from .segmenter import LinearSegmenter
+
+Result = TypeVar("Result")
+
+
+def run(
+    steps: Generator[Progress, None, Result],
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> Result:
+    """Drive a progress generator to its result, calling ``progress`` after each step.
+
+    Raises :class:`Cancelled` (and closes the generator) as soon as ``cancel`` is set.
+    """
+    while True:
+        try:
+            update = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        if progress is not None:
+            progress(update)
+        if cancel is not None and cancel.is_set():
+            steps.close()
+            raise Cancelled("Cancelled.")
+
+
+class StackEncoder:
+    """Encodes the planes of a stack on first use and keeps them within a memory budget.
+
+    Parameters
+    ----------
+    stack : (N, H, W) or (N, H, W, 3|4) array, or a single (H, W[, 3|4]) image
+        Any array-like indexable by plane (a memory-mapped TIFF works: planes are read on demand).
+    config : FeatureConfig
+    cache : EncodingCache, optional
+        Share encodings with other users (the napari widgets); default a private cache of
+        ``max_bytes``.
+    """
+
+    def __init__(
+        self,
+        stack: Any,
+        config: FeatureConfig,
+        *,
+        cache: EncodingCache | None = None,
+        max_bytes: int = DEFAULT_CACHE_BYTES,
+    ):
+        shape = tuple(stack.shape) if hasattr(stack, "shape") else np.shape(stack)
+        # A zero-stride view tells plane-first stacks from single (H, W[, C]) images without reading data.
+        self.stack = stack if is_stack(np.broadcast_to(np.uint8(0), shape)) else np.asarray(stack)[None]
+        self.config = config
+        self.cache = cache if cache is not None else EncodingCache(max_bytes)
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        return tuple(np.asarray(self.stack[0]).shape[:2])
+
+    def iter_plane(self, index: int) -> Generator[Progress, None, Encoding]:
+        """Encoding of plane ``index`` (cached); yields progress while computing."""
+        if not -len(self) <= index < len(self):
+            raise InputError(f"Plane {index} does not exist; the stack has {len(self)} plane(s).")
+        steps = self.cache.iter_encode(np.asarray(self.stack[index]), self.config)
+        while True:
+            try:
+                fraction = next(steps)
+            except StopIteration as finished:
+                return finished.value
+            yield Progress(round(fraction * 1000), 1000, f"encoding plane {index % len(self) + 1}")
+
+    def plane(self, index: int) -> Encoding:
+        """Encoding of plane ``index`` (computed on first use)."""
+        return run(self.iter_plane(index))
+
+
+def labelled_planes(labels: np.ndarray) -> list[int]:
+    """Indices of the planes of a ``(N, H, W)`` label stack that hold at least one label."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels[None]
+    return [int(i) for i in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))]
+
+
+def _overall(steps: Generator[Progress, None, Result], done: int, total: int) -> Generator[Progress, None, Result]:
+    """Re-yield one plane's progress as overall progress (``done`` of ``total`` planes finished)."""
+    while True:
+        try:
+            update = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        yield Progress(done * 1000 + update.done * 1000 // max(update.total, 1), total * 1000, update.stage)
+
+
+def iter_fit_stack(
+    segmenter: LinearSegmenter, encoder: StackEncoder, labels: np.ndarray
+) -> Generator[Progress, None, LinearSegmenter]:
+    """Train ``segmenter`` on every plane of ``labels`` (N, H, W) that holds labels; returns it.
+
+    Only labelled planes are encoded. ``labels`` is never modified.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and len(encoder) == 1:
+        labels = labels[None]
+    if labels.ndim != 3 or labels.shape[0] != len(encoder) or labels.shape[1:] != encoder.plane_shape:
+        raise InputError(
+            f"The labels have shape {labels.shape}; the stack needs ({len(encoder)}, {encoder.plane_shape[0]}, "
+            f"{encoder.plane_shape[1]}): one label plane per image plane."
+        )
+    indices = labelled_planes(labels)
+    if not indices:
+        raise InputError("No plane holds labels: paint a few strokes of at least two classes.")
+    encodings = []
+    for i, index in enumerate(indices):
+        encodings.append((yield from _overall(encoder.iter_plane(index), i, len(indices) + 1)))
+    yield Progress(len(indices) * 1000, (len(indices) + 1) * 1000, "training")
+    segmenter.fit(encodings, [labels[index] for index in indices])
+    yield Progress(1, 1, "trained")
+    return segmenter
+
+
+def iter_predict_stack(
+    segmenter: LinearSegmenter, encoder: StackEncoder, indices: Sequence[int] | None = None
+) -> Generator[Progress, None, np.ndarray]:
+    """Predict planes ``indices`` (default all) plane by plane: ``(len(indices), H, W)`` labels."""
+    indices = list(range(len(encoder))) if indices is None else [int(i) for i in indices]
+    segmenter.check_compatible_config(encoder.config)
+    out: np.ndarray | None = None
+    for i, index in enumerate(indices):
+        encoding = yield from _overall(encoder.iter_plane(index), i, len(indices))
+        predicted = segmenter.predict(encoding)
+        if out is None:
+            out = np.zeros((len(indices), *predicted.shape), dtype=predicted.dtype)
+        out[i] = predicted
+        yield Progress((i + 1) * 1000, len(indices) * 1000, f"predicted plane {index + 1}")
+    return out if out is not None else np.zeros((0, *encoder.plane_shape), dtype=np.uint8)
+
+
+def fit_stack(
+    segmenter: LinearSegmenter,
+    stack: Any,
+    labels: np.ndarray,
+    config: FeatureConfig,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> LinearSegmenter:
+    """Train on the labelled planes of a stack: ``stack`` (N, H, W[, C]), ``labels`` (N, H, W)."""
+    return run(iter_fit_stack(segmenter, StackEncoder(stack, config), labels), progress=progress, cancel=cancel)
+
+
+def predict_stack(
+    segmenter: LinearSegmenter,
+    stack: Any,
+    *,
+    config: FeatureConfig | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> np.ndarray:
+    """Segment every plane of ``stack`` (N, H, W[, C]): ``(N, H, W)`` labels.
+
+    ``config`` defaults to the model's own feature settings (``segmenter.feature_config``).
+    """
+    config = config or segmenter.featurizer().config
+    return run(iter_predict_stack(segmenter, StackEncoder(stack, config)), progress=progress, cancel=cancel)
