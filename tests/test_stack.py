@@ -10,7 +10,8 @@ import pytest
 import napari_hrdv2 as hr
 from conftest import two_texture_image
 from napari_hrdv2.core.cache import EncodingCache
-from napari_hrdv2.core.stack import StackEncoder, fit_stack, iter_predict_stack, labelled_planes, predict_stack, run
+from napari_hrdv2.core.progress import run_steps
+from napari_hrdv2.core.stack import StackEncoder, fit_stack, iter_predict_stack, labelled_planes, predict_stack
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_prediction_can_be_cancelled(stack_and_truth, tiny_config):
         cancel.set()
 
     with pytest.raises(hr.Cancelled):
-        run(iter_predict_stack(seg, StackEncoder(stack, tiny_config)), progress=on_progress, cancel=cancel)
+        run_steps(iter_predict_stack(seg, StackEncoder(stack, tiny_config)), progress=on_progress, cancel=cancel)
     assert len(seen) == 1
 
 

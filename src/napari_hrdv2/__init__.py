@@ -16,7 +16,7 @@ _EXPORTS = {
     "PRESETS": "core.config",
     "Featurizer": "core.encoding",
     "Encoding": "core.encoding",
-    "Progress": "core.encoding",
+    "Progress": "core.progress",
     "encode": "core.encoding",
     "PCABasis": "core.pca",
     "fit_pca": "core.pca",
@@ -46,9 +46,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.backbones import BACKBONES, BackboneSpec, load_backbone
     from .core.cache import EncodingCache
     from .core.config import PRESETS, FeatureConfig
-    from .core.encoding import Encoding, Featurizer, Progress, encode
+    from .core.encoding import Encoding, Featurizer, encode
     from .core.errors import Cancelled, HRDv2Error, InputError, ModelFileError, WeightsNotFoundError
     from .core.pca import PCABasis, cosine_similarity_map, feature_norm, fit_pca, pca_rgb
+    from .core.progress import Progress
     from .core.segmenter import LinearSegmenter
     from .core.stack import StackEncoder, fit_stack, predict_stack
     from .core.transforms import Transform, make_transforms

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from .backbones import Backbone, load_backbone
 from .config import FeatureConfig
 from .devices import empty_cache, is_out_of_memory, resolve_device, resolve_dtype
-from .errors import Cancelled, InputError
+from .errors import InputError
 from .preprocess import to_rgb01
+from .progress import Progress, run_steps
 from .resample import AxisTaps, TorchTaps, token_axis_taps
 from .tiling import Tile, plan_tiles
 from .transforms import Transform
@@ -36,19 +37,6 @@ from .vit import forward_tokens, token_grid
 
 #: Target size (in float32 elements) of one working block during reconstruction.
 _BLOCK_ELEMENTS = 1 << 23
-
-
-@dataclass(frozen=True)
-class Progress:
-    """``done`` of ``total`` steps (one step = one transformed copy of one tile)."""
-
-    done: int
-    total: int
-    stage: str = "encoding"
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
 
 
 def padded_size(length: int, *, patch_size: int, stride: int) -> int:
@@ -440,17 +428,7 @@ class Featurizer:
         ``progress`` is called after every step; setting ``cancel`` stops the
         run between steps with :class:`Cancelled`.
         """
-        steps = self.iter_encode(image, with_attention=with_attention)
-        while True:
-            try:
-                update = next(steps)
-            except StopIteration as finished:
-                return finished.value
-            if progress is not None:
-                progress(update)
-            if cancel is not None and cancel.is_set():
-                steps.close()
-                raise Cancelled("Encoding was cancelled.")
+        return run_steps(self.iter_encode(image, with_attention=with_attention), progress=progress, cancel=cancel)
 
     def iter_encode(self, image: np.ndarray, *, with_attention: bool = True) -> Generator[Progress, None, Encoding]:
         """Generator form of :meth:`encode`: yields :class:`Progress`, returns the :class:`Encoding`.

@@ -3,51 +3,27 @@
 Axis convention: stacks are plane-first, ``(N, H, W)`` or ``(N, H, W, 3|4)``; label stacks
 ``(N, H, W)`` with 0 = unlabelled; predictions ``(N, H, W)``.
 
-Every long-running function here is a generator that yields :class:`~.encoding.Progress`
-and returns its result; :func:`run` drives one with a progress callback and a cancel event.
+Every long-running function here is a generator that yields :class:`~.progress.Progress`
+and returns its result; :func:`~.progress.run_steps` drives one with a progress callback and a cancel event.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .cache import DEFAULT_CACHE_BYTES, EncodingCache
 from .config import FeatureConfig
-from .encoding import Progress
-from .errors import Cancelled, InputError
+from .errors import InputError
 from .io import is_stack
+from .progress import Progress, Result, run_steps
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoding import Encoding
     from .segmenter import LinearSegmenter
-
-Result = TypeVar("Result")
-
-
-def run(
-    steps: Generator[Progress, None, Result],
-    *,
-    progress: Callable[[Progress], None] | None = None,
-    cancel: threading.Event | None = None,
-) -> Result:
-    """Drive a progress generator to its result, calling ``progress`` after each step.
-
-    Raises :class:`Cancelled` (and closes the generator) as soon as ``cancel`` is set.
-    """
-    while True:
-        try:
-            update = next(steps)
-        except StopIteration as finished:
-            return finished.value
-        if progress is not None:
-            progress(update)
-        if cancel is not None and cancel.is_set():
-            steps.close()
-            raise Cancelled("Cancelled.")
 
 
 class StackEncoder:
@@ -98,7 +74,7 @@ class StackEncoder:
 
     def plane(self, index: int) -> Encoding:
         """Encoding of plane ``index`` (computed on first use)."""
-        return run(self.iter_plane(index))
+        return run_steps(self.iter_plane(index))
 
 
 def labelled_planes(labels: np.ndarray) -> list[int]:
@@ -173,7 +149,7 @@ def fit_stack(
     cancel: threading.Event | None = None,
 ) -> LinearSegmenter:
     """Train on the labelled planes of a stack: ``stack`` (N, H, W[, C]), ``labels`` (N, H, W)."""
-    return run(iter_fit_stack(segmenter, StackEncoder(stack, config), labels), progress=progress, cancel=cancel)
+    return run_steps(iter_fit_stack(segmenter, StackEncoder(stack, config), labels), progress=progress, cancel=cancel)
 
 
 def predict_stack(
@@ -189,4 +165,4 @@ def predict_stack(
     ``config`` defaults to the model's own feature settings (``segmenter.feature_config``).
     """
     config = config or segmenter.featurizer().config
-    return run(iter_predict_stack(segmenter, StackEncoder(stack, config)), progress=progress, cancel=cancel)
+    return run_steps(iter_predict_stack(segmenter, StackEncoder(stack, config)), progress=progress, cancel=cancel)
