@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .core.batch import BatchReport as _CoreBatchReport
+from .core.batch import output_path  # noqa: F401  (re-exported for the widgets)
 from .core.config import FeatureConfig
-from .core.errors import HRDv2Error, InputError
+from .core.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core.encoding import Encoding, Featurizer
@@ -375,26 +377,11 @@ def predict_job(
 
 # ---------------------------------------------------------------------------------------------- batch
 @dataclass
-class BatchReport:
+class BatchReport(_CoreBatchReport):
     """What :func:`folder_job` did: files written, skipped (existing) and failed (with the reason)."""
 
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-
-    def summary(self) -> str:
-        text = f"Wrote {len(self.written)} label image(s)"
-        if self.skipped:
-            text += f", skipped {len(self.skipped)} existing (tick Overwrite to replace them)"
-        if self.failed:
-            reasons = "; ".join(f"{path.name}: {reason}" for path, reason in self.failed[:3])
-            text += f", {len(self.failed)} failed ({reasons}{'...' if len(self.failed) > 3 else ''})"
-        return text + "."
-
-
-def output_path(source: Path, outdir: Path, suffix: str) -> Path:
-    """Where the label image of ``source`` goes: ``outdir/<stem>_labels<suffix>``."""
-    return outdir / f"{source.stem}_labels{suffix}"
+    def summary(self, overwrite_hint: str = "tick Overwrite to replace them") -> str:
+        return super().summary(overwrite_hint)
 
 
 def folder_job(
@@ -408,43 +395,20 @@ def folder_job(
 ) -> Generator[JobProgress, None, BatchReport]:
     """Segment every image in ``inputs`` (files or folders) and write one label image per input.
 
-    Stacks become multi-page TIFFs (PNG output writes stacks as TIFF). A bad file is recorded in the
-    report and skipped; the rest are still processed. Nothing is cached (each image is seen once).
+    A thin wrapper over :func:`core.batch.iter_segment_files`: stacks become multi-page TIFFs, a bad
+    file is recorded in the report and skipped, the rest are still processed.
     """
-    from .core.encoding import Featurizer
-    from .core.io import expand_inputs, planes, read_image, write_labels
+    from .core.batch import iter_segment_files
 
-    outdir = Path(outdir)
-    paths = expand_inputs(inputs)
-    if not paths:
-        raise InputError(f"No images found in {', '.join(str(p) for p in inputs)} (looked for .tif/.png/.jpg/.bmp).")
-    report = BatchReport()
     yield JobProgress(0.0, "Loading the backbone")
-    with inference_mode():
-        featurizer = Featurizer(config)
-        featurizer.backbone  # noqa: B018
-        for i, path in enumerate(paths):
-            yield JobProgress(i / len(paths), f"{path.name} ({i + 1}/{len(paths)})")
-            try:
-                image = read_image(path)
-                stack = planes(image)
-                target = output_path(path, outdir, ".tif" if len(stack) > 1 else suffix)
-                if target.exists() and not overwrite:
-                    report.skipped.append(target)
-                    continue
-                predicted = []
-                for p, plane in enumerate(stack):
-                    start = (i + p / len(stack)) / len(paths)
-                    message = f"{path.name} ({i + 1}/{len(paths)})"
-                    encoding = yield from _stepped(
-                        _fractions(featurizer.iter_encode(plane)), start, 0.9 / len(stack) / len(paths), message
-                    )
-                    predicted.append(np.asarray(segmenter.predict(encoding)))
-                result = predicted[0] if len(stack) == 1 and image.ndim == stack[0].ndim else np.stack(predicted)
-                report.written.append(write_labels(target, result, overwrite=overwrite))
-            except HRDv2Error as err:
-                report.failed.append((path, str(err)))
-            except (OSError, ValueError) as err:
-                report.failed.append((path, f"{type(err).__name__}: {err}"))
+    steps = iter_segment_files(inputs, outdir, segmenter, config, suffix=suffix, overwrite=overwrite)
+    while True:
+        try:
+            update = next(steps)
+        except StopIteration as finished:
+            report = finished.value
+            break
+        yield JobProgress(update.fraction, update.message)
+    report = BatchReport(report.written, report.skipped, report.failed, report.extra)
     yield JobProgress(1.0, report.summary())
     return report

@@ -1,0 +1,326 @@
+"""Headless batch segmentation: one label image per input image, stack or folder of images.
+
+Used by the ``napari-hrdv2 segment`` command and by the napari widget's "apply to folder"
+(through ``_workers.folder_job``). numpy/torch only: no napari, no Qt.
+
+:func:`iter_segment_files` is a generator: it yields :class:`BatchProgress` items between
+steps (stop iterating to cancel) and returns a :class:`BatchReport`; :func:`segment_files`
+runs it to the end with an optional callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .config import FeatureConfig
+from .errors import HRDv2Error, InputError
+from .io import IMAGE_SUFFIXES, expand_inputs, planes, read_image, write_labels
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .encoding import Featurizer
+
+#: Name part between an input's stem and the output suffix: ``cells.tif`` -> ``cells_labels.tif``.
+LABELS_TAG = "_labels"
+#: Name part of the optional uncertainty maps: ``cells.tif`` -> ``cells_uncertainty.tif``.
+UNCERTAINTY_TAG = "_uncertainty"
+#: Output formats of label images.
+LABEL_SUFFIXES = (".tif", ".png")
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Progress of a batch: ``fraction`` in [0, 1] overall, a message, and which file is being worked on."""
+
+    fraction: float
+    message: str
+    index: int = 0  # 0-based index of the current file
+    n_files: int = 0
+    path: Path | None = None
+
+
+@dataclass
+class BatchReport:
+    """What a batch did: label images written, inputs skipped (output exists) and failed (with the reason).
+
+    ``extra`` lists additional outputs (uncertainty maps).
+    """
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    extra: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no input failed."""
+        return not self.failed
+
+    def summary(self, overwrite_hint: str = "pass overwrite=True to replace them") -> str:
+        """One sentence, e.g. ``"Wrote 2 label image(s), 1 failed (bad.tif: ...)."``."""
+        text = f"Wrote {len(self.written)} label image(s)"
+        if self.skipped:
+            text += f", skipped {len(self.skipped)} existing ({overwrite_hint})"
+        if self.failed:
+            reasons = "; ".join(f"{path.name}: {reason}" for path, reason in self.failed[:3])
+            text += f", {len(self.failed)} failed ({reasons}{'...' if len(self.failed) > 3 else ''})"
+        return text + "."
+
+
+def output_path(source: str | Path, outdir: str | Path | None, suffix: str, tag: str = LABELS_TAG) -> Path:
+    """Where the output of ``source`` goes: ``outdir/<stem><tag><suffix>`` (``outdir=None``: next to ``source``)."""
+    source = Path(source)
+    folder = source.parent if outdir is None else Path(outdir)
+    return folder / f"{source.stem}{tag}{suffix}"
+
+
+def _check_suffix(suffix: str) -> str:
+    suffix = suffix if suffix.startswith(".") else f".{suffix}"
+    suffix = suffix.lower()
+    if suffix == ".tiff":
+        suffix = ".tif"
+    if suffix not in LABEL_SUFFIXES:
+        raise InputError(f"Label images are written as {' or '.join(LABEL_SUFFIXES)}, not '{suffix}'.")
+    return suffix
+
+
+def collect_inputs(
+    inputs: Iterable[str | Path], outdir: str | Path | None = None, *, suffix: str = ".tif"
+) -> list[Path]:
+    """The image files to segment: files as given, images directly inside folders, sorted, no duplicates.
+
+    Files that are themselves outputs of another input (``a_labels.tif`` next to ``a.tif`` when the
+    outputs go to that folder) are left out, so re-running a batch on a folder does not segment its
+    own results.
+    """
+    suffix = _check_suffix(suffix)
+    paths = expand_inputs(inputs)
+    outputs = set()
+    for path in paths:
+        for tag in (LABELS_TAG, UNCERTAINTY_TAG):
+            for out_suffix in {suffix, ".tif"}:
+                outputs.add(_key(output_path(path, outdir, out_suffix, tag)))
+    return [path for path in paths if _key(path) not in outputs]
+
+
+def _key(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:  # pragma: no cover (unresolvable paths are compared as given)
+        return path.absolute()
+
+
+def check_model_config(segmenter: Any, config: FeatureConfig) -> None:
+    """Raise :class:`InputError` if ``config`` does not compute the features ``segmenter`` was trained on."""
+    trained = getattr(segmenter, "feature_config", None)
+    if trained is None:
+        raise InputError(
+            "This model does not record the feature settings it was trained with (it was trained on plain "
+            "arrays); train it from images (napari-hrdv2 train, or the napari widget) to apply it to files."
+        )
+    mine, theirs = trained.feature_signature(), config.feature_signature()
+    diff = [f"{name}={theirs[name]!r} (model: {mine[name]!r})" for name in mine if mine[name] != theirs[name]]
+    if diff:
+        raise InputError(f"The feature settings differ from the model's: {', '.join(diff)}.")
+
+
+def _featurizer(featurizer_or_config: Featurizer | FeatureConfig) -> Featurizer:
+    if isinstance(featurizer_or_config, FeatureConfig):
+        from .encoding import Featurizer
+
+        return Featurizer(featurizer_or_config)
+    return featurizer_or_config
+
+
+def _inference_mode() -> Any:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return nullcontext()
+    return torch.inference_mode()
+
+
+def iter_segment_files(
+    inputs: Sequence[str | Path],
+    outdir: str | Path | None,
+    segmenter: Any,
+    featurizer_or_config: Featurizer | FeatureConfig,
+    *,
+    suffix: str = ".tif",
+    overwrite: bool = False,
+    uncertainty: bool = False,
+) -> Generator[BatchProgress, None, BatchReport]:
+    """Segment every image in ``inputs`` and write one label image per input image.
+
+    Parameters
+    ----------
+    inputs : files and/or folders
+        Folders contribute the image files directly inside them (.tif, .png, .jpg, .bmp).
+    outdir : folder or None
+        Where ``<stem>_labels<suffix>`` goes; ``None`` writes next to each input. Created if needed.
+    segmenter : a trained ``LinearSegmenter`` (anything with ``predict(encoding)``)
+    featurizer_or_config : Featurizer or FeatureConfig
+        Computes the features; must define them as the model's ``feature_config`` does.
+    suffix : ".tif" or ".png"
+        Format of single-plane outputs. Stacks (multi-page TIFFs) always give a multi-page TIFF.
+    overwrite : bool
+        Replace existing outputs; otherwise inputs whose outputs exist are skipped.
+    uncertainty : bool
+        Also write ``<stem>_uncertainty.tif`` (float32 normalised entropy, 0 = certain; one page per plane).
+
+    Yields
+    ------
+    BatchProgress between steps. Closing the generator stops the batch (what was written stays).
+
+    Returns
+    -------
+    BatchReport
+        A bad input (unreadable, wrong shape, write error) is recorded in ``failed`` and the batch
+        goes on; a missing backbone or a model that does not fit the features stops it with an error.
+    """
+    suffix = _check_suffix(suffix)
+    featurizer = _featurizer(featurizer_or_config)
+    check_model_config(segmenter, featurizer.config)
+    paths = collect_inputs(inputs, outdir, suffix=suffix)
+    if not paths:
+        where = ", ".join(str(p) for p in inputs) or "(no inputs)"
+        raise InputError(f"No images found in {where} (looked for {', '.join(IMAGE_SUFFIXES)}).")
+    report = BatchReport()
+    n = len(paths)
+    written: dict[Path, Path] = {}  # output -> the input it was written for in this batch
+    loaded = False
+    with _inference_mode():
+        for i, path in enumerate(paths):
+            label = f"{path.name} ({i + 1}/{n})"
+            yield BatchProgress(i / n, label, i, n, path)
+            try:
+                job = _prepare(path, outdir, suffix, overwrite=overwrite, uncertainty=uncertainty)
+                if not job.skip and _key(job.target) in written:
+                    raise InputError(
+                        f"its output '{job.target.name}' would replace the one just written for "
+                        f"'{written[_key(job.target)].name}'; rename one of the inputs or segment them separately."
+                    )
+            except Exception as err:
+                report.failed.append((path, _per_file_reason(err)))
+                continue
+            if job.skip:
+                report.skipped.append(job.target)
+                continue
+            if not loaded:  # outside the per-file handling: a missing or unsuitable backbone stops the batch
+                yield BatchProgress(i / n, "Loading the backbone", i, n, path)
+                _check_backbone(featurizer, segmenter)
+                loaded = True
+            try:
+                predicted, uncertain = [], []
+                for p, plane in enumerate(job.planes):
+                    message = label if job.single else f"{label}, plane {p + 1}/{len(job.planes)}"
+                    steps = featurizer.iter_encode(plane, with_attention=False)
+                    while True:
+                        try:
+                            update = next(steps)
+                        except StopIteration as finished:
+                            encoding = finished.value
+                            break
+                        within = (p + 0.95 * update.fraction) / len(job.planes)
+                        yield BatchProgress((i + within) / n, message, i, n, path)
+                    predicted.append(np.asarray(segmenter.predict(encoding)))
+                    if job.extra is not None:
+                        uncertain.append(np.asarray(segmenter.uncertainty(encoding), dtype=np.float32))
+                    del encoding
+                labels = predicted[0] if job.single else np.stack(predicted)
+                report.written.append(write_labels(job.target, labels, overwrite=overwrite))
+                written[_key(job.target)] = path
+                if job.extra is not None:
+                    maps = uncertain[0] if job.single else np.stack(uncertain)
+                    report.extra.append(_write_float(job.extra, maps, overwrite=overwrite))
+            except Exception as err:
+                report.failed.append((path, _per_file_reason(err)))
+    yield BatchProgress(1.0, report.summary(), n, n, None)
+    return report
+
+
+@dataclass
+class _Job:
+    target: Path
+    extra: Path | None = None
+    planes: np.ndarray | None = None  # (N, H, W[, C])
+    single: bool = True  # one plane, written as (H, W)
+    skip: bool = False  # the outputs exist and may not be replaced
+
+
+def _prepare(path: Path, outdir: str | Path | None, suffix: str, *, overwrite: bool, uncertainty: bool) -> _Job:
+    """Read one input and decide where its outputs go (or that it is skipped)."""
+    if not path.is_file():
+        raise InputError(f"'{path}' does not exist or is not a file.")
+    extra = output_path(path, outdir, ".tif", UNCERTAINTY_TAG) if uncertainty else None
+    done = not overwrite and (extra is None or extra.exists())
+    if done and suffix == ".tif" and output_path(path, outdir, suffix).exists():
+        return _Job(output_path(path, outdir, suffix), skip=True)  # no need to read the image
+    image = read_image(path)
+    stack = planes(image)
+    single = len(stack) == 1 and image.ndim == stack[0].ndim
+    target = output_path(path, outdir, suffix if single else ".tif")
+    return _Job(target, extra, stack, single, skip=done and target.exists())
+
+
+def _per_file_reason(err: Exception) -> str:
+    """The message recorded for a failed input; errors that concern the whole batch are re-raised."""
+    from .errors import Cancelled, ModelFileError, WeightsNotFoundError
+
+    if isinstance(err, (Cancelled, ModelFileError, WeightsNotFoundError)):
+        raise err
+    if isinstance(err, HRDv2Error):
+        return str(err)
+    if isinstance(err, (OSError, ValueError, RuntimeError, MemoryError)):
+        return f"{type(err).__name__}: {err}"
+    raise err
+
+
+def _check_backbone(featurizer: Featurizer, segmenter: Any) -> None:
+    """Load the backbone (errors stop the batch) and check it gives as many features as the model expects."""
+    backbone = featurizer.backbone
+    expected = getattr(segmenter, "n_hr_features_", None)
+    if expected is not None and int(backbone.embed_dim) != int(expected):
+        raise InputError(
+            f"The backbone '{backbone.source}' gives {backbone.embed_dim} features per pixel but the model was "
+            f"trained on {expected}: use the backbone the model was trained with."
+        )
+
+
+def _write_float(path: Path, data: np.ndarray, overwrite: bool) -> Path:
+    import tifffile
+
+    if path.exists() and not overwrite:
+        raise InputError(f"'{path}' already exists; pass overwrite=True (--overwrite) to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(str(path), np.asarray(data, dtype=np.float32), compression="zlib")
+    return path
+
+
+def segment_files(
+    inputs: Sequence[str | Path],
+    outdir: str | Path | None,
+    segmenter: Any,
+    featurizer_or_config: Featurizer | FeatureConfig,
+    *,
+    suffix: str = ".tif",
+    overwrite: bool = False,
+    uncertainty: bool = False,
+    progress: Callable[[BatchProgress], None] | None = None,
+) -> BatchReport:
+    """:func:`iter_segment_files` run to the end; ``progress`` is called with every item."""
+    steps = iter_segment_files(
+        inputs, outdir, segmenter, featurizer_or_config, suffix=suffix, overwrite=overwrite, uncertainty=uncertainty
+    )
+    while True:
+        try:
+            update = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        if progress is not None:
+            progress(update)
