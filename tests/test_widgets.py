@@ -85,6 +85,7 @@ def test_compute_on_bundled_sample(qtbot, viewer, features_widget):
     np.testing.assert_allclose(pca.scale, (0.5, 0.5))
     np.testing.assert_allclose(pca.translate, (3.0, -2.0))
     assert tag(pca)["kind"] == "PCA" and tag(pca)["source"] == "superalloy"
+    assert features_widget._status.value == "Features of superalloy ready."
 
     attention = viewer.layers["superalloy attention"]
     assert attention.data.shape == (3, 512, 512) and attention.data.dtype == np.float32  # mean + 2 heads
@@ -237,6 +238,7 @@ def test_train_two_textures(qtbot, viewer, segmentation_widget):
     assert tag(segmentation)["kind"] == "segmentation" and tag(segmentation)["classes"] == [1, 2]
     accuracy = float(np.mean(segmentation.data == truth))
     assert accuracy >= 0.9, accuracy
+    assert segmentation_widget._status.value == "Segmented tex.", "the result's status is not overwritten by progress"
     assert segmentation_widget._session.segmenter is not None
     assert not scribbles.data.any(), "the widget never writes to the scribbles layer"
 

@@ -90,11 +90,15 @@ class JobRunner:
             job, *args, _worker_class=QuietGeneratorWorker, _ignore_errors=True, _start_thread=False, **kwargs
         )
         bar = progress(total=PROGRESS_STEPS, desc=description)
-        worker.yielded.connect(partial(self._on_progress, bar))
-        worker.returned.connect(on_returned)
-        worker.errored.connect(partial(self._on_error, quiet=quiet_errors))
-        worker.aborted.connect(partial(self._on_status, f"{description}: cancelled."))
-        worker.finished.connect(partial(self._on_finished, worker, bar))
+        # Updating a napari progress bar can process pending Qt events, so a later signal of this worker
+        # (its result, or the next progress step) may be handled inside an earlier one's handler. `ended`
+        # makes progress that arrives after the result/error/abort a no-op, so the final status stays.
+        ended = [False]
+        worker.yielded.connect(partial(self._on_progress, bar, ended))
+        worker.returned.connect(partial(self._on_returned, ended, on_returned))
+        worker.errored.connect(partial(self._on_error, ended, quiet=quiet_errors))
+        worker.aborted.connect(partial(self._on_aborted, ended, f"{description}: cancelled."))
+        worker.finished.connect(partial(self._on_finished, worker, bar, ended))
         was_busy = self.busy
         self.active.append(worker)
         if not was_busy:
@@ -108,21 +112,31 @@ class JobRunner:
         for worker in list(self.active):
             worker.quit()
 
-    def _on_progress(self, bar: progress, update: Any) -> None:
-        if not isinstance(update, JobProgress):
+    def _on_progress(self, bar: progress, ended: list[bool], update: Any) -> None:
+        if ended[0] or not isinstance(update, JobProgress):
             return
+        self._on_status(update.message)  # before touching the bar (see start)
         target = int(round(min(max(update.fraction, 0.0), 1.0) * PROGRESS_STEPS))
+        bar.set_description(update.message)
         if target > bar.n:
             bar.update(target - bar.n)
-        bar.set_description(update.message)
-        self._on_status(update.message)
 
-    def _on_error(self, error: BaseException, *, quiet: bool) -> None:
+    def _on_returned(self, ended: list[bool], on_returned: Callable[[Any], None], result: Any) -> None:
+        ended[0] = True
+        on_returned(result)
+
+    def _on_error(self, ended: list[bool], error: BaseException, *, quiet: bool) -> None:
+        ended[0] = True
         self._on_status(user_message(error))
         if not quiet:
             notify_error(error)
 
-    def _on_finished(self, worker: GeneratorWorker, bar: progress) -> None:
+    def _on_aborted(self, ended: list[bool], message: str) -> None:
+        ended[0] = True
+        self._on_status(message)
+
+    def _on_finished(self, worker: GeneratorWorker, bar: progress, ended: list[bool]) -> None:
+        ended[0] = True
         bar.close()
         if worker in self.active:
             self.active.remove(worker)

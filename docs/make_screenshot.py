@@ -1,0 +1,117 @@
+"""Make docs/screenshot.png: the real napari window with both HR-Dv2 widgets, a PCA view and a segmentation.
+
+Run from the repository root (a virtual X server is enough, no desktop needed)::
+
+    xvfb-run -a -s "-screen 0 1920x1080x24" python docs/make_screenshot.py [--backbone dinov2_vits14]
+
+Without ``--backbone`` it builds a randomly initialised ViT-S/14 (the DINOv2-S architecture with
+random weights), so it runs without network or downloads; the screenshot then shows what the plugin
+does with random-init features, not the quality of the real DINOv2 weights. The strokes are taken
+from the NASA dense labels of the bundled superalloy micrograph (``../shared/data/nasa_super``) when
+that folder exists, else from fixed boxes. Everything the widgets do runs exactly as for a user:
+thread workers, progress bars, layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+NASA_LABELS = REPO.parent / "shared" / "data" / "nasa_super" / "labels" / "lshr_15kx_3kv_0.png"
+
+
+def random_vits14(folder: Path, seed: int = 0) -> str:
+    """Save a random-init DINOv2 ViT-S/14 (384 dims, 12 blocks, 6 heads) with save_pretrained."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    config = Dinov2Config(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14, image_size=518
+    )
+    Dinov2Model(config).save_pretrained(folder)
+    return str(folder)
+
+
+def strokes(shape: tuple[int, int]) -> np.ndarray:
+    """A few brush strokes per class (1 matrix, 2 secondary, 3 tertiary gamma'), inside the NASA regions."""
+    from scipy import ndimage
+
+    scribbles = np.zeros(shape, dtype=np.uint8)
+    if not NASA_LABELS.is_file():
+        scribbles[40:44, 20:200] = 1
+        scribbles[300:304, 250:450] = 2
+        return scribbles
+    from skimage.io import imread
+
+    dense = imread(NASA_LABELS).astype(np.int64) + 1  # 0 matrix -> 1, 1 secondary -> 2, 2 tertiary -> 3
+    brush = np.zeros(shape, dtype=bool)
+    for row in (70, 190, 330, 450):  # four horizontal strokes across the image, 3 px wide
+        brush[row : row + 3, 30:480] = True
+    for value, erosion in ((1, 4), (2, 4), (3, 1)):
+        inside = ndimage.binary_erosion(dense == value, iterations=erosion)
+        scribbles[brush & inside] = value
+    return scribbles
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbone", help="real weights (preset, folder or .pth); default: random-init ViT-S/14")
+    parser.add_argument("-o", "--output", default=str(REPO / "docs" / "screenshot.png"))
+    args = parser.parse_args()
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+    from skimage.io import imsave
+
+    from napari_hrdv2.__main__ import setup_viewer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        backbone = args.backbone or random_vits14(Path(tmp) / "random-init-vits14")
+        viewer = napari.Viewer(title="napari: HR-Dv2")
+        viewer.window.resize(1600, 950)
+        features, segmentation = setup_viewer(viewer, preset="balanced", backbone=backbone, device="cpu")
+        image = viewer.layers["superalloy"]
+
+        def wait(widget) -> None:
+            while widget.is_busy:
+                QApplication.processEvents()
+                time.sleep(0.02)
+
+        features._want_attention.value = False  # keep the layer list short: PCA and segmentation
+        features._want_features.value = False
+        features.compute(image)
+        wait(features)
+
+        scribbles = segmentation.new_scribbles_layer(image)
+        scribbles.data = strokes(image.data.shape)
+        segmentation.train(image, scribbles)
+        wait(segmentation)
+        segmentation.predict(image)
+        wait(segmentation)
+
+        # Side by side: the PCA view | the micrograph with the segmentation and the strokes on top.
+        viewer.layers.move(viewer.layers.index("superalloy PCA"), len(viewer.layers) - 1)
+        viewer.layers["superalloy segmentation"].opacity = 0.45
+        grid = viewer.canvas.grid if hasattr(getattr(viewer, "canvas", None), "grid") else viewer.grid  # napari >= 0.9
+        grid.enabled = True
+        grid.stride = 3
+        grid.spacing = 0.02
+        viewer.layers.selection.active = scribbles
+        viewer.reset_view()
+        for _ in range(20):
+            QApplication.processEvents()
+            time.sleep(0.05)
+        shot = viewer.screenshot(canvas_only=False, flash=False)
+        imsave(args.output, shot[..., :3], check_contrast=False)  # RGB, no alpha
+        print(f"wrote {args.output} {shot.shape}")
+        viewer.close()
+
+
+if __name__ == "__main__":
+    main()
