@@ -447,3 +447,69 @@ def test_main_loads_sample_without_images(viewer):
 
     setup_viewer(viewer)
     assert viewer.layers["superalloy"].data.shape == (512, 512)
+
+
+def test_buttons_ask_before_replacing_files(qtbot, viewer, segmentation_widget, tmp_path, monkeypatch):
+    import napari_hrdv2._widgets._segmentation as module
+
+    image, _ = two_texture_image()
+    layer = viewer.add_image(image, name="tex")
+    scribbles = segmentation_widget.new_scribbles_layer(layer)
+    painted = scribbles.data.copy()
+    paint_strokes(painted)
+    scribbles.data = painted
+    segmentation_widget._train.changed.emit(True)  # the Train button
+    wait_idle(qtbot, segmentation_widget)
+    assert "tex segmentation" in viewer.layers
+
+    asked, answers = [], []
+    segmentation_widget.confirm_overwrite = lambda paths, parent=None: asked.append(paths) or answers.pop(0)
+    model_path = tmp_path / "model"
+    monkeypatch.setattr(module, "ask_save_path", lambda *a, **k: (str(model_path), ""))
+    segmentation_widget._save.changed.emit(True)
+    saved = tmp_path / "model.hrdv2"
+    assert saved.is_file() and not asked
+    saved.write_bytes(b"keep me")
+    answers.append(False)
+    segmentation_widget._save.changed.emit(True)
+    assert asked == [[saved]] and saved.read_bytes() == b"keep me", "declined: the file is untouched"
+    answers.append(True)
+    segmentation_widget._save.changed.emit(True)
+    assert saved.read_bytes() != b"keep me"
+
+    asked.clear()
+    monkeypatch.setattr(module, "ask_save_path", lambda *a, **k: (str(tmp_path / "seg"), "PNG (*.png)"))
+    segmentation_widget._export.changed.emit(True)
+    assert (tmp_path / "seg.png").is_file() and not asked
+    answers.append(False)
+    segmentation_widget._export.changed.emit(True)
+    assert asked == [[tmp_path / "seg.png"]]
+
+
+def test_tcell_sample_stack_with_scribbles(qtbot, viewer, segmentation_widget):
+    viewer.open_sample(PLUGIN, "tcell")
+    images, scribbles = viewer.layers["T-cells"], viewer.layers["T-cells scribbles"]
+    before = scribbles.data.copy()
+    segmentation_widget.train(images, scribbles)
+    wait_idle(qtbot, segmentation_widget)
+    segmentation = viewer.layers["T-cells segmentation"]
+    assert segmentation.data.shape == (6, 518, 518) and segmentation.data.dtype == np.uint8
+    assert tag(segmentation)["classes"] == [1, 2, 3]
+    assert set(np.unique(segmentation.data)) <= {1, 2, 3}
+    labelled = before > 0
+    assert np.mean(segmentation.data[labelled] == before[labelled]) > 0.6  # training pixels, random tiny backbone
+    np.testing.assert_array_equal(scribbles.data, before)
+
+
+def test_removing_layers_frees_encodings(qtbot, viewer, features_widget):
+    from napari_hrdv2._widgets import session_for
+
+    session = session_for(viewer)
+    image = viewer.add_image(two_texture_image()[0], name="tex")
+    features_widget.compute(image)
+    wait_idle(qtbot, features_widget)
+    assert any(key[0] == "tex" for key in session.encodings)
+    viewer.layers.remove("tex features")
+    assert not any(key[0] == "tex" for key in session.encodings)
+    viewer.layers.remove("tex")
+    assert not any(key[0] == "tex" for key in session.pca_bases)

@@ -145,6 +145,7 @@ class FeaturesWidget(Container):
         self._similarity_mode.changed.connect(self._similarity_toggled)
         self._session.config_changed.connect(self._show_settings)
         connect_layer_list(napari_viewer, self._refresh_choices)
+        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ------------------------------------------------------------------ settings
     @property
@@ -269,7 +270,7 @@ class FeaturesWidget(Container):
             attention=bool(self._want_attention.value),
             basis=basis,
             description=f"HR-Dv2 features of {geometry.name}",
-            on_returned=partial(self._show_features, geometry),
+            on_returned=partial(self._show_features, geometry, want_features=bool(self._want_features.value)),
         )
 
     def cancel(self, *_: Any) -> None:
@@ -279,13 +280,14 @@ class FeaturesWidget(Container):
     def _compute_clicked(self, *_: Any, all_planes: bool = False) -> None:
         self.compute(self._image.value, all_planes=all_planes)
 
-    def _show_features(self, geometry: SourceGeometry, result: FeaturesResult) -> None:
+    def _show_features(self, geometry: SourceGeometry, result: FeaturesResult, *, want_features: bool = True) -> None:
         key = (geometry.name, result.config)
         config_dict = result.config.to_dict()
         for stale in [k for k in self._session.encodings if k[0] == geometry.name and k != key]:
             del self._session.encodings[stale]
-        encodings = self._session.encodings.setdefault(key, {})
-        encodings.update(result.encodings)
+        if want_features:  # the planes encoded so far back the lazy features layer (held only for it)
+            encodings = self._session.encodings.setdefault(key, {})
+            encodings.update(result.encodings)
         if result.basis is not None:
             self._session.pca_bases[key] = result.basis
         if result.pca:
@@ -296,7 +298,7 @@ class FeaturesWidget(Container):
             base = self._reusable_data(geometry, "attention", "image", config_dict)
             maps = assemble_planes(geometry, result.attention, dtype=np.float32, base=base, channel_axis=True)
             upsert_layer(self._viewer, attention_layer_data(geometry, maps, config=config_dict))
-        if self._want_features.value:
+        if want_features:
             lazy = lazy_features(geometry, encodings, result.n_features)
             upsert_layer(
                 self._viewer,
@@ -304,6 +306,16 @@ class FeaturesWidget(Container):
             )
         planes = ", ".join(str(i + 1) for i in sorted(result.encodings)) if geometry.is_stack else ""
         self._set_status(f"Features of {geometry.name}{' plane(s) ' + planes if planes else ''} ready.")
+
+    def _on_layer_removed(self, event: Any) -> None:
+        """Free what a removed layer kept alive: a source's encodings and PCA basis, a features layer's maps."""
+        layer = event.value
+        tag = plugin_tag(layer)
+        if tag is None:
+            self._session.forget_layer(str(layer.name))
+        elif tag.get("kind") == "features":
+            for key in [k for k in self._session.encodings if k[0] == tag.get("source")]:
+                del self._session.encodings[key]
 
     def _reusable_data(self, geometry: SourceGeometry, kind: str, layer_type: str, config: dict) -> Any:
         """Current data of a result layer computed with the same settings (other planes are kept)."""

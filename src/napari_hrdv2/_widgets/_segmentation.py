@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import weakref
 from functools import partial
 from pathlib import Path
@@ -213,6 +214,25 @@ class SegmentationWidget(Container):
     def _new_segmenter(self) -> Any:
         return new_segmenter(hybrid=bool(self._hybrid.value))
 
+    def _warm_factory(self) -> Any:
+        """For live updates: a copy of the current model that starts from its solution (fewer iterations).
+
+        A copy, so the model other jobs may be predicting with is never changed under them.
+        """
+        previous = self._session.segmenter
+        default = self.make_segmenter == self._new_segmenter
+        if not default or previous is None or getattr(previous, "hybrid", None) != bool(self._hybrid.value):
+            return self.make_segmenter
+        if not hasattr(previous, "warm_start"):
+            return self.make_segmenter
+
+        def warm() -> Any:
+            model = copy.deepcopy(previous)
+            model.warm_start = True
+            return model
+
+        return warm
+
     # ------------------------------------------------------------------ layer choices
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return image_layer_choices(self._viewer)
@@ -253,7 +273,7 @@ class SegmentationWidget(Container):
             self._session.config,
             self._session.cache,
             is_stack=geometry.is_stack,
-            make_segmenter=self.make_segmenter,
+            make_segmenter=self._warm_factory() if live else self.make_segmenter,
             predict_indices=indices,
             uncertainty=bool(self._want_uncertainty.value),
             probabilities=bool(self._want_probabilities.value),
