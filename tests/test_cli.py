@@ -253,6 +253,12 @@ def test_segment_stack_gives_multipage_tiff(tmp_path, capsys, model):
     uncertainty = tifffile.imread(tmp_path / "stack_uncertainty.tif")
     assert uncertainty.shape == (2, 56, 56) and uncertainty.dtype == np.float32
     assert uncertainty.min() >= 0 and uncertainty.max() <= 1
+    # Asking for the uncertainty later adds it without touching the labels.
+    (tmp_path / "stack_uncertainty.tif").unlink()
+    before = (tmp_path / "stack_labels.tif").stat().st_mtime_ns
+    code, stdout, _ = run(capsys, "segment", tmp_path / "stack.tif", "--model", model, "--uncertainty")
+    assert code == 0 and "skipped 1" in stdout and (tmp_path / "stack_uncertainty.tif").exists()
+    assert (tmp_path / "stack_labels.tif").stat().st_mtime_ns == before
 
 
 def test_segment_skips_existing_and_png(tmp_path, capsys, model):
@@ -301,13 +307,17 @@ def test_segment_feature_options_must_match_the_model(tmp_path, capsys, model, t
     # Repeating the model's settings and changing runtime ones is fine.
     args = ["--shifts", "neumann", "--distances", "3", "--backbone", tiny_backbone, "--batch-size", "2", "-q"]
     assert run(capsys, *base, *args, "--tile-size", "28", "--tile-overlap", "6")[0] == 0
-    # The backbone may be found elsewhere (--backbone-path); a backbone of another width is refused.
-    import shutil
-
+    # A model whose backbone folder is gone (trained on another computer): --backbone-path says where it is now.
     from conftest import _save_model
 
-    moved = shutil.copytree(tiny_backbone, tmp_path / "moved-dinov2")
-    code, stdout, _ = run(capsys, *base, "--backbone-path", moved, "--overwrite", "--tile-size", "none")
+    seg = hr.LinearSegmenter.load(model)
+    seg.feature_config = seg.feature_config.replace(backbone=str(tmp_path / "gone" / "tiny-dinov2"))
+    moved_model = seg.save(tmp_path / "moved.hrdv2")
+    code, _, err = run(capsys, "segment", tmp_path / "img.tif", "--model", moved_model, "--overwrite")
+    assert code == 3 and "does not exist" in err and "--backbone-path" in err
+    code, stdout, _ = run(
+        capsys, "segment", tmp_path / "img.tif", "--model", moved_model, "--backbone-path", tiny_backbone, "--overwrite"
+    )
     assert code == 0 and "Wrote 1" in stdout
     narrow = _save_model(tmp_path / "narrow-dinov2", hidden=64)
     code, _, err = run(capsys, *base, "--backbone-path", narrow, "--overwrite")
@@ -357,3 +367,13 @@ def test_batch_generator_and_gui_wrapper(tmp_path, model, config):
     wrong = config.replace(shifts="moore")
     with pytest.raises(hr.InputError, match="shifts"):
         next(iter_segment_files([tmp_path / "img.tif"], tmp_path / "out", seg, wrong))
+
+
+def test_inputs_with_the_same_output_name(tmp_path, capsys, model):
+    from skimage.io import imsave
+
+    image = two_texture_image(56)[0]
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    imsave(tmp_path / "a.png", image, check_contrast=False)
+    code, stdout, err = run(capsys, "segment", tmp_path / "a.png", tmp_path / "a.tif", "--model", model, "-o", tmp_path)
+    assert code == 1 and "Wrote 1" in stdout and "a.tif" in err and "would replace" in err

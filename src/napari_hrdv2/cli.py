@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         "multi-page TIFF. Folders contribute the images directly inside them. Existing outputs are skipped "
         "unless --overwrite; an input that fails is reported and the others are still processed. The model's "
         "own feature settings are used: feature options may only repeat them, while --device, --dtype, "
-        "--tile-size, --tile-overlap and --batch-size may change how the features are computed.",
+        "--tile-size, --tile-overlap and --batch-size may change how the features are computed (--device and --dtype "
+        "default to auto, the others to the model's values).",
         epilog=EPILOG,
     )
     segment.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, TIFF stacks and/or folders")
@@ -672,7 +673,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from .core.batch import segment_files
     from .core.devices import resolve_device, resolve_dtype
     from .core.encoding import Featurizer
-    from .core.errors import InputError
+    from .core.errors import InputError, WeightsNotFoundError
     from .core.segmenter import LinearSegmenter
 
     segmenter = LinearSegmenter.load(args.model)
@@ -716,6 +717,12 @@ def run_segment(args: argparse.Namespace) -> int:
             uncertainty=args.uncertainty,
             progress=progress,
         )
+    except WeightsNotFoundError as err:
+        if args.backbone_path:
+            raise
+        raise WeightsNotFoundError(
+            f"{err} If the model's backbone weights are elsewhere on this computer, pass --backbone-path PATH."
+        ) from err
     finally:
         if bar is not None:
             bar.close()

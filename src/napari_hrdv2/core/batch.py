@@ -200,7 +200,7 @@ def iter_segment_files(
             yield BatchProgress(i / n, label, i, n, path)
             try:
                 job = _prepare(path, outdir, suffix, overwrite=overwrite, uncertainty=uncertainty)
-                if not job.skip and _key(job.target) in written:
+                if _key(job.target) in written:
                     raise InputError(
                         f"its output '{job.target.name}' would replace the one just written for "
                         f"'{written[_key(job.target)].name}'; rename one of the inputs or segment them separately."
@@ -233,7 +233,10 @@ def iter_segment_files(
                         uncertain.append(np.asarray(segmenter.uncertainty(encoding), dtype=np.float32))
                     del encoding
                 labels = predicted[0] if job.single else np.stack(predicted)
-                report.written.append(write_labels(job.target, labels, overwrite=overwrite))
+                if overwrite or not job.target.exists():
+                    report.written.append(write_labels(job.target, labels, overwrite=overwrite))
+                else:  # only the uncertainty map was missing
+                    report.skipped.append(job.target)
                 written[_key(job.target)] = path
                 if job.extra is not None:
                     maps = uncertain[0] if job.single else np.stack(uncertain)
