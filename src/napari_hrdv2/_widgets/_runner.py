@@ -123,7 +123,11 @@ class JobRunner:
 
     def _on_returned(self, ended: list[bool], on_returned: Callable[[Any], None], result: Any) -> None:
         ended[0] = True
-        on_returned(result)
+        try:
+            on_returned(result)
+        except Exception as error:  # noqa: BLE001 - e.g. a layer the user changed meanwhile: a message, not a crash
+            self._on_status(user_message(error))
+            notify_error(error)
 
     def _on_error(self, ended: list[bool], error: BaseException, *, quiet: bool) -> None:
         ended[0] = True
