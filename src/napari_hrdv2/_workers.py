@@ -9,9 +9,6 @@ generator (``worker.quit()``) cancels a job at its next step. Heavy work runs un
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,15 +19,13 @@ import numpy as np
 
 from .core.batch import BatchReport as _CoreBatchReport
 from .core.batch import output_path  # noqa: F401  (re-exported for the widgets)
+from .core.cache import EncodingCache  # noqa: F401  (re-exported for the widgets)
 from .core.config import FeatureConfig
 from .core.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .core.encoding import Encoding, Featurizer
+    from .core.encoding import Encoding
     from .core.pca import PCABasis
-
-#: Default memory budget of the per-viewer encoding cache (low-resolution maps only).
-DEFAULT_CACHE_BYTES = 2 * 2**30
 
 #: Fields of FeatureConfig that only say how to compute (not what): the widget's values win for these.
 RUNTIME_FIELDS = ("device", "dtype", "tile_size", "tile_overlap", "batch_size")
@@ -42,80 +37,6 @@ class JobProgress:
 
     fraction: float
     message: str
-
-
-# ---------------------------------------------------------------------------------------------- cache
-def fingerprint(plane: np.ndarray) -> str:
-    """Content hash of an image plane (shape, dtype and bytes)."""
-    plane = np.ascontiguousarray(plane)
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(repr((plane.shape, plane.dtype.str)).encode())
-    digest.update(memoryview(plane).cast("B"))
-    return digest.hexdigest()
-
-
-class EncodingCache:
-    """Thread-safe LRU cache of :class:`Encoding` objects keyed by (plane content, FeatureConfig).
-
-    Keys use the content of the plane, so the same image in two layers (or an unchanged plane
-    after a layer was renamed) is encoded once; evicts least recently used encodings beyond
-    ``max_bytes``.
-    """
-
-    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES):
-        self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[tuple[str, FeatureConfig], Encoding] = OrderedDict()
-        self._lock = threading.Lock()
-        self._featurizers: dict[FeatureConfig, Featurizer] = {}
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def nbytes(self) -> int:
-        with self._lock:
-            return sum(encoding.nbytes for encoding in self._items.values())
-
-    def get(self, key: tuple[str, FeatureConfig]) -> Encoding | None:
-        with self._lock:
-            encoding = self._items.get(key)
-            if encoding is not None:
-                self._items.move_to_end(key)
-            return encoding
-
-    def put(self, key: tuple[str, FeatureConfig], encoding: Encoding) -> None:
-        with self._lock:
-            self._items[key] = encoding
-            self._items.move_to_end(key)
-            total = sum(e.nbytes for e in self._items.values())
-            while total > self.max_bytes and len(self._items) > 1:
-                _, evicted = self._items.popitem(last=False)
-                total -= evicted.nbytes
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._featurizers.clear()
-
-    def featurizer(self, config: FeatureConfig) -> Featurizer:
-        """One :class:`Featurizer` per config (the backbone itself is cached by ``load_backbone``)."""
-        from .core.encoding import Featurizer
-
-        with self._lock:
-            featurizer = self._featurizers.get(config)
-            if featurizer is None:
-                featurizer = self._featurizers[config] = Featurizer(config)
-            return featurizer
-
-    def iter_encode(self, plane: np.ndarray, config: FeatureConfig) -> Generator[float, None, Encoding]:
-        """Cached encoding of one plane; yields fractions in [0, 1] while computing."""
-        key = (fingerprint(plane), config)
-        cached = self.get(key)
-        if cached is not None:
-            return cached
-        encoding = yield from _fractions(self.featurizer(config).iter_encode(plane))
-        self.put(key, encoding)
-        return encoding
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -166,16 +87,6 @@ def _feature_range(encoding: Encoding, n_pixels: int = 2000, seed: int = 0) -> t
     values = encoding.sample(rows, cols)
     low, high = np.percentile(values, [1, 99])
     return float(low), float(high)
-
-
-def _fractions(steps: Generator[Any, None, Encoding]) -> Generator[float, None, Encoding]:
-    """Turn a Featurizer.iter_encode generator's Progress items into fractions."""
-    while True:
-        try:
-            update = next(steps)
-        except StopIteration as finished:
-            return finished.value
-        yield update.fraction
 
 
 # ---------------------------------------------------------------------------------------------- features
