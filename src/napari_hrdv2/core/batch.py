@@ -21,6 +21,7 @@ import numpy as np
 from .config import FeatureConfig
 from .errors import HRDv2Error, InputError
 from .io import IMAGE_SUFFIXES, expand_inputs, planes, read_image, write_labels
+from .progress import run_steps
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoding import Featurizer
@@ -320,10 +321,4 @@ def segment_files(
     steps = iter_segment_files(
         inputs, outdir, segmenter, featurizer_or_config, suffix=suffix, overwrite=overwrite, uncertainty=uncertainty
     )
-    while True:
-        try:
-            update = next(steps)
-        except StopIteration as finished:
-            return finished.value
-        if progress is not None:
-            progress(update)
+    return run_steps(steps, progress=progress)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .errors import Cancelled
 
@@ -31,12 +31,14 @@ class Progress:
 
 
 def run_steps(
-    steps: Generator[Progress, None, Result],
+    steps: Generator[Any, None, Result],
     *,
-    progress: Callable[[Progress], None] | None = None,
+    progress: Callable[[Any], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> Result:
-    """Drive a progress generator to its result, calling ``progress`` after each step.
+    """Drive a progress generator (of :class:`Progress` or any other report) to its result.
+
+    ``progress`` is called with every item the generator yields.
 
     Raises :class:`Cancelled` (after closing the generator, so nothing keeps running) as soon
     as ``cancel`` is set.
@@ -50,4 +52,4 @@ def run_steps(
             progress(update)
         if cancel is not None and cancel.is_set():
             steps.close()
-            raise Cancelled(f"Cancelled while {update.stage}.")
+            raise Cancelled("Cancelled.")
