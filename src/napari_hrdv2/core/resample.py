@@ -4,9 +4,9 @@ For one axis, the HR-Dv2 pipeline "resize the token grid to pixels, crop the
 padding, unflip, unshift, weight by the tile's blending window" maps a token
 axis of length ``n_tokens`` to a pixel axis of length ``n_pixels`` and is a
 fixed sparse matrix with at most two non-zeros per pixel. :class:`AxisTaps`
-stores it as two (index, weight) pairs, so the whole per-transform
-reconstruction is two cheap gathers and nothing is ever resized at full size
-and then permuted.
+stores it as two (index, weight) pairs (:meth:`AxisTaps.dense` gives the
+matrix itself), so the whole per-transform reconstruction is two small matrix
+products and nothing is ever resized at full size and then permuted.
 
 Token ``i`` of a grid with stride ``s`` and patch size ``P`` is centred at
 pixel ``i * s + (P - 1) / 2``. With ``s == P`` this is exactly
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 
 Resize = Literal["bilinear", "nearest"]
 RESIZE_OPTIONS: tuple[str, ...] = ("bilinear", "nearest")
@@ -51,6 +50,14 @@ class AxisTaps:
         """Taps with both weights multiplied by ``factor`` of shape (n_pixels,)."""
         return AxisTaps(self.index0, self.index1, self.weight0 * factor, self.weight1 * factor)
 
+    def dense(self, n_tokens: int) -> np.ndarray:
+        """The axis map as a dense (n_tokens, n_pixels) float32 matrix: ``pixels = tokens @ matrix``."""
+        matrix = np.zeros((n_tokens, len(self)), dtype=np.float32)
+        pixels = np.arange(len(self))
+        np.add.at(matrix, (self.index0, pixels), self.weight0)
+        np.add.at(matrix, (self.index1, pixels), self.weight1)
+        return matrix
+
     def key(self) -> bytes:
         """Hashable identity, used to group transforms that share this axis map."""
         return b"".join(a.tobytes() for a in (self.index0, self.index1, self.weight0, self.weight1))
@@ -77,27 +84,3 @@ def token_axis_taps(
     index1 = np.minimum(index0 + 1, n_tokens - 1)
     frac = (coords - index0).astype(np.float32)
     return AxisTaps(index0, index1, (1.0 - frac).astype(np.float32), frac)
-
-
-class TorchTaps:
-    """:class:`AxisTaps` moved to a torch device, ready to gather along one dimension."""
-
-    def __init__(self, taps: AxisTaps, device: torch.device):
-        self.index0 = torch.as_tensor(taps.index0, device=device)
-        self.index1 = torch.as_tensor(taps.index1, device=device)
-        self.weight0 = torch.as_tensor(taps.weight0, device=device, dtype=torch.float32)
-        self.weight1 = torch.as_tensor(taps.weight1, device=device, dtype=torch.float32)
-        self.single = not bool(np.any(taps.weight1))
-
-    def gather(self, values: torch.Tensor, dim: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Resample ``values`` along ``dim``; adds into ``out`` when given."""
-        shape = [1] * values.ndim
-        shape[dim] = -1
-        first = values.index_select(dim, self.index0)
-        if out is None:
-            out = first.mul_(self.weight0.view(shape))
-        else:
-            out.addcmul_(first, self.weight0.view(shape))
-        if not self.single:
-            out.addcmul_(values.index_select(dim, self.index1), self.weight1.view(shape))
-        return out
