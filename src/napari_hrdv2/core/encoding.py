@@ -455,12 +455,13 @@ class Featurizer:
 
         mean = torch.tensor(backbone.mean, device=self.device).view(3, 1, 1)
         std = torch.tensor(backbone.std, device=self.device).view(3, 1, 1)
-        pixels = (torch.from_numpy(rgb).to(self.device).permute(2, 0, 1) - mean) / std
+        # Normalised per tile, not as one (3, H, W) copy: saves two image-sized float32 buffers on large images.
+        source = torch.from_numpy(rgb)
 
         done = 0
         tile_maps: list[TileMaps] = []
         for tile in tiles:
-            crop = pixels[:, tile.rows, tile.cols]
+            crop = (source[tile.rows, tile.cols].to(self.device).permute(2, 0, 1) - mean) / std
             padded_h = padded_size(tile.height, patch_size=patch, stride=stride)
             padded_w = padded_size(tile.width, patch_size=patch, stride=stride)
             grid = token_grid(padded_h, padded_w, patch_size=patch, stride=stride)
