@@ -28,7 +28,7 @@ from .backbones import Backbone, load_backbone
 from .config import FeatureConfig
 from .devices import empty_cache, is_out_of_memory, resolve_device, resolve_dtype
 from .errors import InputError
-from .preprocess import to_rgb01
+from .preprocess import scale_intensities, validate_image
 from .progress import Progress, run_steps
 from .resample import AxisTaps, token_axis_taps
 from .tiling import Tile, plan_tiles
@@ -446,8 +446,13 @@ class Featurizer:
         """
         backbone = self.backbone
         patch, stride = backbone.patch_size, self.stride
-        rgb = to_rgb01(image, normalize=self.config.normalize, min_side=patch)
-        height, width = rgb.shape[:2]
+        # ``to_rgb01`` without replicating grey to RGB: a grey image is kept as one scaled float32 plane (a third
+        # of the memory) and replicated per tile. The values are identical.
+        planes = validate_image(image, min_side=patch)
+        if planes.ndim == 3 and planes.shape[-1] == 4:
+            planes = planes[..., :3]
+        scaled = np.ascontiguousarray(scale_intensities(planes, normalize=self.config.normalize), dtype=np.float32)
+        height, width = scaled.shape[:2]
         tiles = plan_tiles(height, width, tile_size=self.config.tile_size, overlap=self.config.tile_overlap)
         transforms = self.config.transforms
         total = len(tiles) * len(transforms)
@@ -455,22 +460,46 @@ class Featurizer:
 
         mean = torch.tensor(backbone.mean, device=self.device).view(3, 1, 1)
         std = torch.tensor(backbone.std, device=self.device).view(3, 1, 1)
-        # Normalised per tile, not as one (3, H, W) copy: saves two image-sized float32 buffers on large images.
-        source = torch.from_numpy(rgb)
-
-        done = 0
-        tile_maps: list[TileMaps] = []
-        for tile in tiles:
-            crop = (source[tile.rows, tile.cols].to(self.device).permute(2, 0, 1) - mean) / std
-            padded_h = padded_size(tile.height, patch_size=patch, stride=stride)
-            padded_w = padded_size(tile.width, patch_size=patch, stride=stride)
-            grid = token_grid(padded_h, padded_w, patch_size=patch, stride=stride)
-            maps = torch.empty((len(transforms), backbone.embed_dim, *grid), dtype=self.dtype, device=self.device)
-            attention = (
-                torch.empty((len(transforms), backbone.num_heads, *grid), dtype=torch.float32, device=self.device)
-                if with_attention
-                else None
+        source = torch.from_numpy(scaled)  # normalised per tile, never as a whole (3, H, W) copy
+        grids = [
+            token_grid(
+                padded_size(tile.height, patch_size=patch, stride=stride),
+                padded_size(tile.width, patch_size=patch, stride=stride),
+                patch_size=patch,
+                stride=stride,
             )
+            for tile in tiles
+        ]
+        # One buffer for the maps of all tiles (and one for the attention), viewed per tile: the long-lived maps
+        # then never interleave with the forward passes' temporaries, which fragmented the heap by ~0.3 GB on
+        # 100 tiles (4096 x 4096) when each tile's maps were allocated on their own.
+        n_tokens = sum(grid_h * grid_w for grid_h, grid_w in grids) * len(transforms)
+        all_maps = torch.empty(n_tokens * backbone.embed_dim, dtype=self.dtype, device=self.device)
+        all_attention = (
+            torch.empty(n_tokens * backbone.num_heads, dtype=torch.float32, device=self.device)
+            if with_attention
+            else None
+        )
+
+        done = offset = 0
+        tile_maps: list[TileMaps] = []
+        for tile, grid in zip(tiles, grids):
+            part = source[tile.rows, tile.cols]
+            if part.ndim == 2:
+                part = part.unsqueeze(-1).expand(-1, -1, 3)
+            crop = (part.to(self.device).permute(2, 0, 1) - mean) / std
+            size = len(transforms) * grid[0] * grid[1]
+            maps = all_maps[offset * backbone.embed_dim : (offset + size) * backbone.embed_dim].view(
+                len(transforms), backbone.embed_dim, *grid
+            )
+            attention = (
+                None
+                if all_attention is None
+                else all_attention[offset * backbone.num_heads : (offset + size) * backbone.num_heads].view(
+                    len(transforms), backbone.num_heads, *grid
+                )
+            )
+            offset += size
             start = 0
             while start < len(transforms):
                 batch = range(start, min(start + self._batch_size, len(transforms)))
