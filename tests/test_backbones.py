@@ -49,7 +49,7 @@ def test_folder_and_official_pth_give_the_same_features(fixture, request, tmp_pa
     torch.save(transformers_to_official(state), checkpoint)
 
     image = np.random.default_rng(0).random((42, 56)).astype(np.float32)
-    base = dict(device="cpu", shift_distances=(1,), tile_size=None)
+    base = dict(device="cpu", shift_distances=(1,), tile_size=None, storage_dtype="float32")
     from_folder = hr.Featurizer(hr.FeatureConfig(backbone=folder, **base)).encode(image)
     from_pth = hr.Featurizer(hr.FeatureConfig(backbone=str(checkpoint), **base)).encode(image)
     np.testing.assert_allclose(from_pth.features(), from_folder.features(), atol=1e-5)

@@ -80,6 +80,21 @@ def test_features_npy_pca_attention(tmp_path, capsys, opts, config):
     assert "(128, 56, 42) float32" in stdout
 
 
+def test_features_storage_dtype_option(tmp_path, capsys, opts, config):
+    image = two_texture_image(56)[0]
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    base = ["features", tmp_path / "img.tif", *opts, "--tile-size", "none"]
+    assert run(capsys, *base, "--storage-dtype", "float32", "-o", tmp_path / "f32.npy")[0] == 0
+    exact = hr.Featurizer(config.replace(storage_dtype="float32")).encode(image).features()
+    np.testing.assert_array_equal(np.load(tmp_path / "f32.npy"), exact)
+    assert run(capsys, *base, "-o", tmp_path / "auto.npy")[0] == 0  # default: float16 maps
+    default = np.load(tmp_path / "auto.npy")
+    assert not np.array_equal(default, exact)
+    np.testing.assert_allclose(default, exact, atol=np.abs(exact).max() * 2**-10)
+    code, _, err = run(capsys, *base, "--storage-dtype", "int8", "-o", tmp_path / "x.npy")
+    assert code == 2 and "--storage-dtype" in err
+
+
 def test_features_stack_plane_and_float16(tmp_path, capsys, opts, config):
     stack = np.stack([two_texture_image(56, seed=s)[0] for s in range(2)])
     tifffile.imwrite(tmp_path / "stack.tif", stack)

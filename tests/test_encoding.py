@@ -72,7 +72,8 @@ def odd_image():
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_features_equal_reference_loop(tiny_backbone, odd_image, options):
-    featurizer = hr.Featurizer(hr.FeatureConfig(backbone=tiny_backbone, device="cpu", tile_size=None, **options))
+    config = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", tile_size=None, storage_dtype="float32", **options)
+    featurizer = hr.Featurizer(config)
     encoding = featurizer.encode(odd_image)
     features = encoding.features()
     expected = reference_hrdv2(featurizer, odd_image)
@@ -84,7 +85,10 @@ def test_features_equal_reference_loop(tiny_backbone, odd_image, options):
 def test_bilinear_resize_equals_interpolate_align_corners_false(tiny_backbone):
     """With stride == patch size the resize is F.interpolate(align_corners=False) to the padded size, cropped."""
     image = np.random.default_rng(2).random((30, 40)).astype(np.float32)
-    featurizer = hr.Featurizer(hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shifts="none", tile_size=None))
+    config = hr.FeatureConfig(
+        backbone=tiny_backbone, device="cpu", shifts="none", tile_size=None, storage_dtype="float32"
+    )
+    featurizer = hr.Featurizer(config)
     backbone = featurizer.backbone
     rgb = torch.from_numpy(to_rgb01(image)).permute(2, 0, 1)
     pixels = (rgb - torch.tensor(backbone.mean).view(3, 1, 1)) / torch.tensor(backbone.std).view(3, 1, 1)
@@ -196,6 +200,34 @@ def test_out_of_memory_halves_batch_and_retries(tiny_config, two_textures, monke
     featurizer = hr.Featurizer(tiny_config.replace(batch_size=4))
     np.testing.assert_allclose(featurizer.encode(image).features(), expected, atol=1e-6)
     assert batch_sizes[:3] == [4, 2, 1]
+
+
+def test_float16_storage_halves_memory_and_rounds_like_float16(tiny_backbone, odd_image):
+    """The default storage keeps float16 maps: half the bytes, features within float16 rounding of float32 storage."""
+    base = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shift_distances=(2,), tile_size=None)
+    assert base.storage_dtype == "auto"
+    half = hr.Featurizer(base).encode(odd_image)
+    full = hr.Featurizer(base.replace(storage_dtype="float32")).encode(odd_image)
+    assert half.tiles[0].maps.dtype == torch.float16 and full.tiles[0].maps.dtype == torch.float32
+    attention_bytes = half.tiles[0].attention.numel() * 4
+    assert half.nbytes - attention_bytes == (full.nbytes - attention_bytes) // 2
+    exact = full.features()
+    # Each stored value is rounded to 11 significant bits; the output is a convex combination of stored values.
+    scale = np.abs(np.concatenate([m.float().numpy().ravel() for m in full.lowres_maps])).max()
+    np.testing.assert_allclose(half.features(), exact, atol=scale * 2**-11)
+    np.testing.assert_array_equal(half.attention(), full.attention())  # attention stays float32
+    weight = np.random.default_rng(7).standard_normal((3, half.n_features)).astype(np.float32)
+    np.testing.assert_allclose(
+        half.project(weight), np.einsum("oc,chw->ohw", weight, half.features()), atol=1e-4, rtol=1e-4
+    )
+
+
+def test_storage_dtype_follows_a_16_bit_compute_dtype(tiny_backbone):
+    image = np.random.default_rng(8).random((28, 42)).astype(np.float32)
+    config = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", dtype="bfloat16", shifts="none", tile_size=None)
+    assert hr.Featurizer(config).encode(image).tiles[0].maps.dtype == torch.bfloat16
+    with pytest.raises(hr.InputError, match="storage_dtype"):
+        hr.FeatureConfig(storage_dtype="float8")
 
 
 def test_encoding_memory_holds_low_resolution_maps_only(tiny_backbone):

@@ -11,7 +11,11 @@ from napari_hrdv2.core.preprocess import scale_intensities, to_rgb01
 
 @pytest.fixture(scope="module")
 def featurizer(tiny_backbone):
-    return hr.Featurizer(hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shifts="none", tile_size=None))
+    # float32 storage: these tests compare features of differently scaled copies of one image to 1e-5.
+    config = hr.FeatureConfig(
+        backbone=tiny_backbone, device="cpu", shifts="none", tile_size=None, storage_dtype="float32"
+    )
+    return hr.Featurizer(config)
 
 
 @pytest.fixture(scope="module")

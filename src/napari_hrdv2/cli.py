@@ -53,13 +53,14 @@ OPTION_OF = {
     "normalize": "--normalize",
     "device": "--device",
     "dtype": "--dtype",
+    "storage_dtype": "--storage-dtype",
     "tile_size": "--tile-size",
     "tile_overlap": "--tile-overlap",
     "batch_size": "--batch-size",
     "weights_sha256": "--sha256",
 }
 _FEATURE_DEFINING = ("backbone", "shifts", "shift_distances", "flips", "stride", "resize", "normalize")
-_RUNTIME = ("device", "dtype", "tile_size", "tile_overlap", "batch_size", "weights_sha256")
+_RUNTIME = ("device", "dtype", "storage_dtype", "tile_size", "tile_overlap", "batch_size", "weights_sha256")
 
 EPILOG = (
     "Exit codes: 0 success, 1 some inputs failed (segment; the others were written), 2 bad options or "
@@ -121,6 +122,11 @@ def _runtime_options() -> argparse.ArgumentParser:
     group.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     group.add_argument(
         "--dtype", choices=DTYPE_CHOICES, help="compute precision (default auto: float16 on CUDA, else float32)"
+    )
+    group.add_argument(
+        "--storage-dtype",
+        choices=DTYPE_CHOICES,
+        help="precision of the low-resolution maps kept in memory (default auto: float16, half the memory of float32)",
     )
     group.add_argument(
         "--tile-size",
@@ -308,6 +314,7 @@ def _config_values(args: argparse.Namespace, fields: Sequence[str]) -> dict[str,
         "normalize": args.normalize,
         "device": args.device,
         "dtype": args.dtype,
+        "storage_dtype": args.storage_dtype,
         "tile_size": args.tile_size,
         "tile_overlap": args.tile_overlap,
         "batch_size": args.batch_size,
@@ -343,7 +350,7 @@ def _same_backbone(a: str, b: str) -> bool:
 def model_runtime_config(args: argparse.Namespace, trained: FeatureConfig) -> FeatureConfig:
     """The model's FeatureConfig with the runtime options given; feature options must agree with the model.
 
-    ``--device`` and ``--dtype`` default to "auto" (the model may come from another computer); tiling and
+    ``--device``, ``--dtype`` and ``--storage-dtype`` default to "auto" (the model may come from another computer); tiling and
     batching default to the model's values.
     """
     from .core.config import PRESETS
@@ -374,7 +381,7 @@ def model_runtime_config(args: argparse.Namespace, trained: FeatureConfig) -> Fe
             f"segment computes the features the model was trained on: {'; '.join(conflicts)}. "
             f"Leave these options out{hint}."
         )
-    runtime = {"device": "auto", "dtype": "auto"}
+    runtime = {"device": "auto", "dtype": "auto", "storage_dtype": "auto"}
     runtime.update(_config_values(args, _RUNTIME))
     return trained.replace(**runtime)
 

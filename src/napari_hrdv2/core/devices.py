@@ -44,6 +44,20 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         raise InputError(f"Unknown dtype {dtype!r}: use one of 'auto', {', '.join(map(repr, _DTYPES))}.") from None
 
 
+def resolve_storage_dtype(storage_dtype: str | torch.dtype, compute_dtype: torch.dtype) -> torch.dtype:
+    """``"auto"`` keeps a 16-bit compute dtype and stores float32 results as float16."""
+    if isinstance(storage_dtype, torch.dtype):
+        return storage_dtype
+    if storage_dtype == "auto":
+        return compute_dtype if compute_dtype in (torch.float16, torch.bfloat16) else torch.float16
+    try:
+        return _DTYPES[storage_dtype]
+    except KeyError:
+        raise InputError(
+            f"Unknown storage_dtype {storage_dtype!r}: use one of 'auto', {', '.join(map(repr, _DTYPES))}."
+        ) from None
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for CUDA/MPS out-of-memory errors (which are worth a retry with a smaller batch)."""
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .backbones import Backbone, load_backbone
 from .config import FeatureConfig
-from .devices import empty_cache, is_out_of_memory, resolve_device, resolve_dtype
+from .devices import empty_cache, is_out_of_memory, resolve_device, resolve_dtype, resolve_storage_dtype
 from .errors import InputError
 from .preprocess import scale_intensities, validate_image
 from .progress import Progress, run_steps
@@ -68,7 +68,7 @@ class TileMaps:
     """Low-resolution maps of one tile and the fused resize/inverse-transform taps."""
 
     tile: Tile
-    maps: torch.Tensor  # (K, C, h, w), compute dtype
+    maps: torch.Tensor  # (K, C, h, w), storage dtype
     attention: torch.Tensor | None  # (K, heads, h, w) float32
     row_taps: list[AxisTaps]  # per transform, length tile.height, weights include 1/K and blending
     col_taps: list[AxisTaps]  # per transform, length tile.width, weights include blending
@@ -404,6 +404,7 @@ class Featurizer:
         self.config = config or FeatureConfig()
         self.device = resolve_device(self.config.device)
         self.dtype = resolve_dtype(self.config.dtype, self.device)
+        self.storage_dtype = resolve_storage_dtype(self.config.storage_dtype, self.dtype)
         self._backbone = backbone
         self._batch_size = int(self.config.batch_size)
         self._lock = threading.Lock()
@@ -474,7 +475,7 @@ class Featurizer:
         # then never interleave with the forward passes' temporaries, which fragmented the heap by ~0.3 GB on
         # 100 tiles (4096 x 4096) when each tile's maps were allocated on their own.
         n_tokens = sum(grid_h * grid_w for grid_h, grid_w in grids) * len(transforms)
-        all_maps = torch.empty(n_tokens * backbone.embed_dim, dtype=self.dtype, device=self.device)
+        all_maps = torch.empty(n_tokens * backbone.embed_dim, dtype=self.storage_dtype, device=self.device)
         all_attention = (
             torch.empty(n_tokens * backbone.num_heads, dtype=torch.float32, device=self.device)
             if with_attention
