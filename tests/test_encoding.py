@@ -169,6 +169,13 @@ def test_progress_and_cancel(tiny_config, two_textures):
     assert isinstance(encoding, hr.Encoding)
     assert [p.done for p in seen] == [0, 2, 4, 5] and all(p.total == 5 for p in seen)
 
+    assert tiny_config.batch_size is None  # auto: one copy per forward pass on the CPU
+    assert [p.done for p in hr.Featurizer(tiny_config).iter_encode(image)] == [0, 1, 2, 3, 4, 5]
+    assert (
+        tiny_config.resolved_batch_size("cuda") == 4
+        and tiny_config.replace(batch_size=3).resolved_batch_size("cpu") == 3
+    )
+
     cancel = threading.Event()
     calls = []
 

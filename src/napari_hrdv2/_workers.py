@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.pca import PCABasis
 
 #: Fields of FeatureConfig that only say how to compute (not what): the widget's values win for these.
-RUNTIME_FIELDS = ("device", "dtype", "tile_size", "tile_overlap", "batch_size")
+RUNTIME_FIELDS = ("device", "dtype", "storage_dtype", "tile_size", "tile_overlap", "batch_size")
 
 
 @dataclass(frozen=True)

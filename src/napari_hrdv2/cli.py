@@ -135,7 +135,12 @@ def _runtime_options() -> argparse.ArgumentParser:
         help="split large images into tiles of this side (default 518); 0 or 'none' = whole image",
     )
     group.add_argument("--tile-overlap", type=int, metavar="PX", help="overlap of neighbouring tiles (default 84)")
-    group.add_argument("--batch-size", type=_positive_int, metavar="N", help="transformed copies per forward pass")
+    group.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        metavar="N",
+        help="transformed copies per forward pass (default auto: 1 on the CPU, 4 on a GPU)",
+    )
     group.add_argument("--sha256", metavar="HEX", help="expected sha256 of a local weights file")
     return parent
 
@@ -231,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         "multi-page TIFF. Folders contribute the images directly inside them. Existing outputs are skipped "
         "unless --overwrite; an input that fails is reported and the others are still processed. The model's "
         "own feature settings are used: feature options may only repeat them, while --device, --dtype, "
-        "--tile-size, --tile-overlap and --batch-size may change how the features are computed (--device and --dtype "
-        "default to auto, the others to the model's values).",
+        "--storage-dtype, --tile-size, --tile-overlap and --batch-size may change how the features are computed "
+        "(--device, --dtype and --storage-dtype default to auto, the others to the model's values).",
         epilog=EPILOG,
     )
     segment.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, TIFF stacks and/or folders")

@@ -60,8 +60,11 @@ class FeatureConfig:
         of an encoding (0.9 GiB instead of 1.8 GiB for 4096 x 4096 with ViT-S/14
         and 9 transforms) at a relative rounding error of ~5e-4 of each map
         value; everything read from the maps is computed in float32.
-    batch_size : int
-        Transformed copies per forward pass; halved automatically on out-of-memory.
+    batch_size : int or None
+        Transformed copies per forward pass; ``None`` (auto) = 1 on the CPU,
+        where batching is no faster (measured 9.0 s at 4 vs 8.1 s at 1 for 17
+        passes of 518 x 518 with ViT-S/14), and 4 on CUDA/MPS. Halved
+        automatically on out-of-memory.
     weights_sha256 : str or None
         Expected sha256 of a local weights file (checked on load).
     """
@@ -78,7 +81,7 @@ class FeatureConfig:
     device: str = "auto"
     dtype: str = "auto"
     storage_dtype: str = "auto"
-    batch_size: int = 4
+    batch_size: int | None = None
     weights_sha256: str | None = None
 
     def __post_init__(self) -> None:
@@ -107,7 +110,7 @@ class FeatureConfig:
         for name in ("dtype", "storage_dtype"):
             if getattr(self, name) not in DTYPE_OPTIONS:
                 raise InputError(f"{name}={getattr(self, name)!r} is not one of {DTYPE_OPTIONS}.")
-        if int(self.batch_size) < 1:
+        if self.batch_size is not None and int(self.batch_size) < 1:
             raise InputError(f"batch_size must be at least 1, got {self.batch_size}.")
 
     @property
@@ -115,6 +118,12 @@ class FeatureConfig:
         """The transform set, identity first."""
         distances = self.shift_distances if self.shifts != "none" else ()
         return make_transforms(self.shifts, distances, self.flips)
+
+    def resolved_batch_size(self, device_type: str) -> int:
+        """``batch_size``, or its automatic value for a device type (``"cpu"``, ``"cuda"``, ``"mps"``)."""
+        if self.batch_size is not None:
+            return int(self.batch_size)
+        return 1 if device_type == "cpu" else 4
 
     @property
     def n_transforms(self) -> int:

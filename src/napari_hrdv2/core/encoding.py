@@ -406,7 +406,7 @@ class Featurizer:
         self.dtype = resolve_dtype(self.config.dtype, self.device)
         self.storage_dtype = resolve_storage_dtype(self.config.storage_dtype, self.dtype)
         self._backbone = backbone
-        self._batch_size = int(self.config.batch_size)
+        self._batch_size = self.config.resolved_batch_size(self.device.type)
         self._lock = threading.Lock()
 
     @property

@@ -538,8 +538,8 @@ class LinearSegmenter:
     def featurizer(self, **runtime: Any) -> Any:
         """A :class:`Featurizer` that computes the features this model was trained on.
 
-        ``runtime`` may change how they are computed (``device``, ``dtype``, ``tile_size``,
-        ``tile_overlap``, ``batch_size``), not what they are.
+        ``runtime`` may change how they are computed (``device``, ``dtype``, ``storage_dtype``,
+        ``tile_size``, ``tile_overlap``, ``batch_size``), not what they are.
         """
         from .config import FEATURE_DEFINING_FIELDS
         from .encoding import Featurizer
