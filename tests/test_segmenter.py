@@ -198,3 +198,29 @@ def test_normalized_entropy_bounds():
     certain[0] = 1
     np.testing.assert_allclose(normalized_entropy(uniform), 1.0, atol=1e-6)
     np.testing.assert_allclose(normalized_entropy(certain), 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_pixels", [300, 1300])  # below and above one 512-row gradient block, with a remainder
+def test_fit_logistic_reaches_the_minimum_of_its_objective(n_pixels):
+    """At the returned solution the autograd gradient of the weighted, L2-penalised cross-entropy vanishes."""
+    import torch
+
+    from napari_hrdv2.core.segmenter import fit_logistic
+
+    rng = np.random.default_rng(0)
+    z = torch.from_numpy(rng.standard_normal((n_pixels, 7)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 3, n_pixels))
+    z[:, 0] += y.float()  # separable enough to be interesting, not so much that the weights run away
+    weight = torch.from_numpy(rng.random(n_pixels).astype(np.float32))
+    weight /= weight.sum()
+    l2 = 1e-2
+    coef, bias, iterations, loss = fit_logistic(z, y, weight, l2=l2, max_iter=200)
+
+    params = [coef.clone().requires_grad_(True), bias.clone().requires_grad_(True)]
+    logits = z @ params[0].T + params[1]
+    objective = (weight * torch.nn.functional.cross_entropy(logits, y, reduction="none")).sum()
+    objective = objective + 0.5 * l2 * (params[0] ** 2).sum()
+    objective.backward()
+    assert 0 < iterations <= 200
+    assert abs(objective.detach().item() - loss) < 1e-5
+    assert max(float(p.grad.abs().max()) for p in params) < 1e-4

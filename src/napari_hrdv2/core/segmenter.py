@@ -136,6 +136,10 @@ def clean_labels(labels: np.ndarray, *, majority_size: int = 0, min_object_size:
     return out
 
 
+#: Rows per block of the gradient's matrix product in :func:`fit_logistic`.
+_GRADIENT_BLOCK_ROWS = 512
+
+
 def fit_logistic(
     z: Any,
     y: Any,
@@ -178,6 +182,19 @@ def fit_logistic(
         theta[n_classes * n_dims :] = start[1]
     theta.requires_grad_(True)
     column_weight = sample_weight[:, None]
+    z = z.contiguous()
+    # The gradient's (n_classes, N) @ (N, D) product is ~3.5x faster on the CPU as a batch of 512-row
+    # blocks summed afterwards than as one matrix product with a long inner dimension.
+    n_blocked = z.shape[0] // _GRADIENT_BLOCK_ROWS * _GRADIENT_BLOCK_ROWS
+    z_blocks = z[:n_blocked].view(-1, _GRADIENT_BLOCK_ROWS, n_dims)
+
+    def weight_gradient(residual: torch.Tensor) -> torch.Tensor:
+        """``residual.T @ z`` for residual (N, n_classes): (n_classes, D)."""
+        blocks = residual[:n_blocked].view(-1, _GRADIENT_BLOCK_ROWS, n_classes).transpose(1, 2)
+        total = torch.bmm(blocks, z_blocks).sum(0)
+        if n_blocked < z.shape[0]:
+            total += residual[n_blocked:].T @ z[n_blocked:]
+        return total
 
     def loss_and_grad() -> torch.Tensor:
         with torch.no_grad():
@@ -188,7 +205,7 @@ def fit_logistic(
             loss = (column_weight * (log_norm - logits) * one_hot).sum() + 0.5 * l2 * (weight * weight).sum()
             residual = (torch.exp(logits - log_norm) - one_hot) * column_weight  # d loss / d logits
             grad = torch.empty_like(theta)
-            grad[: n_classes * n_dims] = (residual.T @ z + l2 * weight).reshape(-1)
+            grad[: n_classes * n_dims] = (weight_gradient(residual) + l2 * weight).reshape(-1)
             grad[n_classes * n_dims :] = residual.sum(0)
         theta.grad = grad
         return loss
