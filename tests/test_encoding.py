@@ -169,13 +169,6 @@ def test_progress_and_cancel(tiny_config, two_textures):
     assert isinstance(encoding, hr.Encoding)
     assert [p.done for p in seen] == [0, 2, 4, 5] and all(p.total == 5 for p in seen)
 
-    assert tiny_config.batch_size is None  # auto: one copy per forward pass on the CPU
-    assert [p.done for p in hr.Featurizer(tiny_config).iter_encode(image)] == [0, 1, 2, 3, 4, 5]
-    assert (
-        tiny_config.resolved_batch_size("cuda") == 4
-        and tiny_config.replace(batch_size=3).resolved_batch_size("cpu") == 3
-    )
-
     cancel = threading.Event()
     calls = []
 
@@ -187,6 +180,16 @@ def test_progress_and_cancel(tiny_config, two_textures):
     with pytest.raises(hr.Cancelled):
         hr.Featurizer(tiny_config.replace(batch_size=1)).encode(image, progress=on_progress, cancel=cancel)
     assert calls == [0, 1]
+
+
+def test_automatic_batch_size_is_one_on_the_cpu(tiny_config, two_textures):
+    image, _ = two_textures
+    assert tiny_config.batch_size is None  # auto: one copy per forward pass on the CPU
+    assert [p.done for p in hr.Featurizer(tiny_config).iter_encode(image)] == [0, 1, 2, 3, 4, 5]
+    assert (
+        tiny_config.resolved_batch_size("cuda") == 4
+        and tiny_config.replace(batch_size=3).resolved_batch_size("cpu") == 3
+    )
 
 
 def test_out_of_memory_halves_batch_and_retries(tiny_config, two_textures, monkeypatch):

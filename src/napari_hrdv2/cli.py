@@ -355,8 +355,8 @@ def _same_backbone(a: str, b: str) -> bool:
 def model_runtime_config(args: argparse.Namespace, trained: FeatureConfig) -> FeatureConfig:
     """The model's FeatureConfig with the runtime options given; feature options must agree with the model.
 
-    ``--device``, ``--dtype`` and ``--storage-dtype`` default to "auto" (the model may come from another computer); tiling and
-    batching default to the model's values.
+    ``--device``, ``--dtype`` and ``--storage-dtype`` default to "auto" (the model may come from another
+    computer); tiling and batching default to the model's values.
     """
     from .core.config import PRESETS
     from .core.errors import InputError

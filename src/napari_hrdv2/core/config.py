@@ -6,13 +6,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .devices import DTYPE_OPTIONS
 from .errors import InputError
 from .preprocess import NORMALIZE_OPTIONS, Normalize
 from .resample import RESIZE_OPTIONS, Resize
 from .transforms import SHIFT_PATTERNS, ShiftPattern, Transform, make_transforms
-
-#: Accepted values of ``dtype`` and ``storage_dtype``.
-DTYPE_OPTIONS = ("auto", "float32", "float16", "bfloat16")
 
 #: Settings that change the features themselves; a trained model must be applied with the same values.
 FEATURE_DEFINING_FIELDS = ("backbone", "shifts", "shift_distances", "flips", "stride", "resize", "normalize")
@@ -62,9 +60,9 @@ class FeatureConfig:
         value; everything read from the maps is computed in float32.
     batch_size : int or None
         Transformed copies per forward pass; ``None`` (auto) = 1 on the CPU,
-        where batching is no faster (measured 9.0 s at 4 vs 8.1 s at 1 for 17
-        passes of 518 x 518 with ViT-S/14), and 4 on CUDA/MPS. Halved
-        automatically on out-of-memory.
+        where batching is slower (``benchmarks/bench_features.py`` (a): 17
+        ViT-S/14 forwards of 518 x 518 take 8.9 s in batches of 4, 8.1 s one at
+        a time), and 4 on CUDA/MPS. Halved automatically on out-of-memory.
     weights_sha256 : str or None
         Expected sha256 of a local weights file (checked on load).
     """

@@ -8,6 +8,9 @@ from .errors import InputError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
+#: Accepted values of ``FeatureConfig.dtype`` and ``FeatureConfig.storage_dtype``.
+DTYPE_OPTIONS = ("auto", *_DTYPES)
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Return the torch device for ``device`` (``"auto"``, ``"cpu"``, ``"cuda[:i]"``, ``"mps"``)."""
@@ -32,16 +35,20 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+def _named_dtype(value: str, option: str) -> torch.dtype:
+    try:
+        return _DTYPES[value]
+    except KeyError:
+        raise InputError(f"Unknown {option} {value!r}: use one of {', '.join(map(repr, DTYPE_OPTIONS))}.") from None
+
+
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """``"auto"`` gives float16 on CUDA and float32 elsewhere."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    try:
-        return _DTYPES[dtype]
-    except KeyError:
-        raise InputError(f"Unknown dtype {dtype!r}: use one of 'auto', {', '.join(map(repr, _DTYPES))}.") from None
+    return _named_dtype(dtype, "dtype")
 
 
 def resolve_storage_dtype(storage_dtype: str | torch.dtype, compute_dtype: torch.dtype) -> torch.dtype:
@@ -50,12 +57,7 @@ def resolve_storage_dtype(storage_dtype: str | torch.dtype, compute_dtype: torch
         return storage_dtype
     if storage_dtype == "auto":
         return compute_dtype if compute_dtype in (torch.float16, torch.bfloat16) else torch.float16
-    try:
-        return _DTYPES[storage_dtype]
-    except KeyError:
-        raise InputError(
-            f"Unknown storage_dtype {storage_dtype!r}: use one of 'auto', {', '.join(map(repr, _DTYPES))}."
-        ) from None
+    return _named_dtype(storage_dtype, "storage_dtype")
 
 
 def is_out_of_memory(error: BaseException) -> bool:

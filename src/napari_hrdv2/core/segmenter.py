@@ -183,8 +183,9 @@ def fit_logistic(
     theta.requires_grad_(True)
     column_weight = sample_weight[:, None]
     z = z.contiguous()
-    # The gradient's (n_classes, N) @ (N, D) product is ~3.5x faster on the CPU as a batch of 512-row
-    # blocks summed afterwards than as one matrix product with a long inner dimension.
+    # The gradient's (n_classes, N) @ (N, D) product is much faster on the CPU as a batch of 512-row blocks
+    # summed afterwards than as one product with a long inner dimension (benchmarks/bench_segment.py latency:
+    # fit on 20k pixels 0.67 s -> 0.42 s).
     n_blocked = z.shape[0] // _GRADIENT_BLOCK_ROWS * _GRADIENT_BLOCK_ROWS
     z_blocks = z[:n_blocked].view(-1, _GRADIENT_BLOCK_ROWS, n_dims)
 
