@@ -205,7 +205,7 @@ def test_fit_logistic_reaches_the_minimum_of_its_objective(n_pixels):
     """At the returned solution the autograd gradient of the weighted, L2-penalised cross-entropy vanishes."""
     import torch
 
-    from napari_hrdv2.core.segmenter import fit_logistic
+    from napari_hrdv2.core.solver import fit_logistic
 
     rng = np.random.default_rng(0)
     z = torch.from_numpy(rng.standard_normal((n_pixels, 7)).astype(np.float32))

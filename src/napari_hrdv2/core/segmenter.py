@@ -29,6 +29,7 @@ import numpy as np
 from .classical import DEFAULT_SIGMAS, check_sigmas, iter_classical_features, n_classical_features
 from .config import FeatureConfig
 from .errors import InputError, ModelFileError
+from .solver import fit_logistic
 
 #: Version of the model file layout written by :meth:`LinearSegmenter.save`.
 FORMAT_VERSION = 1
@@ -134,97 +135,6 @@ def clean_labels(labels: np.ndarray, *, majority_size: int = 0, min_object_size:
             _, (rows, cols) = ndi.distance_transform_edt(small, return_indices=True)
             out = out[rows, cols]
     return out
-
-
-#: Rows per block of the gradient's matrix product in :func:`fit_logistic`.
-_GRADIENT_BLOCK_ROWS = 512
-
-
-def fit_logistic(
-    z: Any,
-    y: Any,
-    sample_weight: Any,
-    *,
-    l2: float,
-    max_iter: int,
-    start: tuple[Any, Any] | None = None,
-) -> tuple[Any, Any, int, float]:
-    """Weighted multinomial logistic regression with an L2 penalty, by L-BFGS with exact gradients.
-
-    Minimises ``sum_i w_i CE(W z_i + b, y_i) + l2 / 2 ||W||^2``. The loss and its gradient are
-    written out (two matrix products per evaluation, no autograd graph), which is what makes
-    retraining on ~50k pixels fast enough for live updates.
-
-    Parameters
-    ----------
-    z : (N, D) float32 tensor
-        Standardised features.
-    y : (N,) int64 tensor
-        Class indices in ``[0, n_classes)``; every class must occur.
-    sample_weight : (N,) float32 tensor
-        Non-negative weights summing to 1.
-    start : (W, b) or None
-        Initial weights ``(n_classes, D)`` and bias ``(n_classes,)``.
-
-    Returns
-    -------
-    weight (n_classes, D), bias (n_classes,), iterations, final loss.
-    """
-    import torch
-
-    n_classes = int(y.max()) + 1
-    n_dims = z.shape[1]
-    one_hot = torch.zeros((z.shape[0], n_classes), dtype=z.dtype)
-    one_hot[torch.arange(z.shape[0]), y] = 1.0
-    theta = torch.zeros(n_classes * (n_dims + 1), dtype=z.dtype)
-    if start is not None:
-        theta[: n_classes * n_dims] = start[0].reshape(-1)
-        theta[n_classes * n_dims :] = start[1]
-    theta.requires_grad_(True)
-    column_weight = sample_weight[:, None]
-    z = z.contiguous()
-    # The gradient's (n_classes, N) @ (N, D) product is much faster on the CPU as a batch of 512-row blocks
-    # summed afterwards than as one product with a long inner dimension (benchmarks/bench_segment.py latency:
-    # fit on 20k pixels 0.67 s -> 0.42 s).
-    n_blocked = z.shape[0] // _GRADIENT_BLOCK_ROWS * _GRADIENT_BLOCK_ROWS
-    z_blocks = z[:n_blocked].view(-1, _GRADIENT_BLOCK_ROWS, n_dims)
-
-    def weight_gradient(residual: torch.Tensor) -> torch.Tensor:
-        """``residual.T @ z`` for residual (N, n_classes): (n_classes, D)."""
-        blocks = residual[:n_blocked].view(-1, _GRADIENT_BLOCK_ROWS, n_classes).transpose(1, 2)
-        total = torch.bmm(blocks, z_blocks).sum(0)
-        if n_blocked < z.shape[0]:
-            total += residual[n_blocked:].T @ z[n_blocked:]
-        return total
-
-    def loss_and_grad() -> torch.Tensor:
-        with torch.no_grad():
-            weight = theta[: n_classes * n_dims].view(n_classes, n_dims)
-            bias = theta[n_classes * n_dims :]
-            logits = torch.addmm(bias, z, weight.T)
-            log_norm = torch.logsumexp(logits, dim=1, keepdim=True)
-            loss = (column_weight * (log_norm - logits) * one_hot).sum() + 0.5 * l2 * (weight * weight).sum()
-            residual = (torch.exp(logits - log_norm) - one_hot) * column_weight  # d loss / d logits
-            grad = torch.empty_like(theta)
-            grad[: n_classes * n_dims] = (weight_gradient(residual) + l2 * weight).reshape(-1)
-            grad[n_classes * n_dims :] = residual.sum(0)
-        theta.grad = grad
-        return loss
-
-    optimizer = torch.optim.LBFGS(
-        [theta], lr=1.0, max_iter=max_iter, history_size=20,
-        tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe",
-    )  # fmt: skip
-    optimizer.step(loss_and_grad)
-    final_loss = float(loss_and_grad())
-    theta = theta.detach()
-    weight = theta[: n_classes * n_dims].view(n_classes, n_dims).clone()
-    return (
-        weight,
-        theta[n_classes * n_dims :].clone(),
-        int(optimizer.state[optimizer.param_groups[0]["params"][0]].get("n_iter", 0)),
-        final_loss,
-    )
 
 
 class LinearSegmenter:
