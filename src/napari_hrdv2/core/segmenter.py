@@ -17,10 +17,9 @@ maps ``(C, H, W)``; probabilities ``(n_classes, H, W)``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -28,13 +27,9 @@ import numpy as np
 
 from .classical import DEFAULT_SIGMAS, check_sigmas, iter_classical_features, n_classical_features
 from .config import FeatureConfig
-from .errors import InputError, ModelFileError
+from .errors import InputError
 from .solver import fit_logistic
 
-#: Version of the model file layout written by :meth:`LinearSegmenter.save`.
-FORMAT_VERSION = 1
-#: Identifies our files among other safetensors files.
-FORMAT_NAME = "napari-hrdv2-linear-segmenter"
 #: Largest label value a prediction can hold (uint16 output).
 MAX_LABEL = np.iinfo(np.uint16).max
 
@@ -484,73 +479,17 @@ class LinearSegmenter:
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the model to one safetensors file (no pickle): weights, classes, config, version.
 
-        Refuses to replace an existing file unless ``overwrite=True``.
+        Refuses to replace an existing file unless ``overwrite=True``. The layout is defined in
+        :mod:`.model_file`.
         """
-        from safetensors.numpy import save_file
+        from .model_file import save_model
 
         self._check_fitted()
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise InputError(f"'{path}' already exists; pass overwrite=True (--overwrite) to replace it.")
-        meta = {
-            "format": FORMAT_NAME,
-            "format_version": str(FORMAT_VERSION),
-            "params": json.dumps(self.get_params()),
-            "feature_config": json.dumps(self.feature_config.to_dict() if self.feature_config else None),
-            "n_hr_features": str(self.n_hr_features_),
-            "summary": json.dumps(asdict(self.summary_) if self.summary_ else None),
-        }
-        tensors = {
-            "coef": np.ascontiguousarray(self.coef_, dtype=np.float32),
-            "intercept": np.ascontiguousarray(self.intercept_, dtype=np.float32),
-            "classes": np.ascontiguousarray(self.classes_, dtype=np.int64),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
-        return path
+        return save_model(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> LinearSegmenter:
         """Read a model written by :meth:`save`; raises :class:`ModelFileError` for anything else."""
-        from safetensors import SafetensorError, safe_open
+        from .model_file import load_model
 
-        path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"Model file '{path}' does not exist.")
-        try:
-            with safe_open(str(path), framework="numpy") as handle:
-                meta = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ModelFileError(f"'{path.name}' is not a napari-hrdv2 model file (or it is corrupt): {err}") from err
-        if meta.get("format") != FORMAT_NAME:
-            raise ModelFileError(f"'{path.name}' is a safetensors file but not a napari-hrdv2 segmentation model.")
-        version = int(meta.get("format_version", "0"))
-        if version > FORMAT_VERSION:
-            raise ModelFileError(
-                f"'{path.name}' was written by a newer napari-hrdv2 (format {version}); please upgrade the plugin."
-            )
-        try:
-            model = cls(**json.loads(meta["params"]))
-            config = json.loads(meta["feature_config"])
-            model.feature_config = FeatureConfig.from_dict(config) if config else None
-            model.coef_ = np.asarray(tensors["coef"], dtype=np.float32)
-            model.intercept_ = np.asarray(tensors["intercept"], dtype=np.float32)
-            model.classes_ = np.asarray(tensors["classes"], dtype=np.int64)
-            model.n_hr_features_ = int(meta["n_hr_features"])
-            summary = json.loads(meta.get("summary", "null"))
-            if summary:
-                summary["pixels_per_class"] = {int(k): v for k, v in summary["pixels_per_class"].items()}
-                model.summary_ = TrainingSummary(**summary)
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
-            raise ModelFileError(f"'{path.name}' is damaged (missing or invalid entry: {err}).") from err
-        n_classes, n_features = model.coef_.shape if model.coef_.ndim == 2 else (-1, -1)
-        if (
-            model.intercept_.shape != (n_classes,)
-            or model.classes_.shape != (n_classes,)
-            or n_features != model.n_hr_features_ + model.n_classical
-        ):
-            raise ModelFileError(f"'{path.name}' is damaged (inconsistent array shapes).")
-        return model
+        return load_model(path, cls)

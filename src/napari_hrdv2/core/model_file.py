@@ -1,0 +1,128 @@
+"""The model file of :class:`~.segmenter.LinearSegmenter`: one safetensors file, no pickle.
+
+Layout (format version :data:`FORMAT_VERSION`):
+
+tensors
+    ``coef`` (n_classes, n_features) float32 (scaler folded in), ``intercept`` (n_classes,)
+    float32, ``classes`` (n_classes,) int64.
+metadata (strings)
+    ``format`` = :data:`FORMAT_NAME`, ``format_version``, ``params`` (JSON of
+    ``LinearSegmenter.get_params()``), ``feature_config`` (JSON of ``FeatureConfig.to_dict()`` or
+    ``null``), ``n_hr_features``, ``summary`` (JSON of the :class:`TrainingSummary` or ``null``).
+
+:func:`model_to_contents` / :func:`model_from_contents` are the (de)serialisation;
+:func:`save_model` / :func:`load_model` add the file handling.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .config import FeatureConfig
+from .errors import InputError, ModelFileError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .segmenter import LinearSegmenter
+
+#: Version of the model file layout written by :func:`save_model`.
+FORMAT_VERSION = 1
+#: Identifies our files among other safetensors files.
+FORMAT_NAME = "napari-hrdv2-linear-segmenter"
+
+
+def model_to_contents(model: LinearSegmenter) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors and string metadata that represent a trained ``model`` in a file."""
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "params": json.dumps(model.get_params()),
+        "feature_config": json.dumps(model.feature_config.to_dict() if model.feature_config else None),
+        "n_hr_features": str(model.n_hr_features_),
+        "summary": json.dumps(asdict(model.summary_) if model.summary_ else None),
+    }
+    tensors = {
+        "coef": np.ascontiguousarray(model.coef_, dtype=np.float32),
+        "intercept": np.ascontiguousarray(model.intercept_, dtype=np.float32),
+        "classes": np.ascontiguousarray(model.classes_, dtype=np.int64),
+    }
+    return tensors, meta
+
+
+def model_from_contents(
+    tensors: dict[str, np.ndarray], meta: dict[str, str], *, name: str, cls: type[LinearSegmenter] | None = None
+) -> LinearSegmenter:
+    """Inverse of :func:`model_to_contents`; ``name`` (the file name) appears in the errors.
+
+    Raises
+    ------
+    ModelFileError
+        Not one of our files, written by a newer version, or damaged.
+    """
+    from .segmenter import LinearSegmenter, TrainingSummary
+
+    cls = cls or LinearSegmenter
+    if meta.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"'{name}' is a safetensors file but not a napari-hrdv2 segmentation model.")
+    version = int(meta.get("format_version", "0"))
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"'{name}' was written by a newer napari-hrdv2 (format {version}); please upgrade the plugin."
+        )
+    try:
+        model = cls(**json.loads(meta["params"]))
+        config = json.loads(meta["feature_config"])
+        model.feature_config = FeatureConfig.from_dict(config) if config else None
+        model.coef_ = np.asarray(tensors["coef"], dtype=np.float32)
+        model.intercept_ = np.asarray(tensors["intercept"], dtype=np.float32)
+        model.classes_ = np.asarray(tensors["classes"], dtype=np.int64)
+        model.n_hr_features_ = int(meta["n_hr_features"])
+        summary = json.loads(meta.get("summary", "null"))
+        if summary:
+            summary["pixels_per_class"] = {int(k): v for k, v in summary["pixels_per_class"].items()}
+            model.summary_ = TrainingSummary(**summary)
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"'{name}' is damaged (missing or invalid entry: {err}).") from err
+    n_classes, n_features = model.coef_.shape if model.coef_.ndim == 2 else (-1, -1)
+    if (
+        model.intercept_.shape != (n_classes,)
+        or model.classes_.shape != (n_classes,)
+        or n_features != model.n_hr_features_ + model.n_classical
+    ):
+        raise ModelFileError(f"'{name}' is damaged (inconsistent array shapes).")
+    return model
+
+
+def save_model(model: LinearSegmenter, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a trained ``model`` to ``path`` (via a ``.part`` file); refuses to replace a file unless ``overwrite``."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"'{path}' already exists; pass overwrite=True (--overwrite) to replace it.")
+    tensors, meta = model_to_contents(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def load_model(path: str | Path, cls: type[LinearSegmenter] | None = None) -> LinearSegmenter:
+    """Read a model written by :func:`save_model`; raises :class:`ModelFileError` for anything else."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"Model file '{path}' does not exist.")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            meta = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(f"'{path.name}' is not a napari-hrdv2 model file (or it is corrupt): {err}") from err
+    return model_from_contents(tensors, meta, name=path.name, cls=cls)
