@@ -25,3 +25,10 @@ class ModelFileError(HRDv2Error, ValueError):
 
 class Cancelled(HRDv2Error):
     """A long computation was cancelled by the user."""
+
+
+class OutputError(HRDv2Error, OSError):
+    """An output file could not be written (read-only folder, full disk, no permission...).
+
+    Raised by :mod:`.atomic`; the final file is then unchanged (a previous version is kept).
+    """
