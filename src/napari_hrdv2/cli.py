@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .core.atomic import ArrayStreamWriter
     from .core.config import FeatureConfig
     from .core.encoding import Encoding, Featurizer
 
@@ -455,43 +456,19 @@ def _inference_mode() -> Iterator[None]:
 
 
 def _check_output(path: str | Path, suffixes: Sequence[str], option: str, overwrite: bool) -> Path:
+    from .core.atomic import check_target
     from .core.errors import InputError
 
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise InputError(f"{option} '{path}' must end with {' or '.join(suffixes)}.")
-    if path.exists() and not overwrite:
-        raise InputError(f"'{path}' already exists; pass --overwrite to replace it.")
-    if path.exists() and path.is_dir():
-        raise InputError(f"'{path}' is a folder; give a file name.")
-    return path
-
-
-class _ArrayFile:
-    """A float array written block by block to .npy or .tif (memory-mapped: never all in memory)."""
-
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: str):
-        self.path, self.shape, self.dtype, self.closed = path, tuple(shape), dtype, False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            path.unlink()
-        if path.suffix.lower() == ".npy":
-            self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
-        else:
-            import tifffile
-
-            self.array = tifffile.memmap(str(path), shape=shape, dtype=np.dtype(dtype), photometric="minisblack")
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.array.flush()
-            del self.array
+    return check_target(path, overwrite=overwrite, what=f"{option} output")
 
 
 # ---------------------------------------------------------------------------------------------- features
 def run_features(args: argparse.Namespace) -> int:
     """``napari-hrdv2 features``."""
+    from .core.atomic import ArrayStreamWriter
     from .core.encoding import Featurizer
     from .core.errors import InputError
     from .core.io import is_stack, read_image
@@ -528,9 +505,16 @@ def run_features(args: argparse.Namespace) -> int:
         )
     config = build_config(args)
     featurizer = Featurizer(config)
-    featurizer.backbone  # noqa: B018  (weights errors before any work)
+    backbone = featurizer.backbone  # weights errors before any work
     height, width = planes[0].shape[:2]
     lead = (len(planes),) if stack else ()
+    item = np.dtype(args.dtype_out).itemsize
+    needed = {
+        args.output: len(planes) * int(backbone.embed_dim) * height * width * item,
+        args.pca: len(planes) * 3 * height * width,
+        args.attention: len(planes) * int(backbone.num_heads) * height * width * 4,
+    }
+    _check_folders(needed)
     feature_file = attention_file = None
     pca_planes: list[np.ndarray] = []
     basis = None
@@ -540,12 +524,11 @@ def run_features(args: argparse.Namespace) -> int:
             for index, plane in enumerate(planes):
                 desc = f"{name} plane {index + 1}/{len(planes)}" if stack else name
                 encoding = _encode(args, featurizer, plane, desc, with_attention=bool(args.attention))
-                at = (index,) if stack else ()
                 if args.output:
                     if feature_file is None:
                         shape = (*lead, encoding.n_features, height, width)
-                        feature_file = _ArrayFile(Path(args.output), shape, args.dtype_out)
-                    _write_features(encoding, feature_file.array, at)
+                        feature_file = ArrayStreamWriter(args.output, shape, args.dtype_out, overwrite=args.overwrite)
+                    _write_features(encoding, feature_file)
                 if args.pca:
                     if basis is None:
                         basis = fit_pca(encoding, n_components=3)
@@ -554,48 +537,55 @@ def run_features(args: argparse.Namespace) -> int:
                 if args.attention:
                     maps = encoding.attention()
                     if attention_file is None:
-                        attention_file = _ArrayFile(Path(args.attention), (*lead, *maps.shape), "float32")
-                    attention_file.array[at] = maps
+                        attention_file = ArrayStreamWriter(
+                            args.attention, (*lead, *maps.shape), "float32", overwrite=args.overwrite
+                        )
+                    attention_file.write(maps)
                 del encoding
         for what, handle in (("features", feature_file), ("attention", attention_file)):
             if handle is not None:
-                handle.close()
-                written.append((what, handle.path, handle.shape, handle.dtype))
+                written.append((what, handle.commit(), handle.shape, str(handle.dtype)))
         if args.pca:
             rgb = np.stack(pca_planes) if stack else pca_planes[0]
-            written.append(("PCA-RGB", _write_rgb(Path(args.pca), rgb), rgb.shape, "uint8"))
-    except BaseException:
-        for handle in (feature_file, attention_file):  # no half-written files
-            if handle is not None and not handle.closed:
-                handle.close()
-                handle.path.unlink(missing_ok=True)
-        raise
+            written.append(("PCA-RGB", _write_rgb(Path(args.pca), rgb, args.overwrite), rgb.shape, "uint8"))
+    finally:  # nothing half-written: temporary files of outputs not committed are deleted
+        for handle in (feature_file, attention_file):
+            if handle is not None and not handle.committed:
+                handle.abort()
     for what, path, shape, dtype in written:
         _say(args, f"Wrote {what} {path}: {shape} {dtype}")
     return EXIT_OK
 
 
-def _write_features(encoding: Encoding, out: np.ndarray, at: tuple[int, ...]) -> None:
-    """Fill ``out[at]`` (C, H, W) with the features, a block of channels at a time (bounded memory)."""
+def _check_folders(needed: dict[Any, int]) -> None:
+    """Pre-flight: the folder of every output path (``None`` keys ignored) is writable and has room for it."""
+    from .core.atomic import check_output_folder
+
+    totals: dict[Path, int] = {}
+    for path, n_bytes in needed.items():
+        if path:
+            folder = Path(path).parent
+            totals[folder] = totals.get(folder, 0) + int(n_bytes)
+    for folder, n_bytes in totals.items():
+        check_output_folder(folder, n_bytes)
+
+
+def _write_features(encoding: Encoding, out: ArrayStreamWriter) -> None:
+    """Append the (C, H, W) features to ``out``, a block of channels at a time (bounded memory)."""
     n_features = encoding.n_features
     height, width = encoding.shape
     block = max(1, min(n_features, (1 << 25) // max(height * width, 1)))
     for start in range(0, n_features, block):
         stop = min(start + block, n_features)
-        out[(*at, slice(start, stop))] = encoding.features(channels=slice(start, stop))
+        out.write(encoding.features(channels=slice(start, stop)))
 
 
-def _write_rgb(path: Path, rgb: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_rgb(path: Path, rgb: np.ndarray, overwrite: bool) -> Path:
+    from .core.atomic import write_png, write_tif
+
     if path.suffix.lower() == ".png":
-        from skimage.io import imsave
-
-        imsave(str(path), rgb, check_contrast=False)
-    else:
-        import tifffile
-
-        tifffile.imwrite(str(path), rgb, photometric="rgb", compression="zlib")
-    return path
+        return write_png(path, rgb, overwrite=overwrite)
+    return write_tif(path, rgb, photometric="rgb", compression="zlib", overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------------- train

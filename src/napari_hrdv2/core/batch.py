@@ -297,13 +297,9 @@ def _check_backbone(featurizer: Featurizer, segmenter: Any) -> None:
 
 
 def _write_float(path: Path, data: np.ndarray, overwrite: bool) -> Path:
-    import tifffile
+    from .atomic import write_tif
 
-    if path.exists() and not overwrite:
-        raise InputError(f"'{path}' already exists; pass overwrite=True (--overwrite) to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(str(path), np.asarray(data, dtype=np.float32), compression="zlib")
-    return path
+    return write_tif(path, np.asarray(data, dtype=np.float32), overwrite=overwrite, compression="zlib")
 
 
 def segment_files(

@@ -73,28 +73,28 @@ def label_dtype(n_classes_max_value: int) -> np.dtype:
 
 
 def write_labels(path: str | Path, labels: np.ndarray, *, overwrite: bool = False) -> Path:
-    """Write a label image (H, W) or stack (N, H, W) as TIFF (multi-page for stacks) or PNG (2D only)."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"'{path}' already exists; pass overwrite=True (--overwrite) to replace it.")
+    """Write a label image (H, W) or stack (N, H, W) as TIFF (multi-page for stacks) or PNG (2D only).
+
+    All-or-nothing (:mod:`.atomic`): an existing file is replaced only once the new one is complete.
+    """
+    from .atomic import check_target, write_png, write_tif
+
+    path = check_target(path, overwrite=overwrite, what="label image")
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise InputError(f"Label images must be integers, got {labels.dtype}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        tifffile.imwrite(str(path), labels, compression="zlib")
-    elif suffix == ".png":
+        return write_tif(path, labels, overwrite=overwrite, compression="zlib")
+    if suffix == ".png":
         if labels.ndim != 2:
             raise InputError("PNG holds one plane; write stacks as TIFF or one PNG per plane.")
-        from skimage.io import imsave
-
-        imsave(str(path), labels, check_contrast=False)
-    else:
-        raise InputError(f"Unsupported label format '{suffix}'; use .tif or .png.")
-    return path
+        if labels.dtype not in (np.uint8, np.uint16):
+            if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
+                raise InputError("PNG label images hold values 0..65535; write this one as TIFF.")
+            labels = labels.astype(np.uint8 if not labels.size or labels.max() <= 255 else np.uint16)
+        return write_png(path, labels, overwrite=overwrite)
+    raise InputError(f"Unsupported label format '{suffix}'; use .tif or .png.")
 
 
 def iter_planes(image: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import FeatureConfig
-from .errors import InputError, ModelFileError
+from .errors import ModelFileError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .segmenter import LinearSegmenter
@@ -98,18 +98,12 @@ def model_from_contents(
 
 
 def save_model(model: LinearSegmenter, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write a trained ``model`` to ``path`` (via a ``.part`` file); refuses to replace a file unless ``overwrite``."""
-    from safetensors.numpy import save_file
+    """Write a trained ``model`` to ``path`` all-or-nothing (:mod:`.atomic`); refuses to replace a file unless ``overwrite``."""
+    from .atomic import check_target, write_safetensors
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"'{path}' already exists; pass overwrite=True (--overwrite) to replace it.")
+    path = check_target(path, overwrite=overwrite, what="model file")
     tensors, meta = model_to_contents(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    return write_safetensors(path, tensors, metadata=meta, overwrite=overwrite)
 
 
 def load_model(path: str | Path, cls: type[LinearSegmenter] | None = None) -> LinearSegmenter:

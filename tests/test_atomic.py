@@ -1,0 +1,114 @@
+"""core/atomic.py: outputs appear complete or not at all; a previous file survives a failed replacement."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_hrdv2.core import atomic
+from napari_hrdv2.core.errors import InputError, OutputError
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(atomic.PART_SUFFIX))
+
+
+def test_failure_inside_the_block_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "out.bin"
+    atomic.write_bytes(target, b"good")
+    with pytest.raises(RuntimeError, match="boom"), atomic.atomic_path(target, overwrite=True) as temporary:
+        temporary.write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert target.read_bytes() == b"good"
+    assert leftovers(tmp_path) == []
+
+
+def test_existing_file_needs_overwrite_and_folder_is_refused(tmp_path):
+    target = atomic.write_json(tmp_path / "a.json", {"x": 1})
+    with pytest.raises(InputError, match="already exists"):
+        atomic.write_json(target, {"x": 2})
+    atomic.write_json(target, {"x": 2}, overwrite=True)
+    assert '"x": 2' in target.read_text()
+    with pytest.raises(InputError, match="is a folder"):
+        atomic.write_bytes(tmp_path, b"", overwrite=True)
+
+
+def test_full_disk_is_an_output_error_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    target = atomic.write_npy(tmp_path / "f.npy", np.arange(3))
+
+    def no_space(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", no_space)
+    with pytest.raises(OutputError, match="No space left"):
+        atomic.write_npy(target, np.arange(5), overwrite=True)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.load(target), np.arange(3))
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".tif"])
+def test_stream_writer_round_trip_and_incomplete_is_refused(tmp_path, suffix):
+    data = np.random.default_rng(0).random((2, 3, 5, 7)).astype(np.float32)
+    target = tmp_path / f"features{suffix}"
+    with atomic.ArrayStreamWriter(target, data.shape, np.float32) as out:
+        for plane in data:
+            out.write(plane[:2])
+            out.write(plane[2:])
+        out.commit()
+    read = np.load(target) if suffix == ".npy" else tifffile.imread(target)
+    np.testing.assert_array_equal(read, data)
+    with atomic.ArrayStreamWriter(target, data.shape, np.float32, overwrite=True) as out:
+        out.write(data[0])
+        with pytest.raises(OutputError, match="only"):
+            out.commit()
+    read = np.load(target) if suffix == ".npy" else tifffile.imread(target)
+    np.testing.assert_array_equal(read, data)  # the incomplete array never replaced the good one
+    assert leftovers(tmp_path) == []
+
+
+class FullDisk:
+    """A file handle whose writes fail as on a full disk."""
+
+    closed = False
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self):
+        self.closed = True
+
+
+def test_stream_writer_full_disk_is_an_error_not_sigbus(tmp_path):
+    out = atomic.ArrayStreamWriter(tmp_path / "f.npy", (4, 4), np.float32)
+    out._handle.close()
+    out._handle = FullDisk()
+    with pytest.raises(OutputError, match="No space left"):
+        out.write(np.zeros((4, 4)))
+    assert not (tmp_path / "f.npy").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_check_output_folder(tmp_path, monkeypatch):
+    assert atomic.check_output_folder(tmp_path / "new" / "sub").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        atomic.check_output_folder(tmp_path / "file")
+    with pytest.raises(OutputError, match="Not enough room"):
+        atomic.check_output_folder(tmp_path, needed_bytes=1 << 62)
+    real_open = open
+
+    def read_only(path, mode="r", *args, **kwargs):
+        if "x" in mode and str(path).startswith(str(tmp_path)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", read_only)
+    with pytest.raises(OutputError, match="read-only"):
+        atomic.check_output_folder(tmp_path)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
