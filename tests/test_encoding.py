@@ -38,10 +38,11 @@ def reference_hrdv2(featurizer: hr.Featurizer, image: np.ndarray, *, attention: 
     pixels = (rgb.permute(2, 0, 1) - torch.tensor(backbone.mean).view(3, 1, 1)) / torch.tensor(backbone.std).view(
         3, 1, 1
     )
-    height, width = pixels.shape[-2:]
     total = 0.0
     for transform in config.transforms:
-        padded = pad_to_grid(transform.apply(pixels), patch_size=patch, stride=stride)
+        copy = transform.apply(pixels)
+        height, width = copy.shape[-2:]  # W x H for 90/270-degree rotations
+        padded = pad_to_grid(copy, patch_size=patch, stride=stride)
         with torch.no_grad():
             tokens, cls_attention = forward_tokens(backbone, padded[None], stride=stride)
         low = (cls_attention if attention else tokens)[0].double().numpy()
@@ -61,6 +62,9 @@ OPTIONS = [
     dict(shifts="neumann", shift_distances=(1,), resize="nearest"),
     dict(shifts="neumann", shift_distances=(2,), stride=7),
     dict(shifts="moore", shift_distances=(1,), flips=True, stride=5, normalize="percentile"),
+    dict(shifts="neumann", shift_distances=(2,), rotations=True),
+    dict(shifts="neumann", shift_distances=(1,), flips=True, rotations=True, stride=5),
+    dict(shifts="none", rotations=True, resize="nearest"),
 ]
 
 
@@ -150,11 +154,54 @@ def test_transform_inverse_undoes_shift_and_flip_in_reverse_order():
     assert not torch.equal(upstream_order, image)  # undoing the shift first is wrong
 
 
+def test_rotations_invert_in_reverse_order_and_read_one_axis_each():
+    """90/270-degree copies are W x H; every output axis of the inverse reads one axis of the copy."""
+    image = torch.arange(5 * 7, dtype=torch.float32).reshape(1, 5, 7)
+    rows, cols = np.meshgrid(np.arange(5), np.arange(7), indexing="ij")
+    for transform in hr.make_transforms("moore", (1, 3), flips=True, rotations=True):
+        copy = transform.apply(image)
+        assert copy.shape[-2:] == ((7, 5) if transform.transposes else (5, 7))
+        assert torch.equal(transform.invert(copy), image)
+        # Label every pixel of the copy by its (row, col) and read the labels back through the inverse.
+        copy_rows, copy_cols = np.meshgrid(*(np.arange(n) for n in copy.shape[-2:]), indexing="ij")
+        read_rows = transform.invert(torch.from_numpy(copy_rows)).numpy()
+        read_cols = transform.invert(torch.from_numpy(copy_cols)).numpy()
+        index_rows, index_cols = transform.inverse_source_index(5, 0), transform.inverse_source_index(7, 1)
+        if transform.transposes:  # output row r reads copy column index_rows[r]
+            np.testing.assert_array_equal(read_cols, index_rows[rows])
+            np.testing.assert_array_equal(read_rows, index_cols[cols])
+        else:
+            np.testing.assert_array_equal(read_rows, index_rows[rows])
+            np.testing.assert_array_equal(read_cols, index_cols[cols])
+    rotated_flip = hr.Transform((1, 2), "horizontal", 1)
+    wrong_order = torch.roll(
+        torch.rot90(torch.flip(rotated_flip.apply(image), (-1,)), -1, (-2, -1)), (-1, -2), (-2, -1)
+    )
+    assert not torch.equal(wrong_order, image)  # unflipping before unrotating is wrong
+
+
+def test_rotated_encoding_samples_and_projects_its_features(tiny_backbone, odd_image):
+    config = hr.FeatureConfig(
+        backbone=tiny_backbone, device="cpu", shifts="none", rotations=True, flips=True, tile_size=None, batch_size=3
+    )
+    encoding = hr.Featurizer(config).encode(odd_image)
+    assert encoding.n_transforms == 8 and encoding.tiles[0].maps.shape[2:] == (4, 5)
+    features = encoding.features()
+    rng = np.random.default_rng(9)
+    rows, cols = rng.integers(0, 45, 100), rng.integers(0, 59, 100)
+    np.testing.assert_allclose(encoding.sample(rows, cols), features[:, rows, cols].T, atol=1e-5)
+
+
 def test_transform_set_sizes():
     assert len(hr.FeatureConfig(shifts="moore", shift_distances=(1, 2)).transforms) == 17
     assert len(hr.FeatureConfig(shifts="neumann", shift_distances=(3,)).transforms) == 5
     assert len(hr.FeatureConfig(shifts="neumann", shift_distances=(3,), flips=True).transforms) == 15
     assert hr.FeatureConfig(shifts="none").transforms == (hr.Transform(),)
+    assert len(hr.FeatureConfig(shifts="neumann", shift_distances=(3,), rotations=True).transforms) == 20
+    both = hr.FeatureConfig(shifts="none", flips=True, rotations=True).transforms
+    assert len(both) == 8 and both[0] == hr.Transform()
+    probe = torch.arange(12.0).reshape(3, 4)
+    assert len({tuple(t.apply(probe).flatten().tolist()) for t in both}) == 8  # the 8 symmetries, no duplicate
 
 
 def test_progress_and_cancel(tiny_config, two_textures):

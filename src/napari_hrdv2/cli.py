@@ -49,6 +49,7 @@ OPTION_OF = {
     "shifts": "--shifts",
     "shift_distances": "--distances",
     "flips": "--flips",
+    "rotations": "--rotations",
     "stride": "--stride",
     "resize": "--resize",
     "normalize": "--normalize",
@@ -60,7 +61,7 @@ OPTION_OF = {
     "batch_size": "--batch-size",
     "weights_sha256": "--sha256",
 }
-_FEATURE_DEFINING = ("backbone", "shifts", "shift_distances", "flips", "stride", "resize", "normalize")
+_FEATURE_DEFINING = ("backbone", "shifts", "shift_distances", "flips", "rotations", "stride", "resize", "normalize")
 _RUNTIME = ("device", "dtype", "storage_dtype", "tile_size", "tile_overlap", "batch_size", "weights_sha256")
 
 EPILOG = (
@@ -154,6 +155,12 @@ def _feature_options() -> argparse.ArgumentParser:
     group.add_argument("--distances", type=_positive_int, nargs="+", metavar="PX", help="shift lengths, e.g. 3 6")
     group.add_argument(
         "--flips", action=argparse.BooleanOptionalAction, default=None, help="also flip every shifted copy (3x slower)"
+    )
+    group.add_argument(
+        "--rotations",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also rotate every copy by 90, 180 and 270 degrees (4x slower)",
     )
     group.add_argument(
         "--stride", type=_none_or_int(1), metavar="PX|none", help="patch stride (default 'none' = patch size)"
@@ -315,6 +322,7 @@ def _config_values(args: argparse.Namespace, fields: Sequence[str]) -> dict[str,
         "shifts": args.shifts,
         "shift_distances": tuple(args.distances) if args.distances else None,
         "flips": args.flips,
+        "rotations": args.rotations,
         "stride": args.stride,
         "resize": args.resize,
         "normalize": args.normalize,

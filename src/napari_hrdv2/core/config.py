@@ -13,7 +13,16 @@ from .resample import RESIZE_OPTIONS, Resize
 from .transforms import SHIFT_PATTERNS, ShiftPattern, Transform, make_transforms
 
 #: Settings that change the features themselves; a trained model must be applied with the same values.
-FEATURE_DEFINING_FIELDS = ("backbone", "shifts", "shift_distances", "flips", "stride", "resize", "normalize")
+FEATURE_DEFINING_FIELDS = (
+    "backbone",
+    "shifts",
+    "shift_distances",
+    "flips",
+    "rotations",
+    "stride",
+    "resize",
+    "normalize",
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,9 @@ class FeatureConfig:
         forward passes (see the README's "Choosing the defaults").
     flips : bool
         Also apply horizontal and vertical flips to every shift (3x the passes).
+    rotations : bool
+        Also rotate every shifted (and flipped) copy by 90, 180 and 270 degrees
+        (4x the passes; with ``flips`` the 8 symmetries of the square, 8x).
     stride : int or None
         Patch-embedding stride; ``None`` = patch size. Smaller strides give
         overlapping patches and cost ~(P / stride)^2 to ^4 more.
@@ -71,6 +83,7 @@ class FeatureConfig:
     shifts: ShiftPattern = "moore"
     shift_distances: tuple[int, ...] = (5,)
     flips: bool = False
+    rotations: bool = False
     stride: int | None = None
     resize: Resize = "bilinear"
     normalize: Normalize = "minmax"
@@ -115,7 +128,7 @@ class FeatureConfig:
     def transforms(self) -> tuple[Transform, ...]:
         """The transform set, identity first."""
         distances = self.shift_distances if self.shifts != "none" else ()
-        return make_transforms(self.shifts, distances, self.flips)
+        return make_transforms(self.shifts, distances, self.flips, self.rotations)
 
     def resolved_batch_size(self, device_type: str) -> int:
         """``batch_size``, or its automatic value for a device type (``"cpu"``, ``"cuda"``, ``"mps"``)."""

@@ -503,13 +503,21 @@ class Featurizer:
             offset += size
             start = 0
             while start < len(transforms):
-                batch = range(start, min(start + self._batch_size, len(transforms)))
+                stop = start + 1  # a batch holds copies of one shape (90/270-degree copies are W x H)
+                while stop < min(start + self._batch_size, len(transforms)) and (
+                    transforms[stop].transposes == transforms[start].transposes
+                ):
+                    stop += 1
+                batch = range(start, stop)
                 copies = torch.stack(
                     [pad_to_grid(transforms[k].apply(crop), patch_size=patch, stride=stride) for k in batch]
                 )
                 tokens, cls_attention = self._forward(copies.to(self.dtype), stride, with_attention)
                 if tokens is None:  # out of memory: retry this batch with the (now smaller) batch size
                     continue
+                if transforms[start].transposes:  # stored transposed: the inverse taps read it like any other copy
+                    tokens = tokens.transpose(-2, -1)
+                    cls_attention = None if cls_attention is None else cls_attention.transpose(-2, -1)
                 maps[batch.start : batch.stop] = tokens
                 if attention is not None:
                     attention[batch.start : batch.stop] = cls_attention
