@@ -349,8 +349,9 @@ def test_segment_no_images(tmp_path, capsys, model):
 
 # ---------------------------------------------------------------------------------------------- batch module
 def test_batch_generator_and_gui_wrapper(tmp_path, model, config):
-    from napari_hrdv2._workers import BatchReport, JobProgress, folder_job
-    from napari_hrdv2.core.batch import BatchProgress, iter_segment_files
+    from napari_hrdv2._workers import BatchReport, folder_job
+    from napari_hrdv2.core.batch import iter_segment_files
+    from napari_hrdv2.core.progress import Progress
 
     seg = hr.LinearSegmenter.load(model)
     tifffile.imwrite(tmp_path / "img.tif", two_texture_image(56)[0])
@@ -362,7 +363,7 @@ def test_batch_generator_and_gui_wrapper(tmp_path, model, config):
         except StopIteration as finished:
             report = finished.value
             break
-    assert all(isinstance(item, BatchProgress) for item in items)
+    assert all(isinstance(item, Progress) for item in items)
     fractions = [item.fraction for item in items]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert report.written == [tmp_path / "out" / "img_labels.tif"] and report.ok
@@ -375,7 +376,7 @@ def test_batch_generator_and_gui_wrapper(tmp_path, model, config):
         except StopIteration as finished:
             gui_report = finished.value
             break
-    assert all(isinstance(item, JobProgress) for item in progress)
+    assert all(isinstance(item, Progress) for item in progress)
     assert isinstance(gui_report, BatchReport) and gui_report.skipped == [tmp_path / "out" / "img_labels.tif"]
     assert "tick Overwrite" in gui_report.summary()
 

@@ -1,9 +1,9 @@
 """Generator jobs run by the widgets in napari thread workers. No Qt, no layers.
 
 Each job takes plain data (arrays copied on the main thread, configs, a shared
-:class:`EncodingCache`), yields :class:`JobProgress` between steps and returns a result
-object; the widgets turn results into layers on the main thread. Stopping the
-generator (``worker.quit()``) cancels a job at its next step. Heavy work runs under
+:class:`EncodingCache`), yields the core's :class:`~.core.progress.Progress` with ``total=1``
+(``done`` is the fraction of the job) between steps and returns a result object; the widgets
+turn results into layers on the main thread. Stopping the generator (``worker.quit()``) cancels a job at its next step. Heavy work runs under
 ``torch.inference_mode()``, which must be entered in the worker thread itself.
 """
 
@@ -22,6 +22,7 @@ from .core.batch import output_path  # noqa: F401  (re-exported for the widgets)
 from .core.cache import EncodingCache  # noqa: F401  (re-exported for the widgets)
 from .core.config import FeatureConfig
 from .core.errors import InputError
+from .core.progress import Progress, within
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core.encoding import Encoding
@@ -29,14 +30,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Fields of FeatureConfig that only say how to compute (not what): the widget's values win for these.
 RUNTIME_FIELDS = ("device", "dtype", "storage_dtype", "tile_size", "tile_overlap", "batch_size")
-
-
-@dataclass(frozen=True)
-class JobProgress:
-    """Overall progress of a job: ``fraction`` in [0, 1] and what it is doing."""
-
-    fraction: float
-    message: str
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -51,18 +44,6 @@ def inference_mode() -> Iterator[None]:
 def read_plane(data: Any, index: int, *, is_stack: bool) -> np.ndarray:
     """Plane ``index`` of an image array (single planes have only plane 0), as numpy."""
     return np.asarray(data[index]) if is_stack else np.asarray(data)
-
-
-def _stepped(
-    steps: Generator[float, None, Any], start: float, span: float, message: str
-) -> Generator[JobProgress, None, Any]:
-    """Re-yield a sub-task's fractions as overall progress in [start, start + span]."""
-    while True:
-        try:
-            fraction = next(steps)
-        except StopIteration as finished:
-            return finished.value
-        yield JobProgress(start + span * fraction, message)
 
 
 def merge_runtime(model_config: FeatureConfig, runtime: FeatureConfig) -> FeatureConfig:
@@ -116,7 +97,7 @@ def features_job(
     pca: bool = True,
     attention: bool = True,
     basis: PCABasis | None = None,
-) -> Generator[JobProgress, None, FeaturesResult]:
+) -> Generator[Progress, None, FeaturesResult]:
     """Encode planes ``indices`` of ``data`` and compute their PCA-RGB and attention maps.
 
     One PCA basis (``basis``, or fitted on the first plane) colours every plane of a stack consistently.
@@ -127,14 +108,14 @@ def features_job(
     if not indices:
         raise InputError("No planes selected to compute.")
     result = FeaturesResult(config=config, encodings={}, basis=basis)
-    yield JobProgress(0.0, "Loading the backbone")
+    yield Progress(0.0, 1, "Loading the backbone")
     with inference_mode():
         cache.featurizer(config).backbone  # noqa: B018  (load weights in this thread, errors surface here)
         n = len(indices)
         for i, index in enumerate(indices):
             plane = read_plane(data, index, is_stack=is_stack)
             label = f"plane {index + 1}" if is_stack else "image"
-            encoding = yield from _stepped(cache.iter_encode(plane, config), i / n, 0.8 / n, f"Encoding {label}")
+            encoding = yield from within(cache.iter_encode(plane, config), i / n, 0.8 / n, message=f"Encoding {label}")
             result.encodings[index] = encoding
             if pca:
                 if result.basis is None:
@@ -142,7 +123,7 @@ def features_job(
                 result.pca[index] = result.basis.to_rgb(encoding)
             if attention and encoding.n_heads:
                 result.attention[index] = with_mean_head(encoding.attention())
-            yield JobProgress((i + 1) / n, f"Finished {label}")
+            yield Progress((i + 1) / n, 1, f"Finished {label}")
         result.feature_range = _feature_range(result.encodings[indices[0]])
     return result
 
@@ -150,13 +131,13 @@ def features_job(
 # ---------------------------------------------------------------------------------------------- similarity
 def similarity_job(
     plane: np.ndarray, row: int, col: int, config: FeatureConfig, cache: EncodingCache
-) -> Generator[JobProgress, None, np.ndarray]:
+) -> Generator[Progress, None, np.ndarray]:
     """Cosine similarity (H, W) of every pixel's HR feature to the one at ``(row, col)``."""
     from .core.pca import cosine_similarity_map
 
     with inference_mode():
-        encoding = yield from _stepped(cache.iter_encode(plane, config), 0.0, 0.9, "Encoding")
-        yield JobProgress(0.9, "Similarity")
+        encoding = yield from within(cache.iter_encode(plane, config), 0.0, 0.9, message="Encoding")
+        yield Progress(0.9, 1, "Similarity")
         return np.asarray(cosine_similarity_map(encoding, int(row), int(col)), dtype=np.float32)
 
 
@@ -178,7 +159,7 @@ class PredictionResult:
 
 def _predict_planes(
     segmenter: Any,
-    encode: Callable[[int], Generator[float, None, Encoding]],
+    encode: Callable[[int], Generator[Progress, None, Encoding]],
     indices: Sequence[int],
     result: PredictionResult,
     *,
@@ -186,18 +167,18 @@ def _predict_planes(
     span: float,
     uncertainty: bool,
     probabilities: bool,
-) -> Generator[JobProgress, None, None]:
+) -> Generator[Progress, None, None]:
     n = max(len(indices), 1)
     for i, index in enumerate(indices):
         base = start + span * i / n
-        encoding = yield from _stepped(encode(index), base, 0.8 * span / n, f"Encoding plane {index + 1}")
-        yield JobProgress(base + 0.8 * span / n, f"Predicting plane {index + 1}")
+        encoding = yield from within(encode(index), base, 0.8 * span / n, message=f"Encoding plane {index + 1}")
+        yield Progress(base + 0.8 * span / n, 1, f"Predicting plane {index + 1}")
         result.labels[index] = np.asarray(segmenter.predict(encoding))
         if uncertainty:
             result.uncertainty[index] = np.asarray(segmenter.uncertainty(encoding), dtype=np.float32)
         if probabilities:
             result.probabilities[index] = np.asarray(segmenter.predict_proba(encoding), dtype=np.float32)
-        yield JobProgress(start + span * (i + 1) / n, f"Predicted plane {index + 1}")
+        yield Progress(start + span * (i + 1) / n, 1, f"Predicted plane {index + 1}")
 
 
 def train_job(
@@ -211,7 +192,7 @@ def train_job(
     predict_indices: Sequence[int] | None = None,
     uncertainty: bool = False,
     probabilities: bool = False,
-) -> Generator[JobProgress, None, PredictionResult]:
+) -> Generator[Progress, None, PredictionResult]:
     """Train a new segmenter on the planes in ``labels`` (plane index -> copied (H, W) labels), then predict.
 
     Predicts ``predict_indices`` (default: the labelled planes).
@@ -221,18 +202,18 @@ def train_job(
     indices = sorted(labels)
     predict_indices = indices if predict_indices is None else list(predict_indices)
 
-    def encode(index: int) -> Generator[float, None, Encoding]:
+    def encode(index: int) -> Generator[Progress, None, Encoding]:
         return cache.iter_encode(read_plane(data, index, is_stack=is_stack), config)
 
-    yield JobProgress(0.0, "Loading the backbone")
+    yield Progress(0.0, 1, "Loading the backbone")
     with inference_mode():
         cache.featurizer(config).backbone  # noqa: B018
         encodings = []
         n = len(indices)
         for i, index in enumerate(indices):
-            encoding = yield from _stepped(encode(index), 0.5 * i / n, 0.5 / n, f"Encoding plane {index + 1}")
+            encoding = yield from within(encode(index), 0.5 * i / n, 0.5 / n, message=f"Encoding plane {index + 1}")
             encodings.append(encoding)
-    yield JobProgress(0.5, "Training")
+    yield Progress(0.5, 1, "Training")
     # Outside inference mode: the optimiser needs autograd (tensors made in inference mode cannot be trained).
     segmenter = make_segmenter()
     segmenter.fit(encodings, [labels[index] for index in indices])
@@ -261,15 +242,15 @@ def predict_job(
     is_stack: bool,
     uncertainty: bool = False,
     probabilities: bool = False,
-) -> Generator[JobProgress, None, PredictionResult]:
+) -> Generator[Progress, None, PredictionResult]:
     """Predict planes ``indices`` of ``data`` with a trained segmenter."""
     if not indices:
         raise InputError("No planes selected to predict.")
 
-    def encode(index: int) -> Generator[float, None, Encoding]:
+    def encode(index: int) -> Generator[Progress, None, Encoding]:
         return cache.iter_encode(read_plane(data, index, is_stack=is_stack), config)
 
-    yield JobProgress(0.0, "Loading the backbone")
+    yield Progress(0.0, 1, "Loading the backbone")
     result = PredictionResult(segmenter=segmenter, config=config)
     with inference_mode():
         cache.featurizer(config).backbone  # noqa: B018
@@ -303,7 +284,7 @@ def folder_job(
     *,
     suffix: str = ".tif",
     overwrite: bool = False,
-) -> Generator[JobProgress, None, BatchReport]:
+) -> Generator[Progress, None, BatchReport]:
     """Segment every image in ``inputs`` (files or folders) and write one label image per input.
 
     A thin wrapper over :func:`core.batch.iter_segment_files`: stacks become multi-page TIFFs, a bad
@@ -311,15 +292,9 @@ def folder_job(
     """
     from .core.batch import iter_segment_files
 
-    yield JobProgress(0.0, "Loading the backbone")
+    yield Progress(0.0, 1, "Loading the backbone")
     steps = iter_segment_files(inputs, outdir, segmenter, config, suffix=suffix, overwrite=overwrite)
-    while True:
-        try:
-            update = next(steps)
-        except StopIteration as finished:
-            report = finished.value
-            break
-        yield JobProgress(update.fraction, update.message)
+    report = yield from within(steps, 0.0, 1.0)
     report = BatchReport(report.written, report.skipped, report.failed, report.extra)
-    yield JobProgress(1.0, report.summary())
+    yield Progress(1.0, 1, report.summary())
     return report

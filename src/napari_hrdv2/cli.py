@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.atomic import ArrayStreamWriter
     from .core.config import FeatureConfig
     from .core.encoding import Encoding, Featurizer
+    from .core.progress import Progress
 
 PROG = "napari-hrdv2"
 
@@ -438,19 +439,19 @@ def _encode(
     args: argparse.Namespace, featurizer: Featurizer, plane: np.ndarray, desc: str, *, with_attention: bool
 ) -> Encoding:
     """Encode one plane with a progress bar driven by ``Featurizer.iter_encode``."""
-    steps = featurizer.iter_encode(plane, with_attention=with_attention)
+    from .core.progress import run_steps
+
     bar = None
+
+    def show(update: Progress) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = _progress_bar(args, total=update.total, desc=desc, unit="pass")
+        bar.update(update.done - bar.n)
+
     try:
-        while True:
-            try:
-                update = next(steps)
-            except StopIteration as finished:
-                return finished.value
-            if bar is None:
-                bar = _progress_bar(args, total=update.total, desc=desc, unit="pass")
-            bar.update(update.done - bar.n)
+        return run_steps(featurizer.iter_encode(plane, with_attention=with_attention), progress=show)
     finally:
-        steps.close()
         if bar is not None:
             bar.close()
 
@@ -703,18 +704,18 @@ def run_segment(args: argparse.Namespace) -> int:
 
     bar = None
 
-    def progress(update: Any) -> None:
+    def progress(update: Progress) -> None:  # done of total input files
         nonlocal bar
-        if bar is None and update.n_files:
+        if bar is None:
             bar = _progress_bar(
                 args,
-                total=update.n_files,
+                total=update.total,
                 unit="image",
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} images [{elapsed}<{remaining}]",
             )
         if bar is not None:
             bar.set_description_str(update.message, refresh=False)
-            bar.update(update.fraction * update.n_files - bar.n)
+            bar.update(update.done - bar.n)
 
     try:
         report = segment_files(

@@ -11,8 +11,8 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error
 
-from .._workers import JobProgress
 from ..core.errors import HRDv2Error
+from ..core.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class JobRunner:
             worker.quit()
 
     def _on_progress(self, bar: progress, ended: list[bool], update: Any) -> None:
-        if ended[0] or not isinstance(update, JobProgress):
+        if ended[0] or not isinstance(update, Progress):
             return
         self._on_status(update.message)  # before touching the bar (see start)
         target = int(round(min(max(update.fraction, 0.0), 1.0) * PROGRESS_STEPS))

@@ -3,8 +3,9 @@
 Used by the ``napari-hrdv2 segment`` command and by the napari widget's "apply to folder"
 (through ``_workers.folder_job``). numpy/torch only: no napari, no Qt.
 
-:func:`iter_segment_files` is a generator: it yields :class:`BatchProgress` items between
-steps (stop iterating to cancel) and returns a :class:`BatchReport`; :func:`segment_files`
+:func:`iter_segment_files` is a generator: it yields :class:`~.progress.Progress` items (in
+files: ``done`` of ``total`` files, fractional while a file is in progress) between steps (stop
+iterating to cancel) and returns a :class:`BatchReport`; :func:`segment_files`
 runs it to the end with an optional callback.
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 from .config import FeatureConfig
 from .errors import HRDv2Error, InputError
 from .io import IMAGE_SUFFIXES, expand_inputs, planes, read_image, write_labels
-from .progress import run_steps
+from .progress import Progress, run_steps, within
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoding import Featurizer
@@ -32,17 +33,6 @@ LABELS_TAG = "_labels"
 UNCERTAINTY_TAG = "_uncertainty"
 #: Output formats of label images.
 LABEL_SUFFIXES = (".tif", ".png")
-
-
-@dataclass(frozen=True)
-class BatchProgress:
-    """Progress of a batch: ``fraction`` in [0, 1] overall, a message, and which file is being worked on."""
-
-    fraction: float
-    message: str
-    index: int = 0  # 0-based index of the current file
-    n_files: int = 0
-    path: Path | None = None
 
 
 @dataclass
@@ -155,7 +145,7 @@ def iter_segment_files(
     suffix: str = ".tif",
     overwrite: bool = False,
     uncertainty: bool = False,
-) -> Generator[BatchProgress, None, BatchReport]:
+) -> Generator[Progress, None, BatchReport]:
     """Segment every image in ``inputs`` and write one label image per input image.
 
     Parameters
@@ -176,7 +166,7 @@ def iter_segment_files(
 
     Yields
     ------
-    BatchProgress between steps. Closing the generator stops the batch (what was written stays).
+    Progress between steps: ``done`` of ``total`` input files, with the current file in the message. Closing the generator stops the batch (what was written stays).
 
     Returns
     -------
@@ -198,7 +188,7 @@ def iter_segment_files(
     with _inference_mode():
         for i, path in enumerate(paths):
             label = f"{path.name} ({i + 1}/{n})"
-            yield BatchProgress(i / n, label, i, n, path)
+            yield Progress(i, n, label)
             try:
                 job = _prepare(path, outdir, suffix, overwrite=overwrite, uncertainty=uncertainty)
                 if _key(job.target) in written:
@@ -213,7 +203,7 @@ def iter_segment_files(
                 report.skipped.append(job.target)
                 continue
             if not loaded:  # outside the per-file handling: a missing or unsuitable backbone stops the batch
-                yield BatchProgress(i / n, "Loading the backbone", i, n, path)
+                yield Progress(i, n, "Loading the backbone")
                 _check_backbone(featurizer, segmenter)
                 loaded = True
             try:
@@ -221,14 +211,8 @@ def iter_segment_files(
                 for p, plane in enumerate(job.planes):
                     message = label if job.single else f"{label}, plane {p + 1}/{len(job.planes)}"
                     steps = featurizer.iter_encode(plane, with_attention=False)
-                    while True:
-                        try:
-                            update = next(steps)
-                        except StopIteration as finished:
-                            encoding = finished.value
-                            break
-                        within = (p + 0.95 * update.fraction) / len(job.planes)
-                        yield BatchProgress((i + within) / n, message, i, n, path)
+                    start, span = i + p / len(job.planes), 0.95 / len(job.planes)
+                    encoding = yield from within(steps, start, span, total=n, message=message)
                     predicted.append(np.asarray(segmenter.predict(encoding)))
                     if job.extra is not None:
                         uncertain.append(np.asarray(segmenter.uncertainty(encoding), dtype=np.float32))
@@ -244,7 +228,7 @@ def iter_segment_files(
                     report.extra.append(_write_float(job.extra, maps, overwrite=overwrite))
             except Exception as err:
                 report.failed.append((path, _per_file_reason(err)))
-    yield BatchProgress(1.0, report.summary(), n, n, None)
+    yield Progress(n, n, report.summary())
     return report
 
 
@@ -311,7 +295,7 @@ def segment_files(
     suffix: str = ".tif",
     overwrite: bool = False,
     uncertainty: bool = False,
-    progress: Callable[[BatchProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> BatchReport:
     """:func:`iter_segment_files` run to the end; ``progress`` is called with every item."""
     steps = iter_segment_files(

@@ -10,27 +10,18 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import FeatureConfig
+from .progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoding import Encoding, Featurizer
 
 #: Default memory budget of a cache (low-resolution maps only).
 DEFAULT_CACHE_BYTES = 2 * 2**30
-
-
-def progress_fractions(steps: Generator[Any, None, Encoding]) -> Generator[float, None, Encoding]:
-    """Turn a ``Featurizer.iter_encode`` generator's Progress items into fractions in [0, 1]."""
-    while True:
-        try:
-            update = next(steps)
-        except StopIteration as finished:
-            return finished.value
-        yield update.fraction
 
 
 def fingerprint(plane: np.ndarray) -> str:
@@ -95,12 +86,12 @@ class EncodingCache:
                 featurizer = self._featurizers[config] = Featurizer(config)
             return featurizer
 
-    def iter_encode(self, plane: np.ndarray, config: FeatureConfig) -> Generator[float, None, Encoding]:
-        """Cached encoding of one plane; yields fractions in [0, 1] while computing."""
+    def iter_encode(self, plane: np.ndarray, config: FeatureConfig) -> Generator[Progress, None, Encoding]:
+        """Cached encoding of one plane; yields the encoder's :class:`Progress` while computing."""
         key = (fingerprint(plane), config)
         cached = self.get(key)
         if cached is not None:
             return cached
-        encoding = yield from progress_fractions(self.featurizer(config).iter_encode(plane))
+        encoding = yield from self.featurizer(config).iter_encode(plane)
         self.put(key, encoding)
         return encoding

@@ -457,7 +457,7 @@ class Featurizer:
         tiles = plan_tiles(height, width, tile_size=self.config.tile_size, overlap=self.config.tile_overlap)
         transforms = self.config.transforms
         total = len(tiles) * len(transforms)
-        yield Progress(0, total)
+        yield Progress(0, total, "encoding")
 
         mean = torch.tensor(backbone.mean, device=self.device).view(3, 1, 1)
         std = torch.tensor(backbone.std, device=self.device).view(3, 1, 1)
@@ -523,7 +523,7 @@ class Featurizer:
                     attention[batch.start : batch.stop] = cls_attention
                 start = batch.stop
                 done += len(batch)
-                yield Progress(done, total)
+                yield Progress(done, total, "encoding")
             rows, cols = _fused_taps(tile, transforms, grid, patch_size=patch, stride=stride, resize=self.config.resize)
             tile_maps.append(TileMaps(tile, maps, attention, rows, cols))
         return Encoding(

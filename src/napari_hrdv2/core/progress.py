@@ -1,8 +1,13 @@
 """Progress reporting and cancellation for long computations, without any GUI.
 
-Long-running core functions are generators that yield :class:`Progress` and return their
-result (napari's thread workers drive them directly); :func:`run_steps` drives one from plain
-Python with an optional progress callback and a :class:`threading.Event` to cancel.
+Long-running functions are generators that yield :class:`Progress` and return their result
+(napari's thread workers drive them directly). This module holds the one progress type and the
+only code that steps such generators by hand:
+
+- :func:`run_steps` drives one to its result from plain Python, with an optional progress
+  callback and a :class:`threading.Event` to cancel;
+- :func:`relabel` and :func:`within` re-yield a sub-task's progress inside a larger task
+  (``result = yield from within(sub_task, start, span, total=n)``).
 """
 
 from __future__ import annotations
@@ -19,15 +24,60 @@ Result = TypeVar("Result")
 
 @dataclass(frozen=True)
 class Progress:
-    """``done`` of ``total`` steps of ``stage`` (for encoding, one step = one transformed copy of one tile)."""
+    """``done`` of ``total`` steps, and what is being done.
 
-    done: int
-    total: int
-    stage: str = "encoding"
+    Units depend on the task: transformed copies of tiles when encoding, files (fractional while a
+    file is in progress) in a batch, or simply ``total=1`` with ``done`` a fraction.
+    """
+
+    done: float
+    total: float
+    message: str = ""
 
     @property
     def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
+        """``done / total`` in [0, 1] (1 when there is nothing to do)."""
+        return min(max(self.done / self.total, 0.0), 1.0) if self.total else 1.0
+
+
+def relabel(
+    steps: Generator[Any, None, Result], convert: Callable[[Any], Progress]
+) -> Generator[Progress, None, Result]:
+    """Re-yield every item of ``steps`` as ``convert(item)``; returns what ``steps`` returns.
+
+    Closing the returned generator closes ``steps`` (nothing is left running).
+    """
+    try:
+        while True:
+            try:
+                update = next(steps)
+            except StopIteration as finished:
+                return finished.value
+            yield convert(update)
+    finally:
+        steps.close()
+
+
+def within(
+    steps: Generator[Progress, None, Result],
+    start: float,
+    span: float,
+    *,
+    total: float = 1.0,
+    message: str | None = None,
+) -> Generator[Progress, None, Result]:
+    """Re-yield a sub-task's progress as ``start + span * fraction`` of a task of ``total`` steps.
+
+    ``message`` replaces the sub-task's own messages when given.
+    """
+    return (
+        yield from relabel(
+            steps,
+            lambda update: Progress(
+                start + span * update.fraction, total, update.message if message is None else message
+            ),
+        )
+    )
 
 
 def run_steps(
@@ -36,20 +86,22 @@ def run_steps(
     progress: Callable[[Any], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> Result:
-    """Drive a progress generator (of :class:`Progress` or any other report) to its result.
+    """Drive a progress generator (of :class:`Progress` items) to its result.
 
     ``progress`` is called with every item the generator yields.
 
-    Raises :class:`Cancelled` (after closing the generator, so nothing keeps running) as soon
-    as ``cancel`` is set.
+    Raises :class:`Cancelled` as soon as ``cancel`` is set. The generator is closed on every way
+    out (cancel, or an error in ``progress``), so nothing keeps running.
     """
-    while True:
-        try:
-            update = next(steps)
-        except StopIteration as finished:
-            return finished.value
-        if progress is not None:
-            progress(update)
-        if cancel is not None and cancel.is_set():
-            steps.close()
-            raise Cancelled("Cancelled.")
+    try:
+        while True:
+            try:
+                update = next(steps)
+            except StopIteration as finished:
+                return finished.value
+            if progress is not None:
+                progress(update)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("Cancelled.")
+    finally:
+        steps.close()

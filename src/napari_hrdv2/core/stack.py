@@ -19,7 +19,7 @@ from .cache import DEFAULT_CACHE_BYTES, EncodingCache
 from .config import FeatureConfig
 from .errors import InputError
 from .io import is_stack
-from .progress import Progress, Result, run_steps
+from .progress import Progress, relabel, run_steps, within
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoding import Encoding
@@ -64,13 +64,9 @@ class StackEncoder:
         """Encoding of plane ``index`` (cached); yields progress while computing."""
         if not -len(self) <= index < len(self):
             raise InputError(f"Plane {index} does not exist; the stack has {len(self)} plane(s).")
+        message = f"encoding plane {index % len(self) + 1}"
         steps = self.cache.iter_encode(np.asarray(self.stack[index]), self.config)
-        while True:
-            try:
-                fraction = next(steps)
-            except StopIteration as finished:
-                return finished.value
-            yield Progress(round(fraction * 1000), 1000, f"encoding plane {index % len(self) + 1}")
+        return (yield from relabel(steps, lambda update: Progress(update.done, update.total, message)))
 
     def plane(self, index: int) -> Encoding:
         """Encoding of plane ``index`` (computed on first use)."""
@@ -83,16 +79,6 @@ def labelled_planes(labels: np.ndarray) -> list[int]:
     if labels.ndim == 2:
         labels = labels[None]
     return [int(i) for i in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))]
-
-
-def _overall(steps: Generator[Progress, None, Result], done: int, total: int) -> Generator[Progress, None, Result]:
-    """Re-yield one plane's progress as overall progress (``done`` of ``total`` planes finished)."""
-    while True:
-        try:
-            update = next(steps)
-        except StopIteration as finished:
-            return finished.value
-        yield Progress(done * 1000 + update.done * 1000 // max(update.total, 1), total * 1000, update.stage)
 
 
 def iter_fit_stack(
@@ -115,8 +101,8 @@ def iter_fit_stack(
         raise InputError("No plane holds labels: paint a few strokes of at least two classes.")
     encodings = []
     for i, index in enumerate(indices):
-        encodings.append((yield from _overall(encoder.iter_plane(index), i, len(indices) + 1)))
-    yield Progress(len(indices) * 1000, (len(indices) + 1) * 1000, "training")
+        encodings.append((yield from within(encoder.iter_plane(index), i, 1, total=len(indices) + 1)))
+    yield Progress(len(indices), len(indices) + 1, "training")
     segmenter.fit(encodings, [labels[index] for index in indices])
     yield Progress(1, 1, "trained")
     return segmenter
@@ -130,12 +116,12 @@ def iter_predict_stack(
     segmenter.check_compatible_config(encoder.config)
     out: np.ndarray | None = None
     for i, index in enumerate(indices):
-        encoding = yield from _overall(encoder.iter_plane(index), i, len(indices))
+        encoding = yield from within(encoder.iter_plane(index), i, 1, total=len(indices))
         predicted = segmenter.predict(encoding)
         if out is None:
             out = np.zeros((len(indices), *predicted.shape), dtype=predicted.dtype)
         out[i] = predicted
-        yield Progress((i + 1) * 1000, len(indices) * 1000, f"predicted plane {index + 1}")
+        yield Progress(i + 1, len(indices), f"predicted plane {index + 1}")
     return out if out is not None else np.zeros((0, *encoder.plane_shape), dtype=np.uint8)
 
 
