@@ -111,6 +111,9 @@ def _common_options() -> argparse.ArgumentParser:
     )
     group.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary lines")
     group.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
+    group.add_argument(
+        "-v", "--verbose", action="store_true", help="say on stderr which device and compute dtype are used, and why"
+    )
     return parent
 
 
@@ -124,7 +127,9 @@ def _runtime_options() -> argparse.ArgumentParser:
     )
     group.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     group.add_argument(
-        "--dtype", choices=DTYPE_CHOICES, help="compute precision (default auto: float16 on CUDA, else float32)"
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        help="compute precision (default auto: float16 on CUDA, bfloat16 on CPUs with native bfloat16, else float32)",
     )
     group.add_argument(
         "--storage-dtype",
@@ -315,6 +320,12 @@ def _say(args: argparse.Namespace, message: str) -> None:
         print(message, flush=True)
 
 
+def _say_precision(args: argparse.Namespace, featurizer: Any) -> None:
+    """``--verbose``: the device and compute dtype of ``featurizer`` and why (e.g. native bfloat16 on this CPU)."""
+    if getattr(args, "verbose", False):
+        print(f"{PROG}: device and compute dtype: {featurizer.precision}", file=sys.stderr, flush=True)
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 def _config_values(args: argparse.Namespace, fields: Sequence[str]) -> dict[str, Any]:
     """FeatureConfig values of the options given on the command line (``None`` = not given)."""
@@ -336,7 +347,7 @@ def _config_values(args: argparse.Namespace, fields: Sequence[str]) -> dict[str,
         "weights_sha256": args.sha256,
     }
     values = {name: raw[name] for name in fields if raw[name] is not None}
-    return {name: (None if value == "none" else value) for name, value in values.items()}
+    return {name: (None if value == "none" and name != "shifts" else value) for name, value in values.items()}
 
 
 def build_config(args: argparse.Namespace) -> FeatureConfig:
@@ -515,6 +526,7 @@ def run_features(args: argparse.Namespace) -> int:
     config = build_config(args)
     featurizer = Featurizer(config)
     backbone = featurizer.backbone  # weights errors before any work
+    _say_precision(args, featurizer)
     height, width = planes[0].shape[:2]
     lead = (len(planes),) if stack else ()
     item = np.dtype(args.dtype_out).itemsize
@@ -660,6 +672,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = build_config(args)
     featurizer = Featurizer(config)
     featurizer.backbone  # noqa: B018
+    _say_precision(args, featurizer)
     encodings = []
     with _inference_mode():
         for i, (desc, plane, _) in enumerate(pairs):
@@ -699,6 +712,7 @@ def run_segment(args: argparse.Namespace) -> int:
         featurizer = Featurizer(config, backbone=backbone)
     else:
         featurizer = Featurizer(config)
+    _say_precision(args, featurizer)
     if args.outdir and Path(args.outdir).exists() and not Path(args.outdir).is_dir():
         raise InputError(f"-o '{args.outdir}' is a file; give a folder for the label images.")
 

@@ -61,8 +61,11 @@ class FeatureConfig:
     device : str
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
     dtype : str
-        Compute precision of the backbone: ``"auto"`` (float16 on CUDA, float32
-        elsewhere), ``"float32"``, ``"float16"``, ``"bfloat16"``.
+        Compute precision of the backbone: ``"auto"`` (float16 on CUDA; on the
+        CPU bfloat16 where the processor computes it natively, AMX-BF16 /
+        AVX512-BF16 / Arm BF16, else float32; float32 on MPS), ``"float32"``
+        (bit-for-bit reproducible), ``"float16"``, ``"bfloat16"``. The choice and
+        its reason: ``Featurizer.dtype_choice``.
     storage_dtype : str
         Precision of the low-resolution maps an :class:`Encoding` keeps:
         ``"auto"`` (the compute dtype when it is 16-bit, else float16),

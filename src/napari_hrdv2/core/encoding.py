@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .backbones import Backbone, load_backbone
 from .config import FeatureConfig
-from .devices import empty_cache, is_out_of_memory, resolve_device, resolve_dtype, resolve_storage_dtype
+from .devices import choose_dtype, empty_cache, is_out_of_memory, resolve_device, resolve_storage_dtype
 from .errors import InputError
 from .preprocess import scale_intensities, validate_image
 from .progress import Progress, run_steps
@@ -403,11 +403,25 @@ class Featurizer:
     def __init__(self, config: FeatureConfig | None = None, *, backbone: Backbone | None = None):
         self.config = config or FeatureConfig()
         self.device = resolve_device(self.config.device)
-        self.dtype = resolve_dtype(self.config.dtype, self.device)
+        #: The compute dtype and why it was chosen (``dtype="auto"`` on the CPU: bfloat16 where native).
+        self.dtype_choice = choose_dtype(self.config.dtype, self.device)
+        self.dtype = self.dtype_choice.dtype
         self.storage_dtype = resolve_storage_dtype(self.config.storage_dtype, self.dtype)
         self._backbone = backbone
         self._batch_size = self.config.resolved_batch_size(self.device.type)
         self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        storage = str(self.storage_dtype).removeprefix("torch.")
+        return (
+            f"Featurizer(backbone={self.config.backbone!r}, device={self.device}, dtype={self.dtype_choice}, "
+            f"storage_dtype={storage}, {self.config.n_transforms} transforms)"
+        )
+
+    @property
+    def precision(self) -> str:
+        """Device and compute dtype in words, e.g. ``"cpu, float32 (auto: CPU without AMX-BF16 ...)"``."""
+        return f"{self.device}, {self.dtype_choice}"
 
     @property
     def backbone(self) -> Backbone:
