@@ -162,3 +162,16 @@ def test_cli_verbose_says_which_dtype_and_why(tmp_path, capsys, tiny_backbone, n
         assert f"device and compute dtype: cpu, {expected}" in err, (command, err)
     assert main([str(a) for a in [*runs["features"], *opts, "--overwrite"]]) == 0
     assert "compute dtype" not in capsys.readouterr().err  # only with --verbose
+
+
+@pytest.mark.gui
+def test_features_widget_shows_the_chosen_dtype(make_napari_viewer, tiny_backbone, native_bf16):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-hrdv2", "HR-Dv2 Features")
+    widget.set_settings(hr.FeatureConfig(backbone=tiny_backbone, device="cpu", tile_size=None))
+    expected = "bfloat16 (auto: native bfloat16" if native_bf16 else "float32 (auto: mocked CPU"
+    assert widget._precision.value.startswith(f"cpu, {expected}")
+    assert widget._precision.value == hr.Featurizer(widget.settings).precision
+    if not torch.cuda.is_available():
+        widget._device.value = "cuda"
+        assert "no usable CUDA" in widget._precision.value

@@ -87,6 +87,7 @@ class FeaturesWidget(Container):
         self._resize = ComboBox(label="Resize", choices=["bilinear", "nearest"])
         self._tile_size = SpinBox(label="Tile size", min=0, max=8192, step=14, tooltip="Pixels; 0 = whole image")
         self._device = ComboBox(label="Device", choices=list(DEVICES))
+        self._precision = Label(label="Precision", tooltip="Device and compute dtype in use, and why")
         self._advanced = Container(
             widgets=[
                 self._shifts,
@@ -96,6 +97,7 @@ class FeaturesWidget(Container):
                 self._resize,
                 self._tile_size,
                 self._device,
+                self._precision,
             ],
             labels=True,
             visible=False,
@@ -138,6 +140,7 @@ class FeaturesWidget(Container):
         for widget in (self._stride, self._resize, self._tile_size, self._device):
             widget.changed.connect(self._on_setting_changed)
         self._preset.changed.connect(self._on_preset_changed)
+        self._device.changed.connect(self._show_precision)
         self._show_advanced.changed.connect(self._advanced_toggled)
         self._compute_plane.changed.connect(self._compute_clicked)
         self._compute_all.changed.connect(partial(self._compute_clicked, all_planes=True))
@@ -191,6 +194,16 @@ class FeaturesWidget(Container):
             self._preset.value = self._matching_preset(config)
         finally:
             self._syncing = False
+        self._show_precision()
+
+    def _show_precision(self) -> None:
+        """Show which device and compute dtype the selected device gives here (e.g. bfloat16 on an AMX CPU)."""
+        from ..core.devices import describe_precision
+
+        try:
+            self._precision.value = describe_precision(self._device.value, self._session.config.dtype)
+        except HRDv2Error as err:
+            self._precision.value = str(err)
 
     @staticmethod
     def _matching_preset(config: FeatureConfig) -> str:

@@ -201,6 +201,16 @@ def choose_dtype(dtype: str | torch.dtype, device: torch.device) -> DtypeChoice:
     return DtypeChoice(torch.float32, f"auto: {support.detail}, so bfloat16 would be emulated and slower")
 
 
+def describe_precision(device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> str:
+    """The device and compute dtype a FeatureConfig's ``device`` and ``dtype`` give here, with the reason.
+
+    E.g. ``"cpu, float32 (auto: CPU without AMX-BF16 or AVX512-BF16, so bfloat16 would be emulated and
+    slower)"``. Loads no model; raises :class:`InputError` for an unusable device.
+    """
+    resolved = resolve_device(device)
+    return f"{resolved}, {choose_dtype(dtype, resolved)}"
+
+
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """The compute dtype for ``dtype`` on ``device`` (:func:`choose_dtype` without the reason)."""
     return choose_dtype(dtype, device).dtype
