@@ -139,7 +139,7 @@ def test_model_with_other_feature_settings_is_refused(texture_encoding, tiny_bac
         seg.predict(np.zeros((7, 20, 20), dtype=np.float32))
     featurizer = seg.featurizer(device="cpu", tile_size=224)
     assert featurizer.config.feature_signature() == encoding.config.feature_signature()
-    with pytest.raises(hr.InputError, match="define the features"):
+    with pytest.raises(hr.InputError, match="not runtime settings"):
         seg.featurizer(shifts="moore")
 
 

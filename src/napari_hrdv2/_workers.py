@@ -28,9 +28,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.encoding import Encoding
     from .core.pca import PCABasis
 
-#: Fields of FeatureConfig that only say how to compute (not what): the widget's values win for these.
-RUNTIME_FIELDS = ("device", "dtype", "storage_dtype", "tile_size", "tile_overlap", "batch_size")
-
 
 # ---------------------------------------------------------------------------------------------- helpers
 @contextmanager
@@ -48,7 +45,7 @@ def read_plane(data: Any, index: int, *, is_stack: bool) -> np.ndarray:
 
 def merge_runtime(model_config: FeatureConfig, runtime: FeatureConfig) -> FeatureConfig:
     """The model's feature definition with the runtime settings (device, tiling, batch) of ``runtime``."""
-    return model_config.replace(**{name: getattr(runtime, name) for name in RUNTIME_FIELDS})
+    return model_config.with_runtime_of(runtime)
 
 
 def segmenter_config(segmenter: Any) -> FeatureConfig | None:

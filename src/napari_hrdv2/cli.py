@@ -21,6 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# Torch-free (the choices and field lists are read before any heavy import, so --help stays instant).
+from .core.config import (
+    DTYPE_OPTIONS,
+    FEATURE_DEFINING_FIELDS,
+    PRESETS,
+    RUNTIME_FIELDS,
+    SHIFT_PATTERNS,
+)
+from .core.preprocess import NORMALIZE_OPTIONS
+from .core.resample import RESIZE_OPTIONS
+
 if TYPE_CHECKING:  # pragma: no cover
     from .core.atomic import ArrayStreamWriter
     from .core.config import FeatureConfig
@@ -37,12 +48,6 @@ EXIT_WEIGHTS = 3  # backbone weights not found (offline, wrong path, checksum mi
 EXIT_MODEL = 4  # the model file is missing, corrupt or does not fit
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
-# Kept in sync with core (tests check it); not imported from there because core imports torch.
-PRESET_NAMES = ("fast", "balanced", "quality")
-SHIFT_CHOICES = ("none", "neumann", "moore")
-RESIZE_CHOICES = ("bilinear", "nearest")
-NORMALIZE_CHOICES = ("minmax", "percentile", "dtype")
-DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 
 #: Command-line option of every FeatureConfig field the CLI sets.
 OPTION_OF = {
@@ -62,8 +67,6 @@ OPTION_OF = {
     "batch_size": "--batch-size",
     "weights_sha256": "--sha256",
 }
-_FEATURE_DEFINING = ("backbone", "shifts", "shift_distances", "flips", "rotations", "stride", "resize", "normalize")
-_RUNTIME = ("device", "dtype", "storage_dtype", "tile_size", "tile_overlap", "batch_size", "weights_sha256")
 
 EPILOG = (
     "Exit codes: 0 success, 1 some inputs failed (segment; the others were written), 2 bad options or "
@@ -128,12 +131,12 @@ def _runtime_options() -> argparse.ArgumentParser:
     group.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     group.add_argument(
         "--dtype",
-        choices=DTYPE_CHOICES,
+        choices=DTYPE_OPTIONS,
         help="compute precision (default auto: float16 on CUDA, bfloat16 on CPUs with native bfloat16, else float32)",
     )
     group.add_argument(
         "--storage-dtype",
-        choices=DTYPE_CHOICES,
+        choices=DTYPE_OPTIONS,
         help="precision of the low-resolution maps kept in memory (default auto: float16, half the memory of float32)",
     )
     group.add_argument(
@@ -156,8 +159,8 @@ def _runtime_options() -> argparse.ArgumentParser:
 def _feature_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("features (default: the 'balanced' preset)")
-    group.add_argument("--preset", choices=PRESET_NAMES, help="speed/quality trade-off; the options below refine it")
-    group.add_argument("--shifts", choices=SHIFT_CHOICES, help="shift directions: none, 4 axial, 8 axial+diagonal")
+    group.add_argument("--preset", choices=tuple(PRESETS), help="speed/quality trade-off; the options below refine it")
+    group.add_argument("--shifts", choices=SHIFT_PATTERNS, help="shift directions: none, 4 axial, 8 axial+diagonal")
     group.add_argument("--distances", type=_positive_int, nargs="+", metavar="PX", help="shift lengths, e.g. 3 6")
     group.add_argument(
         "--flips", action=argparse.BooleanOptionalAction, default=None, help="also flip every shifted copy (3x slower)"
@@ -171,8 +174,8 @@ def _feature_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--stride", type=_none_or_int(1), metavar="PX|none", help="patch stride (default 'none' = patch size)"
     )
-    group.add_argument("--resize", choices=RESIZE_CHOICES, help="token maps to pixels (default bilinear)")
-    group.add_argument("--normalize", choices=NORMALIZE_CHOICES, help="intensity scaling (default minmax)")
+    group.add_argument("--resize", choices=RESIZE_OPTIONS, help="token maps to pixels (default bilinear)")
+    group.add_argument("--normalize", choices=NORMALIZE_OPTIONS, help="intensity scaling (default minmax)")
     return parent
 
 
@@ -352,10 +355,10 @@ def _config_values(args: argparse.Namespace, fields: Sequence[str]) -> dict[str,
 
 def build_config(args: argparse.Namespace) -> FeatureConfig:
     """FeatureConfig defaults, then ``--preset``, then the options given."""
-    from .core.config import PRESETS, FeatureConfig
+    from .core.config import FeatureConfig
 
     values: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
-    values.update(_config_values(args, _FEATURE_DEFINING + _RUNTIME))
+    values.update(_config_values(args, FEATURE_DEFINING_FIELDS + RUNTIME_FIELDS))
     return FeatureConfig(**values)
 
 
@@ -379,14 +382,13 @@ def model_runtime_config(args: argparse.Namespace, trained: FeatureConfig) -> Fe
     ``--device``, ``--dtype`` and ``--storage-dtype`` default to "auto" (the model may come from another
     computer); tiling and batching default to the model's values.
     """
-    from .core.config import PRESETS
     from .core.errors import InputError
 
     requested: dict[str, tuple[Any, str]] = {}  # field -> (value, where it came from)
     if args.preset:
         requested.update({name: (value, f"--preset {args.preset}") for name, value in PRESETS[args.preset].items()})
     requested.update(
-        {name: (value, OPTION_OF[name]) for name, value in _config_values(args, _FEATURE_DEFINING).items()}
+        {name: (value, OPTION_OF[name]) for name, value in _config_values(args, FEATURE_DEFINING_FIELDS).items()}
     )
     conflicts, backbone_conflict = [], False
     for name, (value, option) in requested.items():
@@ -408,7 +410,7 @@ def model_runtime_config(args: argparse.Namespace, trained: FeatureConfig) -> Fe
             f"Leave these options out{hint}."
         )
     runtime = {"device": "auto", "dtype": "auto", "storage_dtype": "auto"}
-    runtime.update(_config_values(args, _RUNTIME))
+    runtime.update(_config_values(args, RUNTIME_FIELDS))
     return trained.replace(**runtime)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import FeatureConfig
+from .config import FeatureConfig, check_same_features
 from .errors import HRDv2Error, InputError
 from .io import IMAGE_SUFFIXES, expand_inputs, planes, read_image, write_labels
 from .progress import Progress, run_steps, within
@@ -114,10 +114,7 @@ def check_model_config(segmenter: Any, config: FeatureConfig) -> None:
             "This model does not record the feature settings it was trained with (it was trained on plain "
             "arrays); train it from images (napari-hrdv2 train, or the napari widget) to apply it to files."
         )
-    mine, theirs = trained.feature_signature(), config.feature_signature()
-    diff = [f"{name}={theirs[name]!r} (model: {mine[name]!r})" for name in mine if mine[name] != theirs[name]]
-    if diff:
-        raise InputError(f"The feature settings differ from the model's: {', '.join(diff)}.")
+    check_same_features(trained, config)
 
 
 def _featurizer(featurizer_or_config: Featurizer | FeatureConfig) -> Featurizer:

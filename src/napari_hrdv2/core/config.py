@@ -1,28 +1,35 @@
-"""``FeatureConfig``: every setting of the HR-Dv2 feature pipeline, frozen and JSON-serialisable."""
+"""``FeatureConfig``: every setting of the HR-Dv2 feature pipeline, frozen and JSON-serialisable.
+
+This module imports neither torch nor scipy (the CLI reads its choices and field lists before any
+heavy import). :class:`FeatureConfig` also owns which of its fields define the features
+(:data:`FEATURE_DEFINING_FIELDS`: a trained model must be applied with the same values) and which
+only say how to compute them (:data:`RUNTIME_FIELDS`, marked ``runtime`` below); and the one check
+that a model's settings match the features (:func:`check_same_features`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from .devices import DTYPE_OPTIONS
 from .errors import InputError
 from .preprocess import NORMALIZE_OPTIONS, Normalize
 from .resample import RESIZE_OPTIONS, Resize
-from .transforms import SHIFT_PATTERNS, ShiftPattern, Transform, make_transforms
 
-#: Settings that change the features themselves; a trained model must be applied with the same values.
-FEATURE_DEFINING_FIELDS = (
-    "backbone",
-    "shifts",
-    "shift_distances",
-    "flips",
-    "rotations",
-    "stride",
-    "resize",
-    "normalize",
-)
+if TYPE_CHECKING:  # pragma: no cover
+    from .transforms import Transform
+
+ShiftPattern = Literal["none", "neumann", "moore"]
+#: Accepted values of ``FeatureConfig.shifts``.
+SHIFT_PATTERNS: tuple[str, ...] = ("none", "neumann", "moore")
+#: Accepted values of ``FeatureConfig.dtype`` and ``FeatureConfig.storage_dtype`` (torch dtype names, or auto).
+DTYPE_OPTIONS: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
+
+
+def _runtime(default: Any) -> Any:
+    """A field that says how the features are computed, not what they are (device, precision, tiling...)."""
+    return dataclasses.field(default=default, metadata={"runtime": True})
 
 
 @dataclass(frozen=True)
@@ -90,13 +97,13 @@ class FeatureConfig:
     stride: int | None = None
     resize: Resize = "bilinear"
     normalize: Normalize = "minmax"
-    tile_size: int | None = 518
-    tile_overlap: int = 84
-    device: str = "auto"
-    dtype: str = "auto"
-    storage_dtype: str = "auto"
-    batch_size: int | None = None
-    weights_sha256: str | None = None
+    tile_size: int | None = _runtime(518)
+    tile_overlap: int = _runtime(84)
+    device: str = _runtime("auto")
+    dtype: str = _runtime("auto")
+    storage_dtype: str = _runtime("auto")
+    batch_size: int | None = _runtime(None)
+    weights_sha256: str | None = _runtime(None)
 
     def __post_init__(self) -> None:
         distances = self.shift_distances
@@ -130,6 +137,8 @@ class FeatureConfig:
     @property
     def transforms(self) -> tuple[Transform, ...]:
         """The transform set, identity first."""
+        from .transforms import make_transforms
+
         distances = self.shift_distances if self.shifts != "none" else ()
         return make_transforms(self.shifts, distances, self.flips, self.rotations)
 
@@ -166,9 +175,49 @@ class FeatureConfig:
         return cls(**values)
 
     def feature_signature(self) -> dict[str, Any]:
-        """The settings that define the features (not device, precision, tiling or batching)."""
+        """The settings that define the features (:data:`FEATURE_DEFINING_FIELDS`), JSON-safe."""
         data = self.to_dict()
         return {name: data[name] for name in FEATURE_DEFINING_FIELDS}
+
+    def with_runtime_of(self, other: FeatureConfig) -> FeatureConfig:
+        """These features, computed as ``other`` says (its :data:`RUNTIME_FIELDS`: device, tiling, ...).
+
+        A checksum is kept when ``other`` gives none (``weights_sha256=None`` means "no check", not "unchecked").
+        """
+        changes = {name: getattr(other, name) for name in RUNTIME_FIELDS}
+        if changes["weights_sha256"] is None:
+            changes["weights_sha256"] = self.weights_sha256
+        return self.replace(**changes)
+
+    def feature_differences(self, other: FeatureConfig) -> dict[str, tuple[Any, Any]]:
+        """``{field: (mine, theirs)}`` for every feature-defining field whose values differ."""
+        mine, theirs = self.feature_signature(), other.feature_signature()
+        return {name: (mine[name], theirs[name]) for name in mine if mine[name] != theirs[name]}
+
+
+#: Fields that only say how the features are computed; a trained model may be applied with other values.
+RUNTIME_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FeatureConfig) if f.metadata.get("runtime"))
+#: Fields that define the features (every field not marked runtime); a trained model must use the same values.
+FEATURE_DEFINING_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(FeatureConfig) if not f.metadata.get("runtime")
+)
+
+
+def check_same_features(trained: FeatureConfig, used: FeatureConfig) -> None:
+    """Raise :class:`InputError` naming every setting where ``used`` computes other features than ``trained``.
+
+    The one compatibility check between a model (``trained``: its ``feature_config``) and the
+    features it is applied to or trained on together with (``used``).
+    """
+    differences = trained.feature_differences(used)
+    if differences:
+        listed = ", ".join(
+            f"{name}: model {mine!r} vs image {theirs!r}" for name, (mine, theirs) in differences.items()
+        )
+        raise InputError(
+            f"This model was trained with different feature settings ({listed}). Encode the image with "
+            "the model's settings (segmenter.feature_config) or retrain."
+        )
 
 
 #: Named speed/quality trade-offs offered in the GUI and CLI.

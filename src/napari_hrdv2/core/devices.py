@@ -16,12 +16,11 @@ from typing import Any
 
 import torch
 
+from .config import DTYPE_OPTIONS
 from .errors import InputError
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-#: Accepted values of ``FeatureConfig.dtype`` and ``FeatureConfig.storage_dtype``.
-DTYPE_OPTIONS = ("auto", *_DTYPES)
+#: torch dtype of every name in :data:`.config.DTYPE_OPTIONS` but "auto".
+_DTYPES = {name: getattr(torch, name) for name in DTYPE_OPTIONS if name != "auto"}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

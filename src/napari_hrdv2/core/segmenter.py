@@ -26,7 +26,7 @@ from typing import Any, Union
 import numpy as np
 
 from .classical import DEFAULT_SIGMAS, check_sigmas, iter_classical_features, n_classical_features
-from .config import FeatureConfig
+from .config import RUNTIME_FIELDS, FeatureConfig, check_same_features
 from .errors import InputError
 from .solver import fit_logistic
 
@@ -377,10 +377,13 @@ class LinearSegmenter:
         configs = [getattr(s, "config", None) for s in sources if _is_encoding(s)]
         if not configs:
             return None
-        signature = configs[0].feature_signature()
         for config in configs[1:]:
-            if config.feature_signature() != signature:
-                raise InputError("The encodings were computed with different feature settings; use one FeatureConfig.")
+            differences = configs[0].feature_differences(config)
+            if differences:
+                raise InputError(
+                    f"The encodings were computed with different feature settings ({', '.join(differences)}); "
+                    "use one FeatureConfig."
+                )
         return configs[0]
 
     # ------------------------------------------------------------------ prediction
@@ -391,15 +394,8 @@ class LinearSegmenter:
     def check_compatible_config(self, config: FeatureConfig | None) -> None:
         """Raise :class:`InputError` if ``config`` defines other features than the training features."""
         self._check_fitted()
-        if self.feature_config is None or config is None:
-            return
-        mine, theirs = self.feature_config.feature_signature(), config.feature_signature()
-        if mine != theirs:
-            diff = ", ".join(f"{k}: model {mine[k]!r} vs image {theirs[k]!r}" for k in mine if mine[k] != theirs[k])
-            raise InputError(
-                f"This model was trained with different feature settings ({diff}). Encode the image with "
-                "the model's settings (segmenter.feature_config) or retrain."
-            )
+        if self.feature_config is not None and config is not None:
+            check_same_features(self.feature_config, config)
 
     def check_compatible(self, features: FeatureSource) -> None:
         """Raise :class:`InputError` if ``features`` were not made like the training features."""
@@ -464,15 +460,17 @@ class LinearSegmenter:
         ``runtime`` may change how they are computed (``device``, ``dtype``, ``storage_dtype``,
         ``tile_size``, ``tile_overlap``, ``batch_size``), not what they are.
         """
-        from .config import FEATURE_DEFINING_FIELDS
         from .encoding import Featurizer
 
         self._check_fitted()
         if self.feature_config is None:
             raise InputError("This model was trained on dense arrays and does not know its feature pipeline.")
-        defining = sorted(set(runtime) & set(FEATURE_DEFINING_FIELDS))
+        defining = sorted(set(runtime) - set(RUNTIME_FIELDS))
         if defining:
-            raise InputError(f"{defining} define the features; a trained model must use its own values.")
+            raise InputError(
+                f"{defining} are not runtime settings ({', '.join(RUNTIME_FIELDS)}); "
+                "a trained model computes its features with its own values."
+            )
         return Featurizer(self.feature_config.replace(**runtime))
 
     # ------------------------------------------------------------------ files

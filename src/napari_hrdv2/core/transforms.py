@@ -20,11 +20,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .config import SHIFT_PATTERNS, ShiftPattern
 from .errors import InputError
 
-ShiftPattern = Literal["none", "neumann", "moore"]
 Flip = Literal["none", "horizontal", "vertical"]
-SHIFT_PATTERNS: tuple[str, ...] = ("none", "neumann", "moore")
 
 _NEUMANN = ((-1, 0), (1, 0), (0, -1), (0, 1))
 _MOORE = _NEUMANN + ((-1, -1), (-1, 1), (1, -1), (1, 1))

@@ -1,0 +1,43 @@
+"""FeatureConfig owns which fields define the features; one compatibility check; no torch import."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+import napari_hrdv2 as hr
+from napari_hrdv2.core.config import FEATURE_DEFINING_FIELDS, RUNTIME_FIELDS, check_same_features
+
+
+def test_fields_are_either_runtime_or_feature_defining():
+    names = [f.name for f in dataclasses.fields(hr.FeatureConfig)]
+    assert sorted(FEATURE_DEFINING_FIELDS + RUNTIME_FIELDS) == sorted(names)
+    assert not set(FEATURE_DEFINING_FIELDS) & set(RUNTIME_FIELDS)
+    assert {"backbone", "shifts", "resize", "normalize"} <= set(FEATURE_DEFINING_FIELDS)
+    assert {"device", "tile_size", "batch_size", "weights_sha256"} <= set(RUNTIME_FIELDS)
+
+
+def test_with_runtime_of_keeps_the_features_and_takes_the_runtime():
+    model = hr.FeatureConfig(shifts="neumann", resize="nearest", tile_size=None, weights_sha256="ab" * 32)
+    widget = hr.FeatureConfig(shifts="moore", device="cpu", tile_size=224, batch_size=2)
+    merged = model.with_runtime_of(widget)
+    assert merged.feature_signature() == model.feature_signature()
+    assert (merged.device, merged.tile_size, merged.batch_size) == ("cpu", 224, 2)
+    assert merged.weights_sha256 == model.weights_sha256  # "no checksum given" keeps the model's check
+    assert model.with_runtime_of(widget.replace(weights_sha256="cd" * 32)).weights_sha256 == "cd" * 32
+
+
+def test_check_same_features_names_every_difference():
+    check_same_features(hr.FeatureConfig(), hr.FeatureConfig(device="cpu", tile_size=None))  # runtime only: fine
+    with pytest.raises(hr.InputError, match=r"resize: model 'bilinear' vs image 'nearest'") as raised:
+        check_same_features(hr.FeatureConfig(), hr.FeatureConfig(resize="nearest", flips=True))
+    assert "flips" in str(raised.value)
+
+
+def test_config_module_imports_no_torch():
+    code = (
+        "import sys, napari_hrdv2.core.config as c; c.FeatureConfig().to_dict(); "
+        "bad = [m for m in ('torch', 'scipy', 'transformers') if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
