@@ -76,7 +76,7 @@ def test_missing_hub_weights_offline_give_instructions(monkeypatch, tmp_path):
     with pytest.raises(hr.WeightsNotFoundError) as error:
         load_backbone("dinov2_vits14", cache=False)
     message = str(error.value)
-    assert "huggingface-cli download facebook/dinov2-small" in message
+    assert "hf download facebook/dinov2-small" in message
     assert "dinov2_vits14_pretrain.pth" in message
 
 

@@ -133,9 +133,10 @@ def _missing_weights_message(source: str, spec: BackboneSpec | None, reason: str
     lines = [f"Could not load backbone weights '{source}' ({reason})."]
     hf_id = spec.hf_id if spec else source
     lines.append(
-        f"On a computer with internet access run `huggingface-cli download {hf_id}` (or start napari-hrdv2 "
+        f"On a computer with internet access run `hf download {hf_id}` (or start napari-hrdv2 "
         "there once), then copy the Hugging Face cache (~/.cache/huggingface/hub) or the downloaded folder here "
-        "and pass the folder's path as the backbone."
+        "and pass the folder's path as the backbone (command line: --backbone FOLDER; napari: 'Select weights...' "
+        "in the HR-Dv2 Features dock)."
     )
     if spec:
         lines.append(

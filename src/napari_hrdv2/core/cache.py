@@ -18,7 +18,7 @@ from .config import FeatureConfig
 from .progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .encoding import Encoding, Featurizer
+    from .encoding import Encoding, Featurizer, PartialEncoding
 
 #: Default memory budget of a cache (low-resolution maps only).
 DEFAULT_CACHE_BYTES = 2 * 2**30
@@ -86,12 +86,18 @@ class EncodingCache:
                 featurizer = self._featurizers[config] = Featurizer(config)
             return featurizer
 
-    def iter_encode(self, plane: np.ndarray, config: FeatureConfig) -> Generator[Progress, None, Encoding]:
-        """Cached encoding of one plane; yields the encoder's :class:`Progress` while computing."""
+    def iter_encode(
+        self, plane: np.ndarray, config: FeatureConfig, *, progressive: bool = False
+    ) -> Generator[Progress | PartialEncoding, None, Encoding]:
+        """Cached encoding of one plane; yields the encoder's :class:`Progress` while computing.
+
+        With ``progressive`` it also yields the :class:`~.encoding.PartialEncoding` items of
+        :meth:`Featurizer.iter_encode` (none when the plane is cached).
+        """
         key = (fingerprint(plane), config)
         cached = self.get(key)
         if cached is not None:
             return cached
-        encoding = yield from self.featurizer(config).iter_encode(plane)
+        encoding = yield from self.featurizer(config).iter_encode(plane, progressive=progressive)
         self.put(key, encoding)
         return encoding

@@ -394,6 +394,29 @@ class Encoding:
         return self
 
 
+@dataclass(frozen=True)
+class PartialEncoding:
+    """An intermediate result of a progressive encode: the exact average over the first transforms.
+
+    ``encoding`` covers ``encoding.n_transforms`` of the run's ``total`` transforms (identity
+    first) and is a complete :class:`Encoding` of those (features, project, sample, attention);
+    its ``config`` is the run's. It shares memory with the run: do not keep it past the run if
+    memory matters.
+    """
+
+    encoding: Encoding
+    total: int
+
+    @property
+    def n_transforms(self) -> int:
+        return self.encoding.n_transforms
+
+    @property
+    def fraction(self) -> float:
+        """Share of the transforms done, in (0, 1)."""
+        return self.n_transforms / self.total
+
+
 class Featurizer:
     """Computes :class:`Encoding` objects with one :class:`FeatureConfig`.
 
@@ -454,10 +477,16 @@ class Featurizer:
         """
         return run_steps(self.iter_encode(image, with_attention=with_attention), progress=progress, cancel=cancel)
 
-    def iter_encode(self, image: np.ndarray, *, with_attention: bool = True) -> Generator[Progress, None, Encoding]:
+    def iter_encode(
+        self, image: np.ndarray, *, with_attention: bool = True, progressive: bool = False
+    ) -> Generator[Progress | PartialEncoding, None, Encoding]:
         """Generator form of :meth:`encode`: yields :class:`Progress`, returns the :class:`Encoding`.
 
-        Stop iterating (or call ``close()``) to cancel; nothing is left running.
+        Passes run transform by transform over all tiles, identity first. With ``progressive``
+        it also yields a :class:`PartialEncoding` after the identity pass and after each further
+        batch of transforms: the exact HR-Dv2 average over the transforms done so far (usable
+        like the final encoding, e.g. for a first PCA view). Stop iterating (or call ``close()``)
+        to cancel; nothing is left running.
         """
         backbone = self.backbone
         patch, stride = backbone.patch_size, self.stride
@@ -496,17 +525,11 @@ class Featurizer:
             else None
         )
 
-        done = offset = 0
-        tile_maps: list[TileMaps] = []
-        for tile, grid in zip(tiles, grids):
-            part = source[tile.rows, tile.cols]
-            if part.ndim == 2:
-                part = part.unsqueeze(-1).expand(-1, -1, 3)
-            crop = (part.to(self.device).permute(2, 0, 1) - mean) / std
+        tile_maps: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # per tile: (K, C, h, w), (K, heads, h, w)
+        offset = 0
+        for grid in grids:
             size = len(transforms) * grid[0] * grid[1]
-            maps = all_maps[offset * backbone.embed_dim : (offset + size) * backbone.embed_dim].view(
-                len(transforms), backbone.embed_dim, *grid
-            )
+            maps = all_maps[offset * backbone.embed_dim : (offset + size) * backbone.embed_dim]
             attention = (
                 None
                 if all_attention is None
@@ -514,39 +537,70 @@ class Featurizer:
                     len(transforms), backbone.num_heads, *grid
                 )
             )
+            tile_maps.append((maps.view(len(transforms), backbone.embed_dim, *grid), attention))
             offset += size
-            start = 0
-            while start < len(transforms):
-                stop = start + 1  # a batch holds copies of one shape (90/270-degree copies are W x H)
-                while stop < min(start + self._batch_size, len(transforms)) and (
-                    transforms[stop].transposes == transforms[start].transposes
-                ):
-                    stop += 1
-                batch = range(start, stop)
-                copies = torch.stack(
-                    [pad_to_grid(transforms[k].apply(crop), patch_size=patch, stride=stride) for k in batch]
+
+        def crop_of(tile: Tile) -> torch.Tensor:
+            part = source[tile.rows, tile.cols]
+            if part.ndim == 2:
+                part = part.unsqueeze(-1).expand(-1, -1, 3)
+            return (part.to(self.device).permute(2, 0, 1) - mean) / std
+
+        single_crop = crop_of(tiles[0]) if len(tiles) == 1 else None
+
+        def encoding_of(n_done: int) -> Encoding:
+            done_transforms = transforms[:n_done]
+            parts = []
+            for tile, grid, (maps, attention) in zip(tiles, grids, tile_maps):
+                rows, cols = _fused_taps(
+                    tile, done_transforms, grid, patch_size=patch, stride=stride, resize=self.config.resize
                 )
-                tokens, cls_attention = self._forward(copies.to(self.dtype), stride, with_attention)
-                if tokens is None:  # out of memory: retry this batch with the (now smaller) batch size
-                    continue
-                if transforms[start].transposes:  # stored transposed: the inverse taps read it like any other copy
-                    tokens = tokens.transpose(-2, -1)
-                    cls_attention = None if cls_attention is None else cls_attention.transpose(-2, -1)
-                maps[batch.start : batch.stop] = tokens
-                if attention is not None:
-                    attention[batch.start : batch.stop] = cls_attention
-                start = batch.stop
-                done += len(batch)
-                yield Progress(done, total, "encoding")
-            rows, cols = _fused_taps(tile, transforms, grid, patch_size=patch, stride=stride, resize=self.config.resize)
-            tile_maps.append(TileMaps(tile, maps, attention, rows, cols))
-        return Encoding(
-            config=self.config,
-            image_shape=(height, width),
-            tiles=tile_maps,
-            transforms=transforms,
-            image=np.asarray(image),
-        )
+                parts.append(
+                    TileMaps(tile, maps[:n_done], None if attention is None else attention[:n_done], rows, cols)
+                )
+            return Encoding(
+                config=self.config,
+                image_shape=(height, width),
+                tiles=parts,
+                transforms=done_transforms,
+                image=np.asarray(image),
+            )
+
+        done = n_done = 0
+        while n_done < len(transforms):
+            # The identity pass alone first when progressive: the first usable result costs one forward per tile.
+            group = range(
+                n_done, min(n_done + (1 if progressive and n_done == 0 else self._batch_size), len(transforms))
+            )
+            for tile, (maps, attention) in zip(tiles, tile_maps):
+                crop = single_crop if single_crop is not None else crop_of(tile)
+                start = group.start
+                while start < group.stop:
+                    stop = start + 1  # a batch holds copies of one shape (90/270-degree copies are W x H)
+                    while stop < min(start + self._batch_size, group.stop) and (
+                        transforms[stop].transposes == transforms[start].transposes
+                    ):
+                        stop += 1
+                    batch = range(start, stop)
+                    copies = torch.stack(
+                        [pad_to_grid(transforms[k].apply(crop), patch_size=patch, stride=stride) for k in batch]
+                    )
+                    tokens, cls_attention = self._forward(copies.to(self.dtype), stride, with_attention)
+                    if tokens is None:  # out of memory: retry this batch with the (now smaller) batch size
+                        continue
+                    if transforms[start].transposes:  # stored transposed: the inverse taps read it like any other
+                        tokens = tokens.transpose(-2, -1)
+                        cls_attention = None if cls_attention is None else cls_attention.transpose(-2, -1)
+                    maps[batch.start : batch.stop] = tokens
+                    if attention is not None:
+                        attention[batch.start : batch.stop] = cls_attention
+                    start = batch.stop
+                    done += len(batch)
+                    yield Progress(done, total, "encoding")
+            n_done = group.stop
+            if progressive and n_done < len(transforms):
+                yield PartialEncoding(encoding_of(n_done), len(transforms))
+        return encoding_of(len(transforms))
 
     def _forward(
         self, copies: torch.Tensor, stride: int, with_attention: bool

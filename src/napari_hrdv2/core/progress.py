@@ -43,9 +43,10 @@ class Progress:
 def relabel(
     steps: Generator[Any, None, Result], convert: Callable[[Any], Progress]
 ) -> Generator[Progress, None, Result]:
-    """Re-yield every item of ``steps`` as ``convert(item)``; returns what ``steps`` returns.
+    """Re-yield every :class:`Progress` item of ``steps`` as ``convert(item)``; returns what ``steps`` returns.
 
-    Closing the returned generator closes ``steps`` (nothing is left running).
+    Other items (partial results, e.g. a progressive encode's ``PartialEncoding``) pass through
+    unchanged. Closing the returned generator closes ``steps`` (nothing is left running).
     """
     try:
         while True:
@@ -53,7 +54,7 @@ def relabel(
                 update = next(steps)
             except StopIteration as finished:
                 return finished.value
-            yield convert(update)
+            yield convert(update) if isinstance(update, Progress) else update
     finally:
         steps.close()
 
