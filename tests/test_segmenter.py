@@ -7,7 +7,8 @@ import pytest
 
 import napari_hrdv2 as hr
 from conftest import two_texture_image
-from napari_hrdv2.core.segmenter import check_labels, clean_labels, normalized_entropy
+from napari_hrdv2.core.labels import check_labels, clean_labels
+from napari_hrdv2.core.segmenter import normalized_entropy
 
 
 def strokes(truth: np.ndarray, values=(1, 2), width: int = 3) -> np.ndarray:

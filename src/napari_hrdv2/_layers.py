@@ -290,10 +290,10 @@ def similarity_layer_data(geometry: SourceGeometry, similarity: np.ndarray, *, p
 
 def segmentation_layer_data(geometry: SourceGeometry, labels: np.ndarray, *, classes: list[int]) -> LayerData:
     """Labels layer ``"<image> segmentation"``: (H, W) or (N, H, W), uint8 (uint16 beyond 255)."""
-    labels = np.asarray(labels)
-    dtype = np.uint8 if labels.size == 0 or int(labels.max()) <= 255 else np.uint16
+    from .core.labels import as_label_image
+
     return (
-        labels.astype(dtype, copy=False),
+        as_label_image(labels),
         {
             "name": result_name(geometry.name, "segmentation"),
             "opacity": 0.5,

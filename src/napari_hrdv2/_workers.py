@@ -9,8 +9,7 @@ turn results into layers on the main thread. Stopping the generator (``worker.qu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,14 +29,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-@contextmanager
-def inference_mode() -> Iterator[None]:
-    import torch
-
-    with torch.inference_mode():
-        yield
-
-
 def read_plane(data: Any, index: int, *, is_stack: bool) -> np.ndarray:
     """Plane ``index`` of an image array (single planes have only plane 0), as numpy."""
     return np.asarray(data[index]) if is_stack else np.asarray(data)
@@ -100,6 +91,7 @@ def features_job(
     One PCA basis (``basis``, or fitted on the first plane) colours every plane of a stack consistently.
     """
     from ._layers import with_mean_head
+    from .core.devices import inference_mode
     from .core.pca import fit_pca
 
     if not indices:
@@ -130,6 +122,7 @@ def similarity_job(
     plane: np.ndarray, row: int, col: int, config: FeatureConfig, cache: EncodingCache
 ) -> Generator[Progress, None, np.ndarray]:
     """Cosine similarity (H, W) of every pixel's HR feature to the one at ``(row, col)``."""
+    from .core.devices import inference_mode
     from .core.pca import cosine_similarity_map
 
     with inference_mode():
@@ -194,6 +187,8 @@ def train_job(
 
     Predicts ``predict_indices`` (default: the labelled planes).
     """
+    from .core.devices import inference_mode
+
     if not labels:
         raise InputError("The scribbles layer is empty: paint a few strokes of at least two classes, then Train.")
     indices = sorted(labels)
@@ -241,6 +236,8 @@ def predict_job(
     probabilities: bool = False,
 ) -> Generator[Progress, None, PredictionResult]:
     """Predict planes ``indices`` of ``data`` with a trained segmenter."""
+    from .core.devices import inference_mode
+
     if not indices:
         raise InputError("No planes selected to predict.")
 

@@ -469,14 +469,6 @@ def _encode(
             bar.close()
 
 
-@contextmanager
-def _inference_mode() -> Iterator[None]:
-    import torch
-
-    with torch.inference_mode():
-        yield
-
-
 def _check_output(path: str | Path, suffixes: Sequence[str], option: str, overwrite: bool) -> Path:
     from .core.atomic import check_target
     from .core.errors import InputError
@@ -491,6 +483,7 @@ def _check_output(path: str | Path, suffixes: Sequence[str], option: str, overwr
 def run_features(args: argparse.Namespace) -> int:
     """``napari-hrdv2 features``."""
     from .core.atomic import ArrayStreamWriter
+    from .core.devices import inference_mode
     from .core.encoding import Featurizer
     from .core.errors import InputError
     from .core.io import is_stack, read_image
@@ -543,7 +536,7 @@ def run_features(args: argparse.Namespace) -> int:
     basis = None
     written: list[tuple[str, Path, tuple[int, ...], str]] = []  # (what, path, shape, dtype)
     try:
-        with _inference_mode():
+        with inference_mode():
             for index, plane in enumerate(planes):
                 desc = f"{name} plane {index + 1}/{len(planes)}" if stack else name
                 encoding = _encode(args, featurizer, plane, desc, with_attention=bool(args.attention))
@@ -616,7 +609,7 @@ def _training_planes(images: Sequence[str], labels: Sequence[str]) -> list[tuple
     """(description, plane, labels) for every labelled plane; checks shapes before any encoding."""
     from .core.errors import InputError
     from .core.io import is_stack, read_image
-    from .core.segmenter import check_labels
+    from .core.labels import check_labels
 
     if len(images) != len(labels):
         raise InputError(f"Got {len(images)} image(s) but {len(labels)} label file(s): give one label file per image.")
@@ -654,6 +647,7 @@ def _training_planes(images: Sequence[str], labels: Sequence[str]) -> list[tuple
 
 def run_train(args: argparse.Namespace) -> int:
     """``napari-hrdv2 train``."""
+    from .core.devices import inference_mode
     from .core.encoding import Featurizer
     from .core.errors import InputError
     from .core.segmenter import LinearSegmenter
@@ -676,7 +670,7 @@ def run_train(args: argparse.Namespace) -> int:
     featurizer.backbone  # noqa: B018
     _say_precision(args, featurizer)
     encodings = []
-    with _inference_mode():
+    with inference_mode():
         for i, (desc, plane, _) in enumerate(pairs):
             encodings.append(_encode(args, featurizer, plane, f"{desc} ({i + 1}/{len(pairs)})", with_attention=False))
     # Outside inference mode: the optimiser needs autograd.

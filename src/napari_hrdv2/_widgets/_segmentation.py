@@ -35,6 +35,7 @@ from .._workers import (
 )
 from ..core.config import FeatureConfig
 from ..core.errors import HRDv2Error, InputError
+from ..core.labels import label_dtype
 from ._common import connect_layer_list, image_layer_choices, labels_layer_choices
 from ._runner import JobRunner, notify_error
 from ._session import session_for
@@ -468,9 +469,7 @@ class SegmentationWidget(Container):
         classes = result.classes
         layer = find_result_layer(self._viewer, result_name(geometry.name, "segmentation"), "labels")
         base = layer.data if layer is not None else None
-        labels = assemble_planes(
-            geometry, result.labels, dtype=np.uint8 if max(classes) <= 255 else np.uint16, base=base
-        )
+        labels = assemble_planes(geometry, result.labels, dtype=label_dtype(max(classes)), base=base)
         upsert_layer(self._viewer, segmentation_layer_data(geometry, labels, classes=classes))
         if result.uncertainty:
             layer = find_result_layer(self._viewer, result_name(geometry.name, "uncertainty"), "image")

@@ -12,7 +12,6 @@ runs it to the end with an optional callback.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,14 +124,6 @@ def _featurizer(featurizer_or_config: Featurizer | FeatureConfig) -> Featurizer:
     return featurizer_or_config
 
 
-def _inference_mode() -> Any:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return nullcontext()
-    return torch.inference_mode()
-
-
 def iter_segment_files(
     inputs: Sequence[str | Path],
     outdir: str | Path | None,
@@ -182,7 +173,9 @@ def iter_segment_files(
     n = len(paths)
     written: dict[Path, Path] = {}  # output -> the input it was written for in this batch
     loaded = False
-    with _inference_mode():
+    from .devices import inference_mode
+
+    with inference_mode():
         for i, path in enumerate(paths):
             label = f"{path.name} ({i + 1}/{n})"
             yield Progress(i, n, label)

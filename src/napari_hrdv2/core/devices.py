@@ -23,6 +23,15 @@ from .errors import InputError
 _DTYPES = {name: getattr(torch, name) for name in DTYPE_OPTIONS if name != "auto"}
 
 
+def inference_mode() -> torch.inference_mode:
+    """The context every encode, projection and prediction runs under (no autograd bookkeeping).
+
+    Thread-local: enter it in the thread that computes (napari worker threads included). Training
+    (:func:`.solver.fit_logistic`) runs outside it: its optimiser needs autograd tensors.
+    """
+    return torch.inference_mode()
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Return the torch device for ``device`` (``"auto"``, ``"cpu"``, ``"cuda[:i]"``, ``"mps"``)."""
     if isinstance(device, torch.device):

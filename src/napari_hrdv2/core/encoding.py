@@ -288,10 +288,6 @@ class Encoding:
 
         return self._reconstruct(lowres, n_out).cpu().numpy()
 
-    def features_tensor(self, channels: Sequence[int] | slice | None = None) -> torch.Tensor:
-        """Like :meth:`features` but a float32 tensor on the encoding's device."""
-        return torch.as_tensor(self.features(channels), device=self.device)
-
     def project(self, weight: np.ndarray | torch.Tensor, bias: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
         """``weight @ features() + bias`` without materialising the features.
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
+from .labels import MAX_LABEL, as_label_image
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
@@ -67,11 +68,6 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return list(unique)
 
 
-def label_dtype(n_classes_max_value: int) -> np.dtype:
-    """uint8 when label values fit, else uint16."""
-    return np.dtype(np.uint8) if n_classes_max_value <= 255 else np.dtype(np.uint16)
-
-
 def write_labels(path: str | Path, labels: np.ndarray, *, overwrite: bool = False) -> Path:
     """Write a label image (H, W) or stack (N, H, W) as TIFF (multi-page for stacks) or PNG (2D only).
 
@@ -90,13 +86,8 @@ def write_labels(path: str | Path, labels: np.ndarray, *, overwrite: bool = Fals
         if labels.ndim != 2:
             raise InputError("PNG holds one plane; write stacks as TIFF or one PNG per plane.")
         if labels.dtype not in (np.uint8, np.uint16):
-            if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
-                raise InputError("PNG label images hold values 0..65535; write this one as TIFF.")
-            labels = labels.astype(np.uint8 if not labels.size or labels.max() <= 255 else np.uint16)
+            if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL):
+                raise InputError(f"PNG label images hold values 0..{MAX_LABEL}; write this one as TIFF.")
+            labels = as_label_image(labels)
         return write_png(path, labels, overwrite=overwrite)
     raise InputError(f"Unsupported label format '{suffix}'; use .tif or .png.")
-
-
-def iter_planes(image: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, plane) for every plane of an image or stack."""
-    yield from enumerate(planes(image))

@@ -25,13 +25,18 @@ from typing import Any, Union
 
 import numpy as np
 
-from .classical import DEFAULT_SIGMAS, check_sigmas, iter_classical_features, n_classical_features
+from .classical import (
+    DEFAULT_SIGMAS,
+    check_sigmas,
+    classical_features,
+    iter_classical_features,
+    n_classical_features,
+    sample_classical_features,
+)
 from .config import RUNTIME_FIELDS, FeatureConfig, check_same_features
 from .errors import InputError
+from .labels import check_labels, clean_labels, label_dtype
 from .solver import fit_logistic
-
-#: Largest label value a prediction can hold (uint16 output).
-MAX_LABEL = np.iinfo(np.uint16).max
 
 FeatureSource = Union["Encoding", np.ndarray]  # noqa: F821  (Encoding is imported lazily)
 
@@ -61,75 +66,11 @@ def _source_shape(features: FeatureSource) -> tuple[int, int]:
     return dense.shape[1:]
 
 
-def check_labels(labels: np.ndarray, shape: tuple[int, int], *, name: str = "labels") -> np.ndarray:
-    """Validate a label image against an image shape; returns an int64 copy (the input is untouched).
-
-    Accepts any integer, bool or integer-valued float array of shape ``shape``
-    (a leading singleton axis is dropped). Raises :class:`InputError` naming the problem.
-    """
-    array = np.asarray(labels)
-    while array.ndim > 2 and array.shape[0] == 1:
-        array = array[0]
-    if array.shape != tuple(shape):
-        raise InputError(f"{name} has shape {array.shape} but the image is {tuple(shape)}: they must match.")
-    if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise InputError(f"{name} contains NaN or infinite values; use 0 for unlabelled pixels.")
-        if not np.array_equal(array, np.round(array)):
-            raise InputError(f"{name} must hold whole numbers (class values), got fractional values.")
-    elif array.dtype.kind not in "iub":
-        raise InputError(f"{name} must be an integer array, got dtype {array.dtype}.")
-    out = array.astype(np.int64)  # always a copy
-    if out.size and out.min() < 0:
-        raise InputError(f"{name} has negative values ({out.min()}); class values must be 1..{MAX_LABEL}.")
-    if out.size and out.max() > MAX_LABEL:
-        raise InputError(f"{name} has the value {out.max()}; class values must be at most {MAX_LABEL}.")
-    return out
-
-
 def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
     """Entropy of ``(n_classes, H, W)`` probabilities divided by ``log(n_classes)``: (H, W) in [0, 1]."""
     p = np.clip(probabilities, 1e-12, 1.0)
     entropy = -(p * np.log(p)).sum(axis=0)
     return np.clip(entropy / math.log(max(probabilities.shape[0], 2)), 0.0, 1.0).astype(np.float32)
-
-
-def clean_labels(labels: np.ndarray, *, majority_size: int = 0, min_object_size: int = 0) -> np.ndarray:
-    """Cheap clean-up of a label image ``(H, W)``.
-
-    Parameters
-    ----------
-    labels : (H, W) int array
-    majority_size : int
-        Side of a square majority (mode) filter; 0 or 1 = off. Odd sizes are centred.
-    min_object_size : int
-        Connected regions (8-connectivity) smaller than this many pixels take the
-        label of the nearest larger region; 0 = off.
-
-    Returns
-    -------
-    (H, W) array of the same dtype.
-    """
-    from scipy import ndimage as ndi
-
-    out = np.asarray(labels).copy()
-    values = np.unique(out)
-    if majority_size > 1 and values.size > 1:
-        votes = np.stack([ndi.uniform_filter((out == v).astype(np.float32), majority_size) for v in values])
-        out = values[np.argmax(votes, axis=0)].astype(labels.dtype)
-    if min_object_size > 0 and values.size > 1:
-        small = np.zeros(out.shape, dtype=bool)
-        structure = np.ones((3, 3), dtype=bool)
-        for value in values:
-            regions, n = ndi.label(out == value, structure=structure)
-            if n:
-                sizes = np.bincount(regions.ravel())
-                sizes[0] = np.iinfo(np.int64).max
-                small |= sizes[regions] < min_object_size
-        if small.any() and not small.all():
-            _, (rows, cols) = ndi.distance_transform_edt(small, return_indices=True)
-            out = out[rows, cols]
-    return out
 
 
 class LinearSegmenter:
@@ -257,8 +198,8 @@ class LinearSegmenter:
         if _is_encoding(features):
             vectors = features.sample(rows, cols)
             if self.hybrid:
-                classical = [f[rows, cols] for f in iter_classical_features(self._image_of(features), **self._cl())]
-                vectors = np.concatenate([vectors, np.stack(classical, axis=1)], axis=1)
+                classical = sample_classical_features(self._image_of(features), rows, cols, **self._cl())
+                vectors = np.concatenate([vectors, classical], axis=1)
             return vectors.astype(np.float32, copy=False)
         dense = np.asarray(features)
         return np.ascontiguousarray(dense[:, rows, cols].T, dtype=np.float32)
@@ -436,8 +377,7 @@ class LinearSegmenter:
     def predict(self, features: FeatureSource) -> np.ndarray:
         """Label image ``(H, W)`` with the class values of :attr:`classes_`: uint8, or uint16 above 255."""
         logits = self.decision_function(features)
-        dtype = np.uint8 if self.classes_.max() <= np.iinfo(np.uint8).max else np.uint16
-        labels = self.classes_.astype(dtype)[np.argmax(logits, axis=0)]
+        labels = self.classes_.astype(label_dtype(int(self.classes_.max())))[np.argmax(logits, axis=0)]
         if self.majority_size > 1 or self.min_object_size > 0:
             labels = clean_labels(labels, majority_size=self.majority_size, min_object_size=self.min_object_size)
         return labels
@@ -450,8 +390,7 @@ class LinearSegmenter:
         """The full feature array this model works on, ``(n_features, H, W)``: for small images and tests."""
         dense = encoding.features()
         if self.hybrid:
-            classical = np.stack(list(iter_classical_features(self._image_of(encoding), **self._cl())))
-            dense = np.concatenate([dense, classical])
+            dense = np.concatenate([dense, classical_features(self._image_of(encoding), **self._cl())])
         return dense
 
     def featurizer(self, **runtime: Any) -> Any:

@@ -19,6 +19,7 @@ from .cache import DEFAULT_CACHE_BYTES, EncodingCache
 from .config import FeatureConfig
 from .errors import InputError
 from .io import is_stack
+from .labels import label_dtype
 from .progress import Progress, relabel, run_steps, within
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -122,7 +123,11 @@ def iter_predict_stack(
             out = np.zeros((len(indices), *predicted.shape), dtype=predicted.dtype)
         out[i] = predicted
         yield Progress(i + 1, len(indices), f"predicted plane {index + 1}")
-    return out if out is not None else np.zeros((0, *encoder.plane_shape), dtype=np.uint8)
+    return (
+        out
+        if out is not None
+        else np.zeros((0, *encoder.plane_shape), dtype=label_dtype(int(segmenter.classes_.max())))
+    )
 
 
 def fit_stack(
