@@ -61,16 +61,11 @@ def random_vits14(cache_dir: Path | None = None, *, seed: int = 0) -> str:
     folder = Path(cache_dir or CACHE_DIR) / f"random-dinov2-vits14-seed{seed}"
     if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
         return str(folder)
-    import torch
-    from transformers import Dinov2Config, Dinov2Model
+    from napari_hrdv2.testing import save_random_vits14
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    config = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4,
-                          patch_size=14, image_size=518)  # fmt: skip
-    model = Dinov2Model(config).eval()
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
-    model.save_pretrained(staging)
+    save_random_vits14(staging, seed=seed)
     try:
         staging.rename(folder)
     except OSError:  # another process won the race: use its copy

@@ -25,19 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 NASA_LABELS = REPO.parent / "shared" / "data" / "nasa_super" / "labels" / "lshr_15kx_3kv_0.png"
 
 
-def random_vits14(folder: Path, seed: int = 0) -> str:
-    """Save a random-init DINOv2 ViT-S/14 (384 dims, 12 blocks, 6 heads) with save_pretrained."""
-    import torch
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(seed)
-    config = Dinov2Config(
-        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14, image_size=518
-    )
-    Dinov2Model(config).save_pretrained(folder)
-    return str(folder)
-
-
 def strokes(shape: tuple[int, int]) -> np.ndarray:
     """A few brush strokes per class (1 matrix, 2 secondary, 3 tertiary gamma'), inside the NASA regions."""
     from scipy import ndimage
@@ -70,9 +57,10 @@ def main() -> None:
     from skimage.io import imsave
 
     from napari_hrdv2.__main__ import setup_viewer
+    from napari_hrdv2.testing import save_random_vits14
 
     with tempfile.TemporaryDirectory() as tmp:
-        backbone = args.backbone or random_vits14(Path(tmp) / "random-init-vits14")
+        backbone = args.backbone or str(save_random_vits14(Path(tmp) / "random-init-vits14"))
         viewer = napari.Viewer(title="napari: HR-Dv2")
         viewer.window.resize(1600, 950)
         features, segmentation = setup_viewer(viewer, preset="balanced", backbone=backbone, device="cpu")
