@@ -23,6 +23,12 @@ _EXPORTS = {
     "pca_rgb": "core.pca",
     "feature_norm": "core.pca",
     "cosine_similarity_map": "core.pca",
+    "similarity_maps": "core.similarity",
+    "similarity_to": "core.similarity",
+    "region_vector": "core.similarity",
+    "pixel_vector": "core.similarity",
+    "cls_vector": "core.similarity",
+    "match_patches": "core.match",
     "BackboneSpec": "core.backbones",
     "BACKBONES": "core.backbones",
     "load_backbone": "core.backbones",
@@ -48,9 +54,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.config import PRESETS, FeatureConfig
     from .core.encoding import Encoding, Featurizer, encode
     from .core.errors import Cancelled, HRDv2Error, InputError, ModelFileError, WeightsNotFoundError
+    from .core.match import match_patches
     from .core.pca import PCABasis, cosine_similarity_map, feature_norm, fit_pca, pca_rgb
     from .core.progress import Progress
     from .core.segmenter import LinearSegmenter
+    from .core.similarity import cls_vector, pixel_vector, region_vector, similarity_maps, similarity_to
     from .core.stack import StackEncoder, fit_stack, predict_stack
     from .core.transforms import Transform, make_transforms
 

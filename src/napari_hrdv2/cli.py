@@ -3,6 +3,9 @@
     napari-hrdv2 features IMAGE -o features.npy [--pca pca.png] [--attention attention.tif]
     napari-hrdv2 train IMAGE... --labels LABELS... -o model.hrdv2
     napari-hrdv2 segment INPUT... --model model.hrdv2 [-o OUTDIR] [--format tif|png]
+    napari-hrdv2 pca fit INPUT... -o basis.safetensors [--foreground] [--components N]
+    napari-hrdv2 pca apply INPUT... --basis basis.safetensors -o OUTDIR
+    napari-hrdv2 match A B -o matches.csv [--png lines.png]
 
 Errors the user can fix (missing files, wrong label shapes, missing weights, corrupt model files)
 are printed as one line on stderr with a non-zero exit code; ``--debug`` adds the traceback.
@@ -275,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the model's backbone weights are on this computer, if not where they were when it was trained",
     )
     segment.set_defaults(run=run_segment)
+
+    from ._cli_analysis import add_commands  # pca fit / pca apply / match
+
+    add_commands(commands, feature=feature, runtime=runtime, common=common)
     return parser
 
 

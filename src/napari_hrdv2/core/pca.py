@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .errors import InputError, ModelFileError
-from .progress import Progress, run_steps
+from .progress import Progress, run_steps, within
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import FeatureConfig
-    from .encoding import Encoding, Featurizer
+    from .encoding import Featurizer
 
 #: Random pixels sampled per image to fit a basis; more change the basis by less than the sampling noise.
 DEFAULT_FIT_PIXELS = 20_000
@@ -539,9 +539,9 @@ def iter_fit_pca(
     sources: list[str] = []
     n_sampled = 0
     n_images = 0
-    yield Progress(0, total or 0, "fitting PCA")
+    yield Progress(0, total or 0, "Fitting a PCA basis")
     for name, item in _iter_sources(inputs, config):
-        label = f"{name} ({n_images + 1}/{total})" if total else name
+        label = f"Encoding {name} ({n_images + 1}/{total})" if total else f"Encoding {name}"
         if _is_encoding(item) or config is None:
             features = item
         else:
@@ -549,7 +549,8 @@ def iter_fit_pca(
                 from .encoding import Featurizer
 
                 featurizer = Featurizer(config)
-            features = yield from _encode_steps(featurizer, item, label, with_attention=use_attention)
+            encoding_steps = featurizer.iter_encode(item, with_attention=use_attention)
+            features = yield from within(encoding_steps, n_images, 1.0, total=total or n_images + 1, message=label)
         item_config = getattr(features, "config", None)
         if item_config is not None:
             if signature is None:
@@ -577,7 +578,7 @@ def iter_fit_pca(
         n_images += 1
         if len(sources) < 1000:
             sources.append(name)
-        yield Progress(n_images, total or n_images, "fitting PCA")
+        yield Progress(n_images, total or n_images, f"Sampled {name}")
     if n_images == 0:
         raise InputError("No images to fit a PCA basis on (empty list or folder).")
     assert reservoir.rows is not None
@@ -650,24 +651,6 @@ def iter_fit_pca(
         fg_bias,
         metadata,
     )
-
-
-def _encode_steps(
-    featurizer: Featurizer, image: np.ndarray, label: str, *, with_attention: bool
-) -> Generator[Progress, None, Encoding]:
-    import torch
-
-    steps = featurizer.iter_encode(image, with_attention=with_attention)
-    try:
-        while True:
-            with torch.inference_mode():
-                try:
-                    update = next(steps)
-                except StopIteration as finished:
-                    return finished.value
-            yield Progress(update.done, update.total, f"encoding {label}")
-    finally:
-        steps.close()
 
 
 def fit_pca(
