@@ -6,6 +6,8 @@ class values 1..:data:`MAX_LABEL`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from .errors import InputError
@@ -91,3 +93,47 @@ def clean_labels(labels: np.ndarray, *, majority_size: int = 0, min_object_size:
             _, (rows, cols) = ndi.distance_transform_edt(small, return_indices=True)
             out = out[rows, cols]
     return out
+
+
+def labelled_classes(labels: Sequence[np.ndarray]) -> np.ndarray:
+    """The class values (ascending, 0 excluded) painted in any of ``labels``; at least two, else :class:`InputError`."""
+    classes = np.unique(np.concatenate([np.unique(lab) for lab in labels]))
+    classes = classes[classes > 0]
+    if classes.size == 0:
+        raise InputError("No pixels are labelled: paint a few strokes of at least two classes (0 = unlabelled).")
+    if classes.size == 1:
+        raise InputError(f"Only one class (value {classes[0]}) is labelled: paint strokes of at least two classes.")
+    return classes
+
+
+def training_pixels(
+    labels: Sequence[np.ndarray], classes: np.ndarray, *, max_per_class: int, seed: int
+) -> tuple[dict[int, int], list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]]:
+    """The labelled pixels a model trains on: about ``max_per_class`` per class over all images.
+
+    Every pixel of a class with ``n`` labelled pixels is kept with probability
+    ``min(1, max_per_class / n)`` (seeded), so a large class is thinned evenly over all images.
+
+    Parameters
+    ----------
+    labels : sequence of (H_i, W_i) int arrays, 0 = unlabelled
+    classes : (n_classes,) int array, ascending (:func:`labelled_classes`)
+
+    Returns
+    -------
+    counts : {class value: labelled pixels before thinning}
+    picked : list of ``(image index, rows, cols, targets)`` for every image with labels; ``targets``
+        are class indices into ``classes`` (int64, like ``rows`` and ``cols``).
+    """
+    rng = np.random.default_rng(seed)
+    counts = {int(c): int(sum(np.count_nonzero(lab == c) for lab in labels)) for c in classes}
+    keep_fraction = np.minimum(1.0, max_per_class / np.array(list(counts.values()), dtype=np.float64))
+    picked = []
+    for index, lab in enumerate(labels):
+        rows, cols = np.nonzero(lab)
+        if rows.size == 0:
+            continue
+        target = np.searchsorted(classes, lab[rows, cols])
+        keep = rng.random(rows.size) < keep_fraction[target]
+        picked.append((index, rows[keep], cols[keep], target[keep]))
+    return counts, picked

@@ -35,8 +35,8 @@ from .classical import (
 )
 from .config import RUNTIME_FIELDS, FeatureConfig, check_same_features
 from .errors import InputError
-from .labels import check_labels, clean_labels, label_dtype
-from .solver import fit_logistic
+from .labels import check_labels, clean_labels, label_dtype, labelled_classes, training_pixels
+from .solver import class_weights, fit_logistic, fold_scaler, standardize
 
 FeatureSource = Union["Encoding", np.ndarray]  # noqa: F821  (Encoding is imported lazily)
 
@@ -251,43 +251,23 @@ class LinearSegmenter:
             check_labels(lab, _source_shape(src), name=f"labels of image {i + 1}")
             for i, (src, lab) in enumerate(zip(sources, label_list))
         ]
-        classes = np.unique(np.concatenate([np.unique(lab) for lab in checked]))
-        classes = classes[classes > 0]
-        if classes.size == 0:
-            raise InputError("No pixels are labelled: paint a few strokes of at least two classes (0 = unlabelled).")
-        if classes.size == 1:
-            raise InputError(f"Only one class (value {classes[0]}) is labelled: paint strokes of at least two classes.")
-
-        rng = np.random.default_rng(self.seed)
-        counts = {int(c): int(sum(np.count_nonzero(lab == c) for lab in checked)) for c in classes}
-        keep_fraction = np.minimum(1.0, self.max_pixels_per_class / np.array(list(counts.values()), dtype=np.float64))
+        classes = labelled_classes(checked)
+        counts, picked = training_pixels(checked, classes, max_per_class=self.max_pixels_per_class, seed=self.seed)
         vectors, targets = [], []
-        for src, lab in zip(sources, checked):
-            rows, cols = np.nonzero(lab)
-            if rows.size == 0:
-                continue
-            target = np.searchsorted(classes, lab[rows, cols])
-            keep = rng.random(rows.size) < keep_fraction[target]
-            rows, cols, target = rows[keep], cols[keep], target[keep]
-            x = self._sample(src, rows, cols)
+        for image_index, rows, cols, target in picked:
+            x = self._sample(sources[image_index], rows, cols)
             if not np.isfinite(x).all():
-                raise InputError("The features contain NaN or infinite values; check the image and the backbone.")
+                raise InputError(
+                    f"The features of image {image_index + 1} contain NaN or infinite values; "
+                    "check the image and the backbone."
+                )
             vectors.append(x)
             targets.append(target)
         x = torch.from_numpy(np.concatenate(vectors))
         y = torch.from_numpy(np.concatenate(targets))
 
-        mean = x.mean(0)
-        std = x.std(0, unbiased=False).clamp_min(1e-6)
-        z = (x - mean) / std
-        n_classes = classes.size
-        present = torch.bincount(y, minlength=n_classes).float()
-        if self.class_balanced:
-            sample_weight = (y.numel() / (n_classes * present))[y]
-        else:
-            sample_weight = torch.ones(y.numel())
-        sample_weight = sample_weight / sample_weight.sum()
-
+        z, mean, std = standardize(x)
+        sample_weight = class_weights(y, classes.size, balanced=self.class_balanced)
         start = None
         if self.warm_start and self._standardized is not None and np.array_equal(self.classes_, classes):
             start = self._standardized if self._standardized[0].shape[1] == z.shape[1] else None
@@ -296,8 +276,7 @@ class LinearSegmenter:
         )
         accuracy = float(((z @ weight.T + bias).argmax(1) == y).float().mean())
         self._standardized = (weight, bias)
-        coef = weight / std  # fold the scaler: W (x - m) / s + b = (W / s) x + (b - (W / s) m)
-        intercept = bias - coef @ mean
+        coef, intercept = fold_scaler(weight, bias, mean, std)
 
         self.classes_ = classes.astype(np.int64)
         self.coef_ = coef.numpy().astype(np.float32)

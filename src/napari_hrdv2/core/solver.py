@@ -1,5 +1,10 @@
-"""The logistic solver of :class:`~.segmenter.LinearSegmenter`: weighted multinomial logistic
-regression with an L2 penalty, minimised by L-BFGS with hand-written exact gradients (torch only)."""
+"""The maths of :class:`~.segmenter.LinearSegmenter`'s training, on feature vectors (torch only).
+
+:func:`standardize` the training vectors, weigh them (:func:`class_weights`), solve a weighted
+multinomial logistic regression with an L2 penalty (:func:`fit_logistic`: L-BFGS with hand-written
+exact gradients), then :func:`fold_scaler` into the weights so that prediction is one linear map
+of the raw features.
+"""
 
 from __future__ import annotations
 
@@ -94,3 +99,36 @@ def fit_logistic(
         int(optimizer.state[optimizer.param_groups[0]["params"][0]].get("n_iter", 0)),
         final_loss,
     )
+
+
+def standardize(x: Any) -> tuple[Any, Any, Any]:
+    """``(z, mean, std)`` with ``z = (x - mean) / std`` per column of ``x`` (N, D); ``std`` is at least 1e-6."""
+    mean = x.mean(0)
+    std = x.std(0, unbiased=False).clamp_min(1e-6)
+    return (x - mean) / std, mean, std
+
+
+def class_weights(y: Any, n_classes: int, *, balanced: bool) -> Any:
+    """Per-sample weights (N,) float32 summing to 1 for class indices ``y`` (N,).
+
+    ``balanced=True`` gives every class the same total weight (``1 / n_classes``) however many
+    samples it has; otherwise every sample weighs the same.
+    """
+    import torch
+
+    if balanced:
+        present = torch.bincount(y, minlength=n_classes).float()
+        weight = (y.numel() / (n_classes * present))[y]
+    else:
+        weight = torch.ones(y.numel())
+    return weight / weight.sum()
+
+
+def fold_scaler(weight: Any, bias: Any, mean: Any, std: Any) -> tuple[Any, Any]:
+    """Weights on raw features from weights on standardised ones.
+
+    ``W (x - m) / s + b = (W / s) x + (b - (W / s) m)``: returns ``(W / s, b - (W / s) m)`` for
+    ``weight`` (n_classes, D), ``bias`` (n_classes,), ``mean`` and ``std`` (D,).
+    """
+    coef = weight / std
+    return coef, bias - coef @ mean
