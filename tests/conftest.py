@@ -15,6 +15,14 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
+def tiny_dinov3(tmp_path_factory) -> str:
+    """Folder of a tiny random DINOv3 (128 dims, 2 heads of 64, 2 layers, patch 16, 4 registers)."""
+    from napari_hrdv2.testing import save_random_dinov3
+
+    return str(save_random_dinov3(tmp_path_factory.mktemp("models") / "tiny-dinov3"))
+
+
+@pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> str:
     """Folder of a tiny random DINOv2 (128 dims, 2 heads of 64, 2 layers, patch 14)."""
     return str(save_random_dinov2(tmp_path_factory.mktemp("models") / "tiny-dinov2"))

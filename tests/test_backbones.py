@@ -78,6 +78,12 @@ def test_missing_hub_weights_offline_give_instructions(monkeypatch, tmp_path):
     message = str(error.value)
     assert "hf download facebook/dinov2-small" in message
     assert "dinov2_vits14_pretrain.pth" in message
+    assert "gated" not in message
+    with pytest.raises(hr.WeightsNotFoundError) as error:
+        load_backbone("dinov3_vits16", cache=False)
+    message = str(error.value)
+    assert "hf download facebook/dinov3-vits16-pretrain-lvd1689m" in message
+    assert "gated behind Meta's DINOv3 licence" in message and "dinov3_vits16_pretrain_lvd1689m-08c60483.pth" in message
 
 
 def test_bad_backbone_sources(tmp_path):
@@ -96,4 +102,9 @@ def test_presets_and_aliases():
     assert find_spec("facebook/dinov2-with-registers-large").name == "dinov2_vitl14_reg"
     assert find_spec("dinov2_vitg14").embed_dim == 1536
     assert find_spec("dinov2_vitb14_reg").official_filename == "dinov2_vitb14_reg4_pretrain.pth"
-    assert len(hr.BACKBONES) == 8
+    assert find_spec("facebook/dinov3-vitl16-pretrain-sat493m").name == "dinov3_vitl16_sat493m"
+    sat, lvd = find_spec("dinov3_vitl16_sat493m"), find_spec("dinov3_vitl16")
+    assert sat.mean == (0.430, 0.411, 0.296) and sat.std == (0.213, 0.156, 0.143) and lvd.mean == (0.485, 0.456, 0.406)
+    assert {s.patch_size for s in hr.BACKBONES.values() if s.family == "dinov3"} == {16}
+    assert find_spec("dinov3_vith16plus").embed_dim == 1280
+    assert len(hr.BACKBONES) == 14

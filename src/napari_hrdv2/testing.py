@@ -54,3 +54,43 @@ def save_random_vits14(folder: str | Path, *, seed: int = 0) -> Path:
     return save_random_dinov2(
         folder, hidden=384, layers=12, heads=6, mlp_ratio=4, image_size=518, seed=seed, perturb=False
     )
+
+
+def save_random_dinov3(
+    folder: str | Path,
+    *,
+    hidden: int = 128,
+    layers: int = 2,
+    heads: int = 2,
+    intermediate: int | None = None,
+    registers: int = 4,
+    gated: bool = False,
+    seed: int = 1,
+    perturb: bool = True,
+) -> Path:
+    """Save a random-init DINOv3 ViT (patch 16, RoPE, ``registers`` register tokens) into ``folder``.
+
+    ``perturb=True`` adds noise to every parameter (random init leaves norms at identity, layer
+    scale at 1 and biases at 0, which would hide mistakes in their handling); benchmarks keep the
+    plain init. :func:`save_random_vits16` is the DINOv3 ViT-S/16 shape.
+    """
+    import torch
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    torch.manual_seed(seed)
+    config = DINOv3ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                             intermediate_size=intermediate or 2 * hidden, num_register_tokens=registers,
+                             patch_size=16, image_size=224, use_gated_mlp=gated)  # fmt: skip
+    model = DINOv3ViTModel(config)
+    if perturb:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "mask_token" not in name:
+                    parameter.add_(0.2 * torch.randn_like(parameter))
+    model.eval().save_pretrained(folder)
+    return Path(folder)
+
+
+def save_random_vits16(folder: str | Path, *, seed: int = 1) -> Path:
+    """Save a random-init DINOv3 ViT-S/16 (384 dims, 12 blocks, 6 heads, 4 registers), unperturbed."""
+    return save_random_dinov3(folder, hidden=384, layers=12, heads=6, intermediate=1536, seed=seed, perturb=False)

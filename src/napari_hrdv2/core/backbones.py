@@ -1,21 +1,33 @@
-"""DINOv2 backbones: a registry of presets and one loader for every weight source.
+"""DINOv2 / DINOv3 backbones: a registry of presets and one loader for every weight source.
 
-``load_backbone`` accepts a preset name (``"dinov2_vits14"``, ``"small"``,
-``"dinov2_vits14_reg"``...), any Hugging Face id of the DINOv2 families
-(``"facebook/dinov2-base"``), a local folder written by ``save_pretrained``, or
-a local torch.hub-format ``.pth`` state dict (the official
-``dinov2_vits14_pretrain.pth`` layout, with or without registers), whose
-architecture is inferred from its tensors. No pickle code is executed
-(``torch.load(weights_only=True)``).
+``load_backbone`` accepts
+
+- a preset name (``"dinov2_vits14"``, ``"small"``, ``"dinov2_vits14_reg"``,
+  ``"dinov3_vits16"``, ``"dinov3_vitl16_sat493m"``...). Presets always win: a
+  folder called ``small`` in the working directory is loaded as ``./small``;
+- any Hugging Face id of the DINOv2 / DINOv3 families
+  (``"facebook/dinov3-vitb16-pretrain-lvd1689m"``) or of timm's DINO weights
+  (``"timm/vit_small_patch14_reg4_dinov2.lvd142m"``);
+- a local folder written by ``save_pretrained``, or a timm folder
+  (``config.json`` with ``architecture`` + ``model.safetensors``);
+- a checkpoint file: official torch.hub DINOv2 / DINOv3 ``.pth``, timm
+  ``.safetensors``, or a transformers state dict (:mod:`.checkpoints`).
+
+Files are untrusted: ``torch.load(weights_only=True)`` or safetensors only,
+``trust_remote_code`` is never enabled, and a folder whose ``config.json``
+names another model type or custom code (``auto_map``) is refused before
+transformers reads it. A checkpoint with missing, unexpected or wrongly shaped
+tensors is refused with the tensor's name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,11 +36,41 @@ from .errors import InputError, WeightsNotFoundError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Normalisation of the DINOv3 satellite (SAT-493M) models.
+SATELLITE_MEAN = (0.430, 0.411, 0.296)
+SATELLITE_STD = (0.213, 0.156, 0.143)
+
+#: transformers model types that are loaded; anything else is refused before transformers sees the folder.
+MODEL_TYPES = {"dinov2": "dinov2", "dinov2_with_registers": "dinov2", "dinov3_vit": "dinov3"}
+
+DINOV3_ACCESS = (
+    "DINOv3 weights are gated behind Meta's DINOv3 licence: request access at "
+    "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/ (official .pth files by e-mail) or "
+    "accept the licence on the model's Hugging Face page and log in with `hf auth login`."
+)
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """Facts shared by the members of one family (for the README table and messages)."""
+
+    name: str
+    patch_size: int
+    num_registers: int
+    weights: str
+    licence: str
+
+
+FAMILIES: dict[str, BackboneFamily] = {
+    "dinov2": BackboneFamily("DINOv2", 14, 0, "https://huggingface.co/facebook or https://dl.fbaipublicfiles.com/dinov2/", "Apache-2.0"),
+    "dinov2_reg": BackboneFamily("DINOv2 with registers", 14, 4, "https://huggingface.co/facebook or https://dl.fbaipublicfiles.com/dinov2/", "Apache-2.0"),
+    "dinov3": BackboneFamily("DINOv3", 16, 4, "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/ (gated)", "DINOv3 License"),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """Facts about one published DINOv2 checkpoint."""
+    """Facts about one published checkpoint."""
 
     name: str
     hf_id: str
@@ -37,12 +79,22 @@ class BackboneSpec:
     num_heads: int
     num_registers: int = 0
     patch_size: int = 14
+    family: str = "dinov2"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    checkpoint: str = ""
 
     @property
     def official_filename(self) -> str:
         """File name of the official torch.hub checkpoint, e.g. ``dinov2_vits14_pretrain.pth``."""
+        if self.checkpoint:
+            return self.checkpoint
         reg = "_reg4" if self.num_registers else ""
         return f"{self.name.removesuffix('_reg')}{reg}_pretrain.pth"
+
+    @property
+    def gated(self) -> bool:
+        return self.family == "dinov3"
 
 
 _SIZES = {
@@ -58,34 +110,67 @@ for _letter, (_word, _dim, _depth, _heads) in _SIZES.items():
         f"dinov2_vit{_letter}14", f"facebook/dinov2-{_word}", _dim, _depth, _heads
     )
     BACKBONES[f"dinov2_vit{_letter}14_reg"] = BackboneSpec(
-        f"dinov2_vit{_letter}14_reg", f"facebook/dinov2-with-registers-{_word}", _dim, _depth, _heads, num_registers=4
+        f"dinov2_vit{_letter}14_reg",
+        f"facebook/dinov2-with-registers-{_word}",
+        _dim,
+        _depth,
+        _heads,
+        num_registers=4,
+        family="dinov2_reg",
     )
+_DINOV3 = {  # name: (embed dim, depth, heads, official checkpoint hash)
+    "vits16": (384, 12, 6, "08c60483"),
+    "vits16plus": (384, 12, 6, "4057cbaa"),
+    "vitb16": (768, 12, 12, "73cec8be"),
+    "vitl16": (1024, 24, 16, "8aa4cbdd"),
+    "vith16plus": (1280, 32, 20, "7c1da9a5"),
+}
+for _size, (_dim, _depth, _heads, _hash) in _DINOV3.items():
+    BACKBONES[f"dinov3_{_size}"] = BackboneSpec(
+        f"dinov3_{_size}", f"facebook/dinov3-{_size}-pretrain-lvd1689m", _dim, _depth, _heads, num_registers=4,
+        patch_size=16, family="dinov3", checkpoint=f"dinov3_{_size}_pretrain_lvd1689m-{_hash}.pth",
+    )  # fmt: skip
+BACKBONES["dinov3_vitl16_sat493m"] = BackboneSpec(
+    "dinov3_vitl16_sat493m", "facebook/dinov3-vitl16-pretrain-sat493m", 1024, 24, 16, num_registers=4, patch_size=16,
+    family="dinov3", mean=SATELLITE_MEAN, std=SATELLITE_STD, checkpoint="dinov3_vitl16_pretrain_sat493m-<hash>.pth",
+)  # fmt: skip
 
 _ALIASES: dict[str, str] = {}
 for _spec in BACKBONES.values():
-    _word = _spec.hf_id.rsplit("-", 1)[-1]
     _ALIASES[_spec.hf_id.lower()] = _spec.name
     _ALIASES[_spec.hf_id.split("/")[1].lower()] = _spec.name
-    _ALIASES[(f"{_word}_reg" if _spec.num_registers else _word)] = _spec.name
+    if _spec.family != "dinov3":
+        _word = _spec.hf_id.rsplit("-", 1)[-1]
+        _ALIASES[(f"{_word}_reg" if _spec.num_registers else _word)] = _spec.name
 
 
-def backbone_names() -> list[str]:
-    """Preset names, smallest first."""
-    return list(BACKBONES)
+def backbone_names(family: str | None = None) -> list[str]:
+    """Preset names (DINOv2, DINOv2 with registers, DINOv3), smallest first; optionally of one family."""
+    return [name for name, spec in BACKBONES.items() if family is None or spec.family == family]
 
 
 def find_spec(name: str) -> BackboneSpec | None:
     """The preset for a name, alias or Hugging Face id, or ``None``."""
-    key = name.strip()
+    key = str(name).strip()
     if key in BACKBONES:
         return BACKBONES[key]
     alias = _ALIASES.get(key.lower())
     return BACKBONES[alias] if alias else None
 
 
+def backbone_family(name: str) -> str | None:
+    """``"dinov2"``, ``"dinov2_reg"`` or ``"dinov3"`` for a preset / alias, else ``None``."""
+    spec = find_spec(name)
+    return spec.family if spec else None
+
+
 @dataclass(frozen=True)
 class Backbone:
-    """A loaded DINOv2 model plus the facts the feature engine needs."""
+    """A loaded DINOv2 / DINOv3 model plus the facts the feature engine needs.
+
+    The model is only read while encoding (no hooks, no state), so one
+    Backbone can serve several threads at once.
+    """
 
     model: torch.nn.Module
     source: str
@@ -95,6 +180,17 @@ class Backbone:
     num_heads: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    family: str = "dinov2"
+    parts: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        from .vit import vit_parts
+
+        object.__setattr__(self, "parts", vit_parts(self.model))
+
+    @property
+    def depth(self) -> int:
+        return len(self.parts.blocks)  # type: ignore[attr-defined]
 
     @property
     def device(self) -> torch.device:
@@ -132,17 +228,21 @@ def _missing_weights_message(source: str, spec: BackboneSpec | None, reason: str
     spec = spec or find_spec(source)
     lines = [f"Could not load backbone weights '{source}' ({reason})."]
     hf_id = spec.hf_id if spec else source
+    if spec is not None and spec.gated or "dinov3" in source.lower():
+        lines.append(DINOV3_ACCESS)
     lines.append(
         f"On a computer with internet access run `hf download {hf_id}` (or start napari-hrdv2 "
         "there once), then copy the Hugging Face cache (~/.cache/huggingface/hub) or the downloaded folder here "
         "and pass the folder's path as the backbone (command line: --backbone FOLDER; napari: 'Select weights...' "
         "in the HR-Dv2 Features dock)."
     )
-    if spec:
+    if spec and spec.family != "dinov3":
         lines.append(
             f"Alternatively download the official checkpoint {spec.official_filename} from "
             "https://dl.fbaipublicfiles.com/dinov2/ and pass the path of that .pth file as the backbone."
         )
+    elif spec:
+        lines.append(f"The official checkpoint {spec.official_filename} also works: pass the path of the .pth file.")
     return " ".join(lines)
 
 
@@ -158,17 +258,18 @@ def load_backbone(
     sha256: str | None = None,
     cache: bool = True,
 ) -> Backbone:
-    """Load a DINOv2 backbone from a preset, Hugging Face id, folder or ``.pth`` file.
+    """Load a DINOv2 / DINOv3 backbone from a preset, Hugging Face id, folder or checkpoint file.
 
     Loaded models are cached per (source, device, dtype), so widgets and
-    scripts that encode many images load the weights once.
+    scripts that encode many images load the weights once. A cached model may
+    be used by several threads at once.
 
     Raises
     ------
     WeightsNotFoundError
         When the weights are neither local nor downloadable, with instructions.
     InputError
-        When ``source`` is not a DINOv2 model.
+        When ``source`` is not a DINOv2 / DINOv3 model or its tensors do not fit one.
     """
     device = torch.device(device)
     key = (str(source), str(device), str(dtype), sha256)
@@ -188,27 +289,40 @@ def clear_backbone_cache() -> None:
         _CACHE.clear()
 
 
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether ``text`` is written as a path (absolute, ``./``, ``~``, a weights suffix, a Windows drive)."""
+    return (
+        text.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or text.lower().endswith(WEIGHT_SUFFIXES)
+        or os.path.isabs(text)
+        or "\\" in text
+        or text.count("/") > 1
+    )
+
+
 def _load_uncached(source: str, *, sha256: str | None) -> Backbone:
+    spec = find_spec(source)
+    if spec is not None and not looks_like_path(source):  # presets win over same-named folders
+        folder = _download(spec.hf_id, spec)
+        return _from_folder(folder, source=source, sha256=sha256, spec=spec)
     path = Path(source).expanduser()
     if path.is_dir():
-        weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).exists()), None)
-        if weights is not None:
-            _check_sha256(weights, sha256)
-        return _from_pretrained(str(path), source=source)
+        return _from_folder(path, source=source, sha256=sha256, spec=spec)
     if path.is_file():
         _check_sha256(path, sha256)
-        return _from_state_dict_file(path)
-    if path.suffix in {".pth", ".pt", ".safetensors", ".bin"} or os.sep in source and not _looks_like_hub_id(source):
+        return _from_checkpoint_file(path)
+    if looks_like_path(source) and not _looks_like_hub_id(source):
         raise WeightsNotFoundError(f"Backbone weights file or folder '{source}' does not exist. Check the path.")
-    spec = find_spec(source)
-    hub_id = spec.hf_id if spec else source
-    if not _looks_like_hub_id(hub_id):
+    if not _looks_like_hub_id(source):
         raise InputError(
             f"Unknown backbone '{source}'. Use a preset ({', '.join(backbone_names())}), a Hugging Face id such as "
-            "'facebook/dinov2-small', a folder written by save_pretrained, or a .pth checkpoint file."
+            "'facebook/dinov2-small', a folder written by save_pretrained, or a .pth / .safetensors checkpoint file."
         )
-    folder = _download(hub_id, spec)
-    return _load_uncached(str(folder), sha256=sha256) if sha256 else _from_pretrained(str(folder), source=source)
+    folder = _download(source, None)
+    return _from_folder(folder, source=source, sha256=sha256, spec=None)
 
 
 def _looks_like_hub_id(text: str) -> bool:
@@ -220,9 +334,11 @@ def _download(hub_id: str, spec: BackboneSpec | None) -> Path:
         from huggingface_hub import snapshot_download
 
         folder = snapshot_download(
-            hub_id, allow_patterns=["config.json", "model.safetensors"], local_files_only=_offline()
+            hub_id,
+            allow_patterns=["config.json", "model.safetensors", "preprocessor_config.json"],
+            local_files_only=_offline(),
         )
-    except Exception as err:  # the hub raises many types for "no network", "not cached", "no such repo"
+    except Exception as err:  # the hub raises many types for "no network", "not cached", "no such repo", "gated"
         reason = "offline (HF_HUB_OFFLINE is set) and not in the local cache" if _offline() else type(err).__name__
         raise WeightsNotFoundError(_missing_weights_message(hub_id, spec, reason)) from err
     if not (Path(folder) / "config.json").exists():
@@ -230,144 +346,158 @@ def _download(hub_id: str, spec: BackboneSpec | None) -> Path:
     return Path(folder)
 
 
-def _from_pretrained(folder: str, *, source: str) -> Backbone:
-    from transformers import AutoConfig, AutoModel
+# ---------------------------------------------------------------- folders
+
+
+def read_folder_config(folder: Path) -> dict:
+    """The folder's ``config.json`` as a dict, checked before transformers reads it.
+
+    Refuses custom code (``auto_map``) and model types other than DINOv2 / DINOv3,
+    so transformers never asks to trust or runs code from the folder.
+    """
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise WeightsNotFoundError(
+            f"'{folder}' has no config.json: it is not a model folder (save_pretrained or timm). "
+            "Pass a checkpoint file (.pth / .safetensors) or the folder that holds config.json."
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WeightsNotFoundError(f"'{config_path}' is not readable JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise InputError(f"'{config_path}' does not hold a JSON object.")
+    if "auto_map" in config:
+        raise InputError(
+            f"'{folder}' asks to run its own Python code (config.json has 'auto_map'); napari-hrdv2 never runs code "
+            "from model folders. Use the official DINOv2 / DINOv3 weights (a preset, their Hugging Face id, or the "
+            ".pth checkpoint)."
+        )
+    model_type = config.get("model_type")
+    if model_type is None and "architecture" in config:
+        return config  # a timm folder
+    if model_type not in MODEL_TYPES:
+        raise InputError(
+            f"'{folder}' holds a {model_type!r} model; napari-hrdv2 needs a DINOv2 or DINOv3 model "
+            f"(model_type one of {sorted(MODEL_TYPES)}, or a timm DINOv2/DINOv3 folder)."
+        )
+    return config
+
+
+def _folder_weights(folder: Path) -> Path | None:
+    return next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).exists()), None)
+
+
+def _folder_mean_std(folder: Path, spec: BackboneSpec | None) -> tuple[tuple, tuple]:
+    """Normalisation from preprocessor_config.json, else the preset's, else ImageNet."""
+    mean, std = (spec.mean, spec.std) if spec else (IMAGENET_MEAN, IMAGENET_STD)
+    processor = folder / "preprocessor_config.json"
+    if processor.is_file():
+        try:
+            data = json.loads(processor.read_text(encoding="utf-8"))
+            mean, std = _checked_mean_std(data.get("image_mean", mean), data.get("image_std", std), processor)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            pass
+    return tuple(mean), tuple(std)
+
+
+def _checked_mean_std(mean, std, where) -> tuple[tuple, tuple]:
+    try:
+        mean_t, std_t = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: mean/std must be three numbers each, got {mean!r} / {std!r}.") from None
+    if len(mean_t) != 3 or len(std_t) != 3 or min(std_t) <= 0:
+        raise InputError(f"{where}: mean/std must be three numbers each (std > 0), got {mean!r} / {std!r}.")
+    return mean_t, std_t
+
+
+def _from_folder(folder: Path, *, source: str, sha256: str | None, spec: BackboneSpec | None) -> Backbone:
+    config = read_folder_config(folder)
+    weights = _folder_weights(folder)
+    if weights is None:
+        raise WeightsNotFoundError(f"'{folder}' has a config.json but no model.safetensors / pytorch_model.bin.")
+    _check_sha256(weights, sha256)
+    if "model_type" not in config:
+        return _from_timm_folder(folder, config, weights, source=source)
+    family = MODEL_TYPES[config["model_type"]]
+    from transformers import Dinov2Model, Dinov2WithRegistersModel
+
+    if family == "dinov3":
+        from transformers import DINOv3ViTModel as model_class
+    else:
+        model_class = Dinov2WithRegistersModel if config["model_type"] == "dinov2_with_registers" else Dinov2Model
+    try:
+        model, info = model_class.from_pretrained(
+            str(folder), attn_implementation="sdpa", trust_remote_code=False, output_loading_info=True
+        )
+    except Exception as err:
+        raise WeightsNotFoundError(f"Could not read the weights in '{folder}': {str(err)[:300]}") from err
+    missing = [k for k in info.get("missing_keys", []) if "mask_token" not in k]
+    mismatched = info.get("mismatched_keys", [])
+    if missing or mismatched:
+        detail = f"missing tensor(s) {sorted(missing)[:4]}" if missing else f"wrongly shaped {mismatched[:2]}"
+        raise InputError(f"The weights in '{folder}' do not fit its config.json: {detail}.")
+    mean, std = _folder_mean_std(folder, spec)
+    return _wrap(model, source, family="dinov3" if family == "dinov3" else "dinov2", mean=mean, std=std)
+
+
+def _from_timm_folder(folder: Path, config: dict, weights: Path, *, source: str) -> Backbone:
+    from .checkpoints import read_state_dict
+
+    architecture = str(config.get("architecture", ""))
+    if "dinov2" not in architecture and "dinov3" not in architecture:
+        raise InputError(
+            f"'{folder}' is a timm {architecture!r} model; napari-hrdv2 reads timm's DINOv2 / DINOv3 ViTs "
+            "(vit_*_patch14_dinov2, vit_*_patch14_reg4_dinov2, vit_*_patch16_dinov3)."
+        )
+    pretrained = config.get("pretrained_cfg") or {}
+    mean, std = _checked_mean_std(
+        pretrained.get("mean", IMAGENET_MEAN), pretrained.get("std", IMAGENET_STD), folder / "config.json"
+    )
+    heads = _timm_heads(architecture)
+    return _from_state_dict(read_state_dict(weights), source, mean=mean, std=std, heads=heads)
+
+
+def _timm_heads(architecture: str) -> int | None:
+    """Heads of a timm DINO architecture name (all have 64-dim heads except the 7B)."""
+    return 32 if "_7b_" in architecture else None
+
+
+# ---------------------------------------------------------------- checkpoint files
+
+
+def _from_checkpoint_file(path: Path) -> Backbone:
+    from .checkpoints import read_state_dict
+
+    mean, std = (SATELLITE_MEAN, SATELLITE_STD) if "sat493m" in path.name.lower() else (IMAGENET_MEAN, IMAGENET_STD)
+    return _from_state_dict(read_state_dict(path), str(path), mean=mean, std=std)
+
+
+def _from_state_dict(state: dict[str, torch.Tensor], source: str, *, mean, std, heads: int | None = None) -> Backbone:
+    from .checkpoints import load_into_model, to_canonical
 
     try:
-        config = AutoConfig.from_pretrained(folder)
-    except Exception as err:
-        raise WeightsNotFoundError(f"'{folder}' is not a readable Hugging Face model folder: {err}") from err
-    if config.model_type not in ("dinov2", "dinov2_with_registers"):
-        raise InputError(f"'{source}' is a {config.model_type!r} model; napari-hrdv2 needs a DINOv2 model.")
-    try:
-        model = AutoModel.from_pretrained(folder, attn_implementation="sdpa")
-    except Exception as err:
-        raise WeightsNotFoundError(f"Could not read the weights in '{folder}': {err}") from err
-    return _wrap(model, source)
+        model, arch = load_into_model(to_canonical(state), heads=heads)
+    except InputError as err:
+        raise InputError(f"'{source}': {err}") from None
+    except (IndexError, ValueError, RuntimeError) as err:  # tensors of impossible ranks in a crafted file
+        raise InputError(f"'{source}' has tensors of impossible shapes for a ViT: {str(err)[:200]}") from err
+    return _wrap(model, source, family=arch.family, mean=mean, std=std)
 
 
-def _wrap(model: torch.nn.Module, source: str) -> Backbone:
+def _wrap(model: torch.nn.Module, source: str, *, family: str, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Backbone:
     model.eval()
     model.requires_grad_(False)
     config = model.config
+    patch = config.patch_size
     return Backbone(
         model=model,
         source=source,
-        patch_size=int(config.patch_size),
+        patch_size=int(patch[0] if isinstance(patch, (list, tuple)) else patch),
         num_registers=int(getattr(config, "num_register_tokens", 0) or 0),
         embed_dim=int(config.hidden_size),
         num_heads=int(config.num_attention_heads),
+        mean=tuple(mean),
+        std=tuple(std),
+        family=family,
     )
-
-
-# ---------------------------------------------------------------- official .pth
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsNotFoundError(f"Could not read '{path}' as a PyTorch state dict: {err}") from err
-    for wrapper in ("model", "state_dict", "teacher"):
-        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsNotFoundError(f"'{path}' does not hold a flat state dict of tensors.")
-    return {re.sub(r"^(module\.|backbone\.)", "", k): v for k, v in state.items()}
-
-
-def official_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an official DINOv2 (torch.hub) state dict to transformers' names."""
-    out: dict[str, torch.Tensor] = {}
-    simple = {
-        "cls_token": "embeddings.cls_token",
-        "pos_embed": "embeddings.position_embeddings",
-        "register_tokens": "embeddings.register_tokens",
-        "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
-        "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
-        "norm.weight": "layernorm.weight",
-        "norm.bias": "layernorm.bias",
-    }
-    block_parts = {
-        "norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.o_proj", "ls1.gamma": "layer_scale1.lambda1",
-        "ls2.gamma": "layer_scale2.lambda1", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2", "mlp.w3": "mlp.down_proj",
-    }  # fmt: skip
-    for key, value in state.items():
-        if key in simple:
-            out[simple[key]] = value
-            continue
-        if key == "mask_token":
-            out["embeddings.mask_token"] = value.reshape(1, -1)
-            continue
-        match = re.fullmatch(r"blocks\.(?:\d+\.)?(\d+)\.(.+)", key)
-        if not match:
-            continue  # heads, dino/ibot projection heads etc. are not part of the backbone
-        prefix, rest = f"encoder.layer.{match.group(1)}.", match.group(2)
-        if rest.startswith("attn.qkv."):
-            suffix = rest.rsplit(".", 1)[1]
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-                out[f"{prefix}attention.{name}.{suffix}"] = part
-        elif rest.startswith("mlp.w12."):
-            suffix = rest.rsplit(".", 1)[1]
-            gate, up = value.chunk(2, dim=0)
-            out[f"{prefix}mlp.gate_proj.{suffix}"] = gate
-            out[f"{prefix}mlp.up_proj.{suffix}"] = up
-        else:
-            stem, _, suffix = rest.rpartition(".")
-            stem_key = rest if rest in block_parts else stem
-            if stem_key not in block_parts:
-                continue
-            out[prefix + block_parts[stem_key] + ("" if rest in block_parts else "." + suffix)] = value
-    return out
-
-
-def _from_state_dict_file(path: Path) -> Backbone:
-    state = _read_state_dict(path)
-    if "pos_embed" in state or any(k.startswith("blocks.") for k in state):
-        state = official_to_transformers(state)
-    state = {k.removeprefix("dinov2.").removeprefix("dinov2_with_registers."): v for k, v in state.items()}
-    if "embeddings.position_embeddings" not in state:
-        raise InputError(f"'{path}' is not a DINOv2 checkpoint (no position embeddings found).")
-    model = _model_from_state_dict(state, path)
-    return _wrap(model, str(path))
-
-
-def _model_from_state_dict(state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
-    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
-
-    embed_dim = state["embeddings.cls_token"].shape[-1]
-    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"encoder\.layer\.(\d+)\.", k)))
-    patch_size = state["embeddings.patch_embeddings.projection.weight"].shape[-1]
-    grid = round((state["embeddings.position_embeddings"].shape[1] - 1) ** 0.5)
-    swiglu = "encoder.layer.0.mlp.gate_proj.weight" in state
-    hidden = state["encoder.layer.0.mlp." + ("gate_proj" if swiglu else "fc1") + ".weight"].shape[0]
-    mlp_ratio = hidden / embed_dim
-    if swiglu:  # transformers shrinks 4x to 2/3 rounded to 8; the official giant has 4096 = 2/3 * 4 * 1536
-        mlp_ratio = 4.0 if (int(embed_dim * 4 * 2 / 3) + 7) // 8 * 8 == hidden else hidden * 1.5 / embed_dim
-    if abs(mlp_ratio - round(mlp_ratio)) > 1e-6:
-        raise InputError(f"'{path}' has an MLP width {hidden} that is not a whole multiple of its dim {embed_dim}.")
-    mlp_ratio = int(round(mlp_ratio))
-    common = dict(
-        hidden_size=embed_dim, num_hidden_layers=depth, num_attention_heads=max(1, embed_dim // 64),
-        mlp_ratio=mlp_ratio, patch_size=patch_size, image_size=grid * patch_size, use_swiglu_ffn=swiglu,
-        layerscale_value=1.0, layer_norm_eps=1e-6, attn_implementation="sdpa",
-    )  # fmt: skip
-    num_registers = state["embeddings.register_tokens"].shape[1] if "embeddings.register_tokens" in state else 0
-    if num_registers:
-        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=num_registers, **common))
-    else:
-        model = Dinov2Model(Dinov2Config(**common))
-    state.setdefault("embeddings.mask_token", torch.zeros(1, embed_dim))
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if "mask_token" not in k]
-    if missing:
-        raise InputError(
-            f"'{path}' does not fit a DINOv2 architecture inferred from its tensors "
-            f"(dim {embed_dim}, depth {depth}); missing {missing[:4]}{'...' if len(missing) > 4 else ''}."
-        )
-    return model

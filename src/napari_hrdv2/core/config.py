@@ -31,6 +31,10 @@ def _runtime(default: Any) -> Any:
     """A field that says how the features are computed, not what they are (device, precision, tiling...)."""
     return dataclasses.field(default=default, metadata={"runtime": True})
 
+Facet = Literal["token", "key", "query", "value"]
+#: What a backbone block gives as features: output tokens, or the block's key / query / value projections.
+FACETS: tuple[str, ...] = ("token", "key", "query", "value")
+
 
 @dataclass(frozen=True)
 class FeatureConfig:
@@ -87,6 +91,14 @@ class FeatureConfig:
         a time), and 4 on CUDA/MPS. Halved automatically on out-of-memory.
     weights_sha256 : str or None
         Expected sha256 of a local weights file (checked on load).
+    facet : {"token", "key", "query", "value"}
+        What the block gives: ``"token"`` (default) its output tokens after the
+        model's final norm; ``"key"`` / ``"query"`` / ``"value"`` its attention
+        projections of the normalised input (HR-Dv2 and Amir et al. use the last
+        block's keys), before RoPE. All are linear-compatible with ``project``.
+    layer : int or None
+        Block to read, 0-based (negative counts from the end); ``None`` = the
+        last. The attention maps are those of this block.
     """
 
     backbone: str = "dinov2_vits14"
@@ -104,6 +116,8 @@ class FeatureConfig:
     storage_dtype: str = _runtime("auto")
     batch_size: int | None = _runtime(None)
     weights_sha256: str | None = _runtime(None)
+    facet: Facet = "token"
+    layer: int | None = None
 
     def __post_init__(self) -> None:
         distances = self.shift_distances
@@ -131,6 +145,13 @@ class FeatureConfig:
         for name in ("dtype", "storage_dtype"):
             if getattr(self, name) not in DTYPE_OPTIONS:
                 raise InputError(f"{name}={getattr(self, name)!r} is not one of {DTYPE_OPTIONS}.")
+        if self.facet not in FACETS:
+            raise InputError(f"facet={self.facet!r} is not one of {FACETS}.")
+        if self.layer is not None:
+            if isinstance(self.layer, bool) or not isinstance(self.layer, int):
+                raise InputError(f"layer must be a block index (int) or None, got {self.layer!r}.")
+            if not -1000 < self.layer < 1000:
+                raise InputError(f"layer={self.layer} is not a block index of any ViT.")
         if self.batch_size is not None and int(self.batch_size) < 1:
             raise InputError(f"batch_size must be at least 1, got {self.batch_size}.")
 

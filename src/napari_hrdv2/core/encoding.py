@@ -486,6 +486,12 @@ class Featurizer:
         """
         backbone = self.backbone
         patch, stride = backbone.patch_size, self.stride
+        layer = self.config.layer
+        if layer is not None and not -backbone.depth <= layer < backbone.depth:
+            raise InputError(
+                f"layer={layer} is outside this backbone's {backbone.depth} blocks: use 0..{backbone.depth - 1} "
+                "(or a negative index from the end, or None for the last block)."
+            )
         # ``to_rgb01`` without replicating grey to RGB: a grey image is kept as one scaled float32 plane (a third
         # of the memory) and replicated per tile. The values are identical.
         planes = validate_image(image, min_side=patch)
@@ -603,7 +609,14 @@ class Featurizer:
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         try:
             with self._lock, torch.inference_mode():
-                return forward_tokens(self.backbone, copies, stride=stride, with_attention=with_attention)
+                return forward_tokens(
+                    self.backbone,
+                    copies,
+                    stride=stride,
+                    with_attention=with_attention,
+                    facet=self.config.facet,
+                    layer=self.config.layer,
+                )
         except Exception as err:
             if not is_out_of_memory(err) or self._batch_size == 1:
                 if is_out_of_memory(err):
