@@ -27,12 +27,14 @@ import numpy as np
 # Torch-free (the choices and field lists are read before any heavy import, so --help stays instant).
 from .core.config import (
     DTYPE_OPTIONS,
+    FACETS,
     FEATURE_DEFINING_FIELDS,
     PRESETS,
     RUNTIME_FIELDS,
     SHIFT_PATTERNS,
 )
 from .core.preprocess import NORMALIZE_OPTIONS
+from .core.registry import backbone_names
 from .core.resample import RESIZE_OPTIONS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,6 +64,8 @@ OPTION_OF = {
     "stride": "--stride",
     "resize": "--resize",
     "normalize": "--normalize",
+    "facet": "--facet",
+    "layer": "--layer",
     "device": "--device",
     "dtype": "--dtype",
     "storage_dtype": "--storage-dtype",
@@ -128,8 +132,9 @@ def _runtime_options() -> argparse.ArgumentParser:
     group = parent.add_argument_group("backbone and computation")
     group.add_argument(
         "--backbone",
-        help="preset (dinov2_vits14 [default], dinov2_vitb14_reg, small, ...), Hugging Face id, "
-        "save_pretrained folder or official .pth file",
+        help=f"preset ({', '.join(backbone_names())}; default dinov2_vits14; presets win over same-named "
+        "folders: write ./NAME for a folder), Hugging Face id, save_pretrained or timm folder, or a .pth / "
+        ".safetensors checkpoint (official DINOv2/DINOv3 or timm layout)",
     )
     group.add_argument("--device", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     group.add_argument(
@@ -179,6 +184,12 @@ def _feature_options() -> argparse.ArgumentParser:
     )
     group.add_argument("--resize", choices=RESIZE_OPTIONS, help="token maps to pixels (default bilinear)")
     group.add_argument("--normalize", choices=NORMALIZE_OPTIONS, help="intensity scaling (default minmax)")
+    group.add_argument(
+        "--facet", choices=FACETS, help="block output tokens (default) or its key/query/value projections"
+    )
+    group.add_argument(
+        "--layer", type=int, metavar="I", help="block to read, 0-based, negative from the end (default: the last)"
+    )
     return parent
 
 
@@ -348,6 +359,8 @@ def _config_values(args: argparse.Namespace, fields: Sequence[str]) -> dict[str,
         "stride": args.stride,
         "resize": args.resize,
         "normalize": args.normalize,
+        "facet": getattr(args, "facet", None),
+        "layer": getattr(args, "layer", None),
         "device": args.device,
         "dtype": args.dtype,
         "storage_dtype": args.storage_dtype,
