@@ -638,7 +638,7 @@ def iter_fit_pca(
         "sources": sources,
         "foreground": fg_info,
         "explained_variance_ratio": [float(v) for v in basis.explained_variance_ratio],
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     return PCABasis(
         basis.mean,
