@@ -10,6 +10,7 @@ similar to the smaller image's patch feature (sub-patch positions from the HR fe
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +30,27 @@ _REFINE_BLOCK = 32
 
 
 def patch_size_of(encoding: Any) -> int:
-    """The backbone patch size of an encoding (its ``patch_size`` attribute, else its backbone preset's, else 14)."""
+    """The backbone patch size of an encoding: its ``patch_size`` attribute, else the backbone preset's, else
+    the ``patch_size`` of a ``save_pretrained`` folder's config.json, else 14."""
     size = getattr(encoding, "patch_size", None)
     if size:
         return int(size)
     config = getattr(encoding, "config", None)
-    if config is not None:
-        try:
-            from .backbones import find_spec
+    if config is None:
+        return DEFAULT_PATCH_SIZE
+    try:
+        from .registry import find_spec
 
-            spec = find_spec(str(config.backbone))
-            if spec is not None:
-                return int(spec.patch_size)
-        except ImportError:  # pragma: no cover
-            pass
-    return DEFAULT_PATCH_SIZE
+        spec = find_spec(str(config.backbone))
+        if spec is not None:
+            return int(spec.patch_size)
+    except ImportError:  # pragma: no cover
+        pass
+    settings = Path(str(config.backbone)).expanduser() / "config.json"
+    try:
+        return int(json.loads(settings.read_text()).get("patch_size", DEFAULT_PATCH_SIZE))
+    except (OSError, ValueError, TypeError):
+        return DEFAULT_PATCH_SIZE
 
 
 def patch_centres(height: int, width: int, step: int) -> tuple[np.ndarray, np.ndarray]:
