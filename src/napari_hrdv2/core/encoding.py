@@ -474,7 +474,12 @@ class Featurizer:
         return run_steps(self.iter_encode(image, with_attention=with_attention), progress=progress, cancel=cancel)
 
     def iter_encode(
-        self, image: np.ndarray, *, with_attention: bool = True, progressive: bool = False
+        self,
+        image: np.ndarray,
+        *,
+        with_attention: bool = True,
+        progressive: bool = False,
+        prescaled: bool = False,
     ) -> Generator[Progress | PartialEncoding, None, Encoding]:
         """Generator form of :meth:`encode`: yields :class:`Progress`, returns the :class:`Encoding`.
 
@@ -482,7 +487,9 @@ class Featurizer:
         it also yields a :class:`PartialEncoding` after the identity pass and after each further
         batch of transforms: the exact HR-Dv2 average over the transforms done so far (usable
         like the final encoding, e.g. for a first PCA view). Stop iterating (or call ``close()``)
-        to cancel; nothing is left running.
+        to cancel; nothing is left running. ``prescaled=True`` takes float intensities already
+        scaled to [0, 1] (a tile of a larger image scaled with the whole image's range,
+        :mod:`.streaming`) and skips the per-image scaling.
         """
         backbone = self.backbone
         patch, stride = backbone.patch_size, self.stride
@@ -497,7 +504,9 @@ class Featurizer:
         planes = validate_image(image, min_side=patch)
         if planes.ndim == 3 and planes.shape[-1] == 4:
             planes = planes[..., :3]
-        scaled = np.ascontiguousarray(scale_intensities(planes, normalize=self.config.normalize), dtype=np.float32)
+        scaled = np.ascontiguousarray(
+            planes if prescaled else scale_intensities(planes, normalize=self.config.normalize), dtype=np.float32
+        )
         height, width = scaled.shape[:2]
         tiles = plan_tiles(height, width, tile_size=self.config.tile_size, overlap=self.config.tile_overlap)
         transforms = self.config.transforms
