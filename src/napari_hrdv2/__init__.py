@@ -39,6 +39,11 @@ _EXPORTS = {
     "StackEncoder": "core.stack",
     "fit_stack": "core.stack",
     "predict_stack": "core.stack",
+    "segment_files": "core.batch",
+    "open_lazy": "core.lazy_io",
+    "segment_region": "core.streaming",
+    "stream_segment": "core.streaming",
+    "fit_lazy": "core.streaming",
     "HRDv2Error": "core.errors",
     "InputError": "core.errors",
     "WeightsNotFoundError": "core.errors",
@@ -50,16 +55,19 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core.backbones import BACKBONES, BackboneSpec, load_backbone
+    from .core.batch import segment_files
     from .core.cache import EncodingCache
     from .core.config import PRESETS, FeatureConfig
     from .core.encoding import Encoding, Featurizer, encode
     from .core.errors import Cancelled, HRDv2Error, InputError, ModelFileError, WeightsNotFoundError
+    from .core.lazy_io import open_lazy
     from .core.match import match_patches
     from .core.pca import PCABasis, cosine_similarity_map, feature_norm, fit_pca, pca_rgb
     from .core.progress import Progress
     from .core.segmenter import LinearSegmenter
     from .core.similarity import cls_vector, pixel_vector, region_vector, similarity_maps, similarity_to
     from .core.stack import StackEncoder, fit_stack, predict_stack
+    from .core.streaming import fit_lazy, segment_region, stream_segment
     from .core.transforms import Transform, make_transforms
 
 

@@ -277,7 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--outdir", metavar="OUTDIR", help="folder for the label images (default: next to each input)"
     )
     segment.add_argument(
-        "--format", choices=("tif", "png"), default="tif", help="label image format (stacks always give .tif)"
+        "--format",
+        choices=("tif", "png", "zarr"),
+        default="tif",
+        help="label image format: tif, png (single planes) or zarr (OUTDIR/<stem>_labels.zarr, an OME-Zarr image "
+        "written tile by tile, resumable); images larger than memory are always segmented tile by tile "
+        "(tif: a tiled BigTIFF)",
+    )
+    segment.add_argument(
+        "--scheduler",
+        metavar="local[:N]|ADDRESS",
+        help="run on a dask.distributed cluster, one task per image: 'local' or 'local:N' (N worker processes on "
+        "this computer) or a scheduler address such as tcp://host:8786 (needs napari-hrdv2[distributed])",
     )
     segment.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of skipping")
     segment.add_argument(
@@ -747,16 +758,25 @@ def run_segment(args: argparse.Namespace) -> int:
             bar.set_description_str(update.message, refresh=False)
             bar.update(update.done - bar.n)
 
+    client = cluster = None
+    cluster_options: dict[str, Any] = {}
+    if args.scheduler:
+        from .core.distributed import make_client
+
+        client, cluster = make_client(args.scheduler)
+        cluster_options = {"model_path": args.model, "backbone_path": args.backbone_path}
     try:
         report = segment_files(
             args.inputs,
             args.outdir,
             segmenter,
-            featurizer,
+            config if client is not None else featurizer,
             suffix=f".{args.format}",
             overwrite=args.overwrite,
             uncertainty=args.uncertainty,
             progress=progress,
+            client=client,
+            **cluster_options,
         )
     except WeightsNotFoundError as err:
         if args.backbone_path:
@@ -767,6 +787,10 @@ def run_segment(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
     for path, reason in report.failed:
         print(f"{PROG}: failed: {path}: {' '.join(reason.split())}", file=sys.stderr)
     _say(args, report.summary("pass --overwrite to replace them"))

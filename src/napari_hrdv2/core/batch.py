@@ -30,8 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
 LABELS_TAG = "_labels"
 #: Name part of the optional uncertainty maps: ``cells.tif`` -> ``cells_uncertainty.tif``.
 UNCERTAINTY_TAG = "_uncertainty"
-#: Output formats of label images.
-LABEL_SUFFIXES = (".tif", ".png")
+#: Output formats of label images (``.zarr``: an OME-Zarr image, written tile by tile and resumable).
+LABEL_SUFFIXES = (".tif", ".png", ".zarr")
 
 
 @dataclass
@@ -89,13 +89,27 @@ def collect_inputs(
     own results.
     """
     suffix = _check_suffix(suffix)
-    paths = expand_inputs(inputs)
+    paths = _expand_lazy(inputs, expand_inputs(inputs))
     outputs = set()
     for path in paths:
         for tag in (LABELS_TAG, UNCERTAINTY_TAG):
-            for out_suffix in {suffix, ".tif"}:
+            for out_suffix in {suffix, ".tif", ".zarr"}:
                 outputs.add(_key(output_path(path, outdir, out_suffix, tag)))
     return [path for path in paths if _key(path) not in outputs]
+
+
+def _expand_lazy(inputs: Iterable[str | Path], paths: list[Path]) -> list[Path]:
+    """Add the Zarr images (``*.zarr`` folders) and ``.npy`` files directly inside input folders."""
+    from .lazy_io import LAZY_SUFFIXES
+
+    extra = []
+    for item in inputs:
+        folder = Path(item)
+        if folder.is_dir() and folder.suffix.lower() != ".zarr":
+            extra.extend(sorted(p for p in folder.iterdir() if p.suffix.lower() in LAZY_SUFFIXES))
+    if not extra:
+        return paths
+    return sorted(dict.fromkeys([*paths, *extra]), key=lambda p: (str(p.parent), p.name))
 
 
 def _key(path: Path) -> Path:
@@ -196,6 +210,21 @@ def iter_segment_files(
                 yield Progress(i, n, "Loading the backbone")
                 _check_backbone(featurizer, segmenter)
                 loaded = True
+            if job.streamed is not None:  # larger than memory (or Zarr output): tile by tile
+                try:
+                    files = yield from within(
+                        job.streamed.iter_run(segmenter, featurizer), i, 0.99, total=n, message=label
+                    )
+                    if "labels" in files:
+                        report.written.append(files["labels"])
+                    else:  # only the uncertainty map was missing
+                        report.skipped.append(job.target)
+                    if "uncertainty" in files:
+                        report.extra.append(files["uncertainty"])
+                    written[_key(job.target)] = path
+                except Exception as err:
+                    report.failed.append((path, _per_file_reason(err)))
+                continue
             try:
                 predicted, uncertain = [], []
                 for p, plane in enumerate(job.planes):
@@ -229,21 +258,70 @@ class _Job:
     planes: np.ndarray | None = None  # (N, H, W[, C])
     single: bool = True  # one plane, written as (H, W)
     skip: bool = False  # the outputs exist and may not be replaced
+    streamed: Any = None  # a streaming.StreamedFile: segmented tile by tile, never read whole
 
 
 def _prepare(path: Path, outdir: str | Path | None, suffix: str, *, overwrite: bool, uncertainty: bool) -> _Job:
     """Read one input and decide where its outputs go (or that it is skipped)."""
-    if not path.is_file():
+    from .lazy_io import is_lazy_path
+
+    lazy = is_lazy_path(path)
+    if not (path.is_file() or (lazy and path.exists())):
         raise InputError(f"'{path}' does not exist or is not a file.")
+    streamed = _prepare_streamed(path, outdir, suffix, overwrite=overwrite, uncertainty=uncertainty)
+    if streamed is not None:
+        return streamed
     extra = output_path(path, outdir, ".tif", UNCERTAINTY_TAG) if uncertainty else None
     done = not overwrite and (extra is None or extra.exists())
     if done and suffix == ".tif" and output_path(path, outdir, suffix).exists():
         return _Job(output_path(path, outdir, suffix), skip=True)  # no need to read the image
-    image = read_image(path)
+    image = _read_whole(path) if lazy else read_image(path)
     stack = planes(image)
     single = len(stack) == 1 and image.ndim == stack[0].ndim
     target = output_path(path, outdir, suffix if single else ".tif")
     return _Job(target, extra, stack, single, skip=done and target.exists())
+
+
+def _read_whole(path: Path) -> np.ndarray:
+    """A small Zarr / .npy input read into memory: (H, W[, C]) or (N, H, W[, C])."""
+    from .lazy_io import lazy_planes
+
+    lazy, stack = lazy_planes(path)
+    arrays = [plane.read(slice(None), slice(None)) for plane in lazy]
+    return np.stack(arrays) if stack else arrays[0]
+
+
+def _prepare_streamed(
+    path: Path, outdir: str | Path | None, suffix: str, *, overwrite: bool, uncertainty: bool
+) -> _Job | None:
+    """The job of an input segmented tile by tile (Zarr output, or planes above ``STREAM_PIXELS``), else None."""
+    from .streaming import STREAM_PIXELS, plane_shape, streamed_file
+
+    if suffix != ".zarr" and path.suffix.lower() not in (".tif", ".tiff", ".zarr", ".npy"):
+        return None  # PNG/JPEG/BMP inputs have no lazy reader: always in memory
+    try:
+        _, (height, width) = plane_shape(path)
+    except InputError:
+        if suffix == ".zarr" or path.suffix.lower() in (".zarr", ".npy"):
+            raise
+        return None  # a TIFF without a lazy reader (e.g. old JPEG compression): read it whole
+    if suffix != ".zarr" and height * width <= STREAM_PIXELS:
+        return None
+    if suffix == ".png":
+        raise InputError(
+            f"it has {height}x{width} pixels, too large for a PNG written in memory; use --format tif or zarr."
+        )
+    out_suffix = suffix if suffix == ".zarr" else ".tif"
+    target = output_path(path, outdir, out_suffix)
+    extra = output_path(path, outdir, out_suffix, UNCERTAINTY_TAG) if uncertainty else None
+    labels_done = target.exists() and not overwrite
+    extra_done = extra is None or (extra.exists() and not overwrite)
+    if labels_done and extra_done:
+        return _Job(target, skip=True)
+    plan = streamed_file(path, target, extra if not extra_done else None)
+    if labels_done:
+        del plan.finals["labels"]
+    return _Job(target, extra, streamed=plan)
 
 
 def _per_file_reason(err: Exception) -> str:
@@ -286,8 +364,24 @@ def segment_files(
     overwrite: bool = False,
     uncertainty: bool = False,
     progress: Callable[[Progress], None] | None = None,
+    client: Any = None,
+    **cluster_options: Any,
 ) -> BatchReport:
-    """:func:`iter_segment_files` run to the end; ``progress`` is called with every item."""
+    """:func:`iter_segment_files` run to the end; ``progress`` is called with every item.
+
+    With a dask.distributed ``client`` the inputs are segmented on its cluster, one task per image
+    (:func:`~.distributed.segment_files_distributed`; ``cluster_options`` such as ``model_path``,
+    ``backbone_path``, ``retries``, ``cancel`` go there), with the same outputs and report.
+    """
+    if client is not None:
+        from .distributed import segment_files_distributed
+
+        return segment_files_distributed(
+            inputs, outdir, segmenter, featurizer_or_config, client=client, suffix=suffix, overwrite=overwrite,
+            uncertainty=uncertainty, progress=progress, **cluster_options,
+        )  # fmt: skip
+    if cluster_options:
+        raise InputError(f"{sorted(cluster_options)} only apply with a dask client (client=...).")
     steps = iter_segment_files(
         inputs, outdir, segmenter, featurizer_or_config, suffix=suffix, overwrite=overwrite, uncertainty=uncertainty
     )

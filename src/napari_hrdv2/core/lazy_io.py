@@ -313,7 +313,9 @@ def intensity_range(plane: LazyPlane | np.ndarray, normalize: Normalize = "minma
     if not high > low:
         warnings.warn("Image is constant; its features describe a uniform grey image.", stacklevel=2)
         return IntensityRange("constant")
-    return IntensityRange("scale", low=low, factor=float(np.float32(1.0 / (high - low))), clip=normalize == "percentile")
+    return IntensityRange(
+        "scale", low=low, factor=float(np.float32(1.0 / (high - low))), clip=normalize == "percentile"
+    )
 
 
 def _percentiles(plane: LazyPlane, percents: tuple[float, float], low: float, high: float) -> tuple[float, float]:

@@ -40,7 +40,7 @@ import numpy as np
 from .config import FeatureConfig
 from .errors import InputError
 from .lazy_io import IntensityRange, LazyPlane, ZarrOutput, intensity_range, lazy_planes, open_lazy
-from .progress import Progress, run_steps
+from .progress import Progress, run_steps, within
 from .tiling import Tile, plan_tiles
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -180,7 +180,9 @@ def _iter_region_logits(
     r0, r1 = rows
     c0, c1 = cols
     n_out = weight.shape[0]
-    needed = [t for t in encoder.tiles if t.top < r1 and t.top + t.height > r0 and t.left < c1 and t.left + t.width > c0]
+    needed = [
+        t for t in encoder.tiles if t.top < r1 and t.top + t.height > r0 and t.left < c1 and t.left + t.width > c0
+    ]
     row_spans = _spans(needed, 0)
     total = len(needed) * encoder.n_transforms
     done = 0
@@ -193,15 +195,10 @@ def _iter_region_logits(
         if grow > 0:
             acc = np.concatenate([acc, np.zeros((n_out, grow, c1 - c0), dtype=np.float32)], axis=1)
         for tile in (t for t in needed if t.top == top):
-            steps = encoder.iter_encode(tile)
-            while True:
-                try:
-                    next(steps)
-                except StopIteration as finished:
-                    encoding = finished.value
-                    break
-                done = min(done + 1, total)
-                yield Progress(done, total, "segmenting")
+            encoding = yield from within(
+                encoder.iter_encode(tile), done, encoder.n_transforms, total=total, message="segmenting"
+            )
+            done += encoder.n_transforms
             contribution = encoding.project(weight)  # (n, tile.height, tile.width), blending weights included
             del encoding
             a, b = max(tile.top, r0), min(tile.top + tile.height, r1)
@@ -533,13 +530,7 @@ def iter_stream_segment(
     job.open()
     n_planes = job.shape[0]
     for p in range(n_planes):
-        steps = job.iter_band(segmenter, featurizer, p)
-        while True:
-            try:
-                update = next(steps)
-            except StopIteration:
-                break
-            yield Progress(p * 1000 + update.done * 1000 // max(update.total, 1), n_planes * 1000, "segmenting")
+        yield from within(job.iter_band(segmenter, featurizer, p), p, 1.0, total=n_planes)
     return job.finish()
 
 
@@ -613,14 +604,11 @@ def iter_encode_labelled(
         tile_maps = []
         for tile in sorted(cluster, key=lambda t: (t.top, t.left)):
             steps = encoder.iter_encode(tile, origin=(top, left))
-            while True:
-                try:
-                    next(steps)
-                except StopIteration as finished:
-                    tile_maps.append(finished.value.tiles[0])
-                    break
-                done += 1
-                yield Progress(done, total, "encoding labelled tiles")
+            encoding = yield from within(
+                steps, done, encoder.n_transforms, total=total, message="encoding labelled tiles"
+            )
+            tile_maps.append(encoding.tiles[0])
+            done += encoder.n_transforms
         encodings.append(
             Encoding(
                 config=featurizer.config,
@@ -650,3 +638,91 @@ def fit_lazy(
     featurizer = Featurizer(config) if isinstance(config, FeatureConfig) else config
     encodings, crops = run_steps(iter_encode_labelled(featurizer, image, labels), progress=progress, cancel=cancel)
     return segmenter.fit(encodings, crops)
+
+
+# ---------------------------------------------------------------------------------------------- files
+#: Planes with more pixels than this are segmented tile by tile (streamed) by ``segment_files``; smaller
+#: ones in memory. 2**25 pixels (about 5800 x 5800) keep the in-memory path under ~3.5 GB.
+STREAM_PIXELS = 1 << 25
+
+
+def plane_shape(path: str | Path) -> tuple[int, tuple[int, int]]:
+    """(number of planes, (H, W)) of an image file or Zarr input, read from its metadata only."""
+    planes, _ = lazy_planes(path)
+    return len(planes), (planes[0].height, planes[0].width)
+
+
+@dataclass
+class StreamedFile:
+    """Where a streamed segmentation of one input file goes.
+
+    ``finals`` maps each output kind to its final file: ``.zarr`` outputs are the streamed Zarr images
+    themselves; ``.tif`` outputs are written as tiled BigTIFFs from a hidden intermediate Zarr
+    (``.<name>.zarr``, removed afterwards).
+    """
+
+    source: Path
+    finals: dict[str, Path]
+
+    @property
+    def zarr_outputs(self) -> dict[str, Path]:
+        return {
+            kind: final if final.suffix == ".zarr" else final.with_name(f".{final.name}.zarr")
+            for kind, final in self.finals.items()
+        }
+
+    def iter_run(
+        self, segmenter: LinearSegmenter, featurizer: Featurizer, *, chunk: int = DEFAULT_CHUNK
+    ) -> Generator[Progress, None, dict[str, Path]]:
+        """Stream the segmentation (resuming a partial one) and write the final files; returns kind -> path."""
+        job = self.job(segmenter, featurizer.config, chunk=chunk)
+        if not self.intermediate_done(job):
+            job.open()
+            n_planes = job.shape[0]
+            for p in range(n_planes):
+                yield from within(job.iter_band(segmenter, featurizer, p), p, 1.0, total=n_planes)
+            job.finish()
+        return self.convert()
+
+    def job(self, segmenter: LinearSegmenter, config: FeatureConfig, *, chunk: int = DEFAULT_CHUNK) -> StreamJob:
+        return StreamJob.create(segmenter, self.source, self.zarr_outputs, config=config, chunk=chunk)
+
+    def intermediate_done(self, job: StreamJob) -> bool:
+        """True when the hidden intermediate Zarr images of TIFF outputs are complete (only the copy is left)."""
+        from .lazy_io import zarr_output_info
+
+        hidden = {k: p for k, p in self.zarr_outputs.items() if p != self.finals[k]}
+        if not hidden or len(hidden) != len(self.finals):
+            return False
+        for kind, path in hidden.items():
+            info = zarr_output_info(path)
+            if info is None or {k: v for k, v in info.items() if k != "complete"} != {**job.job, "kind": kind}:
+                return False
+        return True
+
+    def convert(self) -> dict[str, Path]:
+        """Copy finished intermediate Zarr images to their tiled TIFF outputs (atomically) and remove them."""
+        import zarr
+
+        from .lazy_io import remove_tree, write_tiled_tiff
+
+        for kind, final in self.finals.items():
+            zarr_path = self.zarr_outputs[kind]
+            if zarr_path != final:
+                write_tiled_tiff(final, zarr.open_group(str(zarr_path), mode="r")["0"])
+                remove_tree(zarr_path)
+        return dict(self.finals)
+
+
+def streamed_file(source: str | Path, labels_path: Path, uncertainty_path: Path | None = None) -> StreamedFile:
+    """A :class:`StreamedFile` writing labels (and uncertainty) to the given ``.zarr`` or ``.tif`` paths."""
+    finals = {"labels": Path(labels_path)}
+    if uncertainty_path is not None:
+        finals["uncertainty"] = Path(uncertainty_path)
+    for kind, path in finals.items():
+        if path.suffix.lower() not in (".zarr", ".tif", ".tiff"):
+            raise InputError(
+                f"'{Path(source).name}' is segmented tile by tile, so its {kind} are written as .zarr or tiled .tif, "
+                f"not '{path.suffix}': use --format zarr or tif."
+            )
+    return StreamedFile(Path(source), finals)

@@ -1,0 +1,190 @@
+"""Images larger than memory: lazy inputs, tile-by-tile segmentation equal to the in-memory path, resumable Zarr outputs."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+import napari_hrdv2 as hr
+from conftest import two_texture_image
+from napari_hrdv2.core import streaming
+from napari_hrdv2.core.errors import Cancelled, InputError
+from napari_hrdv2.core.lazy_io import intensity_range, lazy_planes, open_lazy, zarr_output_info
+from napari_hrdv2.core.preprocess import scale_intensities
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def big_image(size: int, seed: int = 0) -> np.ndarray:
+    """A two-texture image tiled up to ``size`` x ``size`` with a gradient, uint8."""
+    base, _ = two_texture_image(112, seed)
+    reps = -(-size // 112)
+    image = np.tile(base, (reps, reps))[:size, :size].astype(np.float32)
+    image += np.linspace(0, 40, size, dtype=np.float32)[None, :]
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def strokes(shape: tuple[int, int]) -> np.ndarray:
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[10:100, 20:23] = 1
+    labels[10:100, 80:83] = 2
+    return labels
+
+
+@pytest.fixture(scope="module")
+def tiled(tiny_backbone) -> hr.FeatureConfig:
+    """Small tiles so that a small image has many tiles (and overlaps in both directions)."""
+    return hr.FeatureConfig(
+        backbone=tiny_backbone, device="cpu", shifts="none", tile_size=112, tile_overlap=28, storage_dtype="float32"
+    )
+
+
+@pytest.fixture(scope="module")
+def model(tiled) -> hr.LinearSegmenter:
+    image = big_image(112)
+    return hr.LinearSegmenter().fit(hr.Featurizer(tiled).encode(image, with_attention=False), strokes(image.shape))
+
+
+def test_region_equals_whole_prediction_cropped(tiled, model):
+    image = big_image(300)[:, :260]
+    featurizer = hr.Featurizer(tiled)
+    encoding = featurizer.encode(image, with_attention=False)
+    whole = streaming.segment_region(model, image, featurizer=featurizer, outputs=("labels", "probabilities"))
+    np.testing.assert_array_equal(whole["labels"], model.predict(encoding))
+    np.testing.assert_array_equal(whole["probabilities"], model.predict_proba(encoding))  # bit-identical
+    seen = []
+    part = streaming.segment_region(
+        model,
+        image,
+        (50, 170),
+        (30, 250),
+        featurizer=featurizer,
+        outputs=("labels", "uncertainty"),
+        progress=seen.append,
+    )
+    np.testing.assert_array_equal(part["labels"], whole["labels"][50:170, 30:250])
+    np.testing.assert_array_equal(part["uncertainty"], model.uncertainty(encoding)[50:170, 30:250])
+    # only the tiles touching the region are encoded: 3 of the 4 tile rows (tops 0, 63, 125, 188), 3 columns
+    assert seen[-1].total == 9 and seen[-1].done == 9
+
+
+@pytest.mark.slow
+def test_streamed_zarr_equals_in_memory_2048(tmp_path, tiny_backbone, model):
+    """A 2048 x 2048 image, Zarr in and Zarr out, with the default tiles: labels equal the in-memory ones."""
+    config = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shifts="none", tile_size=518, tile_overlap=84)
+    image = big_image(2048)
+    source = zarr.create_array(str(tmp_path / "in.zarr"), shape=image.shape, chunks=(500, 500), dtype="uint8")
+    source[:] = image
+    featurizer = hr.Featurizer(config)
+    expected = model.predict(featurizer.encode(image, with_attention=False))
+    out = tmp_path / "in_labels.zarr"
+    files = hr.stream_segment(model, tmp_path / "in.zarr", {"labels": out}, featurizer=featurizer, chunk=512)
+    assert files == {"labels": out}
+    written = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(written["0"][:], expected)
+    assert written.attrs["multiscales"][0]["axes"][-1]["name"] == "x"
+    info = zarr_output_info(out)
+    assert info["complete"] and info["model_sha256"] == streaming.model_digest(model)
+    assert not (tmp_path / "in_labels.zarr.partial").exists()
+
+
+def test_interrupted_stream_resumes_from_finished_chunks(tmp_path, tiled, model, monkeypatch):
+    image = big_image(336)
+    featurizer = hr.Featurizer(tiled)
+    expected = model.predict(featurizer.encode(image, with_attention=False))
+    outputs = {"labels": tmp_path / "a_labels.zarr", "uncertainty": tmp_path / "a_uncertainty.zarr"}
+    cancel = threading.Event()
+
+    def stop_after_two_chunk_rows(update):
+        if len(list((tmp_path / "a_labels.zarr.partial" / ".hrdv2_state" / "done").glob("*"))) >= 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        hr.stream_segment(
+            model, image, outputs, featurizer=featurizer, chunk=64, progress=stop_after_two_chunk_rows, cancel=cancel
+        )
+    assert not outputs["labels"].exists() and zarr_output_info(tmp_path / "a_labels.zarr.partial") is None
+    done_before = len(list((tmp_path / "a_labels.zarr.partial" / ".hrdv2_state" / "done").glob("*")))
+    assert 2 <= done_before < 6  # 336 rows = 6 chunk rows of 64
+
+    encoded_tiles = []
+    original = streaming.TileEncoder.iter_encode
+
+    def counting(self, tile, **kwargs):
+        encoded_tiles.append(tile.top)
+        return (yield from original(self, tile, **kwargs))
+
+    monkeypatch.setattr(streaming.TileEncoder, "iter_encode", counting)
+    hr.stream_segment(model, image, outputs, featurizer=featurizer, chunk=64)
+    np.testing.assert_array_equal(zarr.open_group(str(outputs["labels"]))["0"][:], expected)
+    assert zarr_output_info(outputs["uncertainty"])["complete"]
+    assert min(encoded_tiles) > 0  # the first tile row (top 0) was finished before: not encoded again
+    assert not (tmp_path / "a_labels.zarr.partial").exists()
+
+
+def test_partial_output_of_another_model_is_discarded(tmp_path, tiled, model):
+    image = big_image(200)
+    out = tmp_path / "b_labels.zarr"
+    (tmp_path / "b_labels.zarr.partial" / ".hrdv2_state").mkdir(parents=True)
+    (tmp_path / "b_labels.zarr.partial" / ".hrdv2_state" / "job.json").write_text('{"model_sha256": "other"}')
+    hr.stream_segment(model, image, {"labels": out}, featurizer=hr.Featurizer(tiled), chunk=64)
+    expected = model.predict(hr.Featurizer(tiled).encode(image, with_attention=False))
+    np.testing.assert_array_equal(zarr.open_group(str(out))["0"][:], expected)
+
+
+def test_fit_on_labelled_tiles_only(tiled, model):
+    image = big_image(336)
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    labels[:112] = strokes((112, 336))
+    featurizer = hr.Featurizer(tiled)
+    in_memory = hr.LinearSegmenter().fit(featurizer.encode(image, with_attention=False), labels)
+    encodings, crops = hr.core.streaming.run_steps(streaming.iter_encode_labelled(featurizer, image, labels))
+    assert sum(len(e.tiles) for e in encodings) == 2 * 2  # the 2 x 2 tiles covering rows 0..111, cols 0..111
+    lazy = hr.fit_lazy(hr.LinearSegmenter(), image, labels, featurizer)
+    np.testing.assert_allclose(lazy.coef_, in_memory.coef_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(lazy.intercept_, in_memory.intercept_, rtol=1e-4, atol=1e-5)
+
+
+def test_lazy_inputs_tiff_npy_ome_zarr(tmp_path):
+    image = big_image(300)[:, :260]
+    tifffile.imwrite(tmp_path / "a.tif", image, tile=(64, 64))
+    np.save(tmp_path / "a.npy", image)
+    group = zarr.open_group(str(tmp_path / "a.ome.zarr"), mode="w", zarr_format=2)
+    group.attrs["multiscales"] = [
+        {"version": "0.4", "axes": [{"name": n} for n in "tczyx"], "datasets": [{"path": "0"}]}
+    ]
+    group.create_array("0", shape=(1, 1, 1, *image.shape), chunks=(1, 1, 1, 64, 64), dtype="uint8")[:] = image[
+        None, None, None
+    ]
+    for name in ("a.tif", "a.npy", "a.ome.zarr"):
+        planes, stack = lazy_planes(tmp_path / name)
+        assert not stack and len(planes) == 1 and planes[0].shape == image.shape
+        np.testing.assert_array_equal(planes[0].read(slice(10, 80), slice(200, 260)), image[10:80, 200:260])
+    assert isinstance(open_lazy(tmp_path / "a.npy"), np.memmap)
+    with pytest.raises(InputError, match="does not exist"):
+        open_lazy(tmp_path / "missing.zarr")
+
+
+@pytest.mark.parametrize("normalize", ["minmax", "percentile", "dtype"])
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_intensity_range_matches_in_memory(normalize, dtype):
+    rng = np.random.default_rng(1)
+    image = rng.gamma(2.0, 300.0, size=(333, 77)).astype(dtype)
+    if dtype == np.float32 and normalize == "dtype":
+        image = image / image.max()
+    planes, _ = lazy_planes(image)
+    scaling = intensity_range(planes[0], normalize)
+    expected = scale_intensities(image, normalize=normalize)
+    tolerance = 0 if normalize != "percentile" or dtype != np.float32 else 1e-4
+    np.testing.assert_allclose(scaling.apply(image[5:50]), expected[5:50], rtol=0, atol=tolerance)
+
+
+def test_streaming_refuses_hybrid_models(tiled):
+    image = big_image(112)
+    hybrid = hr.LinearSegmenter(hybrid=True).fit(hr.Featurizer(tiled).encode(image), strokes(image.shape))
+    with pytest.raises(InputError, match="Hybrid"):
+        streaming.segment_region(hybrid, image)
