@@ -215,6 +215,7 @@ def stream_band_task(
     config: dict[str, Any],
     plane: int,
     chunk_rows: tuple[int, int],
+    chunk: int,
     backbone_path: str | None = None,
 ) -> int:
     """One band of output chunk rows of an image segmented tile by tile; returns the chunk rows written."""
@@ -225,20 +226,20 @@ def stream_band_task(
     segmenter = _model_on_worker(model_ref)
     featurizer = _featurizer_on_worker(model_ref[0], config, backbone_path)
     plan = StreamedFile(Path(source), {k: Path(v) for k, v in finals.items()})
-    job = plan.job(segmenter, featurizer.config).open(create=False)
+    job = plan.job(segmenter, featurizer.config, chunk=chunk).open(create=False)
     with _inference_mode():
         return run_steps(job.iter_band(segmenter, featurizer, plane, chunk_rows))
 
 
 def finish_stream_task(
-    source: str, finals: dict[str, str], model_ref: tuple[str, Any], config: dict[str, Any], *bands: int
+    source: str, finals: dict[str, str], model_ref: tuple[str, Any], config: dict[str, Any], chunk: int, *bands: int
 ) -> dict[str, str]:
     """After all bands of a streamed image: rename its outputs into place (and write TIFF copies)."""
     segmenter = _model_on_worker(model_ref)
     from .streaming import StreamedFile
 
     plan = StreamedFile(Path(source), {k: Path(v) for k, v in finals.items()})
-    job = plan.job(segmenter, FeatureConfig.from_dict(config))
+    job = plan.job(segmenter, FeatureConfig.from_dict(config), chunk=chunk)
     if not plan.intermediate_done(job):
         job.open(create=False).finish()
     return {kind: str(path) for kind, path in plan.convert().items()}
@@ -281,6 +282,7 @@ def segment_files_distributed(
     backbone_path: str | None = None,
     retries: int = DEFAULT_RETRIES,
     band_chunk_rows: int = BAND_CHUNK_ROWS,
+    chunk: int | None = None,
 ) -> BatchReport:
     """:func:`~.batch.segment_files` on a dask cluster: one task per input (per band for huge images).
 
@@ -291,6 +293,7 @@ def segment_files_distributed(
     backbone_path : where the backbone weights are on the workers, if not where the model says.
     retries : times a task is retried when its worker dies.
     band_chunk_rows : output chunk rows per task for images segmented tile by tile.
+    chunk : chunk side of streamed outputs (default ``streaming.DEFAULT_CHUNK``).
 
     Returns the same :class:`~.batch.BatchReport` as the single-process run (same files, same order).
     """
@@ -305,6 +308,9 @@ def segment_files_distributed(
         output_path,
     )
     from .io import IMAGE_SUFFIXES
+    from .streaming import DEFAULT_CHUNK
+
+    chunk = int(chunk or DEFAULT_CHUNK)
 
     suffix = _check_suffix(suffix)
     config = featurizer_or_config if isinstance(featurizer_or_config, FeatureConfig) else featurizer_or_config.config
@@ -345,16 +351,27 @@ def segment_files_distributed(
         if job is not None and job.streamed is not None:
             plan = job.streamed
             finals = {k: str(v) for k, v in plan.finals.items()}
-            stream_job = plan.job(segmenter, config)
+            stream_job = plan.job(segmenter, config, chunk=chunk)
             if not plan.intermediate_done(stream_job):
                 stream_job.open()  # the partial outputs exist before any band writes into them
             bands = [
                 client.submit(
-                    stream_band_task, str(path), finals, model_ref, config_dict, p, (a, b), backbone_path, **options
-                )
+                    stream_band_task,
+                    str(path),
+                    finals,
+                    model_ref,
+                    config_dict,
+                    p,
+                    (a, b),
+                    chunk,
+                    backbone_path,
+                    **options,
+                )  # fmt: skip
                 for p, a, b in stream_job.bands(band_chunk_rows)
             ]
-            future = client.submit(finish_stream_task, str(path), finals, model_ref, config_dict, *bands, **options)
+            future = client.submit(
+                finish_stream_task, str(path), finals, model_ref, config_dict, chunk, *bands, **options
+            )
             outcomes[i] = {"streamed": [str(job.target)], "finals": finals}  # filled in when done
         else:
             future = client.submit(

@@ -1,0 +1,175 @@
+"""Batch segmentation on a dask.distributed LocalCluster (2 worker processes): same outputs as one process, survives a
+killed worker, reruns redo only what is missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+import napari_hrdv2 as hr
+from conftest import two_texture_image
+from napari_hrdv2.core.distributed import file_sha256, parse_scheduler, segment_files_distributed
+from napari_hrdv2.core.errors import InputError
+
+distributed = pytest.importorskip("distributed")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]
+
+N_IMAGES = 4
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two worker processes, one thread each (the nanny restarts a killed worker)."""
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        env={"NAPARI_HRDV2_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory, tiny_backbone):
+    """A folder of 6 small images, a model file, and the single-process outputs to compare with."""
+    root = tmp_path_factory.mktemp("dist")
+    folder = root / "images"
+    folder.mkdir()
+    for i in range(N_IMAGES):
+        image, _ = two_texture_image(84 + 14 * (i % 3), seed=i)
+        tifffile.imwrite(folder / f"img{i}.tif", image)
+    config = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shifts="none", tile_size=None)
+    image, truth = two_texture_image(112)
+    labels = np.zeros_like(truth)
+    labels[5:-5, 20:23] = 1
+    labels[5:-5, 80:83] = 2
+    model = hr.LinearSegmenter().fit(hr.Featurizer(config).encode(image, with_attention=False), labels)
+    model_path = model.save(root / "model.hrdv2")
+    single = root / "single"
+    report = hr.segment_files([folder], single, model, config, uncertainty=True)
+    assert report.ok and len(report.written) == N_IMAGES
+    return {
+        "root": root,
+        "folder": folder,
+        "model": model,
+        "model_path": model_path,
+        "config": config,
+        "single": single,
+    }
+
+
+def same_outputs(folder: Path, reference: Path) -> None:
+    names = sorted(p.name for p in reference.iterdir())
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == names
+    for name in names:
+        np.testing.assert_array_equal(tifffile.imread(folder / name), tifffile.imread(reference / name))
+
+
+def test_two_workers_equal_single_process(client, batch):
+    out = batch["root"] / "two_workers"
+    seen = []
+    report = hr.segment_files(
+        [batch["folder"]], out, batch["model"], batch["config"], uncertainty=True, client=client,
+        model_path=batch["model_path"], progress=seen.append,
+    )  # fmt: skip
+    assert report.ok and len(report.written) == N_IMAGES and len(report.extra) == N_IMAGES
+    assert [p.name for p in report.written] == [f"img{i}_labels.tif" for i in range(N_IMAGES)]
+    same_outputs(out, batch["single"])
+    assert seen[-1].fraction == 1.0
+    # each worker process loaded the model once (keyed by the file's sha256) and kept it
+    loaded = client.run(lambda: sorted(__import__("napari_hrdv2.core.distributed").core.distributed._WORKER_MODELS))
+    assert all(keys in ([], [file_sha256(batch["model_path"])]) for keys in loaded.values())
+
+    # a rerun after a crash redoes only what is missing
+    (out / "img2_labels.tif").unlink()
+    again = hr.segment_files(
+        [batch["folder"]], out, batch["model"], batch["config"], client=client, model_path=batch["model_path"]
+    )
+    assert [p.name for p in again.written] == ["img2_labels.tif"] and len(again.skipped) == N_IMAGES - 1
+    same_outputs(out, batch["single"])
+
+
+def test_killed_worker_run_still_completes(client, batch):
+    """Fault injection: the worker busy with an image is killed (SIGKILL) mid-run; its task is retried elsewhere."""
+    out = batch["root"] / "killed"
+    pids = client.run(os.getpid)  # worker address -> process id
+    killed = threading.Event()
+
+    def kill_a_busy_worker(update):
+        if killed.is_set() or update.path is None:
+            return
+        busy = [address for address, tasks in client.processing().items() if tasks and address in pids]
+        if busy:
+            os.kill(pids[busy[0]], signal.SIGKILL)
+            killed.set()
+
+    report = segment_files_distributed(
+        [batch["folder"]], out, batch["model"], batch["config"], client=client, uncertainty=True,
+        model_path=batch["model_path"], progress=kill_a_busy_worker,
+    )  # fmt: skip
+    assert killed.is_set()
+    assert report.ok and len(report.written) == N_IMAGES
+    same_outputs(out, batch["single"])
+    deadline = time.time() + 60
+    while len(client.scheduler_info()["workers"]) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert set(client.run(os.getpid).values()) != set(pids.values())  # the nanny replaced the killed process
+
+
+def test_zarr_outputs_in_bands_equal_single_process(client, batch):
+    """--format zarr: every image streamed in bands of output chunk rows, one task per band, then renamed."""
+    out = batch["root"] / "zarr"
+    report = segment_files_distributed(
+        [batch["folder"]], out, batch["model"], batch["config"], client=client, suffix=".zarr",
+        model_path=None, chunk=32, band_chunk_rows=2,
+    )  # fmt: skip
+    assert report.ok and len(report.written) == N_IMAGES
+    for i in range(N_IMAGES):
+        labels = zarr.open_group(str(out / f"img{i}_labels.zarr"), mode="r")["0"][:]
+        np.testing.assert_array_equal(labels, tifffile.imread(batch["single"] / f"img{i}_labels.tif"))
+    assert not list(out.glob("*.partial"))
+
+
+def test_cli_scheduler_address(client, batch, capsys):
+    """``segment --scheduler ADDRESS`` end to end on the running cluster: same files as the single-process run."""
+    from napari_hrdv2.cli import main
+
+    out = batch["root"] / "cli"
+    folder = batch["root"] / "cli_in"
+    shutil.copytree(batch["folder"], folder)
+    for extra in list(folder.iterdir())[2:]:
+        extra.unlink()
+    code = main(
+        [
+            "segment",
+            str(folder),
+            "--model",
+            str(batch["model_path"]),
+            "-o",
+            str(out),
+            "--scheduler",
+            client.scheduler.address,
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    for path in out.iterdir():
+        np.testing.assert_array_equal(tifffile.imread(path), tifffile.imread(batch["single"] / path.name))
+    assert len(list(out.iterdir())) == 2
+
+
+def test_parse_scheduler():
+    assert parse_scheduler("local") == ("local", None)
+    assert parse_scheduler("local:3") == ("local", 3)
+    assert parse_scheduler("tcp://10.0.0.1:8786") == ("tcp://10.0.0.1:8786", None)
+    with pytest.raises(InputError, match="positive integer"):
+        parse_scheduler("local:zero")
