@@ -106,12 +106,14 @@ def test_killed_worker_run_still_completes(client, batch):
     killed = threading.Event()
 
     def kill_a_busy_worker(update):
-        if killed.is_set() or update.path is None:
-            return
-        busy = [address for address, tasks in client.processing().items() if tasks and address in pids]
-        if busy:
-            os.kill(pids[busy[0]], signal.SIGKILL)
-            killed.set()
+        """Right after submission: SIGKILL a worker as soon as the scheduler has given it an image."""
+        deadline = time.time() + 30
+        while not killed.is_set() and time.time() < deadline:
+            busy = [address for address, tasks in client.processing().items() if tasks and address in pids]
+            if busy:
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed.set()
+            time.sleep(0.01)
 
     report = segment_files_distributed(
         [batch["folder"]], out, batch["model"], batch["config"], client=client, uncertainty=True,
@@ -131,7 +133,7 @@ def test_zarr_outputs_in_bands_equal_single_process(client, batch):
     out = batch["root"] / "zarr"
     report = segment_files_distributed(
         [batch["folder"]], out, batch["model"], batch["config"], client=client, suffix=".zarr",
-        model_path=None, chunk=32, band_chunk_rows=2,
+        model_path=None, chunk=48, band_chunk_rows=2,
     )  # fmt: skip
     assert report.ok and len(report.written) == N_IMAGES
     for i in range(N_IMAGES):

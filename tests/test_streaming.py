@@ -188,3 +188,21 @@ def test_streaming_refuses_hybrid_models(tiled):
     hybrid = hr.LinearSegmenter(hybrid=True).fit(hr.Featurizer(tiled).encode(image), strokes(image.shape))
     with pytest.raises(InputError, match="Hybrid"):
         streaming.segment_region(hybrid, image)
+
+
+def test_segment_files_streams_large_tiffs_to_tiled_bigtiff(tmp_path, tiled, model, monkeypatch):
+    """Planes above STREAM_PIXELS are segmented tile by tile; a .tif output is a tiled BigTIFF with the same labels."""
+    image = big_image(200)
+    tifffile.imwrite(tmp_path / "large.tif", image, tile=(64, 64))
+    monkeypatch.setattr(streaming, "STREAM_PIXELS", 100 * 100)
+    featurizer = hr.Featurizer(tiled)
+    report = hr.segment_files([tmp_path / "large.tif"], tmp_path / "out", model, featurizer, uncertainty=True)
+    assert report.ok and [p.name for p in report.written] == ["large_labels.tif"]
+    with tifffile.TiffFile(tmp_path / "out" / "large_labels.tif") as handle:
+        assert handle.is_bigtiff and handle.pages[0].is_tiled
+        labels = handle.asarray()
+    encoding = featurizer.encode(image, with_attention=False)
+    np.testing.assert_array_equal(labels, model.predict(encoding))
+    uncertainty = tifffile.imread(tmp_path / "out" / "large_uncertainty.tif")
+    np.testing.assert_array_equal(uncertainty, model.uncertainty(encoding))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["large_labels.tif", "large_uncertainty.tif"]

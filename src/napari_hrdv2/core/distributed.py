@@ -194,12 +194,13 @@ def segment_file_task(
     backbone_path: str | None = None,
 ) -> dict[str, list]:
     """One input on a worker: exactly :func:`~.batch.iter_segment_files` on ``[path]``; returns its report."""
-    from .batch import _inference_mode, iter_segment_files
+    from .batch import iter_segment_files
+    from .devices import inference_mode
     from .progress import run_steps
 
     segmenter = _model_on_worker(model_ref)
     featurizer = _featurizer_on_worker(model_ref[0], config, backbone_path)
-    with _inference_mode():
+    with inference_mode():
         report = run_steps(
             iter_segment_files(
                 [path], outdir, segmenter, featurizer, suffix=suffix, overwrite=overwrite, uncertainty=uncertainty
@@ -219,7 +220,7 @@ def stream_band_task(
     backbone_path: str | None = None,
 ) -> int:
     """One band of output chunk rows of an image segmented tile by tile; returns the chunk rows written."""
-    from .batch import _inference_mode
+    from .devices import inference_mode
     from .progress import run_steps
     from .streaming import StreamedFile
 
@@ -227,7 +228,7 @@ def stream_band_task(
     featurizer = _featurizer_on_worker(model_ref[0], config, backbone_path)
     plan = StreamedFile(Path(source), {k: Path(v) for k, v in finals.items()})
     job = plan.job(segmenter, featurizer.config, chunk=chunk).open(create=False)
-    with _inference_mode():
+    with inference_mode():
         return run_steps(job.iter_band(segmenter, featurizer, plane, chunk_rows))
 
 

@@ -25,13 +25,14 @@ import math
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import write_text, write_tif
 from .errors import InputError
 from .preprocess import NORMALIZE_OPTIONS, ROBUST_PERCENTILES, Normalize
 
@@ -352,12 +353,6 @@ def _percentiles(plane: LazyPlane, percents: tuple[float, float], low: float, hi
 
 
 # ---------------------------------------------------------------------------------------------- outputs
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def remove_tree(path: Path) -> None:
     """Delete an output folder (or file) that may be half-written."""
     if path.is_dir() and not path.is_symlink():
@@ -489,7 +484,7 @@ class ZarrOutput:
             "0", shape=self.array_shape, chunks=self._array_chunks(), dtype=self.dtype, fill_value=0
         )
         (self._state / "done").mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(job_file, json.dumps(self.job, sort_keys=True))
+        write_text(job_file, json.dumps(self.job, sort_keys=True), overwrite=True)
         return self
 
     def done_rows(self, plane: int) -> set[int]:
@@ -530,10 +525,8 @@ class ZarrOutput:
 def write_tiled_tiff(path: str | Path, source: Any, *, tile: int = 512) -> Path:
     """Copy a Zarr array ``(H, W)`` or ``(N, H, W)`` into a tiled, zlib-compressed BigTIFF, one tile at a time.
 
-    Written to a temporary name and renamed (``os.replace``): memory stays at one tile.
+    Written to a temporary name and renamed (:func:`~.atomic.write_tif`): memory stays at one tile.
     """
-    import tifffile
-
     path = Path(path)
     shape = tuple(source.shape)
     planes = shape[:-2] if len(shape) > 2 else ()
@@ -550,17 +543,7 @@ def write_tiled_tiff(path: str | Path, source: Any, *, tile: int = 512) -> Path:
                         block = padded
                     yield block
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tifffile.imwrite(
-            str(tmp), tiles(), shape=shape, dtype=source.dtype, tile=(tile, tile), bigtiff=True,
-            compression="zlib", photometric="minisblack",
-        )  # fmt: skip
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-ProgressCallback = Callable[[Any], None]
+    return write_tif(
+        path, tiles(), overwrite=True, shape=shape, dtype=source.dtype, tile=(tile, tile), bigtiff=True,
+        compression="zlib", photometric="minisblack",
+    )  # fmt: skip
