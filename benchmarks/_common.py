@@ -73,10 +73,32 @@ def random_vits14(cache_dir: Path | None = None, *, seed: int = 0) -> str:
     return str(folder)
 
 
+def random_vits16(cache_dir: Path | None = None, *, seed: int = 1) -> str:
+    """Folder of a random-init DINOv3 ViT-S/16 (4 registers, RoPE), built on first call like :func:`random_vits14`."""
+    folder = Path(cache_dir or CACHE_DIR) / f"random-dinov3-vits16-seed{seed}"
+    if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+        return str(folder)
+    from napari_hrdv2.testing import save_random_vits16
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
+    save_random_vits16(staging, seed=seed)
+    try:
+        staging.rename(folder)
+    except OSError:  # another process won the race: use its copy
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(folder)
+
+
 def backbone_or_random(backbone: str | None) -> tuple[str, bool]:
-    """``(backbone source, is_random)`` for a ``--backbone`` option (None or "random" = random ViT-S/14)."""
+    """``(backbone source, is_random)`` for a ``--backbone`` option.
+
+    None or "random" = random DINOv2 ViT-S/14; "random-dinov3" = random DINOv3 ViT-S/16.
+    """
     if backbone in (None, "", "random"):
         return random_vits14(), True
+    if backbone == "random-dinov3":
+        return random_vits16(), True
     return backbone, False
 
 

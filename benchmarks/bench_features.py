@@ -26,6 +26,7 @@ Usage::
     python benchmarks/bench_features.py --quick    # 2048 px for (b), 3 repeats, 1 image for (e) (~15 min)
     python benchmarks/bench_features.py --only b   # the 4096x4096 RSS section alone
     python benchmarks/bench_features.py --only a,c --backbone facebook/dinov2-small
+    python benchmarks/bench_features.py --only a,b --backbone random-dinov3   # random DINOv3 ViT-S/16 (patch 16, RoPE)
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def section_a(backbone: str, repeats: int) -> None:
     featurizer = hr.Featurizer(config)
     model = featurizer.backbone.model
     k = config.n_transforms
-    pixels = pad_to_grid(normalised_pixels(featurizer, image), patch_size=14, stride=14)[None]
+    patch = featurizer.backbone.patch_size
+    pixels = pad_to_grid(normalised_pixels(featurizer, image), patch_size=patch, stride=patch)[None]
     batch = 4  # the batched baseline; the encode runs with the default (auto) batch size
     encode_batch = config.resolved_batch_size(featurizer.device.type)
     bare_forwards(model, pixels, k, batch)  # warm-up of both paths (allocator, oneDNN kernels)
@@ -150,21 +152,22 @@ def section_a(backbone: str, repeats: int) -> None:
         row(f"{k} bare forwards, batch 1", "bare1"),
         row(f"{k} bare forwards, batch {batch}", "bareb"),
         row(f"encode (default batch {encode_batch}, attention included)", "enc"),
-        row("features() (384, 518, 518)", "feat"),
+        row(f"features() ({enc.n_features}, 518, 518)", "feat"),
         [
             "encode + features()",
             median([a + b for a, b in zip(wall["enc"], wall["feat"])]),
             median([a + b for a, b in zip(cpu["enc"], cpu["feat"])]),
             median([a + b for a, b in zip(wall["enc"], wall["feat"])]) / base,
         ],
-        row("attention() (6, 518, 518)", "attention"),
+        row(f"attention() ({enc.n_heads}, 518, 518)", "attention"),
         row("project() 3 channels", "project"),
         row("sample() 50k pixels", "sample"),
     ]
     print_table(
         table,
         ["step", "wall s (median)", "process CPU s (median)", "wall / batch-1 forwards"],
-        title=f"(a) CPU, 518x518 T-cell TEM, {k} transforms (moore, d=1,2), default config, {repeats} repeats",
+        title=f"(a) CPU, 518x518 T-cell TEM, {k} transforms (moore, d=1,2), default config, {repeats} repeats, "
+        f"patch {patch}, {featurizer.backbone.family}",
     )
     worst = max(median(ratio1), median(ratio_b))
     print(
@@ -470,7 +473,11 @@ def section_e(backbone: str, n_images: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default=None, help="weights (default: random-init ViT-S/14 saved locally)")
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        help="weights (default: random-init DINOv2 ViT-S/14 saved locally; 'random-dinov3': random DINOv3 ViT-S/16)",
+    )
     parser.add_argument("--quick", action="store_true", help="2048 px for (b), 3 repeats, 1 image for (e)")
     parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated sections to run")
     parser.add_argument("--repeats", type=int, default=None, help="timing repeats (default 5, quick 3)")

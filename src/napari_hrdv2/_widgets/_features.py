@@ -83,7 +83,7 @@ class FeaturesWidget(Container):
         self._shifts = ComboBox(label="Shifts", choices=["none", "neumann", "moore"])
         self._distances = LineEdit(label="Shift distances", tooltip="Pixels, comma separated, e.g. '3, 6'")
         self._flips = CheckBox(text="Flips", value=False)
-        self._stride = SpinBox(label="Stride", min=0, max=14, tooltip="Patch stride in pixels; 0 = patch size")
+        self._stride = SpinBox(label="Stride", min=0, max=16, tooltip="Patch stride in pixels; 0 = patch size")
         self._resize = ComboBox(label="Resize", choices=["bilinear", "nearest"])
         self._tile_size = SpinBox(label="Tile size", min=0, max=8192, step=14, tooltip="Pixels; 0 = whole image")
         self._device = ComboBox(label="Device", choices=list(DEVICES))
