@@ -413,12 +413,35 @@ class _Reservoir:
         return 0 if self.rows is None else int(self.rows.shape[0])
 
 
+#: Rows per block when reducing the reservoir (bounds the float64 temporaries to ~30 MB for C = 384).
+_ROW_BLOCK = 10_000
+
+
+def project_rows(vectors: np.ndarray, centre: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """``(vectors - centre) @ axes.T`` in float64, a block of rows at a time: (N, k)."""
+    axes = np.atleast_2d(np.asarray(axes, dtype=np.float64))
+    out = np.empty((vectors.shape[0], axes.shape[0]), dtype=np.float64)
+    for start in range(0, vectors.shape[0], _ROW_BLOCK):
+        block = vectors[start : start + _ROW_BLOCK].astype(np.float64) - centre
+        out[start : start + _ROW_BLOCK] = block @ axes.T
+    return out
+
+
 def _principal_axes(vectors: np.ndarray, n_components: int) -> tuple[np.ndarray, ...]:
-    """Mean, unit axes (k, C), explained variance and its ratio of (N, C) vectors (float64 eigh)."""
-    data = vectors.astype(np.float64)
-    mean = data.mean(axis=0)
-    centred = data - mean
-    covariance = centred.T @ centred / max(data.shape[0] - 1, 1)
+    """Mean, unit axes (k, C), explained variance and its ratio of (N, C) vectors (float64 eigh of the covariance).
+
+    The covariance is accumulated over blocks of rows, so no float64 copy of all vectors is made.
+    """
+    n_rows, n_features = vectors.shape
+    mean = np.zeros(n_features, dtype=np.float64)
+    for start in range(0, n_rows, _ROW_BLOCK):
+        mean += vectors[start : start + _ROW_BLOCK].astype(np.float64).sum(axis=0)
+    mean /= n_rows
+    covariance = np.zeros((n_features, n_features), dtype=np.float64)
+    for start in range(0, n_rows, _ROW_BLOCK):
+        block = vectors[start : start + _ROW_BLOCK].astype(np.float64) - mean
+        covariance += block.T @ block
+    covariance /= max(n_rows - 1, 1)
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     order = np.argsort(eigenvalues)[::-1][:n_components]
     components = eigenvectors[:, order].T
@@ -427,15 +450,15 @@ def _principal_axes(vectors: np.ndarray, n_components: int) -> tuple[np.ndarray,
     components = components * signs[:, None]
     variance = np.clip(eigenvalues[order], 0.0, None)
     ratio = variance / max(float(np.clip(eigenvalues, 0.0, None).sum()), 1e-30)
-    return mean, components, variance, ratio, centred
+    return mean, components, variance, ratio
 
 
 def _basis_from(vectors: np.ndarray, n_components: int) -> PCABasis:
     if vectors.shape[0] < 2:
         raise InputError(f"Only {vectors.shape[0]} pixel(s) to fit a PCA on; give more or larger images.")
     n_components = min(n_components, vectors.shape[1], vectors.shape[0])
-    mean, components, variance, ratio, centred = _principal_axes(vectors, n_components)
-    scores = centred @ components.T
+    mean, components, variance, ratio = _principal_axes(vectors, n_components)
+    scores = project_rows(vectors, mean, components)
     low, high = np.percentile(scores, COLOUR_PERCENTILES, axis=0)
     return PCABasis(
         mean.astype(np.float32),
@@ -587,13 +610,13 @@ def iter_fit_pca(
     if foreground and foreground_cue == "pca":
         first = _basis_from(reservoir.rows, 1)
         axis, centre = first.components[0].astype(np.float64), first.mean.astype(np.float64)
-        scores = (reservoir.rows - centre) @ axis
+        scores = project_rows(reservoir.rows, centre, axis)[:, 0]
         span = max(float(first.high[0] - first.low[0]), 1e-12)
         if foreground_threshold is None:
             threshold, how = otsu_threshold(scores), "Otsu threshold on PC1"
         else:
             threshold, how = float(first.low[0]) + float(foreground_threshold) * span, "manual threshold on PC1"
-        border_high = float(np.mean((border.rows - centre) @ axis > threshold)) if border.size else 0.0
+        border_high = float(np.mean(project_rows(border.rows, centre, axis)[:, 0] > threshold)) if border.size else 0.0
         side = 1.0 if border_high <= 0.5 else -1.0  # the side holding fewer of the border pixels
         if invert_foreground:
             side = -side
