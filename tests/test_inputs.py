@@ -39,13 +39,6 @@ def test_dtypes_scale_to_the_same_features(featurizer, grey, dtype):
     np.testing.assert_allclose(featurizer.encode(converted).features(), expected, atol=1e-5)
 
 
-def test_outputs_align_with_any_size(featurizer):
-    for shape in [(14, 14), (15, 29), (100, 14), (57, 200)]:
-        encoding = featurizer.encode(np.random.default_rng(1).random(shape))
-        assert encoding.features().shape == (128, *shape)
-        assert encoding.attention().shape == (2, *shape)
-
-
 @pytest.mark.parametrize(
     ("image", "message"),
     [
