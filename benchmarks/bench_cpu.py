@@ -1,0 +1,469 @@
+"""CPU speed: native bfloat16 (``dtype="auto"``) and interactive latency on a busy machine; prints Markdown tables.
+
+Sections (``--only a,b,c,threads``; see benchmarks/README.md for results):
+
+a
+    Encode + ``features()`` of a 1024x1024 ``nasa_ebc`` micrograph, balanced preset (moore d=5,
+    9 transforms, 518 px tiles), ViT-S/14, ``dtype="float32"`` vs ``dtype="auto"`` (and explicit
+    ``"bfloat16"``), interleaved in the same run, ``--repeats`` each (default 1 here: ~1 min per
+    run on 2 quiet cores). Prints what ``auto`` resolved to and why, the ratio auto / float32
+    (goal <= 0.5 on a CPU with native bfloat16, ~1 elsewhere), and the per-pixel cosine of the
+    auto (or bfloat16) features to float32.
+b
+    convpaint-style end-to-end figure: encode (auto dtype), fit ``LinearSegmenter`` on 3 classes x
+    1000 labelled pixels, predict, for 1024x1024 and 2048x2048 (the micrograph tiled), printed next
+    to the bare-forward time of the same image (the same number of ViT forwards on 518 x 518
+    tiles with nothing else), so the figure can be compared across machines.
+c
+    Retrain + predict latency on a cached encoding of a 1022x1022 crop (default FeatureConfig,
+    ~50k labelled pixels in 3 classes, as ``bench_segment.py`` latency), quiet and with two busy
+    background processes that this script starts itself (``python -c "while True: pass"``).
+    Goal: busy <= 3x quiet, quiet <= 0.5 s. Interleaved repeats, medians; ``uptime``'s load
+    averages printed next to every figure.
+threads
+    Where latency on a busy machine comes from: the same retrain + predict in fresh interpreters
+    with torch threads 2 / 1 and ``OMP_WAIT_POLICY`` unset / PASSIVE, quiet and busy.
+
+The machine this was written on is shared by other jobs: "quiet" means "no background processes
+started by this script", not an idle machine. Compare ratios measured within one run.
+
+Usage::
+
+    python benchmarks/bench_cpu.py --only c               # ~3 min (+ one-off encode, cached)
+    python benchmarks/bench_cpu.py --only a --repeats 2   # ~5 min on 2 cores
+    python benchmarks/bench_cpu.py --only b               # ~10 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import napari_hrdv2 as hr  # noqa: E402
+from _common import (  # noqa: E402
+    CACHE_DIR,
+    RANDOM_WEIGHTS_NOTE,
+    REPO_SRC,
+    backbone_or_random,
+    machine_line,
+    median,
+    nasa_pairs,
+    print_table,
+    read_grey,
+    read_index_labels,
+    timed,
+)
+
+#: The 1024x1024 nasa_ebc micrograph of bench_segment's latency section.
+IMAGE_NAME = "040617_3_S0410028.png"
+
+
+def load_text() -> str:
+    """``uptime``-style load averages, e.g. ``"load 1.2/0.9/0.7"`` (1, 5, 15 min), to print next to a figure."""
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.1f}/{five:.1f}/{fifteen:.1f}"
+
+
+def micrograph() -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark micrograph (1024 x 1024) and its dense labels 1..3."""
+    pairs = dict((p.name, (p, lab)) for p, lab in nasa_pairs("nasa_ebc"))
+    image_path, label_path = pairs.get(IMAGE_NAME, next(iter(pairs.values())))
+    return read_grey(image_path), read_index_labels(label_path) + 1
+
+
+def cached_encoding(image: np.ndarray, config: hr.FeatureConfig) -> hr.Encoding:
+    """``Featurizer(config).encode(image)``, kept in the benchmark cache folder (torch.save) for later runs."""
+    import torch
+
+    key = hashlib.blake2b(digest_size=12)
+    key.update(np.ascontiguousarray(image).tobytes())
+    key.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    path = CACHE_DIR / f"encoding-{key.hexdigest()}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    encoding = hr.Featurizer(config).encode(image)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + f".{os.getpid()}.part")
+    torch.save(encoding, staging)
+    os.replace(staging, path)
+    return encoding
+
+
+def latency_labels(truth: np.ndarray, total: int = 50_000, seed: int = 0) -> np.ndarray:
+    """~``total`` labelled pixels in brush strokes inside the ground-truth classes (bench_segment's protocol)."""
+    from bench_segment import sample_scribbles
+
+    return sample_scribbles(truth, seed=seed, length=256, brush=5, target_total=total)
+
+
+def class_pixels(truth: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    """``per_class`` random labelled pixels of every class of ``truth`` (0 elsewhere)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(truth.shape, dtype=np.uint8)
+    for value in np.unique(truth[truth > 0]):
+        flat = np.flatnonzero(truth == value)
+        labels.flat[rng.choice(flat, size=min(per_class, flat.size), replace=False)] = value
+    return labels
+
+
+@contextlib.contextmanager
+def busy_background(n: int) -> Iterator[list[subprocess.Popen]]:
+    """``n`` background processes that each keep one core busy (pure-Python loops) while the block runs."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], stdout=subprocess.DEVNULL) for _ in range(n)]
+    try:
+        time.sleep(0.5)  # let the scheduler see them
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
+# ---------------------------------------------------------------- (a) float32 vs auto
+
+
+def _pixel_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel cosine of two (C, H, W) feature maps: (H, W)."""
+    dots = np.einsum("chw,chw->hw", a, b, dtype=np.float64)
+    return dots / (np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0))
+
+
+def single_forward_times(backbone: str, repeats: int = 3) -> list[list]:
+    """One ViT forward at 518 x 518 in float32, as a bfloat16 model and under CPU autocast (min of repeats)."""
+    import torch
+
+    from napari_hrdv2.core.backbones import load_backbone
+    from napari_hrdv2.core.vit import forward_tokens
+
+    pixels = torch.randn(1, 3, 518, 518, generator=torch.Generator().manual_seed(0))
+    models = {dtype: load_backbone(backbone, device=torch.device("cpu"), dtype=dtype)
+              for dtype in (torch.float32, torch.bfloat16)}  # fmt: skip
+    runs: dict[str, Callable[[], object]] = {
+        "float32": lambda: forward_tokens(models[torch.float32], pixels),
+        "bfloat16 model": lambda: forward_tokens(models[torch.bfloat16], pixels.bfloat16()),
+    }
+
+    def autocast() -> object:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return forward_tokens(models[torch.float32], pixels)
+
+    runs["float32 model, CPU autocast bfloat16"] = autocast
+    best = dict.fromkeys(runs, float("inf"))
+    with torch.inference_mode():
+        for fn in runs.values():
+            fn()
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                best[name] = min(best[name], timed(fn)[0])
+    return [[name, seconds, seconds / best["float32"], load_text()] for name, seconds in best.items()]
+
+
+def section_dtype(backbone: str, repeats: int, size: int, with_bfloat16: bool) -> dict[str, tuple[float, object]]:
+    """Section (a); returns the last auto encoding of the image and its encode time for section (b)."""
+    from napari_hrdv2.core.devices import cpu_bfloat16_support, measure_bfloat16_speedup
+
+    support = cpu_bfloat16_support()
+    print(f"\ncpu_bfloat16_support(): native={support.native} ({support.method}: {support.detail}); "
+          f"bfloat16/float32 time of the fallback's matrix product here: {measure_bfloat16_speedup():.2f}x "
+          f"({load_text()})")  # fmt: skip
+    print_table(single_forward_times(backbone), ["one ViT forward 518x518", "s (min of 3)", "x float32", "load"],
+                title="(a0) one forward, same run")  # fmt: skip
+    image = tiled_micrograph(size)[0]
+    base = hr.FeatureConfig(backbone=backbone, device="cpu", **hr.PRESETS["balanced"])
+    # Explicit bfloat16 where it is not native costs a slow extra encode: only with --with-bfloat16.
+    dtypes = ["float32", "auto"] + (["bfloat16"] if with_bfloat16 and not support.native else [])
+    featurizers = {name: hr.Featurizer(base.replace(dtype=name)) for name in dtypes}
+    print("auto: " + repr(featurizers["auto"]))
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in dtypes}
+    loads: dict[str, list[str]] = {name: [] for name in dtypes}
+    features: dict[str, np.ndarray] = {}
+    kept: dict[str, tuple[float, object]] = {}
+    for _ in range(repeats):  # interleaved: every dtype sees the same contention
+        for name, featurizer in featurizers.items():
+            t_encode, encoding = timed(lambda f=featurizer: f.encode(image, with_attention=False))
+            t_features, features[name] = timed(encoding.features)
+            times[name].append((t_encode, t_features))
+            loads[name].append(load_text())
+            if name == "auto":
+                kept[f"{size}"] = (t_encode, encoding)
+            del encoding
+    totals = {name: median([a + b for a, b in runs]) for name, runs in times.items()}
+    rows = []
+    for name in dtypes:
+        cosine = _pixel_cosine(features[name], features["float32"])
+        rows.append([f"{name} ({featurizers[name].dtype_choice.name})", median([a for a, _ in times[name]]),
+                     median([b for _, b in times[name]]), totals[name], totals[name] / totals["float32"],
+                     f"{cosine.min():.5f} / {cosine.mean():.6f}", " ".join(loads[name])])  # fmt: skip
+    print_table(
+        rows,
+        [
+            "dtype (resolved)",
+            "encode s",
+            "features() s",
+            "encode + features s",
+            "x float32",
+            "cosine to float32 min / mean",
+            "load after each",
+        ],  # fmt: skip
+        title=f"(a) encode + features {size}x{size}, balanced preset (9 transforms), median of {repeats}",
+    )
+    ratio = totals["auto"] / totals["float32"]
+    goal = "goal <= 0.5" if support.native else "no native bfloat16 on this CPU: auto is float32, goal ~1"
+    print(f"auto / float32 = {ratio:.2f} ({goal})")
+    return kept
+
+
+def tiled_micrograph(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark micrograph and its labels tiled (repeated) to ``size`` x ``size``."""
+    image, truth = micrograph()
+    reps = (size // image.shape[0] + 1, size // image.shape[1] + 1)
+    return np.tile(image, reps)[:size, :size], np.tile(truth, reps)[:size, :size]
+
+
+# ---------------------------------------------------------------- (b) end to end
+
+
+def section_end_to_end(
+    backbone: str, sizes: list[int], per_class: int, forward_samples: int, done: dict[str, tuple[float, object]]
+) -> None:
+    """Section (b); ``done`` maps a size to an (encode seconds, Encoding) of section (a) to reuse."""
+    import torch
+
+    from napari_hrdv2.core.segmenter import LinearSegmenter
+    from napari_hrdv2.core.vit import forward_tokens
+
+    featurizer = hr.Featurizer(hr.FeatureConfig(backbone=backbone, device="cpu", **hr.PRESETS["balanced"]))
+    print(f"\n{featurizer!r}")
+    tile = torch.randn(1, 3, 518, 518, generator=torch.Generator().manual_seed(0)).to(featurizer.dtype)
+    rows = []
+    for size in sizes:
+        big, big_truth = tiled_micrograph(size)
+        labels = class_pixels(big_truth, per_class)
+        if f"{size}" in done:
+            t_encode, encoding = done.pop(f"{size}")
+            load_encode = "(encode from a)"
+        else:
+            t_encode, encoding = timed(lambda b=big: featurizer.encode(b, with_attention=False))
+            load_encode = load_text()
+        segmenter = LinearSegmenter()
+        t_fit, _ = timed(lambda e=encoding, lab=labels, s=segmenter: s.fit([e], [lab]))
+        t_predict, _ = timed(lambda e=encoding, s=segmenter: s.predict(e))
+        n_forwards = len(encoding.tiles) * encoding.n_transforms
+        with torch.inference_mode():
+            forward_tokens(featurizer.backbone, tile, with_attention=False)  # warm-up
+            per_forward = median([timed(lambda: forward_tokens(featurizer.backbone, tile, with_attention=False))[0]
+                                  for _ in range(forward_samples)])  # fmt: skip
+        bare = per_forward * n_forwards
+        total = t_encode + t_fit + t_predict
+        rows.append([f"{size}x{size}", f"{len(encoding.tiles)} x {encoding.n_transforms} = {n_forwards}", t_encode,
+                     t_fit, t_predict, total, bare, total / bare, f"{load_encode}, {load_text()}"])  # fmt: skip
+        del encoding
+    print_table(
+        rows,
+        [
+            "image",
+            "tiles x transforms = forwards",
+            "encode s",
+            "fit s",
+            "predict s",
+            "end-to-end s",
+            "bare forwards s",
+            "end-to-end / bare",
+            "load (after encode, end)",
+        ],  # fmt: skip
+        title=f"(b) convpaint-style end to end: encode ({featurizer.dtype_choice.name}), fit on 3 classes x "
+        f"{per_class} px, predict; bare forwards = n_forwards x median of {forward_samples} single 518x518 forwards",
+    )
+
+
+# ---------------------------------------------------------------- (c) latency
+
+
+_LATENCY_CHILD = r"""
+import json, os, sys, time
+import numpy as np, torch
+sys.path.insert(0, {bench!r})
+import bench_cpu
+from napari_hrdv2.core.segmenter import LinearSegmenter
+spec = json.loads(sys.argv[1])
+image, truth = bench_cpu.micrograph()
+image, truth = image[:1022, :1022], truth[:1022, :1022]
+encoding = bench_cpu.cached_encoding(image, bench_cpu.hr.FeatureConfig(backbone=spec["backbone"], device="cpu"))
+labels = bench_cpu.latency_labels(truth)
+if spec.get("threads"):
+    torch.set_num_threads(spec["threads"])
+from contextlib import nullcontext
+from napari_hrdv2.core.threads import interactive_threads
+def once():
+    seg = LinearSegmenter()
+    with interactive_threads() if spec.get("adaptive") else nullcontext():
+        start = time.perf_counter()
+        seg.fit([encoding], [labels])
+        fitted = time.perf_counter()
+        seg.predict(encoding)
+    return fitted - start, time.perf_counter() - fitted
+once()  # warm-up
+print("READY", flush=True)
+for line in sys.stdin:
+    if line.strip() == "quit":
+        break
+    fit, predict = once()
+    print(json.dumps({{"fit": fit, "predict": predict}}), flush=True)
+"""
+
+
+class LatencyWorker:
+    """A fresh interpreter (own environment, own thread settings) that times fit + predict on request."""
+
+    def __init__(
+        self, backbone: str, *, threads: int | None = None, adaptive: bool = False, env: dict[str, str] | None = None
+    ):
+        code = _LATENCY_CHILD.format(bench=str(Path(__file__).resolve().parent))
+        child_env = {**os.environ, **(env or {})}
+        child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_SRC), child_env.get("PYTHONPATH", "")]))
+        spec = json.dumps({"backbone": backbone, "threads": threads, "adaptive": adaptive})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, spec],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=child_env,
+        )
+        line = self.proc.stdout.readline()
+        if line.strip() != "READY":
+            raise RuntimeError(f"latency worker failed to start (got {line!r})")
+
+    def run(self) -> tuple[float, float]:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        result = json.loads(self.proc.stdout.readline())
+        return result["fit"], result["predict"]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+        self.proc.wait(timeout=30)
+
+
+def measure_latency(
+    workers: dict[str, LatencyWorker], repeats: int, n_busy: int
+) -> dict[str, tuple[list[float], list[float], str]]:
+    """Interleaved repeats of every worker, with ``n_busy`` background processes: name -> (totals, fits, load)."""
+    out: dict[str, tuple[list[float], list[float], str]] = {name: ([], [], "") for name in workers}
+    with busy_background(n_busy) if n_busy else contextlib.nullcontext():
+        for _ in range(repeats):
+            for name, worker in workers.items():
+                fit, predict = worker.run()
+                out[name][0].append(fit + predict)
+                out[name][1].append(fit)
+        load = load_text()
+    return {name: (totals, fits, load) for name, (totals, fits, _) in out.items()}
+
+
+def section_latency(backbone: str, repeats: int, variants: dict[str, dict]) -> None:
+    print(f"\nencoding the 1022x1022 crop once (cached in {CACHE_DIR}) ... {load_text()}", flush=True)
+    image, truth = micrograph()
+    cached_encoding(image[:1022, :1022], hr.FeatureConfig(backbone=backbone, device="cpu"))
+    workers = {name: LatencyWorker(backbone, **options) for name, options in variants.items()}
+    try:
+        rows = []
+        results = {}
+        for n_busy in (0, 2, 0, 2):  # quiet, busy, quiet, busy: contention from other jobs drifts
+            for name, (totals, fits, load) in measure_latency(workers, repeats, n_busy).items():
+                entry = results.setdefault((name, n_busy), ([], [], []))
+                entry[0].extend(totals)
+                entry[1].extend(fits)
+                entry[2].append(load)
+        for name in workers:
+            quiet, busy = results[(name, 0)], results[(name, 2)]
+            rows.append([name, median(quiet[0]), median(quiet[1]), " ".join(quiet[2]),
+                         median(busy[0]), median(busy[1]), " ".join(busy[2]),
+                         f"{median(busy[0]) / median(quiet[0]):.2f}"])  # fmt: skip
+    finally:
+        for worker in workers.values():
+            worker.close()
+    for name, quiet_s, _, _, busy_s, *_ in rows:
+        print(f"{name}: quiet {quiet_s:.3f} s (goal <= 0.5 s: {'PASS' if quiet_s <= 0.5 else 'FAIL'}), busy / quiet "
+              f"{busy_s / quiet_s:.2f} (goal <= 3: {'PASS' if busy_s <= 3 * quiet_s else 'FAIL'})")  # fmt: skip
+    print_table(
+        rows,
+        [
+            "retrain + predict 1022x1022",
+            "quiet total s",
+            "quiet fit s",
+            "quiet load after",
+            "busy total s",
+            "busy fit s",
+            "busy load after",
+            "busy / quiet",
+        ],  # fmt: skip
+        title=f"(c) latency, ~50k labelled px, 2 background busy loops for 'busy', median of {2 * repeats} each",
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="a,b,c", help="comma-separated sections: a, b, c, threads")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--size", type=int, default=1024, help="image side of section a")
+    parser.add_argument("--with-bfloat16", action="store_true", help="a: also encode in bfloat16 where not native")
+    parser.add_argument("--backbone", default=None, help="backbone (default: random-init ViT-S/14)")
+    args = parser.parse_args(argv)
+    backbone, random_weights = backbone_or_random(args.backbone)
+    sections = set(args.only.split(","))
+    print(f"# bench_cpu | {machine_line()}")
+    print(f"backbone: {backbone} | OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')} | {load_text()}")
+    if random_weights:
+        print(RANDOM_WEIGHTS_NOTE)
+    import torch
+
+    torch_threads = torch.get_num_threads()
+    start = time.perf_counter()
+    done = {}
+    if "a" in sections:
+        done = section_dtype(backbone, args.repeats or 1, args.size, args.with_bfloat16)
+    if "b" in sections:
+        section_end_to_end(backbone, [1024, 2048], per_class=1000, forward_samples=5, done=done)
+    if "c" in sections:
+        section_latency(
+            backbone,
+            args.repeats or 5,
+            {
+                f"torch's default ({torch_threads} threads)": {},
+                "interactive_threads() (the widgets' steps)": {"adaptive": True},
+            },
+        )
+    if "threads" in sections:
+        section_latency(
+            backbone,
+            args.repeats or 3,
+            {
+                "torch threads 2": {"threads": 2},
+                "torch threads 1": {"threads": 1},
+                "torch threads 2, OMP_WAIT_POLICY=PASSIVE": {"threads": 2, "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
+                "interactive_threads()": {"adaptive": True},
+                "interactive_threads(), OMP_WAIT_POLICY=PASSIVE": {
+                    "adaptive": True,
+                    "env": {"OMP_WAIT_POLICY": "PASSIVE"},
+                },
+            },
+        )
+    print(f"\ntotal benchmark time {time.perf_counter() - start:.0f} s ({load_text()})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Thread counts for the interactive CPU steps (retrain, predict a plane, PCA of a plane, similarity).
+
+Every large torch operation on the CPU is an OpenMP parallel region whose threads wait for each
+other at its end. On a machine whose cores are busy with other work, one of those threads is often
+descheduled, and every region then lasts a scheduler time slice: an L-BFGS retrain runs thousands
+of such regions, and ``benchmarks/bench_cpu.py`` measured it several times slower with torch's
+default two threads than with one thread while two other processes kept the two cores busy.
+
+:func:`interactive_threads` therefore runs a step with as many threads as there are idle cores
+(at least one, at most torch's count), judged from the number of runnable tasks the kernel
+reports at that moment (``/proc/loadavg`` on Linux; elsewhere torch's count is kept). Long
+encodings keep torch's own count: they are dominated by large matrix products, and they are not
+interactive.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+#: Where Linux reports the number of runnable tasks (4th field, "running/total").
+_LOADAVG = "/proc/loadavg"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def runnable_elsewhere(samples: int = 3, interval: float = 0.001) -> int | None:
+    """Runnable tasks other than the calling thread, the largest of a few samples; None where unknown.
+
+    Reads the "running" count of ``/proc/loadavg`` (all runnable threads of the system, the reader
+    included) ``samples`` times ``interval`` seconds apart: a single sample is noisy, and counting too
+    few competitors costs much more (a stalled parallel region) than counting too many (one thread).
+    """
+    counts = []
+    for i in range(samples):
+        try:
+            with open(_LOADAVG) as handle:
+                running = int(handle.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        counts.append(running - 1)
+        if i + 1 < samples:
+            time.sleep(interval)
+    return max(counts)
+
+
+def interactive_thread_count(default: int | None = None, *, elsewhere: int | None = -1) -> int:
+    """Threads for an interactive step now: the idle cores, between 1 and ``default`` (torch's count).
+
+    ``elsewhere`` is the number of other runnable tasks (``-1``: read it, :func:`runnable_elsewhere`;
+    ``None``: unknown, keep ``default``).
+    """
+    if default is None:
+        import torch
+
+        default = torch.get_num_threads()
+    if elsewhere == -1:
+        elsewhere = runnable_elsewhere()
+    if elsewhere is None:
+        return default
+    return max(1, min(default, available_cores() - elsewhere))
+
+
+@contextmanager
+def interactive_threads(threads: int | None = None) -> Iterator[int]:
+    """Run the block with :func:`interactive_thread_count` torch threads (or ``threads``); yields the count.
+
+    Restores the calling thread's previous count afterwards. torch's thread count is per thread
+    for threads that already exist, so a concurrent encoding in another worker thread keeps its own.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    count = interactive_thread_count(previous) if threads is None else max(1, int(threads))
+    if count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        if count != previous:
+            torch.set_num_threads(previous)

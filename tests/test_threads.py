@@ -1,0 +1,61 @@
+"""Thread counts of the interactive steps: idle cores, at least 1, restored afterwards."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from napari_hrdv2.core import threads
+from napari_hrdv2.core.threads import available_cores, interactive_thread_count, interactive_threads
+
+
+@pytest.mark.parametrize(("elsewhere", "expected"), [(0, 2), (1, 1), (2, 1), (7, 1), (None, 2)])
+def test_thread_count_is_the_idle_cores_between_one_and_the_default(monkeypatch, elsewhere, expected):
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    assert interactive_thread_count(2, elsewhere=elsewhere) == expected
+    assert interactive_thread_count(1, elsewhere=0) == 1  # never more than torch's count
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/loadavg is Linux only")
+def test_busy_cores_are_seen():
+    """With one busy process per core, an interactive step gets one thread."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(available_cores())]
+    try:
+        time.sleep(0.5)
+        assert threads.runnable_elsewhere() >= available_cores()
+        assert interactive_thread_count(4) == 1
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+
+
+def test_context_sets_and_restores_the_count_of_this_thread_only(monkeypatch):
+    monkeypatch.setattr(threads, "interactive_thread_count", lambda default: 1)
+    previous = torch.get_num_threads()
+    seen_elsewhere = []
+    other_ready, other_check = threading.Event(), threading.Event()
+
+    def other_worker() -> None:  # an already running worker (e.g. an encoding) keeps its count
+        torch.ones(1 << 16).sum()  # torch sets up a thread's count on its first parallel operation
+        other_ready.set()
+        other_check.wait(5)
+        seen_elsewhere.append(torch.get_num_threads())
+
+    worker = threading.Thread(target=other_worker)
+    worker.start()
+    other_ready.wait(5)
+    with interactive_threads() as count:
+        assert count == 1 and torch.get_num_threads() == 1
+        other_check.set()
+        worker.join(5)
+    assert torch.get_num_threads() == previous
+    assert seen_elsewhere == [previous]
+    with interactive_threads(threads=1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == previous
