@@ -388,6 +388,8 @@ def section_latency(backbone: str, repeats: int, variants: dict[str, dict]) -> N
                 entry[0].extend(totals)
                 entry[1].extend(fits)
                 entry[2].append(load)
+                print(f"  {'busy' if n_busy else 'quiet'} phase, {name}: totals "
+                      f"{', '.join(f'{t:.2f}' for t in totals)} s ({load})", flush=True)  # fmt: skip
         for name in workers:
             quiet, busy = results[(name, 0)], results[(name, 2)]
             rows.append([name, median(quiet[0]), median(quiet[1]), " ".join(quiet[2]),
@@ -420,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="a,b,c", help="comma-separated sections: a, b, c, threads")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--size", type=int, default=1024, help="image side of section a")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048], help="image sides of section b")
     parser.add_argument("--with-bfloat16", action="store_true", help="a: also encode in bfloat16 where not native")
     parser.add_argument("--backbone", default=None, help="backbone (default: random-init ViT-S/14)")
     args = parser.parse_args(argv)
@@ -437,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     if "a" in sections:
         done = section_dtype(backbone, args.repeats or 1, args.size, args.with_bfloat16)
     if "b" in sections:
-        section_end_to_end(backbone, [1024, 2048], per_class=1000, forward_samples=5, done=done)
+        section_end_to_end(backbone, args.sizes, per_class=1000, forward_samples=5, done=done)
     if "c" in sections:
         section_latency(
             backbone,

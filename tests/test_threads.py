@@ -59,3 +59,20 @@ def test_context_sets_and_restores_the_count_of_this_thread_only(monkeypatch):
     with interactive_threads(threads=1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == previous
+
+
+def test_a_worker_started_during_a_lowered_step_gets_the_usual_count_back(monkeypatch):
+    monkeypatch.setattr(threads, "interactive_thread_count", lambda default: 1)
+    usual = torch.get_num_threads()
+    seen = []
+
+    def new_worker() -> None:  # first torch use while the count is lowered: it inherits 1
+        seen.append(torch.get_num_threads())
+        threads.restore_usual_threads()  # what every forward pass of an encoding does first
+        seen.append(torch.get_num_threads())
+
+    with interactive_threads():
+        worker = threading.Thread(target=new_worker)
+        worker.start()
+        worker.join(5)
+    assert seen == [1, usual]

@@ -31,6 +31,7 @@ from .errors import InputError
 from .preprocess import scale_intensities, validate_image
 from .progress import Progress, run_steps
 from .resample import AxisTaps, token_axis_taps
+from .threads import interactive_threads, restore_usual_threads
 from .tiling import Tile, plan_tiles
 from .transforms import Transform
 from .vit import forward_tokens, token_grid
@@ -263,6 +264,7 @@ class Encoding:
             raise InputError(f"Channel indices must lie in [0, {self.n_features}), got {index.min()}..{index.max()}.")
         return torch.as_tensor(index % self.n_features, device=self.device)
 
+    @interactive_threads()
     def features(self, channels: Sequence[int] | slice | None = None) -> np.ndarray:
         """Full-resolution HR-Dv2 features.
 
@@ -288,6 +290,7 @@ class Encoding:
 
         return self._reconstruct(lowres, n_out).cpu().numpy()
 
+    @interactive_threads()
     def project(self, weight: np.ndarray | torch.Tensor, bias: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
         """``weight @ features() + bias`` without materialising the features.
 
@@ -328,6 +331,7 @@ class Encoding:
 
         return self._reconstruct(lowres, self.n_heads).cpu().numpy()
 
+    @interactive_threads()
     def sample(self, rows: np.ndarray | Sequence[int], cols: np.ndarray | Sequence[int]) -> np.ndarray:
         """Exact HR feature vectors at pixels ``(rows[i], cols[i])``: (N, C) float32.
 
@@ -616,6 +620,7 @@ class Featurizer:
     def _forward(
         self, copies: torch.Tensor, stride: int, with_attention: bool
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        restore_usual_threads()  # forwards are long: all of torch's threads, even in a worker started mid-retrain
         try:
             with self._lock, torch.inference_mode():
                 return forward_tokens(

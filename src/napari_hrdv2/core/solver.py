@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from .threads import interactive_threads
+
 #: Rows per block of the gradient's matrix product in :func:`fit_logistic`.
 _GRADIENT_BLOCK_ROWS = 512
 
 
+@interactive_threads()
 def fit_logistic(
     z: Any,
     y: Any,

@@ -69,16 +69,24 @@ def interactive_thread_count(default: int | None = None, *, elsewhere: int | Non
     return max(1, min(default, available_cores() - elsewhere))
 
 
+#: The thread count interactive steps found before lowering it (the user's or torch's own count).
+_usual_threads: int | None = None
+
+
 @contextmanager
 def interactive_threads(threads: int | None = None) -> Iterator[int]:
     """Run the block with :func:`interactive_thread_count` torch threads (or ``threads``); yields the count.
 
-    Restores the calling thread's previous count afterwards. torch's thread count is per thread
-    for threads that already exist, so a concurrent encoding in another worker thread keeps its own.
+    Usable as a decorator. Restores the calling thread's previous count afterwards. torch's count is
+    per thread for threads that have already run torch code, so a concurrent encoding in another
+    worker keeps its own; a thread that starts using torch while the count is lowered inherits the
+    lower count, which :func:`restore_usual_threads` undoes at the start of an encoding.
     """
     import torch
 
+    global _usual_threads
     previous = torch.get_num_threads()
+    _usual_threads = previous
     count = interactive_thread_count(previous) if threads is None else max(1, int(threads))
     if count != previous:
         torch.set_num_threads(count)
@@ -87,3 +95,13 @@ def interactive_threads(threads: int | None = None) -> Iterator[int]:
     finally:
         if count != previous:
             torch.set_num_threads(previous)
+
+
+def restore_usual_threads() -> None:
+    """Give the calling thread back the usual count if it inherited a lowered one (see :func:`interactive_threads`)."""
+    if _usual_threads is None:
+        return
+    import torch
+
+    if torch.get_num_threads() < _usual_threads:
+        torch.set_num_threads(_usual_threads)
