@@ -85,18 +85,30 @@ def test_compute_on_bundled_sample(qtbot, viewer, features_widget):
     np.testing.assert_allclose(pca.scale, (0.5, 0.5))
     np.testing.assert_allclose(pca.translate, (3.0, -2.0))
     assert tag(pca)["kind"] == "PCA" and tag(pca)["source"] == "superalloy"
-    assert features_widget._status.value == "Features of superalloy ready."
+    assert features_widget.status == "Features of superalloy ready."
 
+    # Attention: the mean over heads first; the dock's head box shows one head at a time (no dims slider).
     attention = viewer.layers["superalloy attention"]
-    assert attention.data.shape == (3, 512, 512) and attention.data.dtype == np.float32  # mean + 2 heads
-    np.testing.assert_allclose(attention.data[0], attention.data[1:].mean(axis=0), atol=1e-5)
-    np.testing.assert_allclose(attention.scale, (1.0, 0.5, 0.5))
+    assert attention.data.shape == (512, 512) and attention.data.dtype == np.float32 and not attention.visible
+    assert features_widget._head.max == 2 and tag(attention)["channels"] == ["mean", "head 1", "head 2"]
+    mean = attention.data.copy()
+    heads = []
+    for head in (1, 2):
+        features_widget._head.value = head
+        heads.append(np.asarray(viewer.layers["superalloy attention"].data))
+    np.testing.assert_allclose(mean, np.mean(heads, axis=0), atol=1e-5)
+    assert viewer.layers["superalloy attention"] is attention and attention.visible
+    np.testing.assert_allclose(attention.scale, (0.5, 0.5))
 
+    # One feature channel at a time, chosen with the dock's channel box (no dims slider for channels).
     features = viewer.layers["superalloy features"]
-    assert features.data.shape == (128, 512, 512) and features.data.dtype == np.float32
-    assert type(features.data).__module__.startswith("dask")
-    channel = np.asarray(features.data[7])
-    assert channel.shape == (512, 512) and np.isfinite(channel).all() and channel.std() > 0
+    assert features.data.shape == (512, 512) and features.data.dtype == np.float32
+    assert features_widget._channel.max == 127 and features_widget._channel.enabled
+    features_widget._channel.value = 7
+    assert viewer.layers["superalloy features"] is features and tag(features)["channel"] == 7
+    channel = np.asarray(features.data)
+    assert np.isfinite(channel).all() and channel.std() > 0
+    assert features.visible, "choosing a channel shows the layer"
 
     # Recomputing updates the same layer objects in place.
     features_widget.compute(image)
@@ -115,15 +127,17 @@ def test_compute_stack_per_plane(qtbot, viewer, features_widget):
     assert pca.data.shape == (3, 112, 112, 3)
     assert pca.data[1].max() > 0 and pca.data[0].max() == 0 and pca.data[2].max() == 0
     features = viewer.layers["stack features"]
-    assert features.data.shape == (128, 3, 112, 112)
-    assert np.asarray(features.data[4, 0]).max() == 0 and np.asarray(features.data[4, 1]).std() > 0
+    assert features.data.shape == (3, 112, 112), "planes only: the stack keeps one slider"
+    features_widget._channel.value = 4
+    assert np.asarray(features.data[0]).max() == 0 and np.asarray(features.data[1]).std() > 0
+    assert viewer.dims.ndim == 3
 
     features_widget.compute(image, all_planes=True)
     wait_idle(qtbot, features_widget)
     assert viewer.layers["stack PCA"] is pca
     assert all(pca.data[i].max() > 0 for i in range(3))
-    assert viewer.layers["stack attention"].data.shape == (3, 3, 112, 112)
-    assert np.asarray(viewer.layers["stack features"].data[4, 2]).std() > 0
+    assert viewer.layers["stack attention"].data.shape == (3, 112, 112)
+    assert np.asarray(viewer.layers["stack features"].data[2]).std() > 0
 
 
 def test_rgb_image(qtbot, viewer, features_widget):
@@ -132,7 +146,7 @@ def test_rgb_image(qtbot, viewer, features_widget):
     features_widget.compute(image)
     wait_idle(qtbot, features_widget)
     assert viewer.layers["colour PCA"].data.shape == (112, 112, 3)
-    assert viewer.layers["colour features"].data.shape == (128, 112, 112)
+    assert viewer.layers["colour features"].data.shape == (112, 112)
 
 
 def test_similarity_click(qtbot, viewer, features_widget):
@@ -186,7 +200,7 @@ def test_cancel_stops_run(qtbot, viewer, features_widget):
     wait_idle(qtbot, features_widget)
     assert aborted and not returned
     assert "long PCA" not in viewer.layers
-    assert features_widget._compute_plane.enabled and not features_widget._cancel.enabled
+    assert features_widget._compute_plane.enabled and not features_widget._cancel.isEnabled()
 
 
 def test_errors_are_notified(qtbot, viewer, features_widget, gui_config, notifications, tmp_path):
@@ -238,7 +252,7 @@ def test_train_two_textures(qtbot, viewer, segmentation_widget):
     assert tag(segmentation)["kind"] == "segmentation" and tag(segmentation)["classes"] == [1, 2]
     accuracy = float(np.mean(segmentation.data == truth))
     assert accuracy >= 0.9, accuracy
-    assert segmentation_widget._status.value == "Segmented tex.", "the result's status is not overwritten by progress"
+    assert segmentation_widget.status == "Segmented tex.", "the result's status is not overwritten by progress"
     assert segmentation_widget._session.segmenter is not None
     assert not scribbles.data.any(), "the widget never writes to the scribbles layer"
 
@@ -346,7 +360,7 @@ def test_segmentation_errors_are_notified(qtbot, viewer, segmentation_widget, no
     assert segmentation_widget.train(image_layer, scribbles) is not None  # fails in the worker
     wait_idle(qtbot, segmentation_widget)
     assert any("two classes" in str(n.message) for n in notifications), [str(n.message) for n in notifications]
-    assert segmentation_widget._train.enabled and not segmentation_widget._cancel.enabled
+    assert segmentation_widget._train.enabled and not segmentation_widget._cancel.isEnabled()
 
 
 def test_save_load_export(qtbot, viewer, segmentation_widget, tmp_path, notifications):

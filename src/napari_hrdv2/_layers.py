@@ -10,7 +10,7 @@ translate 0) and carries ``metadata["napari_hrdv2"] = {"kind": ..., "source": <i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,15 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 #: Result kinds and the suffix of their layer names ("<image> PCA"...).
 KINDS = ("PCA", "attention", "features", "similarity", "segmentation", "probabilities", "uncertainty")
+
+
+#: Bottom-to-top order of a source image's result layers: hidden helpers low, the PCA view above them and the
+#: segmentation on top (user layers such as scribbles stay above whatever was added after them).
+STACKING = ("attention", "features", "probabilities", "uncertainty", "similarity", "PCA", "segmentation")
+
+
+def _stacking_rank(kind: Any) -> int:
+    return STACKING.index(kind) if kind in STACKING else len(STACKING)
 
 
 def result_name(source_name: str, kind: str) -> str:
@@ -160,15 +169,20 @@ def _metadata(kind: str, geometry: SourceGeometry, **extra: Any) -> dict[str, An
     return {PLUGIN_KEY: {"kind": kind, "source": geometry.name, **extra}}
 
 
-def pca_layer_data(geometry: SourceGeometry, rgb: np.ndarray, *, config: dict[str, Any] | None = None) -> LayerData:
-    """RGB image layer ``"<image> PCA"``: (H, W, 3) or (N, H, W, 3) float32 in [0, 1]."""
+def pca_layer_data(
+    geometry: SourceGeometry, rgb: np.ndarray, *, config: dict[str, Any] | None = None, partial: bool = False
+) -> LayerData:
+    """RGB image layer ``"<image> PCA"``: (H, W, 3) or (N, H, W, 3) float32 in [0, 1].
+
+    ``partial`` marks a first view from a progressive run (refined by later updates).
+    """
     return (
         np.clip(np.asarray(rgb, dtype=np.float32), 0.0, 1.0),
         {
             "name": result_name(geometry.name, "PCA"),
             "rgb": True,
             "contrast_limits": (0.0, 1.0),
-            "metadata": _metadata("PCA", geometry, config=config),
+            "metadata": _metadata("PCA", geometry, config=config, partial=bool(partial)),
             **geometry.placement(),
         },
         "image",
@@ -176,24 +190,29 @@ def pca_layer_data(geometry: SourceGeometry, rgb: np.ndarray, *, config: dict[st
 
 
 def attention_layer_data(
-    geometry: SourceGeometry, attention: np.ndarray, *, config: dict[str, Any] | None = None
+    geometry: SourceGeometry, attention: np.ndarray, *, head: int = 0, config: dict[str, Any] | None = None
 ) -> LayerData:
-    """Image layer ``"<image> attention"``: channel 0 = mean over heads, channel i = head i.
+    """Image layer ``"<image> attention"``: one map of ``attention`` (0 = mean over heads, i = head i).
 
-    ``attention`` is (1 + heads, H, W) or (1 + heads, N, H, W); see :func:`with_mean_head`.
+    ``attention`` is (1 + heads, H, W) or (1 + heads, N, H, W) (see :func:`with_mean_head`); the layer
+    holds ``attention[head]``, (H, W) or (N, H, W), so heads never become a dims slider (the dock's
+    head box switches them).
     """
-    data = np.asarray(attention, dtype=np.float32)
+    maps = np.asarray(attention, dtype=np.float32)
+    head = min(max(int(head), 0), maps.shape[0] - 1)
+    data = maps[head]
     high = float(np.percentile(data, 99.5)) if data.size else 1.0
     low = float(data.min()) if data.size else 0.0
-    channel_names = ["mean"] + [f"head {i}" for i in range(1, data.shape[0])]
+    channel_names = ["mean"] + [f"head {i}" for i in range(1, maps.shape[0])]
     return (
         data,
         {
             "name": result_name(geometry.name, "attention"),
             "colormap": "inferno",
             "contrast_limits": (low, high if high > low else low + 1e-6),
-            "metadata": _metadata("attention", geometry, channels=channel_names, config=config),
-            **geometry.placement(channel_axis=True),
+            "visible": False,  # below and hidden: the PCA view is the first thing to look at
+            "metadata": _metadata("attention", geometry, channels=channel_names, head=head, config=config),
+            **geometry.placement(),
         },
         "image",
     )
@@ -205,37 +224,31 @@ def with_mean_head(attention: np.ndarray) -> np.ndarray:
     return np.concatenate([attention.mean(axis=0, keepdims=True), attention], axis=0)
 
 
-def lazy_features(geometry: SourceGeometry, encodings: Mapping[int, Encoding], n_features: int) -> Any:
-    """Dask array of full-resolution features, computed one channel of one plane at a time.
+def feature_channel(geometry: SourceGeometry, encodings: Mapping[int, Encoding], channel: int) -> Any:
+    """One full-resolution feature channel: (H, W) numpy for a single plane, or a dask (N, H, W) for a stack.
 
-    Shape (C, H, W) for a single plane or (C, N, H, W) for a stack; each chunk is
-    ``encodings[plane].features(channels=[c])`` (zeros for planes not encoded yet), so only the
-    slices napari displays are ever materialised.
+    A stack's planes are computed only when napari displays them (``encodings[plane].features([channel])``),
+    zeros for planes not encoded yet. Browsing channels replaces this array (a spin box in the dock), so
+    the channel never becomes a dims slider next to the stack's plane slider.
     """
+    height, width = geometry.plane_shape
+    encodings = dict(encodings)
+    if geometry.n_planes is None:
+        encoding = next(iter(encodings.values()))
+        return _features_of(encoding, channel)[0]
     import dask.array as da
     from dask.base import tokenize
 
-    height, width = geometry.plane_shape
-    encodings = dict(encodings)
-    name = "hrdv2-features-" + tokenize(geometry, sorted(encodings), [id(e) for e in encodings.values()])
+    name = "hrdv2-channel-" + tokenize(geometry, channel, sorted(encodings), [id(e) for e in encodings.values()])
 
-    def chunk(channel: int, plane: int) -> np.ndarray:
-        encoding = encodings.get(plane)
+    def plane(index: int) -> np.ndarray:
+        encoding = encodings.get(index)
         if encoding is None:
             return np.zeros((1, height, width), dtype=np.float32)
         return _features_of(encoding, channel)
 
-    graph: dict[tuple, tuple[Callable[..., np.ndarray], int, int]] = {}
-    if geometry.n_planes is None:
-        for c in range(n_features):
-            graph[(name, c, 0, 0)] = (chunk, c, 0)
-        chunks: tuple[tuple[int, ...], ...] = ((1,) * n_features, (height,), (width,))
-    else:
-        reshape = _add_plane_axis
-        for c in range(n_features):
-            for n in range(geometry.n_planes):
-                graph[(name, c, n, 0, 0)] = (reshape, (chunk, c, n))
-        chunks = ((1,) * n_features, (1,) * geometry.n_planes, (height,), (width,))
+    graph = {(name, n, 0, 0): (plane, n) for n in range(geometry.n_planes)}
+    chunks = ((1,) * geometry.n_planes, (height,), (width,))
     return da.Array(graph, name, chunks, dtype=np.float32)
 
 
@@ -246,18 +259,16 @@ def _features_of(encoding: Encoding, channel: int) -> np.ndarray:
         return encoding.features(channels=[channel])
 
 
-def _add_plane_axis(block: np.ndarray) -> np.ndarray:
-    return block[:, None]
-
-
 def features_layer_data(
     geometry: SourceGeometry,
     features: Any,
     *,
+    channel: int,
+    n_features: int,
     contrast_limits: tuple[float, float],
     config: dict[str, Any] | None = None,
 ) -> LayerData:
-    """Image layer ``"<image> features"`` over a lazy (C, [N,] H, W) array; browse channels with the slider."""
+    """Image layer ``"<image> features"``: feature ``channel`` as (H, W) or (N, H, W) (see :func:`feature_channel`)."""
     low, high = contrast_limits
     return (
         features,
@@ -266,8 +277,8 @@ def features_layer_data(
             "colormap": "viridis",
             "contrast_limits": (float(low), float(high) if high > low else float(low) + 1e-6),
             "visible": False,
-            "metadata": _metadata("features", geometry, config=config),
-            **geometry.placement(channel_axis=True),
+            "metadata": _metadata("features", geometry, config=config, channel=int(channel), n_features=n_features),
+            **geometry.placement(),
         },
         "image",
     )
@@ -288,16 +299,34 @@ def similarity_layer_data(geometry: SourceGeometry, similarity: np.ndarray, *, p
     )
 
 
-def segmentation_layer_data(geometry: SourceGeometry, labels: np.ndarray, *, classes: list[int]) -> LayerData:
-    """Labels layer ``"<image> segmentation"``: (H, W) or (N, H, W), uint8 (uint16 beyond 255)."""
+def segmentation_layer_data(
+    geometry: SourceGeometry,
+    labels: np.ndarray,
+    *,
+    classes: list[int],
+    class_names: Mapping[int, str] | None = None,
+    opacity: float = 0.5,
+    contour: int = 0,
+) -> LayerData:
+    """Labels layer ``"<image> segmentation"``: (H, W) or (N, H, W), uint8 (uint16 beyond 255).
+
+    ``contour`` > 0 draws class outlines of that width instead of filled regions (napari sets it after
+    creating the layer: :func:`upsert_layer` applies ``metadata[...]["contour"]``).
+    """
     from .core.labels import as_label_image
 
     return (
         as_label_image(labels),
         {
             "name": result_name(geometry.name, "segmentation"),
-            "opacity": 0.5,
-            "metadata": _metadata("segmentation", geometry, classes=[int(c) for c in classes]),
+            "opacity": float(opacity),
+            "metadata": _metadata(
+                "segmentation",
+                geometry,
+                classes=[int(c) for c in classes],
+                class_names={str(int(k)): str(v) for k, v in (class_names or {}).items()},
+                contour=int(contour),
+            ),
             **geometry.placement(),
         },
         "labels",
@@ -363,10 +392,37 @@ def upsert_layer(viewer: napari.Viewer, layer_data: LayerData) -> Any:
     layer.translate = kwargs["translate"]
     if "contrast_limits" in kwargs and layer_type == "image" and not kwargs.get("rgb"):
         layer.contrast_limits = kwargs["contrast_limits"]
+    _apply_display(layer, kwargs)
     return layer
 
 
+def _apply_display(layer: Any, kwargs: dict[str, Any]) -> None:
+    """Display options that layer constructors do not take (a labels layer's contour width)."""
+    contour = kwargs.get("metadata", {}).get(PLUGIN_KEY, {}).get("contour")
+    if contour is not None and hasattr(layer, "contour"):
+        layer.contour = int(contour)
+    if "opacity" in kwargs:
+        layer.opacity = float(kwargs["opacity"])
+
+
 def _add(viewer: napari.Viewer, layer_data: LayerData) -> Any:
+    """Add a result layer just above its source image and that image's other results (user layers above stay)."""
     from napari.layers import Layer
 
-    return viewer.add_layer(Layer.create(*layer_data))
+    layer = Layer.create(*layer_data)
+    tag = layer_data[1].get("metadata", {}).get(PLUGIN_KEY, {})
+    source, rank = tag.get("source"), _stacking_rank(tag.get("kind"))
+
+    def below(other: Any) -> bool:
+        other_tag = plugin_tag(other)
+        if other_tag is None:
+            return other.name == source
+        return other_tag.get("source") == source and _stacking_rank(other_tag.get("kind")) <= rank
+
+    indices = [i for i, other in enumerate(viewer.layers) if below(other)]
+    if not indices:
+        layer = viewer.add_layer(layer)
+    else:
+        viewer.layers.insert(max(indices) + 1, layer)
+    _apply_display(layer, layer_data[1])
+    return layer

@@ -2,13 +2,16 @@
 
 Each job takes plain data (arrays copied on the main thread, configs, a shared
 :class:`EncodingCache`), yields the core's :class:`~.core.progress.Progress` with ``total=1``
-(``done`` is the fraction of the job) between steps and returns a result object; the widgets
-turn results into layers on the main thread. Stopping the generator (``worker.quit()``) cancels a job at its next step. Heavy work runs under
+(``done`` is the fraction of the job) between steps, a :class:`BackboneInfo` once the backbone is
+loaded and, in progressive mode, partial results (:class:`PartialFeatures`, :class:`PartialPrediction`);
+it returns a result object. The widgets turn results into layers on the main thread. Stopping the
+generator (``worker.quit()``) cancels a job at its next step. Heavy work runs under
 ``torch.inference_mode()``, which must be entered in the worker thread itself.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,7 @@ from .core.errors import InputError
 from .core.progress import Progress, within
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .core.encoding import Encoding
+    from .core.encoding import Encoding, PartialEncoding
     from .core.pca import PCABasis
 
 
@@ -58,6 +61,126 @@ def _feature_range(encoding: Encoding, n_pixels: int = 2000, seed: int = 0) -> t
     return float(low), float(high)
 
 
+# ---------------------------------------------------------------------------------------------- partial results
+_SIZE_NAMES = {384: "S", 768: "B", 1024: "L", 1536: "g"}
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """The model card of a loaded backbone (yielded by every job once its backbone is loaded)."""
+
+    name: str
+    patch_size: int
+    embed_dim: int
+    num_heads: int
+    depth: int
+    num_registers: int
+    source: str
+    device: str
+    dtype: str
+
+    def card(self) -> str:
+        """One line, e.g. 'ViT-S/14 (dinov2_vits14): patch 14, 384 dims, 6 heads, 12 blocks; cpu float32'."""
+        size = _SIZE_NAMES.get(self.embed_dim)
+        arch = f"ViT-{size}/{self.patch_size}" if size else f"ViT/{self.patch_size}"
+        registers = f", {self.num_registers} registers" if self.num_registers else ""
+        return (
+            f"{arch} ({self.name}): patch {self.patch_size}, {self.embed_dim} dims, {self.num_heads} heads, "
+            f"{self.depth} blocks{registers}; {self.device} {self.dtype}; from {self.source}"
+        )
+
+
+def load_backbone_info(cache: EncodingCache, config: FeatureConfig) -> BackboneInfo:
+    """Load the backbone of ``config`` in this thread (errors surface here) and describe it."""
+    from .core.backbones import find_spec
+
+    featurizer = cache.featurizer(config)
+    backbone = featurizer.backbone
+    spec = find_spec(config.backbone)
+    source = str(backbone.source)
+    name = spec.name if spec is not None else Path(source).name or source
+    model_config = getattr(backbone.model, "config", None)
+    return BackboneInfo(
+        name=name,
+        patch_size=int(backbone.patch_size),
+        embed_dim=int(backbone.embed_dim),
+        num_heads=int(backbone.num_heads),
+        depth=int(getattr(model_config, "num_hidden_layers", 0) or 0),
+        num_registers=int(backbone.num_registers),
+        source=source if spec is None else f"{spec.hf_id} (Hugging Face cache)",
+        device=str(featurizer.device),
+        dtype=str(featurizer.dtype).removeprefix("torch."),
+    )
+
+
+@dataclass(frozen=True)
+class PartialFeatures:
+    """A first or refined view of one plane while its encoding runs: PCA-RGB after ``n_transforms`` of ``total``."""
+
+    index: int
+    n_transforms: int
+    total: int
+    pca: np.ndarray | None  # (H, W, 3) float32 in [0, 1]
+
+
+@dataclass(frozen=True)
+class PartialPrediction:
+    """A first or refined segmentation of one plane from a partial encoding (labels (H, W))."""
+
+    index: int
+    n_transforms: int
+    total: int
+    labels: np.ndarray
+    classes: list[int]
+
+
+class _Throttle:
+    """Lets a partial result through first, then only when its cost stays a small share of the run.
+
+    A partial result is converted when at least ``factor`` times its last conversion time (and
+    ``min_interval`` seconds) passed since the previous one, so refining costs at most ~1/factor.
+    """
+
+    def __init__(self, factor: float = 4.0, min_interval: float = 1.0):
+        self.factor, self.min_interval = factor, min_interval
+        self._last_end: float | None = None
+        self._last_cost = 0.0
+
+    def ready(self) -> bool:
+        if self._last_end is None:
+            return True
+        return time.monotonic() - self._last_end >= max(self.min_interval, self.factor * self._last_cost)
+
+    def run(self, convert: Callable[[], Any]) -> Any:
+        start = time.monotonic()
+        value = convert()
+        self._last_end = time.monotonic()
+        self._last_cost = self._last_end - start
+        return value
+
+
+def _with_partials(
+    steps: Generator[Any, None, Encoding], convert: Callable[[PartialEncoding], Any]
+) -> Generator[Any, None, Encoding]:
+    """Re-yield ``steps``, turning its PartialEncoding items into ``convert(item)`` (skipped when it returns None)."""
+    from .core.encoding import PartialEncoding  # noqa: F811 - the runtime class
+
+    try:
+        while True:
+            try:
+                item = next(steps)
+            except StopIteration as finished:
+                return finished.value
+            if isinstance(item, PartialEncoding):
+                converted = convert(item)
+                if converted is not None:
+                    yield converted
+            else:
+                yield item
+    finally:
+        steps.close()
+
+
 # ---------------------------------------------------------------------------------------------- features
 @dataclass
 class FeaturesResult:
@@ -85,10 +208,14 @@ def features_job(
     pca: bool = True,
     attention: bool = True,
     basis: PCABasis | None = None,
-) -> Generator[Progress, None, FeaturesResult]:
+    progressive: bool = True,
+) -> Generator[Progress | BackboneInfo | PartialFeatures, None, FeaturesResult]:
     """Encode planes ``indices`` of ``data`` and compute their PCA-RGB and attention maps.
 
     One PCA basis (``basis``, or fitted on the first plane) colours every plane of a stack consistently.
+    Yields a :class:`BackboneInfo` once the backbone is loaded and, with ``progressive``, a
+    :class:`PartialFeatures` PCA view after the identity pass of each plane and refined ones while the
+    other passes run (throttled so that they cost a small share of the run).
     """
     from ._layers import with_mean_head
     from .core.devices import inference_mode
@@ -99,12 +226,26 @@ def features_job(
     result = FeaturesResult(config=config, encodings={}, basis=basis)
     yield Progress(0.0, 1, "Loading the backbone")
     with inference_mode():
-        cache.featurizer(config).backbone  # noqa: B018  (load weights in this thread, errors surface here)
+        yield load_backbone_info(cache, config)
         n = len(indices)
         for i, index in enumerate(indices):
             plane = read_plane(data, index, is_stack=is_stack)
             label = f"plane {index + 1}" if is_stack else "image"
-            encoding = yield from within(cache.iter_encode(plane, config), i / n, 0.8 / n, message=f"Encoding {label}")
+            throttle = _Throttle()
+
+            def partial_view(item: PartialEncoding, index: int = index, throttle: _Throttle = throttle) -> Any:
+                if not pca or not throttle.ready():
+                    return None
+                partial_basis = result.basis
+
+                def convert() -> np.ndarray:
+                    fitted = partial_basis or fit_pca(item.encoding, n_components=3)
+                    return fitted.to_rgb(item.encoding)
+
+                return PartialFeatures(index, item.n_transforms, item.total, throttle.run(convert))
+
+            steps = _with_partials(cache.iter_encode(plane, config, progressive=progressive and pca), partial_view)
+            encoding = yield from within(steps, i / n, 0.8 / n, message=f"Encoding {label}")
             result.encodings[index] = encoding
             if pca:
                 if result.basis is None:
@@ -182,10 +323,14 @@ def train_job(
     predict_indices: Sequence[int] | None = None,
     uncertainty: bool = False,
     probabilities: bool = False,
-) -> Generator[Progress, None, PredictionResult]:
+    progressive: bool = False,
+) -> Generator[Progress | BackboneInfo | PartialPrediction, None, PredictionResult]:
     """Train a new segmenter on the planes in ``labels`` (plane index -> copied (H, W) labels), then predict.
 
-    Predicts ``predict_indices`` (default: the labelled planes).
+    Predicts ``predict_indices`` (default: the labelled planes; ``[]`` trains only). With ``progressive``
+    and one labelled plane that is also the one predicted (live mode), a model trained on the partial
+    encoding yields a :class:`PartialPrediction` after the identity pass (and refined ones while the other
+    passes run), long before the final result.
     """
     from .core.devices import inference_mode
 
@@ -193,17 +338,41 @@ def train_job(
         raise InputError("The scribbles layer is empty: paint a few strokes of at least two classes, then Train.")
     indices = sorted(labels)
     predict_indices = indices if predict_indices is None else list(predict_indices)
+    refine = progressive and len(indices) == 1 and predict_indices == indices
+    throttle = _Throttle()
 
     def encode(index: int) -> Generator[Progress, None, Encoding]:
         return cache.iter_encode(read_plane(data, index, is_stack=is_stack), config)
 
+    def partial_segmentation(item: PartialEncoding) -> PartialPrediction | None:
+        if not throttle.ready():
+            return None
+        index = indices[0]
+
+        def convert() -> PartialPrediction:
+            import torch
+
+            model = make_segmenter()
+            with torch.inference_mode(False):  # fitting needs autograd
+                model.fit([item.encoding], [labels[index]])
+            predicted = np.asarray(model.predict(item.encoding))
+            return PartialPrediction(index, item.n_transforms, item.total, predicted, [int(c) for c in model.classes_])
+
+        return throttle.run(convert)
+
     yield Progress(0.0, 1, "Loading the backbone")
     with inference_mode():
-        cache.featurizer(config).backbone  # noqa: B018
+        yield load_backbone_info(cache, config)
         encodings = []
         n = len(indices)
         for i, index in enumerate(indices):
-            encoding = yield from within(encode(index), 0.5 * i / n, 0.5 / n, message=f"Encoding plane {index + 1}")
+            plane = read_plane(data, index, is_stack=is_stack)
+            steps = (
+                _with_partials(cache.iter_encode(plane, config, progressive=True), partial_segmentation)
+                if refine
+                else cache.iter_encode(plane, config)
+            )
+            encoding = yield from within(steps, 0.5 * i / n, 0.5 / n, message=f"Encoding plane {index + 1}")
             encodings.append(encoding)
     yield Progress(0.5, 1, "Training")
     # Outside inference mode: the optimiser needs autograd (tensors made in inference mode cannot be trained).
@@ -234,7 +403,7 @@ def predict_job(
     is_stack: bool,
     uncertainty: bool = False,
     probabilities: bool = False,
-) -> Generator[Progress, None, PredictionResult]:
+) -> Generator[Progress | BackboneInfo, None, PredictionResult]:
     """Predict planes ``indices`` of ``data`` with a trained segmenter."""
     from .core.devices import inference_mode
 
@@ -247,7 +416,7 @@ def predict_job(
     yield Progress(0.0, 1, "Loading the backbone")
     result = PredictionResult(segmenter=segmenter, config=config)
     with inference_mode():
-        cache.featurizer(config).backbone  # noqa: B018
+        yield load_backbone_info(cache, config)
         yield from _predict_planes(
             segmenter,
             encode,

@@ -1,13 +1,21 @@
-"""Small helpers shared by the widgets (layer choices)."""
+"""Small helpers shared by the widgets: layer choices and their automatic selection, wrapped labels,
+the progress row (bar, remaining time, Cancel), and closing hooks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
 
 from .._layers import plugin_tag
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
+
+#: Longest text a dock label shows; longer messages are cut (the full text is in its tooltip).
+MAX_LABEL_CHARS = 1000
 
 
 def image_layer_choices(viewer: napari.Viewer, *, include_results: bool = False) -> list[tuple[str, Any]]:
@@ -27,6 +35,58 @@ def labels_layer_choices(viewer: napari.Viewer) -> list[tuple[str, Any]]:
     return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Labels) and plugin_tag(layer) is None]
 
 
+def source_image_of(viewer: napari.Viewer, layer: Any) -> Any | None:
+    """The source image a layer belongs to: itself (a user image), a result's source, or a scribbles' image."""
+    if layer is None:
+        return None
+    sources = {name: image for name, image in image_layer_choices(viewer)}
+    if layer.name in sources and sources[layer.name] is layer:
+        return layer
+    tag = plugin_tag(layer)
+    if tag is not None:
+        return sources.get(str(tag.get("source")))
+    if layer.name.endswith(" scribbles"):
+        return sources.get(layer.name.removesuffix(" scribbles"))
+    return None
+
+
+def preferred_image(viewer: napari.Viewer, current: Any = None) -> Any | None:
+    """The image a dock should work on: ``current`` if still there, else the active layer's image, else the top one."""
+    images = [layer for _, layer in image_layer_choices(viewer)]
+    if current is not None and any(current is layer for layer in images):
+        return current
+    active = source_image_of(viewer, viewer.layers.selection.active)
+    if active is not None:
+        return active
+    return images[-1] if images else None
+
+
+def scribbles_for(viewer: napari.Viewer, image: Any, current: Any = None) -> Any | None:
+    """The Labels layer to paint for ``image``: '<image> scribbles', else ``current`` or the active/only one that fits.
+
+    A layer fits when its shape is the image's plane(s) shape.
+    """
+    candidates = [layer for _, layer in labels_layer_choices(viewer)]
+    if image is None:
+        return current if any(current is layer for layer in candidates) else None
+    named = [layer for layer in candidates if layer.name == f"{image.name} scribbles"]
+    if named:
+        return named[-1]
+    shape = _planes_shape(image)
+    fitting = [layer for layer in candidates if shape is None or tuple(layer.data.shape) == shape]
+    for preferred in (current, viewer.layers.selection.active):
+        if any(preferred is layer for layer in fitting):
+            return preferred
+    return fitting[-1] if fitting else None
+
+
+def _planes_shape(image: Any) -> tuple[int, ...] | None:
+    shape = tuple(getattr(image, "data", None).shape) if hasattr(image, "data") else None
+    if shape is None:
+        return None
+    return shape[:-1] if getattr(image, "rgb", False) else shape
+
+
 def connect_layer_list(viewer: napari.Viewer, callback: Any) -> None:
     """Call ``callback`` when layers are added, removed or moved (napari keeps a weak reference to methods)."""
     events = viewer.layers.events
@@ -34,3 +94,128 @@ def connect_layer_list(viewer: napari.Viewer, callback: Any) -> None:
         emitter = getattr(events, name, None)
         if emitter is not None:
             emitter.connect(callback)
+
+
+def disconnect_layer_list(viewer: napari.Viewer, callback: Any) -> None:
+    events = viewer.layers.events
+    for name in ("inserted", "removed", "moved", "reordered"):
+        emitter = getattr(events, name, None)
+        if emitter is not None:
+            emitter.disconnect(callback)
+
+
+# ---------------------------------------------------------------------------------------------- Qt pieces
+def wrap_label(label: QLabel, *, selectable: bool = False) -> QLabel:
+    """Make a QLabel wrap its text and never ask for more width than the dock has."""
+    label.setWordWrap(True)
+    policy = QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    policy.setHeightForWidth(True)
+    label.setSizePolicy(policy)
+    label.setMinimumWidth(1)
+    if selectable:
+        label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
+def set_wrapped_text(label: QLabel, text: str) -> None:
+    """Show ``text`` (cut to :data:`MAX_LABEL_CHARS`, the whole text in the tooltip)."""
+    text = str(text)
+    shown = text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 1] + "…"
+    label.setText(shown)
+    label.setToolTip(text if shown != text else "")
+
+
+class ProgressRow(QWidget):
+    """A progress bar with percent and remaining time, and a Cancel button (hidden while idle)."""
+
+    def __init__(self, on_cancel: Callable[[], None], parent: QWidget | None = None):
+        super().__init__(parent)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.bar.setTextVisible(True)
+        self.remaining: float | None = None
+        self.bar.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the running job at its next step (Esc in the dock)")
+        self.cancel_button.clicked.connect(lambda *_: on_cancel())
+        layout.addWidget(self.bar, 1)
+        layout.addWidget(self.cancel_button)
+        self.set_idle()
+
+    def set_busy(self, busy: bool) -> None:
+        self.cancel_button.setEnabled(busy)
+        if busy:
+            self.show_progress(0.0, None)
+        else:
+            self.set_idle()
+
+    def set_idle(self) -> None:
+        self.remaining = None
+        self.bar.setValue(0)
+        self.bar.setToolTip("")
+        self.bar.setFormat("idle")
+        self.cancel_button.setEnabled(False)
+
+    def show_progress(self, fraction: float, remaining: float | None, message: str = "") -> None:
+        """'Encoding image: 45%, about 1 min left' in the bar."""
+        from ._runner import format_duration
+
+        self.remaining = remaining
+        value = int(round(min(max(fraction, 0.0), 1.0) * 1000))
+        self.bar.setValue(value)
+        text = f"{message.rstrip('.')}: " if message else ""
+        text += f"{value / 10:.0f}%"
+        if remaining is not None:
+            text += f", about {format_duration(remaining)} left"
+        self.bar.setFormat(text.replace("%", "%%"))
+        self.bar.setToolTip(text)
+
+    @property
+    def text(self) -> str:
+        """The bar's text as shown."""
+        return self.bar.toolTip() if self.bar.value() else self.bar.format()
+
+
+class CloseWatcher(QObject):
+    """Calls ``on_close`` once when the window holding ``widget`` closes or ``widget`` is destroyed.
+
+    The window is found when the widget is shown inside it (docks are created before being docked).
+    """
+
+    def __init__(self, widget: QWidget, on_close: Callable[[], None]):
+        super().__init__(widget)
+        called = [False]
+
+        def fire(*_: Any) -> None:  # a plain function: it still runs while Qt deletes the widget and this filter
+            if not called[0]:
+                called[0] = True
+                on_close()
+
+        self._fire = fire
+        self._window: QWidget | None = None
+        widget.installEventFilter(self)
+        widget.destroyed.connect(fire)
+        self.watch_window(widget)
+
+    def watch_window(self, widget: QWidget) -> None:
+        window = widget.window()
+        if window is widget or window is self._window:
+            return
+        if self._window is not None:
+            self._window.removeEventFilter(self)
+        self._window = window
+        window.installEventFilter(self)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        kind = event.type()
+        if (
+            kind in (QEvent.Type.Show, QEvent.Type.ParentChange)
+            and isinstance(obj, QWidget)
+            and obj is not self._window
+        ):
+            self.watch_window(obj)
+        elif obj is self._window and kind == QEvent.Type.Hide and not event.spontaneous():
+            self._fire()  # the window was closed (a minimised window gets a spontaneous hide event)
+        return False

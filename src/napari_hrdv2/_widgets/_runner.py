@@ -1,9 +1,19 @@
-"""Start generator jobs in napari thread workers: progress bars, error notifications, busy state."""
+"""Start generator jobs in napari thread workers: progress, partial results, errors, cancellation, shutdown.
+
+A job belongs to the layer it reads (its *source*): when that layer is removed the job is cancelled and
+whatever it still yields or returns is dropped. When the dock (or the viewer window) closes, every job is
+cancelled and the runner waits a little for them, so no worker touches a deleted widget afterwards.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import time
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -18,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 #: Resolution of the napari progress bars (fractions are mapped to 0..PROGRESS_STEPS).
 PROGRESS_STEPS = 1000
+#: How long closing a dock or the viewer waits for running jobs to stop (seconds).
+SHUTDOWN_WAIT_S = 5.0
 
 
 class QuietGeneratorWorker(GeneratorWorker):
@@ -25,7 +37,19 @@ class QuietGeneratorWorker(GeneratorWorker):
 
     napari's own worker relays every exception to the notification manager with a traceback;
     expected problems (missing weights, bad shapes, out of memory) deserve a plain message instead.
+    ``done`` is set when the worker thread has emitted its last signal.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.done = threading.Event()
+
+    def run(self) -> None:  # noqa: D401 - Qt hook
+        """Run the job, then mark it done (also on errors and aborts)."""
+        try:
+            super().run()
+        finally:
+            self.done.set()
 
     def _relay_error(self, exc: Exception) -> None:  # noqa: D401 - napari hook
         """Do nothing: :class:`JobRunner` shows the error."""
@@ -54,23 +78,81 @@ def notify_error(error: BaseException) -> None:
     show_error(f"HR-Dv2: {user_message(error)}")
 
 
+def format_duration(seconds: float) -> str:
+    """'12 s', '3 min', '1 h 05 min' (rounded for humans)."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+@dataclass
+class _Job:
+    """Book-keeping of one started worker."""
+
+    worker: QuietGeneratorWorker
+    description: str
+    bar: Any
+    source: weakref.ref | None
+    on_returned: Callable[[Any], None]
+    on_yielded: Callable[[Any], None] | None
+    quiet_errors: bool
+    started: float = field(default_factory=time.monotonic)
+    #: (time, fraction) when the first real step (after loading the backbone) reported progress.
+    first_step: tuple[float, float] | None = None
+    ended: bool = False
+    dropped: bool = False
+
+    def source_alive(self, is_alive: Callable[[Any], bool]) -> bool:
+        if self.source is None:
+            return True
+        layer = self.source()
+        return layer is not None and is_alive(layer)
+
+
 class JobRunner:
-    """Runs a widget's jobs; keeps the list of active workers and reports busy/idle changes.
+    """Runs a widget's jobs; keeps the active workers and reports busy/idle, progress and errors.
 
     Parameters
     ----------
     on_busy : called with True when the first job starts and False when the last one finishes.
     on_status : called with short status texts (progress messages, errors, "Cancelled").
+    on_progress : called with (fraction in [0, 1], message, remaining seconds or None) on every step.
+    on_error : called with the exception of a failed job (after the notification).
+    is_alive : tells whether a source layer is still in the viewer (results of removed ones are dropped).
     """
 
-    def __init__(self, on_busy: Callable[[bool], None], on_status: Callable[[str], None]):
+    #: Every runner that still has work, so that closing the application can wait for all of them.
+    _all: weakref.WeakSet[JobRunner] = weakref.WeakSet()
+
+    def __init__(
+        self,
+        on_busy: Callable[[bool], None],
+        on_status: Callable[[str], None],
+        *,
+        on_progress: Callable[[float, str, float | None], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        is_alive: Callable[[Any], bool] | None = None,
+    ):
         self._on_busy = on_busy
         self._on_status = on_status
-        self.active: list[GeneratorWorker] = []
+        self._on_progress_cb = on_progress
+        self._on_error_cb = on_error
+        self._is_alive = is_alive or (lambda layer: True)
+        self._jobs: list[_Job] = []
+        self.closed = False
+        JobRunner._all.add(self)
+
+    @property
+    def active(self) -> list[GeneratorWorker]:
+        return [job.worker for job in self._jobs]
 
     @property
     def busy(self) -> bool:
-        return bool(self.active)
+        return bool(self._jobs)
 
     def start(
         self,
@@ -78,71 +160,174 @@ class JobRunner:
         *args: Any,
         description: str,
         on_returned: Callable[[Any], None],
+        on_yielded: Callable[[Any], None] | None = None,
+        source: Any = None,
         quiet_errors: bool = False,
         **kwargs: Any,
-    ) -> GeneratorWorker:
+    ) -> GeneratorWorker | None:
         """Start ``job(*args, **kwargs)`` in a thread worker with a napari progress bar; returns the worker.
 
-        ``on_returned`` runs on the main thread with the job's result. Errors become notifications
-        (or only a status text with ``quiet_errors``, for background live updates).
+        ``on_returned`` runs on the main thread with the job's result and ``on_yielded`` with every
+        yielded item that is not a :class:`~..core.progress.Progress` (partial results); both are skipped once
+        ``source`` (a layer) has left the viewer. Errors become notifications (or only a status
+        text with ``quiet_errors``, for background live updates).
         """
+        if self.closed:
+            return None
         worker = create_worker(
             job, *args, _worker_class=QuietGeneratorWorker, _ignore_errors=True, _start_thread=False, **kwargs
         )
         bar = progress(total=PROGRESS_STEPS, desc=description)
+        entry = _Job(
+            worker=worker,
+            description=description,
+            bar=bar,
+            source=weakref.ref(source) if source is not None else None,
+            on_returned=on_returned,
+            on_yielded=on_yielded,
+            quiet_errors=quiet_errors,
+        )
         # Updating a napari progress bar can process pending Qt events, so a later signal of this worker
         # (its result, or the next progress step) may be handled inside an earlier one's handler. `ended`
         # makes progress that arrives after the result/error/abort a no-op, so the final status stays.
-        ended = [False]
-        worker.yielded.connect(partial(self._on_progress, bar, ended))
-        worker.returned.connect(partial(self._on_returned, ended, on_returned))
-        worker.errored.connect(partial(self._on_error, ended, quiet=quiet_errors))
-        worker.aborted.connect(partial(self._on_aborted, ended, f"{description}: cancelled."))
-        worker.finished.connect(partial(self._on_finished, worker, bar, ended))
+        worker.yielded.connect(partial(self._on_yielded, entry))
+        worker.returned.connect(partial(self._on_returned, entry))
+        worker.errored.connect(partial(self._on_error, entry))
+        worker.aborted.connect(partial(self._on_aborted, entry))
+        worker.finished.connect(partial(self._on_finished, entry))
         was_busy = self.busy
-        self.active.append(worker)
+        self._jobs.append(entry)
         if not was_busy:
             self._on_busy(True)
         self._on_status(f"{description}...")
+        if self._on_progress_cb is not None:
+            self._on_progress_cb(0.0, f"{description}...", None)
         worker.start()
         return worker
 
+    # ------------------------------------------------------------------ cancellation
     def cancel(self) -> None:
         """Ask every active job to stop at its next step."""
-        for worker in list(self.active):
-            worker.quit()
+        for job in list(self._jobs):
+            job.worker.quit()
 
-    def _on_progress(self, bar: progress, ended: list[bool], update: Any) -> None:
-        if ended[0] or not isinstance(update, Progress):
+    def cancel_for(self, layer: Any) -> int:
+        """Cancel the jobs reading ``layer`` and drop their results; returns how many were cancelled."""
+        cancelled = 0
+        for job in list(self._jobs):
+            if job.source is not None and job.source() is layer:
+                job.dropped = True
+                job.worker.quit()
+                cancelled += 1
+        return cancelled
+
+    def shutdown(self, wait_s: float = SHUTDOWN_WAIT_S) -> bool:
+        """Cancel every job, stop reporting to the widget and wait up to ``wait_s`` for the jobs to stop.
+
+        Returns True when every job stopped in time. Called when the dock or the viewer closes.
+        """
+        self.closed = True
+        workers = [job.worker for job in self._jobs]
+        for job in self._jobs:
+            job.dropped = True
+            job.worker.quit()
+        deadline = time.monotonic() + wait_s
+        for worker in workers:
+            worker.done.wait(max(0.0, deadline - time.monotonic()))
+        return all(worker.done.is_set() for worker in workers)
+
+    @classmethod
+    def shutdown_all(cls, wait_s: float = SHUTDOWN_WAIT_S) -> bool:
+        """:meth:`shutdown` every runner of the process (the application is quitting)."""
+        deadline = time.monotonic() + wait_s
+        return all([runner.shutdown(max(0.0, deadline - time.monotonic())) for runner in list(cls._all)])
+
+    # ------------------------------------------------------------------ worker signals (main thread)
+    def _usable(self, job: _Job) -> bool:
+        """Whether a job's reports still concern someone: the widget is open and its source layer is there."""
+        if self.closed or job.dropped:
+            return False
+        if not job.source_alive(self._is_alive):
+            job.dropped = True
+            job.worker.quit()
+            return False
+        return True
+
+    def _on_yielded(self, job: _Job, update: Any) -> None:
+        if job.ended or not self._usable(job):
             return
-        self._on_status(update.message)  # before touching the bar (see start)
-        target = int(round(min(max(update.fraction, 0.0), 1.0) * PROGRESS_STEPS))
-        bar.set_description(update.message)
-        if target > bar.n:
-            bar.update(target - bar.n)
+        if not isinstance(update, Progress):
+            if job.on_yielded is not None:
+                self._call(job.on_yielded, update)
+            return
+        fraction = min(max(update.fraction, 0.0), 1.0)
+        remaining = self._remaining(job, fraction, update)
+        # Step messages go to the progress bars (the dock's and napari's); the status line keeps what matters.
+        if self._on_progress_cb is not None:
+            self._on_progress_cb(fraction, update.message, remaining)
+        else:
+            self._on_status(update.message)
+        self._update_bar(job, fraction, update.message)
 
-    def _on_returned(self, ended: list[bool], on_returned: Callable[[Any], None], result: Any) -> None:
-        ended[0] = True
+    @staticmethod
+    def _remaining(job: _Job, fraction: float, update: Progress) -> float | None:
+        """Seconds left, extrapolated from the steps since loading ended (loading time is not a step)."""
+        now = time.monotonic()
+        if job.first_step is None:
+            if not update.message.startswith("Loading"):
+                job.first_step = (now, fraction)
+            return None
+        since, start_fraction = job.first_step
+        done = fraction - start_fraction
+        if done <= 1e-6 or fraction >= 1.0:
+            return None
+        return (now - since) * (1.0 - fraction) / done
+
+    @staticmethod
+    def _update_bar(job: _Job, fraction: float, message: str) -> None:
         try:
-            on_returned(result)
+            target = int(round(fraction * PROGRESS_STEPS))
+            job.bar.set_description(message)
+            if target > job.bar.n:
+                job.bar.update(target - job.bar.n)
+        except RuntimeError:  # the activity dock was deleted with the window
+            pass
+
+    def _call(self, callback: Callable[[Any], None], value: Any) -> None:
+        try:
+            callback(value)
         except Exception as error:  # noqa: BLE001 - e.g. a layer the user changed meanwhile: a message, not a crash
             self._on_status(user_message(error))
             notify_error(error)
 
-    def _on_error(self, ended: list[bool], error: BaseException, *, quiet: bool) -> None:
-        ended[0] = True
+    def _on_returned(self, job: _Job, result: Any) -> None:
+        job.ended = True
+        if not self._usable(job):
+            return
+        self._call(job.on_returned, result)
+
+    def _on_error(self, job: _Job, error: BaseException) -> None:
+        job.ended = True
+        if self.closed or job.dropped:
+            logger.info("HR-Dv2 job ended with %r after it was cancelled", error)
+            return
         self._on_status(user_message(error))
-        if not quiet:
+        if not job.quiet_errors:
             notify_error(error)
+        if self._on_error_cb is not None:
+            self._on_error_cb(error)
 
-    def _on_aborted(self, ended: list[bool], message: str) -> None:
-        ended[0] = True
-        self._on_status(message)
+    def _on_aborted(self, job: _Job) -> None:
+        job.ended = True
+        if self.closed:
+            return
+        self._on_status(f"{job.description}: cancelled." if not job.dropped else f"{job.description}: stopped.")
 
-    def _on_finished(self, worker: GeneratorWorker, bar: progress, ended: list[bool]) -> None:
-        ended[0] = True
-        bar.close()
-        if worker in self.active:
-            self.active.remove(worker)
-        if not self.active:
+    def _on_finished(self, job: _Job) -> None:
+        job.ended = True
+        with contextlib.suppress(RuntimeError):  # the activity dock may be gone with the window
+            job.bar.close()
+        if job in self._jobs:
+            self._jobs.remove(job)
+        if not self._jobs and not self.closed:
             self._on_busy(False)

@@ -9,7 +9,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, show_file_dialog
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    Label,
+    PushButton,
+    SpinBox,
+    show_file_dialog,
+)
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
@@ -18,6 +28,7 @@ from .._layers import (
     assemble_planes,
     current_plane,
     find_result_layer,
+    plugin_tag,
     probabilities_layer_data,
     result_name,
     segmentation_layer_data,
@@ -25,7 +36,9 @@ from .._layers import (
     upsert_layer,
 )
 from .._workers import (
+    BackboneInfo,
     BatchReport,
+    PartialPrediction,
     PredictionResult,
     folder_job,
     merge_runtime,
@@ -34,10 +47,13 @@ from .._workers import (
     train_job,
 )
 from ..core.config import FeatureConfig
-from ..core.errors import HRDv2Error, InputError
+from ..core.errors import HRDv2Error, InputError, WeightsNotFoundError
 from ..core.labels import label_dtype
-from ._common import connect_layer_list, image_layer_choices, labels_layer_choices
-from ._runner import JobRunner, notify_error
+from ._classes import ClassTable
+from ._common import image_layer_choices, labels_layer_choices, scribbles_for, wrap_label
+from ._dock import DockFrame, tab_page
+from ._features import keep_active_layer, refining_message
+from ._runner import notify_error
 from ._session import session_for
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,6 +62,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Quiet time after the last paint stroke before a live retrain starts (milliseconds).
 LIVE_DELAY_MS = 400
+#: Keyboard shortcuts of the dock (napari key names), shown in its Shortcuts line.
+SHORTCUTS = {
+    "train": "Shift-T",
+    "predict": "Shift-P",
+    "live": "Shift-L",
+}
+#: Alt-1 ... Alt-9 pick the class painted in the scribbles layer.
+CLASS_KEYS = tuple(f"Alt-{digit}" for digit in range(1, 10))
+SHORTCUTS_TEXT = (
+    "Shortcuts (image canvas): Shift+T train, Shift+P predict plane, Shift+L live on/off, Alt+1..9 class to paint, "
+    "Esc cancels nothing in napari: use Cancel."
+)
 MODEL_FILTER = "HR-Dv2 model (*.hrdv2 *.npz *.safetensors);;All files (*)"
 
 
@@ -101,7 +129,7 @@ def describe_config(config: FeatureConfig) -> str:
     return f"{backbone}, {shifts}{flips}, {config.device}"
 
 
-class SegmentationWidget(Container):
+class SegmentationWidget(DockFrame, Container):
     """Train a linear classifier on HR-Dv2 features under brush scribbles and segment images.
 
     Pinned API: :meth:`train`, :meth:`predict` (both return the started worker), :meth:`save_model`,
@@ -113,6 +141,7 @@ class SegmentationWidget(Container):
         super().__init__(labels=True)
         self._viewer = napari_viewer
         self._session = session_for(napari_viewer)
+        self._runners = []
         #: Factory of untrained segmenters (tests or scripts may swap in other hyper-parameters).
         self.make_segmenter = self._new_segmenter
         #: Asks before files are replaced; returns True to replace (tests swap in an answer).
@@ -120,67 +149,91 @@ class SegmentationWidget(Container):
 
         self._image = ComboBox(label="Image", choices=self._image_choices, nullable=True)
         self._scribbles = ComboBox(label="Scribbles", choices=self._labels_choices, nullable=True)
-        self._new_scribbles = PushButton(text="New scribbles layer")
-        self._settings_summary = Label(label="Features")
-        self._open_features = PushButton(text="Feature settings...")
+        self._new_scribbles = PushButton(text="New")
+        self._new_scribbles.native.setToolTip("Add an empty scribbles (Labels) layer for the image, ready to paint")
+        scribbles_row = Container(widgets=[self._scribbles, self._new_scribbles], layout="horizontal", labels=False)
+        scribbles_row.label = "Scribbles"
+        scribbles_row.native.layout().setContentsMargins(0, 0, 0, 0)
+        # ---- Train tab
+        self._classes = ClassTable(on_pick=self._pick_class)
         self._train = PushButton(text="Train")
-        self._live = CheckBox(text="Live", tooltip="Retrain and predict the current plane after each paint stroke")
+        self._train.native.setToolTip(f"Train on the scribbles ({SHORTCUTS['train']})")
+        self._live = CheckBox(
+            text="Live", tooltip=f"Retrain and segment the current plane after each stroke ({SHORTCUTS['live']})"
+        )
+        self._auto_segment = CheckBox(
+            text="Segment after training", value=True, tooltip="Train also segments the scribbled plane(s)"
+        )
+        train_row = Container(widgets=[self._train, self._live, self._auto_segment], layout="horizontal", labels=False)
+        train_row.native.layout().setContentsMargins(0, 0, 0, 0)
         self._hybrid = CheckBox(
             text="+ classical filters",
             tooltip="Also train on classical multiscale filters of the image (intensity, edges, texture): "
             "helps where the classes differ mostly in brightness",
         )
-        train_row = Container(widgets=[self._train, self._live, self._hybrid], layout="horizontal", labels=False)
-        self._predict_plane = PushButton(text="Predict current plane")
-        self._predict_all = PushButton(text="Predict all planes")
+        self._settings_summary = Label(label="Features")
+        self._open_features = PushButton(text="Feature settings...")
+        self._model_status = Label(label="Model", value="none (paint scribbles, then Train)")
+        self._shortcuts = Label(value=SHORTCUTS_TEXT)
+        # ---- Predict & export tab
+        self._predict_plane = PushButton(text="Predict plane")
+        self._predict_plane.native.setToolTip(f"Segment the plane shown ({SHORTCUTS['predict']})")
+        self._predict_all = PushButton(text="All planes")
         predict_row = Container(widgets=[self._predict_plane, self._predict_all], layout="horizontal", labels=False)
-        self._want_uncertainty = CheckBox(text="Uncertainty layer", value=False)
-        self._want_probabilities = CheckBox(text="Probabilities layer", value=False)
+        predict_row.native.layout().setContentsMargins(0, 0, 0, 0)
+        self._want_uncertainty = CheckBox(text="Uncertainty", value=False)
+        self._want_probabilities = CheckBox(text="Probabilities", value=False)
         outputs = Container(
             widgets=[self._want_uncertainty, self._want_probabilities], layout="horizontal", labels=False
         )
+        outputs.label = "Also"
+        outputs.native.layout().setContentsMargins(0, 0, 0, 0)
+        self._opacity = FloatSlider(label="Opacity", min=0.0, max=1.0, step=0.05, value=0.5)
+        self._contour = SpinBox(label="Contour", min=0, max=20, value=0, tooltip="0: filled; n: outlines n px wide")
         self._save = PushButton(text="Save model...")
         self._load = PushButton(text="Load model...")
         files_row = Container(widgets=[self._save, self._load], layout="horizontal", labels=False)
+        files_row.native.layout().setContentsMargins(0, 0, 0, 0)
         self._export = PushButton(text="Export segmentation...")
         self._export_per_plane = CheckBox(
             text="one file per plane",
             tooltip="Stacks: one file per plane instead of a multi-page TIFF (PNG is always one file per plane)",
         )
         export_row = Container(widgets=[self._export, self._export_per_plane], layout="horizontal", labels=False)
-        self._model_status = Label(label="Model", value="none (paint scribbles, then Train)")
+        export_row.native.layout().setContentsMargins(0, 0, 0, 0)
+        # ---- Batch tab
         self._folder_in = FileEdit(label="Folder in", mode="d")
         self._folder_out = FileEdit(label="Folder out", mode="d")
         self._folder_format = ComboBox(label="Format", choices=["tif", "png"], value="tif")
         self._overwrite = CheckBox(text="Overwrite existing", value=False)
         self._apply_folder = PushButton(text="Apply to folder")
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._status = Label(value="")
-        self.extend(
-            [
-                self._image,
-                self._scribbles,
-                self._new_scribbles,
-                self._settings_summary,
-                self._open_features,
-                train_row,
-                predict_row,
-                outputs,
-                files_row,
-                export_row,
-                self._model_status,
-                self._folder_in,
-                self._folder_out,
-                self._folder_format,
-                self._overwrite,
-                self._apply_folder,
-                self._cancel,
-                self._status,
-            ]
-        )
+        for label in (self._settings_summary, self._model_status, self._shortcuts):
+            wrap_label(label.native, selectable=True)
 
-        self._runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
-        self._live_runner = JobRunner(on_busy=lambda busy: None, on_status=self._set_status)
+        self.extend([self._image, scribbles_row])
+        self._build_frame(
+            [
+                (
+                    "Train",
+                    tab_page(
+                        self._classes.widget, train_row, self._hybrid, self._model_status, self._settings_summary,
+                        self._open_features, self._shortcuts,
+                    ),
+                ),
+                (
+                    "Predict && export",
+                    tab_page(predict_row, outputs, self._opacity, self._contour, files_row, export_row),
+                ),
+                (
+                    "Batch",
+                    tab_page(self._folder_in, self._folder_out, self._folder_format, self._overwrite, self._apply_folder),
+                ),
+            ],
+            on_cancel=self.cancel,
+        )  # fmt: skip
+        self._cancel = self._progress.cancel_button
+        self._runner = self._make_runner()
+        self._live_runner = self._make_runner(on_busy=self._set_live_busy)
         self._live_worker: GeneratorWorker | None = None
         self._live_generation = 0
         self._watched: weakref.ref | None = None
@@ -194,16 +247,20 @@ class SegmentationWidget(Container):
         self._train.changed.connect(self._train_clicked)
         self._live.changed.connect(self._live_toggled)
         self._scribbles.changed.connect(self._scribbles_changed)
+        self._image.changed.connect(self._image_changed)
         self._predict_plane.changed.connect(self._predict_clicked)
         self._predict_all.changed.connect(partial(self._predict_clicked, all_planes=True))
+        self._opacity.changed.connect(self._display_changed)
+        self._contour.changed.connect(self._display_changed)
         self._save.changed.connect(self._save_clicked)
         self._load.changed.connect(self._load_clicked)
         self._export.changed.connect(self._export_clicked)
         self._apply_folder.changed.connect(self._apply_folder_clicked)
-        self._cancel.changed.connect(self.cancel)
+        self._classes.names_changed.connect(self._class_names_changed)
         self._session.config_changed.connect(self._show_config)
         self._session.segmenter_changed.connect(self._show_model)
-        connect_layer_list(napari_viewer, self._refresh_choices)
+        self._follow_layers()
+        self._bind_keys()
         self._show_config(self._session.config)
         self._show_model(self._session.segmenter)
 
@@ -241,9 +298,121 @@ class SegmentationWidget(Container):
     def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return labels_layer_choices(self._viewer)
 
-    def _refresh_choices(self, *_: Any) -> None:
-        self._image.reset_choices()
+    def _auto_select(self) -> None:
+        """Image: the active/only one (see DockFrame); scribbles: the layer made for it, else the one that fits."""
+        super()._auto_select()
+        self._choose_scribbles()
+
+    def _choose_scribbles(self) -> None:
         self._scribbles.reset_choices()
+        chosen = scribbles_for(self._viewer, self._image.value, self._scribbles.value)
+        if chosen is not self._scribbles.value:
+            self._scribbles.value = chosen
+        self._refresh_classes()
+
+    def _image_changed(self, _layer: Any) -> None:
+        self._choose_scribbles()
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        super()._on_layer_inserted(event)
+        self._choose_scribbles()
+
+    def _on_active_layer(self, event: Any) -> None:
+        super()._on_active_layer(event)
+        layer = getattr(event, "value", None)
+        known = layer is not None and any(layer is choice for choice in self._scribbles.choices)
+        if (
+            known
+            and layer is not self._scribbles.value
+            and scribbles_for(self._viewer, self._image.value, layer) is layer
+        ):
+            self._scribbles.value = layer
+
+    # ------------------------------------------------------------------ classes and shortcuts
+    def _refresh_classes(self, *_: Any) -> None:
+        """Classes: those painted in the scribbles, those the model knows, and at least 1 and 2."""
+        layer = self._scribbles.value
+        labels = {1, 2}
+        if layer is not None:
+            labels |= {int(v) for v in np.unique(np.asarray(layer.data)) if v > 0}
+            labels.add(int(layer.selected_label))
+        segmenter = self._session.segmenter
+        if segmenter is not None:
+            labels |= {int(c) for c in getattr(segmenter, "classes_", [])}
+        names = {**self._session.class_names}
+        colors = {}
+        for label in labels:
+            if layer is not None:
+                try:
+                    colors[label] = layer.get_color(label)
+                except Exception:  # noqa: BLE001 - colour is decoration only
+                    colors[label] = None
+        self._classes.set_classes(sorted(labels), colors, names)
+        if layer is not None:
+            self._classes.select(int(layer.selected_label))
+
+    def _pick_class(self, label: int) -> None:
+        """Paint ``label`` next: select it in the scribbles layer (and the layer, in paint mode)."""
+        layer = self._scribbles.value
+        if layer is None:
+            return
+        layer.selected_label = int(label)
+        if layer in self._viewer.layers:
+            self._viewer.layers.selection.active = layer
+            layer.mode = "paint"
+        self._refresh_classes()
+        self._set_status(f"Painting {self._session.class_names.get(int(label), f'class {label}')} (label {label}).")
+
+    def _class_names_changed(self, names: dict[int, str]) -> None:
+        self._session.class_names = dict(names)
+        segmenter = self._session.segmenter
+        if segmenter is not None:
+            segmenter.class_names = {c: names[c] for c in (int(k) for k in segmenter.classes_) if c in names}
+        image = self._image.value
+        layer = find_result_layer(self._viewer, result_name(image.name, "segmentation"), "labels") if image else None
+        if layer is not None:
+            tag = dict(layer.metadata.get("napari_hrdv2", {}))
+            tag["class_names"] = {str(k): v for k, v in names.items()}
+            layer.metadata = {**layer.metadata, "napari_hrdv2": tag}
+
+    def _bind_keys(self) -> None:
+        """Shift+T train, Shift+P predict, Shift+L live, Alt+1..9 class (see :data:`SHORTCUTS`)."""
+        bindings = {
+            SHORTCUTS["train"]: lambda _viewer: self._train_clicked(),
+            SHORTCUTS["predict"]: lambda _viewer: self._predict_clicked(),
+            SHORTCUTS["live"]: lambda _viewer: setattr(self._live, "value", not self._live.value),
+        }
+        for digit, key in enumerate(CLASS_KEYS, start=1):
+            bindings[key] = partial(lambda _viewer, label: self._pick_class(label), label=digit)
+        self._bound_keys = []
+        for key, callback in bindings.items():
+            try:
+                self._viewer.bind_key(key, callback, overwrite=True)
+                self._bound_keys.append(key)
+            except Exception:  # noqa: BLE001 - a key napari refuses stays unbound; the buttons still work
+                continue
+
+    def _unbind_keys(self) -> None:
+        for key in getattr(self, "_bound_keys", []):
+            try:
+                self._viewer.bind_key(key, None, overwrite=True)
+            except Exception:  # noqa: BLE001 - the viewer may be gone already
+                continue
+        self._bound_keys = []
+
+    def _on_dock_closed(self) -> None:
+        self._live_timer.stop()
+        self._watch(None)
+        self._unbind_keys()
+        super()._on_dock_closed()
+
+    def _display_changed(self, *_: Any) -> None:
+        """Apply the opacity/contour options to the segmentation of the selected image."""
+        image = self._image.value
+        layer = find_result_layer(self._viewer, result_name(image.name, "segmentation"), "labels") if image else None
+        if layer is not None:
+            layer.opacity = float(self._opacity.value)
+            layer.contour = int(self._contour.value)
 
     # ------------------------------------------------------------------ pinned API
     def train(
@@ -263,7 +432,11 @@ class SegmentationWidget(Container):
             return None
         if not live:
             self._select(image_layer, labels_layer)
-        indices = sorted(scribbles) if predict_planes is None else list(predict_planes)
+        self._show_help(None)
+        if predict_planes is not None:
+            indices = list(predict_planes)
+        else:
+            indices = sorted(scribbles) if self._auto_segment.value else []
         runner = self._live_runner if live else self._runner
         if live:
             self._live_generation += 1
@@ -278,8 +451,11 @@ class SegmentationWidget(Container):
             predict_indices=indices,
             uncertainty=bool(self._want_uncertainty.value),
             probabilities=bool(self._want_probabilities.value),
+            progressive=live,
             description=f"HR-Dv2 training on {geometry.name}",
             on_returned=partial(self._show_prediction, geometry, generation=self._live_generation if live else None),
+            on_yielded=partial(self._on_job_item, geometry, self._live_generation if live else None),
+            source=image_layer,
             quiet_errors=live,
         )
 
@@ -308,6 +484,8 @@ class SegmentationWidget(Container):
             probabilities=bool(self._want_probabilities.value),
             description=f"HR-Dv2 segmentation of {geometry.name}",
             on_returned=partial(self._show_prediction, geometry, generation=None),
+            on_yielded=partial(self._on_job_item, geometry, None),
+            source=image_layer,
         )
 
     def save_model(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -371,6 +549,7 @@ class SegmentationWidget(Container):
         one file per plane (``<stem>_000.png``...). Existing files are only replaced with ``overwrite``
         (the Export button asks first); otherwise nothing is written and an InputError names them.
         """
+        from ..core.atomic import write_json
         from ..core.io import write_labels
 
         image_layer = image_layer if image_layer is not None else self._image.value
@@ -384,7 +563,8 @@ class SegmentationWidget(Container):
             raise InputError(f"Export as .tif or .png, not '{path.suffix or path.name}'.")
         labels = np.asarray(layer.data)
         targets = export_targets(path, labels.shape, per_plane=per_plane)
-        existing = [target for target in targets if target.exists()]
+        sidecar = path.with_name(f"{path.name}.classes.json")
+        existing = [target for target in [*targets, sidecar] if target.exists()]
         if existing and not overwrite:
             raise InputError(
                 f"{len(existing)} file(s) already exist ({existing[0].name}...); choose another name or confirm "
@@ -392,8 +572,21 @@ class SegmentationWidget(Container):
             )
         planes = list(labels) if len(targets) > 1 else [labels]
         written = [write_labels(target, plane, overwrite=overwrite) for target, plane in zip(targets, planes)]
+        write_json(sidecar, self._class_metadata(layer), overwrite=overwrite)
         self._set_status(f"Exported {len(written)} file(s) to {path.parent}.")
         return written
+
+    def _class_metadata(self, layer: Any) -> dict[str, Any]:
+        """What the exported label values mean: {"classes": [{"label", "name", "color"}...]} (0 = background)."""
+        classes = [int(c) for c in (plugin_tag(layer) or {}).get("classes", [])] or sorted(
+            int(v) for v in np.unique(np.asarray(layer.data)) if v > 0
+        )
+        classes_out = []
+        for label in classes:
+            rgba = [round(float(c), 4) for c in layer.get_color(label)] if hasattr(layer, "get_color") else None
+            name = self._session.class_names.get(label, f"class {label}")
+            classes_out.append({"label": label, "name": name, "color": rgba})
+        return {"background": 0, "classes": classes_out, "source": (plugin_tag(layer) or {}).get("source")}
 
     def cancel(self, *_: Any) -> None:
         """Stop running jobs (training, prediction, batch) at their next step."""
@@ -409,8 +602,7 @@ class SegmentationWidget(Container):
     def _select(self, image_layer: Any, labels_layer: Any = None) -> None:
         """Show the layers a programmatic call used in the combo boxes (live mode and Export follow them)."""
         if image_layer is not None and image_layer in self._viewer.layers and self._image.value is not image_layer:
-            self._image.reset_choices()
-            self._image.value = image_layer
+            self._choose_image(image_layer)
         if (
             labels_layer is not None
             and labels_layer in self._viewer.layers
@@ -461,26 +653,69 @@ class SegmentationWidget(Container):
         return layer
 
     # ------------------------------------------------------------------ results
+    def _on_job_item(self, geometry: SourceGeometry, generation: int | None, item: Any) -> None:
+        """A job's non-progress report: the loaded backbone's card, or a first segmentation from a partial encoding."""
+        if isinstance(item, BackboneInfo):
+            self._session.backbone_info = (self._session.config.backbone, item)
+        elif isinstance(item, PartialPrediction):
+            if generation is not None and generation != self._live_generation:
+                return
+            self._show_labels(geometry, {item.index: item.labels}, item.classes)
+            remaining = self._progress.remaining
+            self._set_status(refining_message(geometry.name, item, remaining, self._session.backbone_info))
+
+    def _show_labels(self, geometry: SourceGeometry, planes: dict[int, np.ndarray], classes: list[int]) -> None:
+        """Put predicted planes into "<image> segmentation", over the grey image (the scribbles stay selected)."""
+        layer = find_result_layer(self._viewer, result_name(geometry.name, "segmentation"), "labels")
+        base = layer.data if layer is not None else None
+        labels = assemble_planes(geometry, planes, dtype=label_dtype(max(classes)), base=base)
+        names = {c: self._session.class_names.get(c, f"class {c}") for c in classes}
+        with keep_active_layer(self._viewer):
+            created = layer is None
+            layer = upsert_layer(
+                self._viewer,
+                segmentation_layer_data(
+                    geometry, labels, classes=classes, class_names=names, opacity=float(self._opacity.value),
+                    contour=int(self._contour.value),
+                ),
+            )  # fmt: skip
+            if created:
+                self._reveal_grey_image(geometry)
+
+    def _reveal_grey_image(self, geometry: SourceGeometry) -> None:
+        """Hide the PCA view under a new segmentation, so the labels are read over the grey image."""
+        pca = find_result_layer(self._viewer, result_name(geometry.name, "PCA"), "image")
+        if pca is not None and pca.visible:
+            pca.visible = False
+
     def _show_prediction(self, geometry: SourceGeometry, result: PredictionResult, *, generation: int | None) -> None:
         if generation is not None and generation != self._live_generation:
             return  # a newer live run superseded this one
         if self._session.segmenter is not result.segmenter:
+            names = self._session.class_names
+            result.segmenter.class_names = {c: names[c] for c in result.classes if c in names}
             self._session.segmenter = result.segmenter
         classes = result.classes
-        layer = find_result_layer(self._viewer, result_name(geometry.name, "segmentation"), "labels")
-        base = layer.data if layer is not None else None
-        labels = assemble_planes(geometry, result.labels, dtype=label_dtype(max(classes)), base=base)
-        upsert_layer(self._viewer, segmentation_layer_data(geometry, labels, classes=classes))
-        if result.uncertainty:
-            layer = find_result_layer(self._viewer, result_name(geometry.name, "uncertainty"), "image")
-            data = assemble_planes(geometry, result.uncertainty, dtype=np.float32, base=getattr(layer, "data", None))
-            upsert_layer(self._viewer, uncertainty_layer_data(geometry, data))
-        if result.probabilities:
-            layer = find_result_layer(self._viewer, result_name(geometry.name, "probabilities"), "image")
-            data = assemble_planes(
-                geometry, result.probabilities, dtype=np.float32, base=getattr(layer, "data", None), channel_axis=True
-            )
-            upsert_layer(self._viewer, probabilities_layer_data(geometry, data, classes=classes))
+        if not result.labels:
+            self._refresh_classes()
+            self._set_status(f"Model trained on {geometry.name}; press Predict (or tick 'Segment after training').")
+            return
+        self._show_labels(geometry, result.labels, classes)
+        with keep_active_layer(self._viewer):
+            if result.uncertainty:
+                layer = find_result_layer(self._viewer, result_name(geometry.name, "uncertainty"), "image")
+                data = assemble_planes(
+                    geometry, result.uncertainty, dtype=np.float32, base=getattr(layer, "data", None)
+                )
+                upsert_layer(self._viewer, uncertainty_layer_data(geometry, data))
+            if result.probabilities:
+                layer = find_result_layer(self._viewer, result_name(geometry.name, "probabilities"), "image")
+                data = assemble_planes(
+                    geometry, result.probabilities, dtype=np.float32, base=getattr(layer, "data", None),
+                    channel_axis=True,
+                )  # fmt: skip
+                upsert_layer(self._viewer, probabilities_layer_data(geometry, data, classes=classes))
+        self._refresh_classes()
         planes = ", ".join(str(i + 1) for i in sorted(result.labels))
         self._set_status(f"Segmented {geometry.name}" + (f" plane(s) {planes}." if geometry.is_stack else "."))
 
@@ -495,7 +730,8 @@ class SegmentationWidget(Container):
         if segmenter is None:
             self._model_status.value = "none (paint scribbles, then Train)"
         else:
-            classes = ", ".join(str(int(c)) for c in getattr(segmenter, "classes_", []))
+            names = {**getattr(segmenter, "class_names", {}), **self._session.class_names}
+            classes = ", ".join(names.get(int(c), str(int(c))) for c in getattr(segmenter, "classes_", []))
             self._model_status.value = f"trained, classes {classes}"
 
     # ------------------------------------------------------------------ live mode
@@ -511,6 +747,7 @@ class SegmentationWidget(Container):
     def _scribbles_changed(self, layer: Any) -> None:
         if self._live.value:
             self._watch(layer)
+        self._refresh_classes()
 
     def _watch(self, layer: Any) -> None:
         previous = self._watched() if self._watched is not None else None
@@ -612,7 +849,11 @@ class SegmentationWidget(Container):
     def _set_busy(self, busy: bool) -> None:
         for button in (self._train, self._predict_plane, self._predict_all, self._apply_folder):
             button.enabled = not busy
-        self._cancel.enabled = busy
+        self._progress.set_busy(busy or self._live_runner.busy)
 
-    def _set_status(self, text: str) -> None:
-        self._status.value = text
+    def _set_live_busy(self, busy: bool) -> None:
+        self._progress.set_busy(busy or self._runner.busy)
+
+    def _on_job_error(self, error: BaseException) -> None:
+        if isinstance(error, WeightsNotFoundError):
+            self._show_help(f"{error}")

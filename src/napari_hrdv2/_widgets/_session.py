@@ -22,17 +22,22 @@ class ViewerSession:
     - ``cache``: encodings keyed by plane content and config, so an image encoded for the PCA view is
       not encoded again for training or prediction.
     - ``segmenter``: the last trained or loaded model; ``segmenter_changed`` is emitted with it.
+    - ``backbone_info``: the model card of the last loaded backbone; ``backbone_changed`` is emitted.
     - ``encodings`` / ``pca_bases``: per source layer name and config, the planes encoded so far (backing
       the lazy "<image> features" layer) and the PCA basis (consistent colours across a stack).
     """
 
     config_changed = Signal(object)
     segmenter_changed = Signal(object)
+    backbone_changed = Signal(object)
 
     def __init__(self, config: FeatureConfig = DEFAULT_CONFIG):
         self._config = config
         self.cache = EncodingCache()
         self._segmenter: Any = None
+        self._backbone_info: Any = None
+        #: Names of the classes (label value -> name), edited in the Segmentation dock's class table.
+        self.class_names: dict[int, str] = {}
         self.encodings: dict[tuple[str, FeatureConfig], dict[int, Any]] = {}
         self.pca_bases: dict[tuple[str, FeatureConfig], Any] = {}
 
@@ -54,6 +59,16 @@ class ViewerSession:
     def segmenter(self, value: Any) -> None:
         self._segmenter = value
         self.segmenter_changed.emit(value)
+
+    @property
+    def backbone_info(self) -> Any:
+        """(backbone setting, BackboneInfo) of the last loaded backbone, or None; ``backbone_changed`` is emitted."""
+        return self._backbone_info
+
+    @backbone_info.setter
+    def backbone_info(self, value: Any) -> None:
+        self._backbone_info = value
+        self.backbone_changed.emit(value)
 
     def prediction_config(self) -> FeatureConfig:
         """Features for the current model: its own feature definition with this session's device/tiling."""

@@ -8,7 +8,8 @@ tensors
 metadata (strings)
     ``format`` = :data:`FORMAT_NAME`, ``format_version``, ``params`` (JSON of
     ``LinearSegmenter.get_params()``), ``feature_config`` (JSON of ``FeatureConfig.to_dict()`` or
-    ``null``), ``n_hr_features``, ``summary`` (JSON of the :class:`TrainingSummary` or ``null``).
+    ``null``), ``n_hr_features``, ``summary`` (JSON of the :class:`TrainingSummary` or ``null``),
+    optional ``class_names`` (JSON ``{"label": "name"}``; files without it load with no names).
 
 :func:`model_to_contents` / :func:`model_from_contents` are the (de)serialisation;
 :func:`save_model` / :func:`load_model` add the file handling.
@@ -45,6 +46,9 @@ def model_to_contents(model: LinearSegmenter) -> tuple[dict[str, np.ndarray], di
         "n_hr_features": str(model.n_hr_features_),
         "summary": json.dumps(asdict(model.summary_) if model.summary_ else None),
     }
+    names = getattr(model, "class_names", None)
+    if names:
+        meta["class_names"] = json.dumps({str(int(label)): str(name) for label, name in names.items()})
     tensors = {
         "coef": np.ascontiguousarray(model.coef_, dtype=np.float32),
         "intercept": np.ascontiguousarray(model.intercept_, dtype=np.float32),
@@ -81,6 +85,7 @@ def model_from_contents(
         model.intercept_ = np.asarray(tensors["intercept"], dtype=np.float32)
         model.classes_ = np.asarray(tensors["classes"], dtype=np.int64)
         model.n_hr_features_ = int(meta["n_hr_features"])
+        model.class_names = {int(k): str(v) for k, v in json.loads(meta.get("class_names", "{}")).items()}
         summary = json.loads(meta.get("summary", "null"))
         if summary:
             summary["pixels_per_class"] = {int(k): v for k, v in summary["pixels_per_class"].items()}

@@ -151,6 +151,8 @@ class LinearSegmenter:
         self.feature_config: FeatureConfig | None = None
         self.n_hr_features_: int | None = None
         self.summary_: TrainingSummary | None = None
+        #: Optional names of the classes (label -> name), saved in the model file and used for exported metadata.
+        self.class_names: dict[int, str] = {}
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:

@@ -1,0 +1,161 @@
+"""What both HR-Dv2 docks share: the frame (tabs, progress row, status, help), following the layer list,
+and closing cleanly. Qt/magicgui only; no computation here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from magicgui.widgets import ComboBox, Container
+from qtpy.QtWidgets import QLabel, QTabWidget, QVBoxLayout, QWidget
+
+from ._common import (
+    CloseWatcher,
+    ProgressRow,
+    connect_layer_list,
+    disconnect_layer_list,
+    preferred_image,
+    set_wrapped_text,
+    source_image_of,
+    wrap_label,
+)
+from ._runner import JobRunner
+
+#: Widest the docks ask to be (pixels); messages wrap instead of widening them.
+DOCK_MAX_WIDTH = 420
+HELP_STYLE = "QLabel { background: rgba(255, 170, 0, 40); border: 1px solid rgba(255, 170, 0, 160); padding: 4px; }"
+
+
+def tab_page(*widgets: Any) -> Container:
+    """A labelled magicgui column for one tab."""
+    page = Container(widgets=list(widgets), labels=True)
+    page.native.layout().setContentsMargins(4, 4, 4, 4)
+    return page
+
+
+class DockFrame:
+    """Mixin for a magicgui ``Container`` dock: tabs, a progress row with Cancel, a wrapping status line,
+    a help box, an Image box that follows the viewer's layers, and jobs cancelled when the dock closes."""
+
+    _viewer: Any
+    _image: ComboBox
+    _runner: JobRunner
+    _runners: list[JobRunner]
+
+    def _build_frame(self, tabs: list[tuple[str, Container]], *, on_cancel: Callable[[], None]) -> None:
+        native: QWidget = self.native  # type: ignore[attr-defined]
+        layout = native.layout()
+        self._tabs = QTabWidget()
+        self._tabs.setDocumentMode(True)
+        self._pages = {}
+        for title, page in tabs:
+            self._tabs.addTab(page.native, title)
+            self._pages[title] = page
+        layout.addWidget(self._tabs)
+        self._progress = ProgressRow(on_cancel)
+        layout.addWidget(self._progress)
+        self._status_label = wrap_label(QLabel(""), selectable=True)
+        layout.addWidget(self._status_label)
+        self._help = wrap_label(QLabel(""), selectable=True)
+        self._help.setStyleSheet(HELP_STYLE)
+        self._help.setVisible(False)
+        layout.addWidget(self._help)
+        if isinstance(layout, QVBoxLayout):
+            layout.addStretch(1)
+        native.setMaximumWidth(DOCK_MAX_WIDTH * 2)
+        self._close_watcher = CloseWatcher(native, self._on_dock_closed)
+
+    def _make_runner(self, **kwargs: Any) -> JobRunner:
+        runner = JobRunner(
+            on_busy=kwargs.pop("on_busy", self._set_busy),
+            on_status=kwargs.pop("on_status", self._set_status),
+            on_progress=kwargs.pop("on_progress", self._show_progress),
+            on_error=kwargs.pop("on_error", self._on_job_error),
+            is_alive=lambda layer: layer in self._viewer.layers,
+            **kwargs,
+        )
+        self._runners.append(runner)
+        return runner
+
+    # ------------------------------------------------------------------ status
+    def _set_status(self, text: str) -> None:
+        set_wrapped_text(self._status_label, text)
+
+    @property
+    def status(self) -> str:
+        """The dock's status line (its full text)."""
+        return self._status_label.toolTip() or self._status_label.text()
+
+    def _show_help(self, text: str | None) -> None:
+        """Show (or hide, with None) the help box under the status line."""
+        if text:
+            set_wrapped_text(self._help, text)
+        self._help.setVisible(bool(text))
+
+    @property
+    def help_text(self) -> str:
+        return "" if self._help.isHidden() else (self._help.toolTip() or self._help.text())
+
+    def _show_progress(self, fraction: float, message: str, remaining: float | None) -> None:
+        self._progress.show_progress(fraction, remaining, message)
+
+    def _on_job_error(self, error: BaseException) -> None:  # overridden by the docks
+        pass
+
+    def _set_busy(self, busy: bool) -> None:  # overridden by the docks
+        self._progress.set_busy(busy)
+
+    # ------------------------------------------------------------------ layers
+    def _follow_layers(self) -> None:
+        connect_layer_list(self._viewer, self._on_layers_changed)
+        self._viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        self._viewer.layers.events.removed.connect(self._on_source_removed)
+        self._viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self._auto_select()
+
+    def _unfollow_layers(self) -> None:
+        try:
+            disconnect_layer_list(self._viewer, self._on_layers_changed)
+            self._viewer.layers.events.inserted.disconnect(self._on_layer_inserted)
+            self._viewer.layers.events.removed.disconnect(self._on_source_removed)
+            self._viewer.layers.selection.events.active.disconnect(self._on_active_layer)
+        except (RuntimeError, TypeError, ValueError):  # the viewer is already torn down
+            pass
+
+    def _on_layers_changed(self, *_: Any) -> None:
+        self._auto_select()
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        """A newly opened image becomes the one the dock works on."""
+        layer = event.value
+        if source_image_of(self._viewer, layer) is layer:
+            self._choose_image(layer)
+
+    def _on_active_layer(self, event: Any) -> None:
+        """Selecting an image (or one of its results / scribbles) in the layer list selects it here too."""
+        image = source_image_of(self._viewer, getattr(event, "value", None))
+        if image is not None and image is not self._image.value:
+            self._choose_image(image)
+
+    def _on_source_removed(self, event: Any) -> None:
+        """A removed layer takes its jobs with it (their results are dropped)."""
+        for runner in self._runners:
+            runner.cancel_for(event.value)
+
+    def _auto_select(self) -> None:
+        self._image.reset_choices()
+        self._choose_image(preferred_image(self._viewer, self._image.value))
+
+    def _choose_image(self, layer: Any) -> None:
+        self._image.reset_choices()
+        if layer is not None and not any(layer is choice for choice in self._image.choices):
+            return
+        if self._image.value is not layer:
+            self._image.value = layer
+
+    # ------------------------------------------------------------------ closing
+    def _on_dock_closed(self) -> None:
+        """The dock or its window closed: stop following layers, cancel jobs and wait briefly for them."""
+        self._unfollow_layers()
+        for runner in self._runners:
+            runner.shutdown()

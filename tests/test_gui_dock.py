@@ -1,0 +1,222 @@
+"""The docks as a new user meets them: default state, automatic layer choice, missing weights, jobs that
+follow their layers, progressive first views, bounded width, selection kept, class names (pytest-qt + Xvfb)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import two_texture_image
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-hrdv2"
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def viewer(make_napari_viewer_proxy):
+    return make_napari_viewer_proxy()
+
+
+def dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+@pytest.fixture
+def notifications():
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+def wait_idle(qtbot, widget, timeout: int = TIMEOUT_MS) -> None:
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=timeout)
+
+
+def same(a, b) -> bool:
+    """Layers are the same (the proxy viewer hands out proxies of them, so compare by name)."""
+    return a is not None and b is not None and a.name == b.name
+
+
+def paint(layer) -> None:
+    data = layer.data.copy()
+    size = data.shape[-1]
+    data[..., 10:-10, 15:19] = 1
+    data[..., 10:-10, size - 20 : size - 16] = 2
+    layer.data = data
+
+
+# ---------------------------------------------------------------------------------------------- default state
+def test_default_state_uses_the_preset_and_the_open_image(viewer, notifications, qtbot):
+    """No set_settings: the empty weights field means the preset; the open image is chosen; missing weights help."""
+    image = viewer.add_image(two_texture_image()[0], name="cells")
+    features = dock(viewer, "HR-Dv2 Features")
+    segmentation = dock(viewer, "HR-Dv2 Segmentation")
+    assert same(features._image.value, image) and same(segmentation._image.value, image)
+    assert features._weights.value == "" and features.settings.backbone == "dinov2_vits14"
+    assert features._backbone.enabled
+    assert features._source.value.startswith("preset dinov2_vits14 = Hugging Face facebook/dinov2-small")
+    assert "not loaded yet" in features._card.value
+
+    # conftest sets HF_HUB_OFFLINE=1 and nothing is cached: the window says what to download and where to point.
+    worker = features.compute(features._image.value)
+    assert worker is not None
+    wait_idle(qtbot, features)
+    messages = [str(n.message) for n in notifications]
+    assert any("hf download facebook/dinov2-small" in m for m in messages), messages
+    assert "hf download facebook/dinov2-small" in features.help_text and not features._help.isHidden()
+    assert "Select weights..." in features.help_text and "--backbone" in features.help_text
+    assert "huggingface-cli" not in features.help_text
+    assert features._tabs.currentIndex() == 0
+    from napari_hrdv2.core.backbones import _missing_weights_message as cli_text
+    from napari_hrdv2.core.backbones import find_spec
+
+    reference = cli_text("facebook/dinov2-small", find_spec("dinov2_vits14"), "REASON").split("(REASON). ")[1]
+    assert reference in features.help_text, "the dock shows the CLI's text (one source)"
+
+
+def test_select_weights_loads_that_model_and_shows_its_card(viewer, qtbot, tiny_backbone):
+    viewer.add_image(two_texture_image()[0], name="cells")
+    features = dock(viewer, "HR-Dv2 Features")
+    features.select_weights(Path(tiny_backbone) / "config.json")  # what the file dialog returns for a folder
+    assert features._weights.value == tiny_backbone and features.settings.backbone == tiny_backbone
+    assert features._source.value == f"local folder {tiny_backbone}" and not features._backbone.enabled
+    features.set_settings(features.settings.replace(device="cpu", shifts="neumann", shift_distances=(3,)))
+    features.compute(features._image.value)
+    wait_idle(qtbot, features)
+    assert "cells PCA" in viewer.layers
+    assert "patch 14, 128 dims, 2 heads, 2 blocks" in features._card.value
+    features._weights.value = ""  # clearing the field goes back to the preset
+    assert features.settings.backbone == "dinov2_vits14" and features._backbone.enabled
+    assert "not loaded yet" in features._card.value
+
+
+def test_docks_follow_the_layer_list(viewer):
+    first = viewer.add_image(two_texture_image()[0], name="first")
+    features = dock(viewer, "HR-Dv2 Features")
+    segmentation = dock(viewer, "HR-Dv2 Segmentation")
+    assert segmentation._scribbles.value is None
+    second = viewer.add_image(two_texture_image(seed=1)[0], name="second")
+    assert same(features._image.value, second) and same(segmentation._image.value, second), "a new image is chosen"
+    scribbles = viewer.add_labels(np.zeros((112, 112), dtype=np.uint8), name="first scribbles")
+    viewer.layers.selection.active = first
+    assert same(features._image.value, first) and same(segmentation._image.value, first), "the active image"
+    assert same(segmentation._scribbles.value, scribbles), "the scribbles made for that image"
+    other = segmentation.new_scribbles_layer(second)
+    assert same(segmentation._image.value, second) and same(segmentation._scribbles.value, other)
+    viewer.layers.remove(second)
+    assert same(features._image.value, first) and same(segmentation._image.value, first)
+    assert same(segmentation._scribbles.value, scribbles)
+
+
+# ---------------------------------------------------------------------------------------------- jobs and layers
+@pytest.fixture
+def gui_config(tiny_backbone):
+    import napari_hrdv2 as hr
+
+    return hr.FeatureConfig(backbone=tiny_backbone, device="cpu", tile_size=None, shifts="moore", shift_distances=(3,))
+
+
+def test_removing_the_image_cancels_its_job_and_adds_nothing(viewer, qtbot, gui_config):
+    image = viewer.add_image(np.stack([two_texture_image(224, seed=s)[0] for s in range(4)]), name="doomed")
+    features = dock(viewer, "HR-Dv2 Features")
+    features.set_settings(gui_config)
+    worker = features.compute(image, all_planes=True)
+    ended = []
+    worker.finished.connect(lambda: ended.append(True))
+    qtbot.waitUntil(lambda: "Encoding" in features._progress.text, timeout=TIMEOUT_MS)
+    viewer.layers.remove(image)
+    wait_idle(qtbot, features)
+    qtbot.waitUntil(lambda: bool(ended), timeout=TIMEOUT_MS)
+    qtbot.wait(50)
+    assert [layer.name for layer in viewer.layers] == [], "no layer appears for a removed image"
+    assert worker.abort_requested
+
+
+def test_progressive_first_view_arrives_before_the_job_ends(viewer, qtbot, gui_config):
+    image = viewer.add_image(two_texture_image(224)[0], name="cells")
+    features = dock(viewer, "HR-Dv2 Features")
+    features.set_settings(gui_config)  # 9 transforms, identity first
+    seen = []
+    show_partial = features._show_partial
+    features._show_partial = lambda *a: (seen.append(("partial", a[-1].n_transforms)), show_partial(*a))
+    worker = features.compute(image)
+    worker.returned.connect(lambda _: seen.append(("final", 9)))
+    qtbot.waitUntil(lambda: any(kind == "partial" for kind, _ in seen), timeout=TIMEOUT_MS)
+    pca = viewer.layers["cells PCA"]
+    assert pca.metadata["napari_hrdv2"]["partial"] and pca.visible
+    assert "First view of cells (1 of 9 passes)" in features.status
+    assert "%" in features._progress.text and features._cancel.isEnabled()
+    wait_idle(qtbot, features)
+    assert seen[0] == ("partial", 1) and seen[-1] == ("final", 9)
+    assert same(viewer.layers["cells PCA"], pca) and not pca.metadata["napari_hrdv2"]["partial"]
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("cells attention") < names.index("cells PCA") and not viewer.layers["cells attention"].visible
+
+
+def test_dock_width_stays_bounded_after_a_long_error(viewer, qtbot, notifications, tmp_path):
+    from napari_hrdv2._widgets._dock import DOCK_MAX_WIDTH
+
+    image = viewer.add_image(two_texture_image()[0], name="cells")
+    features = dock(viewer, "HR-Dv2 Features")
+    segmentation = dock(viewer, "HR-Dv2 Segmentation")
+    before = features.native.sizeHint().width(), segmentation.native.sizeHint().width()
+    assert max(before) <= DOCK_MAX_WIDTH
+    features._weights.value = str(tmp_path / ("very-long-folder-name/" * 22))  # ~500 characters
+    features.compute(image)
+    wait_idle(qtbot, features)
+    assert len(features.status) > 500 and "does not exist" in features.status
+    segmentation._set_status("x" * 500)
+    after = features.native.sizeHint().width(), segmentation.native.sizeHint().width()
+    assert after[0] <= before[0] + 2 and after[1] <= before[1] + 2, (before, after)
+
+
+def test_scribbles_stay_selected_after_train_and_classes_are_named(viewer, qtbot, gui_config, tmp_path):
+    image = viewer.add_image(two_texture_image()[0], name="tex")
+    features = dock(viewer, "HR-Dv2 Features")
+    features.set_settings(gui_config)
+    segmentation = dock(viewer, "HR-Dv2 Segmentation")
+    scribbles = segmentation.new_scribbles_layer(image)
+    paint(scribbles)
+    assert same(viewer.layers.selection.active, scribbles) and segmentation._auto_segment.value
+    assert segmentation._classes.labels == [1, 2]
+    segmentation._classes.table.item(1, 2).setText("matrix")  # rename class 2 in the table
+    segmentation._train.changed.emit(True)
+    wait_idle(qtbot, segmentation)
+    seg = viewer.layers["tex segmentation"]
+    assert same(viewer.layers.selection.active, scribbles), "the next stroke still paints the scribbles"
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("tex segmentation") < names.index("tex scribbles")
+    assert seg.metadata["napari_hrdv2"]["class_names"] == {"1": "class 1", "2": "matrix"}
+    segmentation._contour.value = 2
+    segmentation._opacity.value = 0.8
+    assert seg.contour == 2 and seg.opacity == pytest.approx(0.8)
+
+    saved = segmentation.save_model(tmp_path / "model.hrdv2")
+    from napari_hrdv2.core.segmenter import LinearSegmenter
+
+    assert LinearSegmenter.load(saved).class_names == {2: "matrix"}
+    segmentation.export_segmentation(tmp_path / "tex.tif", image)
+    meta = json.loads((tmp_path / "tex.tif.classes.json").read_text())
+    assert [(c["label"], c["name"]) for c in meta["classes"]] == [(1, "class 1"), (2, "matrix")]
+
+
+def test_shortcuts_are_bound_and_listed(viewer):
+    viewer.add_image(two_texture_image()[0], name="tex")
+    segmentation = dock(viewer, "HR-Dv2 Segmentation")
+    assert "Shift+T train" in segmentation._shortcuts.value and "Alt+1..9" in segmentation._shortcuts.value
+    scribbles = segmentation.new_scribbles_layer()
+    segmentation._pick_class(3)
+    assert scribbles.selected_label == 3 and 3 in segmentation._classes.labels
+    assert not segmentation._live.value
+    segmentation._bound_callbacks = None
+    keymap = viewer.keymap
+    assert any("Shift-T" in str(key) or "Shift+T" in str(key) for key in keymap), list(keymap)[:10]
