@@ -2,7 +2,9 @@
 
 Run from the repository root (a virtual X server is enough, no desktop needed)::
 
-    xvfb-run -a -s "-screen 0 1920x1080x24" python docs/make_screenshot.py [--backbone dinov2_vits14]
+    xvfb-run -a -s "-screen 0 1920x1080x24" python docs/make_screenshot.py [--backbone dinov2_vits14] [--sequence]
+
+The window is 1366x768 (a laptop screen) unless ``--size`` says otherwise.
 
 Without ``--backbone`` it builds a randomly initialised ViT-S/14 (the DINOv2-S architecture with
 random weights), so it runs without network or downloads; the screenshot then shows what the plugin
@@ -50,6 +52,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbone", help="real weights (preset, folder or .pth); default: random-init ViT-S/14")
     parser.add_argument("-o", "--output", default=str(REPO / "docs" / "screenshot.png"))
+    parser.add_argument("--size", default="1366x768", help="window size (default: a 1366x768 laptop screen)")
+    parser.add_argument(
+        "--sequence", action="store_true", help="also write docs/workflow-1-open.png ... -3-segment.png (the steps)"
+    )
     args = parser.parse_args()
 
     import napari
@@ -62,28 +68,47 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         backbone = args.backbone or str(save_random_vits14(Path(tmp) / "random-init-vits14"))
         viewer = napari.Viewer(title="napari: HR-Dv2")
-        viewer.window.resize(1600, 950)
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        viewer.window.resize(width, height)
         features, segmentation = setup_viewer(viewer, preset="balanced", backbone=backbone, device="cpu")
         image = viewer.layers["superalloy"]
+
+        def settle(n: int = 20) -> None:
+            for _ in range(n):
+                QApplication.processEvents()
+                time.sleep(0.05)
 
         def wait(widget) -> None:
             while widget.is_busy:
                 QApplication.processEvents()
                 time.sleep(0.02)
 
-        features._want_attention.value = False  # keep the layer list short: PCA and segmentation
-        features._want_features.value = False
+        def save(path: str) -> None:
+            settle()
+            shot = viewer.screenshot(canvas_only=False, flash=False)
+            imsave(path, shot[..., :3], check_contrast=False)  # RGB, no alpha
+            print(f"wrote {path} {shot.shape}")
+
+        if args.sequence:
+            save(str(REPO / "docs" / "workflow-1-open.png"))
         features.compute(image)
         wait(features)
+        if args.sequence:
+            save(str(REPO / "docs" / "workflow-2-features.png"))
 
         scribbles = segmentation.new_scribbles_layer(image)
         scribbles.data = strokes(image.data.shape)
-        segmentation.train(image, scribbles)
+        segmentation._refresh_classes()
+        for row, name in enumerate(("matrix", "secondary γ'", "tertiary γ'")):  # class names, as a user types them
+            segmentation._classes.table.item(row, 2).setText(name)
+        segmentation.train(image, scribbles)  # segments the image too ("Segment after training" is on)
         wait(segmentation)
-        segmentation.predict(image)
-        wait(segmentation)
+        if args.sequence:
+            save(str(REPO / "docs" / "workflow-3-segment.png"))
 
         # Side by side: the PCA view | the micrograph with the segmentation and the strokes on top.
+        pca = viewer.layers["superalloy PCA"]
+        pca.visible = True
         viewer.layers.move(viewer.layers.index("superalloy PCA"), len(viewer.layers) - 1)
         viewer.layers["superalloy segmentation"].opacity = 0.45
         grid = viewer.canvas.grid if hasattr(getattr(viewer, "canvas", None), "grid") else viewer.grid  # napari >= 0.9
@@ -92,12 +117,7 @@ def main() -> None:
         grid.spacing = 0.02
         viewer.layers.selection.active = scribbles
         viewer.reset_view()
-        for _ in range(20):
-            QApplication.processEvents()
-            time.sleep(0.05)
-        shot = viewer.screenshot(canvas_only=False, flash=False)
-        imsave(args.output, shot[..., :3], check_contrast=False)  # RGB, no alpha
-        print(f"wrote {args.output} {shot.shape}")
+        save(args.output)
         viewer.close()
 
 

@@ -80,13 +80,16 @@ class BackboneInfo:
     dtype: str
 
     def card(self) -> str:
-        """One line, e.g. 'ViT-S/14 (dinov2_vits14): patch 14, 384 dims, 6 heads, 12 blocks; cpu float32'."""
+        """One line, e.g. 'ViT-S/14 (dinov2_vits14): patch 14, 384 dims, 6 heads, 12 blocks; cpu float32'.
+
+        The source (where the weights came from) is :attr:`source`; the dock shows it in the card's tooltip.
+        """
         size = _SIZE_NAMES.get(self.embed_dim)
         arch = f"ViT-{size}/{self.patch_size}" if size else f"ViT/{self.patch_size}"
         registers = f", {self.num_registers} registers" if self.num_registers else ""
         return (
             f"{arch} ({self.name}): patch {self.patch_size}, {self.embed_dim} dims, {self.num_heads} heads, "
-            f"{self.depth} blocks{registers}; {self.device} {self.dtype}; from {self.source}"
+            f"{self.depth} blocks{registers}; {self.device} {self.dtype}"
         )
 
 

@@ -12,6 +12,8 @@ from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableW
 
 #: Rows shown before the table scrolls.
 VISIBLE_ROWS = 4
+#: Rows always shown (the table never shrinks below this).
+MIN_ROWS = 3
 
 
 def default_name(label: int) -> str:
@@ -41,7 +43,7 @@ class ClassTable:
         table.setToolTip("Classes: click a row to paint that class (Alt+1..9); double-click a name to rename it")
         row_height = table.verticalHeader().defaultSectionSize()
         table.setMaximumHeight(row_height * VISIBLE_ROWS + header.sizeHint().height() + 4)
-        table.setMinimumHeight(row_height * 2 + header.sizeHint().height() + 4)
+        table.setMinimumHeight(row_height * MIN_ROWS + header.sizeHint().height() + 4)
         table.itemChanged.connect(self._item_changed)
         table.cellClicked.connect(self._cell_clicked)
         self.table = table

@@ -315,6 +315,7 @@ class FeaturesWidget(DockFrame, Container):
             self._card.value = "not loaded yet (loads on the first Compute)"
         elif info[0] == self._session.config.backbone:
             self._card.value = info[1].card()
+            self._card.tooltip = f"Loaded from {info[1].source}"
             self._show_help(None)
 
     def _show_precision(self) -> None:

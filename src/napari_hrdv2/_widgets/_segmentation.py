@@ -70,10 +70,7 @@ SHORTCUTS = {
 }
 #: Alt-1 ... Alt-9 pick the class painted in the scribbles layer.
 CLASS_KEYS = tuple(f"Alt-{digit}" for digit in range(1, 10))
-SHORTCUTS_TEXT = (
-    "Shortcuts (image canvas): Shift+T train, Shift+P predict plane, Shift+L live on/off, Alt+1..9 class to paint, "
-    "Esc cancels nothing in napari: use Cancel."
-)
+SHORTCUTS_TEXT = "Keys: Shift+T train, Shift+P predict, Shift+L live, Alt+1..9 class"
 MODEL_FILTER = "HR-Dv2 model (*.hrdv2 *.npz *.safetensors);;All files (*)"
 
 
@@ -215,14 +212,14 @@ class SegmentationWidget(DockFrame, Container):
             [
                 (
                     "Train",
-                    tab_page(
-                        self._classes.widget, train_row, self._hybrid, self._model_status, self._settings_summary,
-                        self._open_features, self._shortcuts,
-                    ),
+                    tab_page(self._classes.widget, train_row, self._hybrid, self._model_status, self._shortcuts),
                 ),
                 (
                     "Predict && export",
-                    tab_page(predict_row, outputs, self._opacity, self._contour, files_row, export_row),
+                    tab_page(
+                        predict_row, outputs, self._opacity, self._contour, files_row, export_row,
+                        self._settings_summary, self._open_features,
+                    ),
                 ),
                 (
                     "Batch",
@@ -308,7 +305,22 @@ class SegmentationWidget(DockFrame, Container):
         chosen = scribbles_for(self._viewer, self._image.value, self._scribbles.value)
         if chosen is not self._scribbles.value:
             self._scribbles.value = chosen
+        self._watch_classes(self._scribbles.value)
         self._refresh_classes()
+
+    def _watch_classes(self, layer: Any) -> None:
+        """Keep the class table in step with the scribbles layer (new label values, the label being painted)."""
+        previous = self._class_watched() if getattr(self, "_class_watched", None) is not None else None
+        if previous is layer:
+            return
+        if previous is not None:
+            for emitter in (previous.events.data, previous.events.paint, previous.events.selected_label):
+                emitter.disconnect(self._refresh_classes)
+        self._class_watched = None
+        if layer is not None:
+            for emitter in (layer.events.data, layer.events.paint, layer.events.selected_label):
+                emitter.connect(self._refresh_classes)
+            self._class_watched = weakref.ref(layer)
 
     def _image_changed(self, _layer: Any) -> None:
         self._choose_scribbles()
@@ -403,6 +415,7 @@ class SegmentationWidget(DockFrame, Container):
     def _on_dock_closed(self) -> None:
         self._live_timer.stop()
         self._watch(None)
+        self._watch_classes(None)
         self._unbind_keys()
         super()._on_dock_closed()
 
@@ -747,6 +760,7 @@ class SegmentationWidget(DockFrame, Container):
     def _scribbles_changed(self, layer: Any) -> None:
         if self._live.value:
             self._watch(layer)
+        self._watch_classes(layer)
         self._refresh_classes()
 
     def _watch(self, layer: Any) -> None:
