@@ -30,7 +30,7 @@ N_IMAGES = 4
 def client():
     """Two worker processes, one thread each (the nanny restarts a killed worker)."""
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
         env={"NAPARI_HRDV2_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     client = distributed.Client(cluster)

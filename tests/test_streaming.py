@@ -206,3 +206,35 @@ def test_segment_files_streams_large_tiffs_to_tiled_bigtiff(tmp_path, tiled, mod
     uncertainty = tifffile.imread(tmp_path / "out" / "large_uncertainty.tif")
     np.testing.assert_array_equal(uncertainty, model.uncertainty(encoding))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["large_labels.tif", "large_uncertainty.tif"]
+
+
+def test_predict_region_job_on_a_lazy_stack(tmp_path, tiled, model):
+    """The napari job behind "Predict current view": plane 1 of a Zarr stack, only the visible rectangle."""
+    from napari_hrdv2._workers import predict_region_job
+    from napari_hrdv2.core.progress import run_steps
+
+    image = big_image(300)[:, :260]
+    stack = zarr.create_array(str(tmp_path / "stack.zarr"), shape=(2, *image.shape), chunks=(1, 64, 64), dtype="uint8")
+    stack[1] = image
+    result = run_steps(
+        predict_region_job(stack, 1, (50, 170), (-10, 120), model, tiled, is_stack=True, uncertainty=True)
+    )
+    encoding = hr.Featurizer(tiled).encode(image, with_attention=False)
+    assert (result.plane, result.top, result.left) == (1, 50, 0)
+    np.testing.assert_array_equal(result.labels, model.predict(encoding)[result.rows, result.cols])
+    np.testing.assert_array_equal(result.uncertainty, model.uncertainty(encoding)[50:170, 0:120])
+
+
+def test_lazy_reader_for_napari(tmp_path):
+    from napari_hrdv2._reader import get_reader
+
+    image = big_image(128)
+    group = zarr.open_group(str(tmp_path / "pyramid.zarr"), mode="w", zarr_format=2)
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": ["y", "x"], "datasets": [{"path": "0"}, {"path": "1"}]}]
+    group.create_array("0", shape=image.shape, chunks=(64, 64), dtype="uint8")[:] = image
+    group.create_array("1", shape=(64, 64), chunks=(64, 64), dtype="uint8")[:] = image[::2, ::2]
+    tifffile.imwrite(tmp_path / "small.tif", image)
+    assert get_reader(str(tmp_path / "small.tif")) is None  # napari's own reader
+    ((data, meta, kind),) = get_reader(str(tmp_path / "pyramid.zarr"))(str(tmp_path / "pyramid.zarr"))
+    assert kind == "image" and meta["multiscale"] and [level.shape for level in data] == [(128, 128), (64, 64)]
+    assert isinstance(data[0], zarr.Array)  # read lazily, by napari, one chunk at a time

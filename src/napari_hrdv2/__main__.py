@@ -75,7 +75,14 @@ def setup_viewer(
         config = config.replace(device=device)
     features.set_settings(config)
 
+    from ._reader import get_reader
+
     for path in images:
+        lazy = get_reader(str(path))  # Zarr, .npy and TIFFs too large to read whole open lazily
+        if lazy is not None:
+            for data, meta, _ in lazy(str(path)):
+                viewer.add_image(data, **meta)
+            continue
         data = read_image(path)
         viewer.add_image(data, name=Path(path).stem)  # napari reads a last axis of 3 or 4 as RGB(A)
     if not images:

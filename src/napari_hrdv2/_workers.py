@@ -433,6 +433,66 @@ def predict_job(
     return result
 
 
+@dataclass
+class RegionResult:
+    """A prediction of one rectangle of a (possibly huge, lazily read) plane: paste it at ``(top, left)``."""
+
+    segmenter: Any
+    plane: int
+    top: int
+    left: int
+    labels: np.ndarray  # (h, w)
+    uncertainty: np.ndarray | None = None  # (h, w) float32
+    probabilities: np.ndarray | None = None  # (n_classes, h, w) float32
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.top, self.top + self.labels.shape[0])
+
+    @property
+    def cols(self) -> slice:
+        return slice(self.left, self.left + self.labels.shape[1])
+
+
+def predict_region_job(
+    data: Any,
+    plane: int,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    segmenter: Any,
+    config: FeatureConfig,
+    *,
+    is_stack: bool,
+    uncertainty: bool = False,
+    probabilities: bool = False,
+) -> Generator[Progress, None, RegionResult]:
+    """Segment only the rectangle ``rows x cols`` of plane ``plane`` ("Predict current view").
+
+    ``data`` is the layer's array (numpy, dask or zarr; never read whole: only the tiles touching the
+    rectangle are read and encoded, plus one pass over the plane for its intensity range). The result
+    equals the prediction of the whole plane cropped to the rectangle (:func:`core.streaming.segment_region`).
+    """
+    from .core.devices import inference_mode
+    from .core.lazy_io import LazyPlane
+    from .core.streaming import iter_segment_region
+
+    source = LazyPlane(data, (int(plane),)) if is_stack else LazyPlane(data)
+    outputs = ("labels", *(("uncertainty",) if uncertainty else ()), *(("probabilities",) if probabilities else ()))
+    yield Progress(0.0, 1, "Loading the backbone")
+    with inference_mode():
+        featurizer = segmenter.featurizer(
+            **{name: getattr(config, name) for name in ("device", "tile_size", "tile_overlap")}
+        )
+        featurizer.backbone  # noqa: B018
+        steps = iter_segment_region(segmenter, source, rows, cols, featurizer=featurizer, outputs=outputs)
+        result = yield from within(steps, 0.0, 1.0, message="Predicting the view")
+    r0 = max(0, int(rows[0]))
+    c0 = max(0, int(cols[0]))
+    return RegionResult(
+        segmenter, int(plane), r0, c0, result["labels"], result.get("uncertainty"), result.get("probabilities")
+    )
+
+
 # ---------------------------------------------------------------------------------------------- batch
 @dataclass
 class BatchReport(_CoreBatchReport):

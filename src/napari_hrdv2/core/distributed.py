@@ -93,7 +93,7 @@ def make_client(spec: str, *, threads_per_worker: int = 1) -> tuple[Any, Any]:
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
             env={"NAPARI_HRDV2_TORCH_THREADS": share, "OMP_NUM_THREADS": share},
         )
         return distributed.Client(cluster), cluster
