@@ -384,4 +384,20 @@ def test_inputs_with_the_same_output_name(tmp_path, capsys, model):
     tifffile.imwrite(tmp_path / "a.tif", image)
     imsave(tmp_path / "a.png", image, check_contrast=False)
     code, stdout, err = run(capsys, "segment", tmp_path / "a.png", tmp_path / "a.tif", "--model", model, "-o", tmp_path)
-    assert code == 1 and "Wrote 1" in stdout and "a.tif" in err and "would replace" in err
+    assert code == 2 and "a.tif" in err and "a.png" in err and "same output file" in err
+    assert not (tmp_path / "a_labels.tif").exists()  # refused before any work
+
+
+def test_inputs_with_the_same_stem_in_two_folders(tmp_path, capsys, model):
+    """a/x.tif and b/x.tif into one -o: refused up front, so no re-run can skip one as "existing"."""
+    image = two_texture_image(56)[0]
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        tifffile.imwrite(tmp_path / sub / "x.tif", image)
+    args = ("segment", tmp_path / "a" / "x.tif", tmp_path / "b" / "x.tif", "--model", model, "-o", tmp_path / "out")
+    for _ in range(2):
+        code, _, err = run(capsys, *args)
+        assert code == 2 and "same output file" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "x_labels.tif").exists()
+    code, _, _ = run(capsys, "segment", tmp_path / "a", tmp_path / "b", "--model", model)  # next to each: fine
+    assert code == 0 and (tmp_path / "a" / "x_labels.tif").exists() and (tmp_path / "b" / "x_labels.tif").exists()

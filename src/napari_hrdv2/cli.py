@@ -51,6 +51,7 @@ EXIT_FAILED_INPUTS = 1  # segment: some inputs could not be processed (the other
 EXIT_USAGE = 2  # bad options or input (missing file, wrong label shape, existing output...)
 EXIT_WEIGHTS = 3  # backbone weights not found (offline, wrong path, checksum mismatch)
 EXIT_MODEL = 4  # the model file is missing, corrupt or does not fit
+EXIT_UNEXPECTED = 5  # a bug: an error the package did not anticipate (still one line; --debug shows it)
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
@@ -77,7 +78,8 @@ OPTION_OF = {
 
 EPILOG = (
     "Exit codes: 0 success, 1 some inputs failed (segment; the others were written), 2 bad options or "
-    "input, 3 backbone weights not found, 4 model file missing or corrupt, 130 interrupted. "
+    "input, 3 backbone weights not found, 4 model file missing or corrupt, 5 unexpected error (a bug), "
+    "130 interrupted. "
     "Add --debug to see the traceback of an error."
 )
 
@@ -315,30 +317,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version, usage errors
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else EXIT_USAGE)
-    from .core.errors import Cancelled, HRDv2Error, ModelFileError, WeightsNotFoundError
-
     try:
-        with _library_progress_bars(_progress_enabled(args)):
+        with _library_progress_bars(_progress_enabled(args)), _one_line_warnings():
             return int(args.run(args) or EXIT_OK)
     except KeyboardInterrupt:
         _error(args, "interrupted.", show_traceback=False)
         return EXIT_INTERRUPTED
-    except Cancelled as err:
-        _error(args, str(err))
-        return EXIT_INTERRUPTED
-    except WeightsNotFoundError as err:
-        _error(args, str(err))
-        return EXIT_WEIGHTS
-    except ModelFileError as err:
-        _error(args, str(err))
-        return EXIT_MODEL
-    except HRDv2Error as err:
-        _error(args, str(err))
-        return EXIT_USAGE
-    except OSError as err:
+    except Exception as err:  # every exit path prints one line (--debug adds the traceback)
+        code, message = describe_error(err)
+        _error(args, message)
+        return code
+
+
+def describe_error(err: BaseException) -> tuple[int, str]:
+    """The exit code and the one-line message of an error that ended a command.
+
+    Errors of the package (:class:`HRDv2Error`) carry their own message; the others are mapped by
+    class (out of memory, file system), and anything unexpected still gives one line.
+    """
+    from .core.errors import Cancelled, HRDv2Error, ModelFileError, WeightsNotFoundError
+
+    for kind, code in ((Cancelled, EXIT_INTERRUPTED), (WeightsNotFoundError, EXIT_WEIGHTS),
+                       (ModelFileError, EXIT_MODEL), (HRDv2Error, EXIT_USAGE)):  # fmt: skip
+        if isinstance(err, kind):
+            return code, str(err)
+    if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and _is_allocation_error(err)):
+        return EXIT_USAGE, (
+            "Out of memory. Use --preset fast (fewer passes), --storage-dtype float16, a smaller backbone, "
+            "or crop the image into parts."
+        )
+    if isinstance(err, OSError):
         where = f": '{err.filename}'" if getattr(err, "filename", None) else ""
-        _error(args, f"{err.strerror}{where}." if err.strerror else str(err))
-        return EXIT_USAGE
+        return EXIT_USAGE, f"{err.strerror}{where}." if err.strerror else str(err) or type(err).__name__
+    text = " ".join(str(err).split())
+    text = text if len(text) < 300 else text[:300] + "..."
+    return EXIT_UNEXPECTED, (
+        f"unexpected {type(err).__name__}: {text or 'no message'} (a bug: add --debug for the traceback and "
+        "please report it)."
+    )
+
+
+def _is_allocation_error(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "out of memory" in text or "can't allocate" in text or "cannot allocate" in text
+
+
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Warnings of the package and its libraries as ``napari-hrdv2: warning: ...`` lines on stderr."""
+    import warnings
+
+    def show(message: Warning | str, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
+        print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _error(args: argparse.Namespace, message: str, *, show_traceback: bool = True) -> None:
@@ -513,7 +547,7 @@ def _check_output(path: str | Path, suffixes: Sequence[str], option: str, overwr
 # ---------------------------------------------------------------------------------------------- features
 def run_features(args: argparse.Namespace) -> int:
     """``napari-hrdv2 features``."""
-    from .core.atomic import ArrayStreamWriter
+    from .core.atomic import ArrayStreamWriter, check_not_an_input
     from .core.devices import inference_mode
     from .core.encoding import Featurizer
     from .core.errors import InputError
@@ -533,6 +567,8 @@ def run_features(args: argparse.Namespace) -> int:
     ]
     if len({p.resolve() for p in outputs}) < len(outputs):
         raise InputError("-o, --pca and --attention must be different files.")
+    for output in outputs:
+        check_not_an_input(output, [args.image])
     image = read_image(args.image)
     name = Path(args.image).name
     stack = is_stack(image)
@@ -639,14 +675,14 @@ def _write_rgb(path: Path, rgb: np.ndarray, overwrite: bool) -> Path:
 def _training_planes(images: Sequence[str], labels: Sequence[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(description, plane, labels) for every labelled plane; checks shapes before any encoding."""
     from .core.errors import InputError
-    from .core.io import is_stack, read_image
+    from .core.io import is_stack, read_image, read_labels
     from .core.labels import check_labels
 
     if len(images) != len(labels):
         raise InputError(f"Got {len(images)} image(s) but {len(labels)} label file(s): give one label file per image.")
     pairs = []
     for image_path, labels_path in zip(images, labels):
-        image, lab = read_image(image_path), read_image(labels_path)
+        image, lab = read_image(image_path), read_labels(labels_path)
         iname, lname = Path(image_path).name, Path(labels_path).name
         if is_stack(image):
             n = len(image)
@@ -678,16 +714,19 @@ def _training_planes(images: Sequence[str], labels: Sequence[str]) -> list[tuple
 
 def run_train(args: argparse.Namespace) -> int:
     """``napari-hrdv2 train``."""
+    from .core.atomic import check_not_an_input, check_output_folder
     from .core.devices import inference_mode
     from .core.encoding import Featurizer
     from .core.errors import InputError
     from .core.segmenter import LinearSegmenter
 
     output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise InputError(f"'{output}' already exists; pass --overwrite to replace it.")
+    check_not_an_input(output, [*args.images, *args.labels])
     if output.is_dir():
         raise InputError(f"'{output}' is a folder; give a model file name such as model.hrdv2.")
+    if output.exists() and not args.overwrite:
+        raise InputError(f"'{output}' already exists; pass --overwrite to replace it.")
+    check_output_folder(output.parent)
     segmenter = LinearSegmenter(
         hybrid=args.hybrid,
         l2=args.l2,

@@ -29,7 +29,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -372,3 +372,24 @@ class ArrayStreamWriter:
         if staging is not None:
             with suppress(OSError):
                 staging.unlink()
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True when two paths name one file (same resolved path, or the same inode through a link)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:  # pragma: no cover (unresolvable paths compare as given)
+        return a.absolute() == b.absolute()
+
+
+def check_not_an_input(output: str | Path, inputs: Iterable[str | Path], *, option: str = "-o") -> None:
+    """Refuse an output path that is one of the inputs (even with overwrite: the input would be destroyed)."""
+    for source in inputs:
+        if same_file(output, source):
+            raise InputError(
+                f"{option} '{output}' is the input '{source}'; writing there would destroy it (also with "
+                "--overwrite). Choose another output file."
+            )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .atomic import check_output_folder
 from .config import FeatureConfig, check_same_features
 from .errors import HRDv2Error, InputError
 from .io import IMAGE_SUFFIXES, expand_inputs, planes, read_image, write_labels
@@ -112,6 +113,29 @@ def _expand_lazy(inputs: Iterable[str | Path], paths: list[Path]) -> list[Path]:
     return sorted(dict.fromkeys([*paths, *extra]), key=lambda p: (str(p.parent), p.name))
 
 
+def check_distinct_outputs(paths: Sequence[Path], outdir: str | Path | None, suffix: str = ".tif") -> None:
+    """Refuse inputs whose outputs would have the same name (``a/x.tif`` and ``b/x.tif`` with one ``outdir``,
+    or ``x.tif`` and ``x.png`` in one folder): one would replace the other, or be skipped as "existing" on
+    the next run. Checked before any work, from the names only.
+    """
+    suffix = _check_suffix(suffix)
+    claimed: dict[Path, Path] = {}
+    clashes: list[str] = []
+    for path in paths:
+        # A stack always gives .tif, so a .png output may become .tif: both names are claimed.
+        for out_suffix in {suffix, ".tif"}:
+            key = _key(output_path(path, outdir, out_suffix))
+            other = claimed.setdefault(key, path)
+            if other != path:
+                clashes.append(f"'{other}' and '{path}' -> '{key.name}'")
+                break
+    if clashes:
+        raise InputError(
+            f"Some inputs would write the same output file: {'; '.join(dict.fromkeys(clashes))}. Rename one of "
+            "them, or segment them into separate output folders (-o)."
+        )
+
+
 def _key(path: Path) -> Path:
     try:
         return path.resolve()
@@ -183,6 +207,9 @@ def iter_segment_files(
     if not paths:
         where = ", ".join(str(p) for p in inputs) or "(no inputs)"
         raise InputError(f"No images found in {where} (looked for {', '.join(IMAGE_SUFFIXES)}).")
+    check_distinct_outputs(paths, outdir, suffix)
+    for folder in sorted({output_path(path, outdir, suffix).parent for path in paths}):
+        check_output_folder(folder)
     report = BatchReport()
     n = len(paths)
     written: dict[Path, Path] = {}  # output -> the input it was written for in this batch
@@ -326,10 +353,10 @@ def _prepare_streamed(
 
 def _per_file_reason(err: Exception) -> str:
     """The message recorded for a failed input; errors that concern the whole batch are re-raised."""
-    from .errors import Cancelled, ModelFileError, WeightsNotFoundError
+    from .errors import Cancelled, ModelFileError, OutputError, WeightsNotFoundError
 
-    if isinstance(err, (Cancelled, ModelFileError, WeightsNotFoundError)):
-        raise err
+    if isinstance(err, (Cancelled, ModelFileError, WeightsNotFoundError, OutputError)):
+        raise err  # the whole batch: a full disk or read-only folder fails every other input too
     if isinstance(err, HRDv2Error):
         return str(err)
     if isinstance(err, (OSError, ValueError, RuntimeError, MemoryError)):

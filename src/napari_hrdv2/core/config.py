@@ -31,6 +31,7 @@ def _runtime(default: Any) -> Any:
     """A field that says how the features are computed, not what they are (device, precision, tiling...)."""
     return dataclasses.field(default=default, metadata={"runtime": True})
 
+
 Facet = Literal["token", "key", "query", "value"]
 #: What a backbone block gives as features: output tokens, or the block's key / query / value projections.
 FACETS: tuple[str, ...] = ("token", "key", "query", "value")

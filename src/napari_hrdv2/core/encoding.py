@@ -258,9 +258,16 @@ class Encoding:
         if channels is None:
             return slice(None)
         if isinstance(channels, slice):
+            if not len(range(self.n_features)[channels]):
+                raise InputError(
+                    f"The channel selection {channels} is empty: the features have {self.n_features} channels "
+                    f"(0..{self.n_features - 1})."
+                )
             return channels
         index = np.asarray(channels, dtype=np.int64).reshape(-1)
-        if index.size and (index.min() < -self.n_features or index.max() >= self.n_features):
+        if not index.size:
+            raise InputError("The channel selection is empty: give at least one channel index.")
+        if index.min() < -self.n_features or index.max() >= self.n_features:
             raise InputError(f"Channel indices must lie in [0, {self.n_features}), got {index.min()}..{index.max()}.")
         return torch.as_tensor(index % self.n_features, device=self.device)
 

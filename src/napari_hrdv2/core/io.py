@@ -1,7 +1,8 @@
-"""Reading micrographs and writing label images (TIFF via tifffile, PNG via scikit-image)."""
+"""Reading micrographs and label images (axes from the file) and writing label images, all-or-nothing."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,35 +15,154 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file: (H, W), (H, W, 3|4) or a stack (N, H, W[, 3|4]) for multi-page TIFFs.
+    """Read an image file: (H, W), (H, W, 3) or a stack (N, H, W[, 3]).
 
-    Leading singleton axes (e.g. a (1, H, W) TIFF) are dropped.
+    Axes come from the file where it says what they are: OME-TIFF and ImageJ metadata (channels
+    ``C``, planes ``Z``/``T``...), TIFF colour samples, PNG modes. Alpha is dropped (grey + alpha
+    gives grey, RGBA gives RGB) and a :class:`UserWarning` says which channels were used. Images with
+    2 or more than 4 channels that are not grey + alpha are refused with an :class:`InputError`:
+    HR-Dv2 takes grey or RGB. Leading singleton axes are dropped.
+
+    Raises
+    ------
+    InputError
+        Missing, empty, unreadable or unsupported file, or a channel layout that is not grey/RGB.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Image file '{path}' does not exist.")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            data = tifffile.imread(str(path))
-        elif suffix in IMAGE_SUFFIXES:
-            from skimage.io import imread
-
-            data = imread(str(path))
-        else:
-            raise InputError(f"'{path.name}' is not a supported image ({', '.join(IMAGE_SUFFIXES)}).")
-    except InputError:
-        raise
-    except Exception as err:
-        raise InputError(f"Could not read '{path}': {err}") from err
-    data = np.asarray(data)
+    path = _existing_file(path, "Image")
+    data, channel_axis_name, alpha = _read_any(path)
+    name = path.name
+    if channel_axis_name is not None:
+        n_channels = data.shape[-1]
+        if alpha and n_channels in (2, 4):
+            data = data[..., :-1]
+            used = "grey" if n_channels == 2 else "RGB"
+            warnings.warn(f"'{name}': dropped the alpha channel; using {used}.", UserWarning, stacklevel=2)
+        elif n_channels == 3 and channel_axis_name == "C":
+            warnings.warn(f"'{name}': using its 3 channels (C axis) as RGB.", UserWarning, stacklevel=2)
+        elif n_channels != 3:
+            raise InputError(
+                f"'{name}' has {n_channels} channels ({channel_axis_name} axis); HR-Dv2 uses grey or RGB images. "
+                "Save the one channel (or three) to use, e.g. image[..., 0] or image[..., [0, 1, 2]]."
+            )
+        if data.shape[-1] == 1:
+            data = data[..., 0]
     while data.ndim > 2 and data.shape[0] == 1:
         data = data[0]
-    if data.ndim < 2 or data.ndim > 4:
-        raise InputError(f"'{path.name}' has shape {data.shape}; expected an image or a stack of images.")
+    if data.ndim < 2 or data.ndim > 4 or min(data.shape[:2] if data.ndim < 4 else data.shape[1:3]) == 0:
+        raise InputError(f"'{name}' has shape {data.shape}; expected an image or a stack of images.")
     return data
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """Read a label image (H, W) or label stack (N, H, W) as stored: palette PNGs give their indices.
+
+    Raises
+    ------
+    InputError
+        Missing, empty or unreadable file, or a file with colour channels (labels hold one class value
+        per pixel).
+    """
+    path = _existing_file(path, "Labels file")
+    data, channel_axis_name, _ = _read_any(path, keep_palette=True)
+    if channel_axis_name is not None and data.shape[-1] != 1:
+        raise InputError(
+            f"Labels '{path.name}' have {data.shape[-1]} channels; a label image holds one class value per "
+            "pixel (0 = unlabelled, 1, 2, ...), e.g. a napari Labels layer saved as TIFF."
+        )
+    if channel_axis_name is not None:
+        data = data[..., 0]
+    while data.ndim > 2 and data.shape[0] == 1:
+        data = data[0]
+    return data
+
+
+def _existing_file(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} '{path}' does not exist.")
+    if not path.is_file():
+        raise InputError(f"{what} '{path}' is a folder, not a file.")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputError(f"'{path.name}' is not a supported image ({', '.join(IMAGE_SUFFIXES)}).")
+    if path.stat().st_size == 0:
+        raise InputError(f"Could not read '{path}': the file is empty.")
+    return path
+
+
+def _read_any(path: Path, *, keep_palette: bool = False) -> tuple[np.ndarray, str | None, bool]:
+    """(data, channel axis name or None, last channel is alpha); channels, if any, are last."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return _read_tiff(path)
+        return _read_pillow(path, keep_palette=keep_palette)
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError(f"'{path.name}' is too large to read into memory.") from None
+    except Exception as err:  # the readers raise many types for corrupt files
+        kind = "TIFF" if path.suffix.lower() in (".tif", ".tiff") else path.suffix.lstrip(".").upper()
+        reason = " ".join(str(err).split("\n")[0].split("header=")[0].split())[:160].rstrip(":, ") or type(err).__name__
+        raise InputError(f"Could not read '{path}' as {kind} (damaged, truncated or another format): {reason}") from err
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, str | None, bool]:
+    import tifffile
+
+    with tifffile.TiffFile(str(path)) as tif:
+        if not tif.series:
+            raise InputError(f"Could not read '{path}': the TIFF holds no image.")
+        series = tif.series[0]
+        axes = series.axes.upper()
+        data = np.asarray(series.asarray())
+        page = tif.pages[0]
+        photometric = int(getattr(page, "photometric", 1) or 1)
+        extrasamples = tuple(int(e) for e in getattr(page, "extrasamples", ()) or ())
+        described = bool(tif.is_ome or tif.is_imagej)
+        shaped = bool(tif.is_shaped)
+    if data.ndim != len(axes) or "Y" not in axes or "X" not in axes:
+        return data, None, False  # unknown layout: as stored
+    # Which axis holds channels: C (OME/ImageJ), or colour samples S. Samples stored before Y/X in a file
+    # without OME/ImageJ axes (tifffile writes (N, H, W) arrays with N = 3 or 4 that way) are planes, as
+    # they were written, unless the file is a real planar RGB image.
+    channel = None
+    if "C" in axes and data.shape[axes.index("C")] > 1:
+        channel = "C"
+    if "S" in axes and data.shape[axes.index("S")] > 1:
+        planar = axes.index("S") < axes.index("Y")
+        if channel is not None:
+            raise InputError(f"'{path.name}' has both channels and colour samples (axes {axes}); save one of them.")
+        if not planar or described or (photometric == 2 and not shaped):
+            channel = "S"
+    order = [i for i, a in enumerate(axes) if a not in "YX" and a != channel]
+    order += [axes.index("Y"), axes.index("X")]
+    if channel is not None:
+        order.append(axes.index(channel))
+    data = np.transpose(data, order)
+    lead = data.shape[: len(order) - (3 if channel else 2)]
+    data = data.reshape(int(np.prod(lead, dtype=np.int64)) if lead else 1, *data.shape[len(lead) :])
+    if channel is None:
+        return data, None, False
+    alpha = channel == "S" and (bool(extrasamples) and extrasamples[-1] in (1, 2)) and photometric in (1, 2)
+    return data, channel, alpha
+
+
+def _read_pillow(path: Path, *, keep_palette: bool) -> tuple[np.ndarray, str | None, bool]:
+    from PIL import Image
+
+    with Image.open(path) as handle:
+        handle.load()
+        mode = handle.mode
+        if mode == "P" and not keep_palette:
+            handle = handle.convert("RGBA" if "transparency" in handle.info else "RGB")
+        elif mode in ("PA", "CMYK", "YCbCr", "LAB", "HSV"):
+            handle = handle.convert("RGBA" if mode == "PA" else "RGB")
+        elif mode == "1":
+            handle = handle.convert("L")
+        mode = handle.mode
+        data = np.asarray(handle)
+    if data.ndim == 2:
+        return data, None, False
+    return data, "S", mode in ("LA", "RGBA", "La", "RGBa")
 
 
 def is_stack(image: np.ndarray) -> bool:
@@ -81,7 +201,7 @@ def write_labels(path: str | Path, labels: np.ndarray, *, overwrite: bool = Fals
         raise InputError(f"Label images must be integers, got {labels.dtype}.")
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
-        return write_tif(path, labels, overwrite=overwrite, compression="zlib")
+        return write_tif(path, labels, overwrite=overwrite, compression="zlib", photometric="minisblack")
     if suffix == ".png":
         if labels.ndim != 2:
             raise InputError("PNG holds one plane; write stacks as TIFF or one PNG per plane.")

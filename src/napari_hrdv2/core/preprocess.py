@@ -54,6 +54,13 @@ def validate_image(image: np.ndarray, *, min_side: int = 1) -> np.ndarray:
         raise InputError(
             f"Image contains {n_bad} NaN or infinite values; fill them first (e.g. np.nan_to_num) or crop them away."
         )
+    if np.issubdtype(image.dtype, np.floating) and image.dtype.itemsize > 4 and image.size:
+        largest = float(np.abs(image).max())
+        if largest > float(np.finfo(np.float32).max):
+            raise InputError(
+                f"Image values reach {largest:.3g}, beyond the float32 range (3.4e38) the features are computed in; "
+                "rescale the image first (e.g. image / np.abs(image).max())."
+            )
     return image
 
 
