@@ -10,8 +10,11 @@ that a model's settings match the features (:func:`check_same_features`).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
 
 from .errors import InputError
 from .preprocess import NORMALIZE_OPTIONS, Normalize
@@ -35,6 +38,21 @@ def _runtime(default: Any) -> Any:
 Facet = Literal["token", "key", "query", "value"]
 #: What a backbone block gives as features: output tokens, or the block's key / query / value projections.
 FACETS: tuple[str, ...] = ("token", "key", "query", "value")
+
+#: Bounds on settings read from files (a crafted model must not make a run last for days).
+MAX_PASSES = 512
+MAX_SHIFT_DISTANCES = 16
+MAX_SHIFT_DISTANCE = 512
+MAX_BATCH_SIZE = 4096
+
+
+def _is_whole(value: Any) -> bool:
+    """An int (not a bool), or an integer-valued float."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, (float, np.floating)) and float(value).is_integer()
 
 
 @dataclass(frozen=True)
@@ -137,6 +155,18 @@ class FeatureConfig:
             raise InputError(f"resize={self.resize!r} is not one of {RESIZE_OPTIONS}.")
         if self.normalize not in NORMALIZE_OPTIONS:
             raise InputError(f"normalize={self.normalize!r} is not one of {NORMALIZE_OPTIONS}.")
+        for name in ("stride", "tile_size", "tile_overlap", "batch_size"):
+            value = getattr(self, name)
+            optional = name != "tile_overlap"
+            if not (_is_whole(value) or (optional and value is None)):
+                raise InputError(f"{name} must be an integer{' or None' if optional else ''}, got {value!r}.")
+            if value is not None:
+                object.__setattr__(self, name, int(value))
+        if len(distances) > MAX_SHIFT_DISTANCES or any(d > MAX_SHIFT_DISTANCE for d in distances):
+            raise InputError(
+                f"shift_distances {distances[:8]}{'...' if len(distances) > 8 else ''}: at most "
+                f"{MAX_SHIFT_DISTANCES} distances of at most {MAX_SHIFT_DISTANCE} px."
+            )
         if self.stride is not None and int(self.stride) < 1:
             raise InputError(f"stride must be a positive integer or None, got {self.stride}.")
         if self.tile_size is not None and int(self.tile_size) < 28:
@@ -153,8 +183,15 @@ class FeatureConfig:
                 raise InputError(f"layer must be a block index (int) or None, got {self.layer!r}.")
             if not -1000 < self.layer < 1000:
                 raise InputError(f"layer={self.layer} is not a block index of any ViT.")
-        if self.batch_size is not None and int(self.batch_size) < 1:
-            raise InputError(f"batch_size must be at least 1, got {self.batch_size}.")
+        if self.batch_size is not None and not 1 <= int(self.batch_size) <= MAX_BATCH_SIZE:
+            raise InputError(f"batch_size must be 1..{MAX_BATCH_SIZE}, got {self.batch_size}.")
+        if not isinstance(self.backbone, str) or not self.backbone.strip():
+            raise InputError(f"backbone must be a preset name, Hugging Face id or path, got {self.backbone!r}.")
+        if self.n_transforms > MAX_PASSES:
+            raise InputError(
+                f"These settings ask for {self.n_transforms} passes per image (shifts={self.shifts!r}, "
+                f"{len(distances)} distances, flips={self.flips}); at most {MAX_PASSES} are allowed."
+            )
 
     @property
     def transforms(self) -> tuple[Transform, ...]:

@@ -28,6 +28,7 @@ from .backbones import Backbone, load_backbone
 from .config import FeatureConfig
 from .devices import choose_dtype, empty_cache, is_out_of_memory, resolve_device, resolve_storage_dtype
 from .errors import InputError
+from .memory import check_encoding_memory, encoding_bytes
 from .preprocess import scale_intensities, validate_image
 from .progress import Progress, run_steps
 from .resample import AxisTaps, token_axis_taps
@@ -515,18 +516,10 @@ class Featurizer:
         planes = validate_image(image, min_side=patch)
         if planes.ndim == 3 and planes.shape[-1] == 4:
             planes = planes[..., :3]
-        scaled = np.ascontiguousarray(
-            planes if prescaled else scale_intensities(planes, normalize=self.config.normalize), dtype=np.float32
-        )
-        height, width = scaled.shape[:2]
+        height, width = planes.shape[:2]
         tiles = plan_tiles(height, width, tile_size=self.config.tile_size, overlap=self.config.tile_overlap)
         transforms = self.config.transforms
         total = len(tiles) * len(transforms)
-        yield Progress(0, total, "encoding")
-
-        mean = torch.tensor(backbone.mean, device=self.device).view(3, 1, 1)
-        std = torch.tensor(backbone.std, device=self.device).view(3, 1, 1)
-        source = torch.from_numpy(scaled)  # normalised per tile, never as a whole (3, H, W) copy
         grids = [
             token_grid(
                 padded_size(tile.height, patch_size=patch, stride=stride),
@@ -540,6 +533,23 @@ class Featurizer:
         # then never interleave with the forward passes' temporaries, which fragmented the heap by ~0.3 GB on
         # 100 tiles (4096 x 4096) when each tile's maps were allocated on their own.
         n_tokens = sum(grid_h * grid_w for grid_h, grid_w in grids) * len(transforms)
+        device_bytes, host_bytes = encoding_bytes(
+            height, width, n_tokens=n_tokens, embed_dim=backbone.embed_dim, num_heads=backbone.num_heads,
+            storage_itemsize=self.storage_dtype.itemsize, with_attention=with_attention,
+            channels=1 if planes.ndim == 2 else 3,
+        )  # fmt: skip
+        check_encoding_memory(
+            height, width, device_bytes=device_bytes, host_bytes=host_bytes, device=self.device,
+            n_transforms=len(transforms), storage_itemsize=self.storage_dtype.itemsize,
+        )  # fmt: skip
+        scaled = np.ascontiguousarray(
+            planes if prescaled else scale_intensities(planes, normalize=self.config.normalize), dtype=np.float32
+        )
+        yield Progress(0, total, "encoding")
+
+        mean = torch.tensor(backbone.mean, device=self.device).view(3, 1, 1)
+        std = torch.tensor(backbone.std, device=self.device).view(3, 1, 1)
+        source = torch.from_numpy(scaled)  # normalised per tile, never as a whole (3, H, W) copy
         all_maps = torch.empty(n_tokens * backbone.embed_dim, dtype=self.storage_dtype, device=self.device)
         all_attention = (
             torch.empty(n_tokens * backbone.num_heads, dtype=torch.float32, device=self.device)
