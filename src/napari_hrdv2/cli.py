@@ -301,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="where the model's backbone weights are on this computer, if not where they were when it was trained",
     )
+    segment.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let a model whose backbone is not on this computer download it from the Hugging Face Hub "
+        "(never done without this option)",
+    )
     segment.set_defaults(run=run_segment)
 
     from ._cli_analysis import add_commands  # pca fit / pca apply / match
@@ -759,6 +765,7 @@ def run_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- segment
 def run_segment(args: argparse.Namespace) -> int:
     """``napari-hrdv2 segment``."""
+    from .core.backbone_identity import download_needed
     from .core.backbones import load_backbone
     from .core.batch import segment_files
     from .core.devices import resolve_device, resolve_dtype
@@ -777,6 +784,13 @@ def run_segment(args: argparse.Namespace) -> int:
         )
         featurizer = Featurizer(config, backbone=backbone)
     else:
+        repo = download_needed(config.backbone)
+        if repo is not None and not args.allow_download:
+            raise WeightsNotFoundError(
+                f"The model's backbone '{config.backbone}' is not on this computer; loading it would download the "
+                f"Hugging Face repository '{repo}'. Pass --allow-download to download it, or --backbone-path PATH "
+                "if the weights are elsewhere on this computer."
+            )
         featurizer = Featurizer(config)
     _say_precision(args, featurizer)
     if args.outdir and Path(args.outdir).exists() and not Path(args.outdir).is_dir():

@@ -365,7 +365,7 @@ def _per_file_reason(err: Exception) -> str:
 
 
 def _check_backbone(featurizer: Featurizer, segmenter: Any) -> None:
-    """Load the backbone (errors stop the batch) and check it gives as many features as the model expects."""
+    """Load the backbone (errors stop the batch); check it gives the features (width, weights) the model expects."""
     backbone = featurizer.backbone
     expected = getattr(segmenter, "n_hr_features_", None)
     if expected is not None and int(backbone.embed_dim) != int(expected):
@@ -373,6 +373,11 @@ def _check_backbone(featurizer: Featurizer, segmenter: Any) -> None:
             f"The backbone '{backbone.source}' gives {backbone.embed_dim} features per pixel but the model was "
             f"trained on {expected}: use the backbone the model was trained with."
         )
+    check_weights = getattr(segmenter, "check_backbone_weights", None)
+    if check_weights is not None:
+        from .backbone_identity import backbone_fingerprint
+
+        check_weights(backbone_fingerprint(backbone.model))
 
 
 def _write_float(path: Path, data: np.ndarray, overwrite: bool) -> Path:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .backbone_identity import backbone_fingerprint
 from .backbones import Backbone, load_backbone
 from .config import FeatureConfig
 from .devices import choose_dtype, empty_cache, is_out_of_memory, resolve_device, resolve_storage_dtype
@@ -178,6 +179,8 @@ class Encoding:
         self.transforms = tuple(transforms)
         #: The (validated, unscaled) input image, kept by reference for hybrid features.
         self.image = image
+        #: Fingerprint of the backbone weights (:mod:`.backbone_identity`); None if unknown.
+        self.backbone_fingerprint: np.ndarray | None = None
         self._norm: np.ndarray | None = None
 
     # ------------------------------------------------------------ properties
@@ -579,6 +582,7 @@ class Featurizer:
             return (part.to(self.device).permute(2, 0, 1) - mean) / std
 
         single_crop = crop_of(tiles[0]) if len(tiles) == 1 else None
+        fingerprint = backbone_fingerprint(backbone.model)
 
         def encoding_of(n_done: int) -> Encoding:
             done_transforms = transforms[:n_done]
@@ -590,13 +594,15 @@ class Featurizer:
                 parts.append(
                     TileMaps(tile, maps[:n_done], None if attention is None else attention[:n_done], rows, cols)
                 )
-            return Encoding(
+            encoding = Encoding(
                 config=self.config,
                 image_shape=(height, width),
                 tiles=parts,
                 transforms=done_transforms,
                 image=np.asarray(image),
             )
+            encoding.backbone_fingerprint = fingerprint
+            return encoding
 
         done = n_done = 0
         while n_done < len(transforms):

@@ -54,6 +54,12 @@ def model_to_contents(model: LinearSegmenter) -> tuple[dict[str, np.ndarray], di
         "intercept": np.ascontiguousarray(model.intercept_, dtype=np.float32),
         "classes": np.ascontiguousarray(model.classes_, dtype=np.int64),
     }
+    fingerprint = getattr(model, "backbone_fingerprint_", None)
+    if fingerprint is not None:
+        from .backbone_identity import fingerprint_hash
+
+        tensors["backbone_fingerprint"] = np.ascontiguousarray(fingerprint, dtype=np.float32)
+        meta["backbone_weights"] = fingerprint_hash(fingerprint)
     return tensors, meta
 
 
@@ -72,7 +78,10 @@ def model_from_contents(
     cls = cls or LinearSegmenter
     if meta.get("format") != FORMAT_NAME:
         raise ModelFileError(f"'{name}' is a safetensors file but not a napari-hrdv2 segmentation model.")
-    version = int(meta.get("format_version", "0"))
+    version_text = str(meta.get("format_version", "")).strip()
+    if not version_text.isdigit() or int(version_text) < 1:
+        raise ModelFileError(f"'{name}' is damaged: its format version {version_text!r} is not a whole number >= 1.")
+    version = int(version_text)
     if version > FORMAT_VERSION:
         raise ModelFileError(
             f"'{name}' was written by a newer napari-hrdv2 (format {version}); please upgrade the plugin."
@@ -92,14 +101,43 @@ def model_from_contents(
             model.summary_ = TrainingSummary(**summary)
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
         raise ModelFileError(f"'{name}' is damaged (missing or invalid entry: {err}).") from err
+    _check_contents(model, tensors, name)
+    return model
+
+
+def _check_contents(model: LinearSegmenter, tensors: dict[str, np.ndarray], name: str) -> None:
+    """Shapes, dtypes and values a model needs to predict valid labels; :class:`ModelFileError` otherwise."""
+    from .labels import MAX_LABEL
+
+    for key, kinds in (("coef", "f"), ("intercept", "f"), ("classes", "iu")):
+        if np.asarray(tensors[key]).dtype.kind not in kinds:
+            raise ModelFileError(f"'{name}' is damaged: '{key}' has dtype {np.asarray(tensors[key]).dtype}.")
     n_classes, n_features = model.coef_.shape if model.coef_.ndim == 2 else (-1, -1)
     if (
         model.intercept_.shape != (n_classes,)
         or model.classes_.shape != (n_classes,)
+        or model.n_hr_features_ < 1
         or n_features != model.n_hr_features_ + model.n_classical
     ):
         raise ModelFileError(f"'{name}' is damaged (inconsistent array shapes).")
-    return model
+    if n_classes < 2:
+        raise ModelFileError(f"'{name}' is damaged: a model needs at least two classes, it has {n_classes}.")
+    if not (np.isfinite(model.coef_).all() and np.isfinite(model.intercept_).all()):
+        raise ModelFileError(f"'{name}' is damaged: its weights contain NaN or infinite values.")
+    classes = model.classes_
+    if classes.min() < 1 or classes.max() > MAX_LABEL:
+        raise ModelFileError(
+            f"'{name}' is damaged: its class values {classes.tolist()[:8]} must lie in 1..{MAX_LABEL} "
+            "(0 is unlabelled)."
+        )
+    if np.unique(classes).size != classes.size:
+        raise ModelFileError(f"'{name}' is damaged: its class values {classes.tolist()[:8]} are not distinct.")
+    fingerprint = tensors.get("backbone_fingerprint")
+    if fingerprint is not None:
+        fingerprint = np.asarray(fingerprint)
+        if fingerprint.ndim != 1 or fingerprint.dtype.kind != "f" or not np.isfinite(fingerprint).all():
+            raise ModelFileError(f"'{name}' is damaged: invalid backbone fingerprint.")
+        model.backbone_fingerprint_ = fingerprint.astype(np.float32)
 
 
 def save_model(model: LinearSegmenter, path: str | Path, *, overwrite: bool = False) -> Path:

@@ -150,6 +150,8 @@ class LinearSegmenter:
         self.intercept_: np.ndarray | None = None
         self.feature_config: FeatureConfig | None = None
         self.n_hr_features_: int | None = None
+        #: Fingerprint of the backbone weights the model was trained with (:mod:`.backbone_identity`).
+        self.backbone_fingerprint_: np.ndarray | None = None
         self.summary_: TrainingSummary | None = None
         #: Optional names of the classes (label -> name), saved in the model file and used for exported metadata.
         self.class_names: dict[int, str] = {}
@@ -284,6 +286,8 @@ class LinearSegmenter:
         self.coef_ = coef.numpy().astype(np.float32)
         self.intercept_ = intercept.numpy().astype(np.float32)
         self.n_hr_features_ = self.coef_.shape[1] - self.n_classical
+        fingerprints = [getattr(s, "backbone_fingerprint", None) for s in sources if _is_encoding(s)]
+        self.backbone_fingerprint_ = next((f for f in fingerprints if f is not None), None)
         self.summary_ = TrainingSummary(
             n_images=len(sources),
             pixels_per_class=counts,
@@ -319,11 +323,28 @@ class LinearSegmenter:
         if self.feature_config is not None and config is not None:
             check_same_features(self.feature_config, config)
 
+    def check_backbone_weights(self, fingerprint: np.ndarray | None) -> None:
+        """Raise :class:`InputError` if ``fingerprint`` (of a backbone) is not the one the model was trained with.
+
+        Backbones of the same width give features of the same shape, so without this check a model would
+        predict silently wrong labels with other weights. Unknown fingerprints (old model files) pass.
+        """
+        from .backbone_identity import fingerprint_hash, same_weights
+
+        if not same_weights(self.backbone_fingerprint_, fingerprint):
+            trained = self.feature_config.backbone if self.feature_config is not None else "?"
+            raise InputError(
+                f"These features come from other backbone weights (fingerprint {fingerprint_hash(fingerprint)}) "
+                f"than the model was trained with ('{trained}', fingerprint "
+                f"{fingerprint_hash(self.backbone_fingerprint_)}): use the same weights, or retrain the model."
+            )
+
     def check_compatible(self, features: FeatureSource) -> None:
         """Raise :class:`InputError` if ``features`` were not made like the training features."""
         self._check_fitted()
         if _is_encoding(features):
             self.check_compatible_config(getattr(features, "config", None))
+            self.check_backbone_weights(getattr(features, "backbone_fingerprint", None))
         n = self._n_features_of(features)
         if n != self.coef_.shape[1]:
             raise InputError(
