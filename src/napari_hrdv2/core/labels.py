@@ -137,3 +137,28 @@ def training_pixels(
         keep = rng.random(rows.size) < keep_fraction[target]
         picked.append((index, rows[keep], cols[keep], target[keep]))
     return counts, picked
+
+
+#: More classes than this, or nearly every pixel labelled with more than a few classes, looks like an image.
+IMAGE_LIKE_CLASSES = 64
+
+
+def warn_if_image_like(labels: list[np.ndarray], n_classes: int) -> None:
+    """Warn when label images look like an image (hundreds of classes, or every pixel labelled).
+
+    Scribbles label a few percent of the pixels with a handful of classes; passing the image (or a
+    grey-level mask) as its labels gives one class per grey level, which trains a useless model slowly.
+    """
+    total = sum(int(lab.size) for lab in labels)
+    labelled = sum(int(np.count_nonzero(lab)) for lab in labels)
+    fraction = labelled / total if total else 0.0
+    if n_classes > IMAGE_LIKE_CLASSES or (n_classes > 8 and fraction > 0.95):
+        import warnings
+
+        warnings.warn(
+            f"The labels look like an image ({n_classes} classes, {fraction:.0%} of the pixels labelled); labels "
+            "hold a few class values (1, 2, ...) on brush strokes and 0 elsewhere. Check that the label file "
+            "is not the image itself.",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -35,7 +35,7 @@ from .classical import (
 )
 from .config import RUNTIME_FIELDS, FeatureConfig, check_same_features
 from .errors import InputError
-from .labels import check_labels, clean_labels, label_dtype, labelled_classes, training_pixels
+from .labels import check_labels, clean_labels, label_dtype, labelled_classes, training_pixels, warn_if_image_like
 from .solver import class_weights, fit_logistic, fold_scaler, standardize
 
 FeatureSource = Union["Encoding", np.ndarray]  # noqa: F821  (Encoding is imported lazily)
@@ -256,6 +256,7 @@ class LinearSegmenter:
             for i, (src, lab) in enumerate(zip(sources, label_list))
         ]
         classes = labelled_classes(checked)
+        warn_if_image_like(checked, int(classes.size))
         counts, picked = training_pixels(checked, classes, max_per_class=self.max_pixels_per_class, seed=self.seed)
         vectors, targets = [], []
         for image_index, rows, cols, target in picked:

@@ -1,0 +1,271 @@
+"""Hostile files: crafted model files (a pickle payload among them), images that used to be misread.
+
+Every case has a known answer: a :class:`ModelFileError` / :class:`InputError` naming the problem,
+or the one correct reading of the file. A marker file shows that no code in a file ever runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+import napari_hrdv2 as hr
+from conftest import two_texture_image
+from napari_hrdv2.cli import main
+from napari_hrdv2.core.errors import InputError, ModelFileError
+from napari_hrdv2.core.io import read_image, read_labels
+from napari_hrdv2.core.segmenter import LinearSegmenter
+
+
+# ---------------------------------------------------------------------------------------------- model files
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and metadata of a valid model file (trained on dense features with known classes 3 and 7)."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(4, 20, 20)).astype(np.float32)
+    labels = np.zeros((20, 20), np.uint8)
+    labels[:, :5], labels[:, -5:] = 3, 7
+    features[0, :, :10] += 3
+    model = LinearSegmenter().fit(features, labels)
+    model.feature_config = hr.FeatureConfig(backbone="some/backbone", shifts="none")
+    path = model.save(tmp_path_factory.mktemp("model") / "m.hrdv2")
+    with safe_open(str(path), framework="numpy") as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata())  # noqa: SIM118
+
+
+def crafted(tmp_path: Path, saved, tensors=None, meta=None, config=None) -> Path:
+    tensors_, meta_ = dict(saved[0]), dict(saved[1])
+    tensors_.update(tensors or {})
+    meta_.update(meta or {})
+    if config is not None:
+        meta_["feature_config"] = json.dumps({**json.loads(meta_["feature_config"]), **config})
+    path = tmp_path / "crafted.hrdv2"
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors_.items()}, str(path), metadata=meta_)
+    return path
+
+
+def test_valid_model_round_trip(tmp_path, saved_model):
+    model = LinearSegmenter.load(crafted(tmp_path, saved_model))
+    assert model.classes_.tolist() == [3, 7]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"tensors": {"classes": np.array([0, 7])}}, "1..65535"),
+        ({"tensors": {"classes": np.array([3, 70000])}}, "1..65535"),
+        ({"tensors": {"classes": np.array([-3, 7])}}, "1..65535"),
+        ({"tensors": {"classes": np.array([7, 7])}}, "not distinct"),
+        ({"tensors": {"classes": np.array([3.5, 7.0], np.float32)}}, "dtype"),
+        ({"tensors": {"coef": np.full((2, 4), np.nan, np.float32)}}, "NaN or infinite"),
+        ({"tensors": {"intercept": np.array([np.inf, 0], np.float32)}}, "NaN or infinite"),
+        ({"tensors": {"coef": np.zeros((2, 5), np.float32)}}, "inconsistent array shapes"),
+        ({"meta": {"format_version": "abc"}}, "not a whole number"),
+        ({"meta": {"format_version": "1.5"}}, "not a whole number"),
+        ({"meta": {"format_version": "-1"}}, "not a whole number"),
+        ({"meta": {"format_version": "99"}}, "newer napari-hrdv2"),
+        ({"meta": {"n_hr_features": "x"}}, "damaged"),
+        ({"meta": {"params": "{not json"}}, "damaged"),
+        ({"meta": {"format": "other"}}, "not a napari-hrdv2 segmentation model"),
+        ({"config": {"shifts": "moore", "shift_distances": list(range(1, 1001))}}, "at most"),
+        (
+            {
+                "config": {
+                    "shifts": "moore",
+                    "shift_distances": [1, 2, 3, 4, 5, 6, 7, 8],
+                    "flips": True,
+                    "rotations": True,
+                }
+            },
+            "passes",
+        ),  # fmt: skip
+        ({"config": {"tile_size": "abc"}}, "tile_size must be an integer"),
+        ({"config": {"batch_size": 10**9}}, "batch_size"),
+        ({"config": {"colour": "red"}}, "Unknown FeatureConfig"),
+    ],
+    ids=lambda value: str(value)[:40] if isinstance(value, dict) else None,
+)
+def test_crafted_model_files_are_refused(tmp_path, saved_model, change, message):
+    path = crafted(tmp_path, saved_model, **change)
+    with pytest.raises(ModelFileError, match=message):
+        LinearSegmenter.load(path)
+
+
+def test_pickle_payload_never_runs(tmp_path):
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    for name in ("model.hrdv2", "model.pth"):
+        (tmp_path / name).write_bytes(pickle.dumps({"coef": Payload()}))
+        with pytest.raises(ModelFileError):
+            LinearSegmenter.load(tmp_path / name)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 7, b"garbage" * 50])
+def test_empty_and_garbage_model_files(tmp_path, content):
+    (tmp_path / "m.hrdv2").write_bytes(content)
+    with pytest.raises(ModelFileError):
+        LinearSegmenter.load(tmp_path / "m.hrdv2")
+
+
+# ---------------------------------------------------------------------------------------------- backbone identity
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_backbone) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("identity")
+    image, truth = two_texture_image(56)
+    strokes = np.zeros_like(truth)
+    strokes[5:-5, 14:16], strokes[5:-5, 42:44] = 1, 2
+    tifffile.imwrite(folder / "img.tif", image)
+    tifffile.imwrite(folder / "strokes.tif", strokes)
+    args = ["train", folder / "img.tif", "--labels", folder / "strokes.tif", "-o", folder / "m.hrdv2",
+            "--backbone", tiny_backbone, "--device", "cpu", "--shifts", "none", "--tile-size", "none", "-q"]  # fmt: skip
+    assert main([str(a) for a in args]) == 0
+    return folder / "m.hrdv2", folder / "img.tif"
+
+
+def test_model_records_its_backbone_weights(trained, tiny_backbone):
+    from napari_hrdv2.core.backbone_identity import backbone_fingerprint, same_weights
+    from napari_hrdv2.core.backbones import load_backbone
+
+    model = LinearSegmenter.load(trained[0])
+    assert model.backbone_fingerprint_ is not None
+    mine = backbone_fingerprint(load_backbone(tiny_backbone).model)
+    assert same_weights(model.backbone_fingerprint_, mine)
+    assert same_weights(mine, mine.astype(np.float16).astype(np.float32))  # half-precision loading: same weights
+    assert not same_weights(mine, mine * 1.1)
+
+
+def test_other_weights_of_the_same_width_are_refused(trained, tiny_backbone_registers, capsys, tmp_path):
+    """tiny-dinov2-reg has the width of tiny-dinov2 (128) but other weights: the model must not apply."""
+    model_path, image = trained
+    code = main(["segment", str(image), "--model", str(model_path), "--backbone-path", tiny_backbone_registers,
+                 "-o", str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "other backbone weights" in err[0]
+    assert not (tmp_path / "img_labels.tif").exists()
+    model = LinearSegmenter.load(model_path)
+    from napari_hrdv2.core.backbones import load_backbone
+
+    other = hr.Featurizer(model.feature_config, backbone=load_backbone(tiny_backbone_registers))
+    with pytest.raises(InputError, match="other backbone weights"):
+        model.predict(other.encode(tifffile.imread(image), with_attention=False))
+
+
+def test_hugging_face_backbone_is_never_downloaded_silently(tmp_path, saved_model, capsys, monkeypatch):
+    import huggingface_hub
+
+    from napari_hrdv2.core.backbone_identity import download_needed
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: calls.append(a) or 1 / 0)
+    path = crafted(tmp_path, saved_model, config={"backbone": "facebook/dinov2-giant"})
+    tifffile.imwrite(tmp_path / "img.tif", two_texture_image(56)[0])
+    assert main(["segment", str(tmp_path / "img.tif"), "--model", str(path)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--allow-download" in err[0] and "facebook/dinov2-giant" in err[0]
+    assert calls == []
+    assert download_needed("facebook/dinov2-giant") == "facebook/dinov2-giant"
+    assert download_needed("dinov2_vitg14") == "facebook/dinov2-giant"
+    assert download_needed(str(tmp_path)) is None  # a local path never downloads
+
+
+# ---------------------------------------------------------------------------------------------- images
+@pytest.fixture
+def grey() -> np.ndarray:
+    return (np.random.default_rng(1).random((30, 34)) * 255).astype(np.uint8)
+
+
+def test_float_beyond_float32_is_refused(tiny_config, grey, tmp_path):
+    featurizer = hr.Featurizer(tiny_config)
+    for image in (grey * 1e300, grey * -1e39):
+        with pytest.raises(InputError, match="beyond the float32 range"):
+            featurizer.encode(image)
+    features = featurizer.encode(grey.astype(np.float64) * 1e30, with_attention=False).features()
+    assert np.isfinite(features).all()  # large but representable values still work
+
+
+def test_grey_alpha_png_is_grey(tmp_path, grey):
+    from PIL import Image
+
+    Image.fromarray(np.dstack([grey, np.full_like(grey, 255)])).save(tmp_path / "la.png")
+    with pytest.warns(UserWarning, match="alpha"):
+        image = read_image(tmp_path / "la.png")
+    np.testing.assert_array_equal(image, grey)
+
+
+@pytest.mark.parametrize("n_channels", [2, 5])
+def test_tiff_with_unusable_channels_is_refused(tmp_path, grey, n_channels):
+    tifffile.imwrite(tmp_path / "c.tif", np.dstack([grey] * n_channels), photometric="minisblack",
+                     planarconfig="contig")  # fmt: skip
+    with pytest.raises(InputError, match=f"has {n_channels} channels"):
+        read_image(tmp_path / "c.tif")
+
+
+def test_axes_come_from_ome_and_imagej_metadata(tmp_path, grey):
+    rgb = np.stack([grey, grey // 2, grey // 3])
+    tifffile.imwrite(tmp_path / "cyx.ome.tif", rgb, ome=True, metadata={"axes": "CYX"})
+    with pytest.warns(UserWarning, match="as RGB"):
+        np.testing.assert_array_equal(read_image(tmp_path / "cyx.ome.tif"), np.moveaxis(rgb, 0, -1))
+    tifffile.imwrite(tmp_path / "zcyx.ome.tif", np.stack([rgb, rgb]), ome=True, metadata={"axes": "ZCYX"})
+    with pytest.warns(UserWarning):
+        assert read_image(tmp_path / "zcyx.ome.tif").shape == (2, 30, 34, 3)
+    tifffile.imwrite(tmp_path / "zyx.tif", np.stack([grey] * 4), imagej=True, metadata={"axes": "ZYX"})
+    assert read_image(tmp_path / "zyx.tif").shape == (4, 30, 34)
+    tifffile.imwrite(tmp_path / "plain.tif", np.stack([grey] * 3))  # no metadata: planes, as always
+    assert read_image(tmp_path / "plain.tif").shape == (3, 30, 34)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.png", b"", "the file is empty"),
+        ("empty.tif", b"", "the file is empty"),
+        ("random.png", b"\x89PNG" + bytes(range(200)), "Could not read"),
+        ("random.tif", b"II*\x00" + bytes(100), "Could not read"),
+        ("text.jpg", b"hello", "Could not read"),
+    ],
+)
+def test_unreadable_files_give_one_line(tmp_path, name, content, message, capsys, tiny_backbone):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(InputError, match=message) as error:
+        read_image(tmp_path / name)
+    assert "pip" not in str(error.value) and "\n" not in str(error.value)
+    code = main(["features", str(tmp_path / name), "-o", str(tmp_path / "f.npy"), "--backbone", tiny_backbone])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pip" not in err[0]
+
+
+def test_palette_labels_keep_their_indices(tmp_path):
+    from PIL import Image
+
+    labels = np.zeros((20, 20), np.uint8)
+    labels[:, 10:] = 2
+    Image.fromarray(labels, mode="L").convert("P").save(tmp_path / "labels.png")
+    np.testing.assert_array_equal(read_labels(tmp_path / "labels.png"), labels)
+
+
+def test_huge_image_is_refused_before_allocating(tiny_config, monkeypatch):
+    monkeypatch.setenv("NAPARI_HRDV2_MEMORY_LIMIT", str(64 << 20))  # pretend 64 MiB are available
+    image = np.broadcast_to(np.uint8(7), (4000, 4000))  # no memory of its own
+    with pytest.raises(InputError, match="needs about .* GiB of memory .* split the image"):
+        hr.Featurizer(tiny_config).encode(image)
+
+
+def test_labels_that_look_like_an_image_warn():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(3, 24, 24)).astype(np.float32)
+    image_like = (rng.random((24, 24)) * 200).astype(np.uint8) + 1  # ~200 classes, every pixel "labelled"
+    with pytest.warns(UserWarning, match="look like an image"):
+        LinearSegmenter(max_iter=2).fit(features, image_like)
