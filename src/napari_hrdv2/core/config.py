@@ -187,11 +187,17 @@ class FeatureConfig:
             raise InputError(f"batch_size must be 1..{MAX_BATCH_SIZE}, got {self.batch_size}.")
         if not isinstance(self.backbone, str) or not self.backbone.strip():
             raise InputError(f"backbone must be a preset name, Hugging Face id or path, got {self.backbone!r}.")
-        if self.n_transforms > MAX_PASSES:
+        if self._passes_upper_bound() > MAX_PASSES:
             raise InputError(
-                f"These settings ask for {self.n_transforms} passes per image (shifts={self.shifts!r}, "
+                f"These settings ask for {self._passes_upper_bound()} passes per image (shifts={self.shifts!r}, "
                 f"{len(distances)} distances, flips={self.flips}); at most {MAX_PASSES} are allowed."
             )
+
+    def _passes_upper_bound(self) -> int:
+        """At least :attr:`n_transforms`, without building the transforms (that would import torch)."""
+        directions = {"none": 0, "neumann": 4, "moore": 8}[self.shifts]
+        per_shift = (3 if self.flips else 1) * (1 if not getattr(self, "rotations", False) else 4)
+        return (1 + directions * len(self.shift_distances)) * per_shift
 
     @property
     def transforms(self) -> tuple[Transform, ...]:
