@@ -222,3 +222,27 @@ def test_a_preset_name_wins_over_a_folder_of_that_name(tiny_backbone, tmp_path, 
     with pytest.raises(hr.WeightsNotFoundError, match="facebook/dinov2-small"):  # the preset, not ./small
         load_backbone("small", cache=False)
     assert load_backbone("./small", cache=False).embed_dim == 128  # a path that looks like one
+
+
+class _Payload:
+    """Unpickling this object would create the marker file (what a malicious .pth does)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_payload_checkpoint_runs_no_code(tmp_path):
+    import pickle
+
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "dinov2_vits14_pretrain.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"cls_token": _Payload(str(marker))}, handle)
+    torch.save({"cls_token": _Payload(str(marker))}, tmp_path / "zip.pth")
+    for candidate in (path, tmp_path / "zip.pth"):
+        with pytest.raises(hr.WeightsNotFoundError, match="state dict"):
+            load_backbone(str(candidate), cache=False)
+    assert not marker.exists()
