@@ -29,10 +29,14 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import InputError, WeightsNotFoundError
+
+if TYPE_CHECKING:
+    from .vit import ViTParts
 from .registry import (  # noqa: F401  (re-exported: the registry is torch-free for the CLI)
     BACKBONES,
     DINOV3_ACCESS,
@@ -67,7 +71,8 @@ class Backbone:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     family: str = "dinov2"
-    parts: object = field(default=None, repr=False, compare=False)
+    #: The model's submodules by role (blocks, norms, projections), resolved once on creation.
+    parts: ViTParts = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         from .vit import vit_parts
@@ -76,7 +81,8 @@ class Backbone:
 
     @property
     def depth(self) -> int:
-        return len(self.parts.blocks)  # type: ignore[attr-defined]
+        """Number of transformer blocks."""
+        return len(self.parts.blocks)
 
     @property
     def device(self) -> torch.device:
