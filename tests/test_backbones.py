@@ -108,3 +108,15 @@ def test_presets_and_aliases():
     assert {s.patch_size for s in hr.BACKBONES.values() if s.family == "dinov3"} == {16}
     assert find_spec("dinov3_vith16plus").embed_dim == 1280
     assert len(hr.BACKBONES) == 14
+
+
+def test_cli_lists_every_preset_and_sets_facet_and_layer():
+    from napari_hrdv2.cli import build_config, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["features", "x.tif", "-o", "o.npy", "--facet", "key", "--layer", "-2",
+                              "--backbone", "dinov3_vits16"])  # fmt: skip
+    config = build_config(args)
+    assert (config.facet, config.layer, config.backbone) == ("key", -2, "dinov3_vits16")
+    help_text = parser._subparsers._group_actions[0].choices["features"].format_help()
+    assert all(name in help_text.replace("\n", " ").replace(" ", "") for name in hr.BACKBONES)
