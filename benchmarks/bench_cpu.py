@@ -446,8 +446,11 @@ def main(argv: list[str] | None = None) -> None:
             backbone,
             args.repeats or 5,
             {
-                f"torch's default ({torch_threads} threads)": {},
-                "interactive_threads() (the widgets' steps)": {"adaptive": True},
+                f"torch's default ({torch_threads} threads, OMP_WAIT_POLICY unset: spinning waits)": {},
+                "napari process: OMP_WAIT_POLICY=PASSIVE + interactive_threads()": {
+                    "adaptive": True,
+                    "env": {"OMP_WAIT_POLICY": "PASSIVE"},
+                },
             },
         )
     if "threads" in sections:

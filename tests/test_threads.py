@@ -17,6 +17,7 @@ from napari_hrdv2.core.threads import available_cores, interactive_thread_count,
 @pytest.mark.parametrize(("elsewhere", "expected"), [(0, 2), (1, 1), (2, 1), (7, 1), (None, 2)])
 def test_thread_count_is_the_idle_cores_between_one_and_the_default(monkeypatch, elsewhere, expected):
     monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert interactive_thread_count(2, elsewhere=elsewhere) == expected
     assert interactive_thread_count(1, elsewhere=0) == 1  # never more than torch's count
 
@@ -28,7 +29,8 @@ def test_busy_cores_are_seen():
     try:
         time.sleep(0.5)
         assert threads.runnable_elsewhere() >= available_cores()
-        assert interactive_thread_count(4) == 1
+        if not threads.openmp_waits_passive():
+            assert interactive_thread_count(4) == 1
     finally:
         for proc in busy:
             proc.kill()
@@ -76,3 +78,26 @@ def test_a_worker_started_during_a_lowered_step_gets_the_usual_count_back(monkey
         worker.start()
         worker.join(5)
     assert seen == [1, usual]
+
+
+def test_passive_waits_keep_the_default_count(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert interactive_thread_count(2, elsewhere=7) == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "env", "expected"),
+    [
+        ("", {}, "True PASSIVE"),  # torch not loaded yet: set
+        ("", {"OMP_WAIT_POLICY": "ACTIVE"}, "False ACTIVE"),  # the user's choice wins
+        ("import torch;", {}, "False None"),  # too late: OpenMP has read its settings
+    ],
+)
+def test_prefer_passive_openmp_only_before_torch_loads(code, env, expected):
+    import os
+
+    script = f"{code}from napari_hrdv2.core.threads import prefer_passive_openmp as p; import os; "
+    script += "print(p(), os.environ.get('OMP_WAIT_POLICY'))"
+    child_env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | env
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env, check=True)
+    assert out.stdout.strip() == expected

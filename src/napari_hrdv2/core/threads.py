@@ -16,6 +16,7 @@ interactive.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,9 +53,31 @@ def runnable_elsewhere(samples: int = 3, interval: float = 0.001) -> int | None:
     return max(counts)
 
 
+def openmp_waits_passive() -> bool:
+    """True if this process's OpenMP threads sleep while they wait (``OMP_WAIT_POLICY=PASSIVE``)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
+def prefer_passive_openmp() -> bool:
+    """Let idle OpenMP threads sleep instead of spinning (for the napari process); returns whether they do.
+
+    OpenMP reads ``OMP_WAIT_POLICY`` once, when torch loads it, so this only has an effect before
+    torch is imported, and it never overrides a value the user set. ``benchmarks/bench_cpu.py``
+    (threads): retrain + predict of a 1022 x 1022 plane with two torch threads took 65 s with
+    spinning waits and 7.9 s with passive ones on a heavily shared 2-core machine (load 12-17),
+    and 182 s vs 24 s with two more busy processes; one thread took 12.9 s / 47 s there.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return openmp_waits_passive()
+
+
 def interactive_thread_count(default: int | None = None, *, elsewhere: int | None = -1) -> int:
     """Threads for an interactive step now: the idle cores, between 1 and ``default`` (torch's count).
 
+    With passive OpenMP waits (:func:`prefer_passive_openmp`) ``default`` is kept: sleeping threads
+    cost a busy machine nothing, and two passive threads beat one thread there (see above). With
+    spinning waits, threads beyond the idle cores stall every parallel region.
     ``elsewhere`` is the number of other runnable tasks (``-1``: read it, :func:`runnable_elsewhere`;
     ``None``: unknown, keep ``default``).
     """
@@ -62,6 +85,8 @@ def interactive_thread_count(default: int | None = None, *, elsewhere: int | Non
         import torch
 
         default = torch.get_num_threads()
+    if openmp_waits_passive():
+        return default
     if elsewhere == -1:
         elsewhere = runnable_elsewhere()
     if elsewhere is None:
