@@ -379,11 +379,17 @@ class LinearSegmenter:
 
     def predict(self, features: FeatureSource) -> np.ndarray:
         """Label image ``(H, W)`` with the class values of :attr:`classes_`: uint8, or uint16 above 255."""
-        logits = self.decision_function(features)
-        labels = self.classes_.astype(label_dtype(int(self.classes_.max())))[np.argmax(logits, axis=0)]
+        labels = self.labels_from_logits(self.decision_function(features))
         if self.majority_size > 1 or self.min_object_size > 0:
             labels = clean_labels(labels, majority_size=self.majority_size, min_object_size=self.min_object_size)
         return labels
+
+    def labels_from_logits(self, logits: np.ndarray) -> np.ndarray:
+        """The class value of the largest logit ``(n_classes, H, W)`` per pixel: ``(H, W)`` in :func:`label_dtype`.
+
+        No clean-up (:meth:`predict` adds it when ``majority_size`` or ``min_object_size`` is set).
+        """
+        return self.classes_.astype(label_dtype(int(self.classes_.max())))[np.argmax(logits, axis=0)]
 
     def uncertainty(self, features: FeatureSource) -> np.ndarray:
         """Normalised entropy of the class probabilities: (H, W) float32, 0 = certain, 1 = uniform."""

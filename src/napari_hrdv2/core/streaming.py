@@ -222,8 +222,7 @@ def _outputs_of_logits(segmenter: LinearSegmenter, logits: np.ndarray, kinds: Se
 
     out: dict[str, np.ndarray] = {}
     if "labels" in kinds:
-        dtype = np.uint8 if segmenter.classes_.max() <= np.iinfo(np.uint8).max else np.uint16
-        out["labels"] = segmenter.classes_.astype(dtype)[np.argmax(logits, axis=0)]
+        out["labels"] = segmenter.labels_from_logits(logits)
     if "probabilities" in kinds or "uncertainty" in kinds:
         probabilities = logits  # softmax in place, as LinearSegmenter.predict_proba
         probabilities -= probabilities.max(axis=0, keepdims=True)
