@@ -315,7 +315,7 @@ def test_segment_feature_options_must_match_the_model(tmp_path, capsys, model, t
     args = ["--shifts", "neumann", "--distances", "3", "--backbone", tiny_backbone, "--batch-size", "2", "-q"]
     assert run(capsys, *base, *args, "--tile-size", "28", "--tile-overlap", "6")[0] == 0
     # A model whose backbone folder is gone (trained on another computer): --backbone-path says where it is now.
-    from conftest import _save_model
+    from napari_hrdv2.testing import save_random_dinov2
 
     seg = hr.LinearSegmenter.load(model)
     seg.feature_config = seg.feature_config.replace(backbone=str(tmp_path / "gone" / "tiny-dinov2"))
@@ -326,7 +326,7 @@ def test_segment_feature_options_must_match_the_model(tmp_path, capsys, model, t
         capsys, "segment", tmp_path / "img.tif", "--model", moved_model, "--backbone-path", tiny_backbone, "--overwrite"
     )
     assert code == 0 and "Wrote 1" in stdout
-    narrow = _save_model(tmp_path / "narrow-dinov2", hidden=64)
+    narrow = save_random_dinov2(tmp_path / "narrow-dinov2", hidden=64)
     code, _, err = run(capsys, *base, "--backbone-path", narrow, "--overwrite")
     assert code == 2 and "64 features" in err and "128" in err
     code, _, err = run(capsys, *base, "--backbone-path", tmp_path / "nowhere", "--overwrite")
