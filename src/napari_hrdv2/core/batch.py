@@ -100,14 +100,15 @@ def collect_inputs(
 
 
 def _expand_lazy(inputs: Iterable[str | Path], paths: list[Path]) -> list[Path]:
-    """Add the Zarr images (``*.zarr`` folders) and ``.npy`` files directly inside input folders."""
-    from .lazy_io import LAZY_SUFFIXES
+    """Add the Zarr images (``*.zarr`` folders) directly inside input folders.
 
+    ``.npy`` files are taken only when named explicitly: a folder's ``.npy`` files are often feature arrays.
+    """
     extra = []
     for item in inputs:
         folder = Path(item)
         if folder.is_dir() and folder.suffix.lower() != ".zarr":
-            extra.extend(sorted(p for p in folder.iterdir() if p.suffix.lower() in LAZY_SUFFIXES))
+            extra.extend(sorted(p for p in folder.iterdir() if p.is_dir() and p.suffix.lower() == ".zarr"))
     if not extra:
         return paths
     return sorted(dict.fromkeys([*paths, *extra]), key=lambda p: (str(p.parent), p.name))
