@@ -238,3 +238,25 @@ def test_lazy_reader_for_napari(tmp_path):
     ((data, meta, kind),) = get_reader(str(tmp_path / "pyramid.zarr"))(str(tmp_path / "pyramid.zarr"))
     assert kind == "image" and meta["multiscale"] and [level.shape for level in data] == [(128, 128), (64, 64)]
     assert isinstance(data[0], zarr.Array)  # read lazily, by napari, one chunk at a time
+
+
+def test_cli_segment_zarr_folder(tmp_path, tiled, model, capsys):
+    """``segment FOLDER --format zarr``: a Zarr input inside the folder is read lazily; OUT/<stem>_labels.zarr."""
+    from napari_hrdv2.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image_a, image_b = big_image(140), big_image(112, seed=3)
+    zarr.create_array(str(folder / "a.zarr"), shape=image_a.shape, chunks=(64, 64), dtype="uint8")[:] = image_a
+    tifffile.imwrite(folder / "b.tif", image_b)
+    np.save(folder / "features.npy", np.zeros((3, 8, 8), np.float32))  # not an image: left out of folder scans
+    path = model.save(tmp_path / "model.hrdv2")
+    args = ["segment", str(folder), "--model", str(path), "-o", str(tmp_path / "out"), "--format", "zarr", "-q"]
+    assert main(args) == 0, capsys.readouterr().err
+    featurizer = hr.Featurizer(tiled)
+    for name, image in (("a", image_a), ("b", image_b)):
+        written = zarr.open_group(str(tmp_path / "out" / f"{name}_labels.zarr"), mode="r")["0"][:]
+        np.testing.assert_array_equal(written, model.predict(featurizer.encode(image, with_attention=False)))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_labels.zarr", "b_labels.zarr"]
+    capsys.readouterr()
+    assert main([*args[:-1]]) == 0 and "skipped 2 existing" in capsys.readouterr().out
