@@ -469,7 +469,7 @@ class Cases:
             "hundreds of classes": ((np.arange(image.size).reshape(image.shape) % 300).astype(np.uint16), "warn"),
             "fractional float labels": (strokes.astype(np.float32) * 0.5, False),
             "negative labels": (strokes.astype(np.int16) - 1, False),
-            "labels 70000": (np.where(strokes == 2, 70000, strokes).astype(np.uint32), False),
+            "labels 70000": (np.where(strokes == 2, np.uint32(70000), strokes.astype(np.uint32)), False),
             "labels wrong shape": (strokes[:-3], False),
             "labels all zero": (np.zeros_like(strokes), False),
             "one class only": (np.minimum(strokes, 1), False),
