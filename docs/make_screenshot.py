@@ -17,6 +17,7 @@ thread workers, progress bars, layers.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-NASA_LABELS = REPO.parent / "shared" / "data" / "nasa_super" / "labels" / "lshr_15kx_3kv_0.png"
+SHARED_DATA = Path(os.environ.get("HRDV2_DATA", REPO.parent / "shared" / "data"))
+NASA_LABELS = SHARED_DATA / "nasa_super" / "labels" / "lshr_15kx_3kv_0.png"
 
 
 def strokes(shape: tuple[int, int]) -> np.ndarray:
@@ -99,8 +101,9 @@ def main() -> None:
         scribbles = segmentation.new_scribbles_layer(image)
         scribbles.data = strokes(image.data.shape)
         segmentation._refresh_classes()
-        for row, name in enumerate(("matrix", "secondary γ'", "tertiary γ'")):  # class names, as a user types them
-            segmentation._classes.table.item(row, 2).setText(name)
+        names = ("matrix", "secondary γ'", "tertiary γ'")  # class names, as a user types them
+        for row in range(min(len(names), segmentation._classes.table.rowCount())):
+            segmentation._classes.table.item(row, 2).setText(names[row])
         segmentation.train(image, scribbles)  # segments the image too ("Segment after training" is on)
         wait(segmentation)
         if args.sequence:

@@ -3,6 +3,7 @@ the progress row (bar, remaining time, Cancel), and closing hooks."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,8 @@ from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
 
 from .._layers import plugin_tag
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -189,9 +192,13 @@ class CloseWatcher(QObject):
         called = [False]
 
         def fire(*_: Any) -> None:  # a plain function: it still runs while Qt deletes the widget and this filter
-            if not called[0]:
-                called[0] = True
+            if called[0]:
+                return
+            called[0] = True
+            try:
                 on_close()
+            except RuntimeError:  # Qt objects already deleted (interpreter shutdown): nothing left to stop
+                logger.debug("HR-Dv2 dock closed after its Qt objects were deleted", exc_info=True)
 
         self._fire = fire
         self._window: QWidget | None = None

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from magicgui.widgets import ComboBox, Container
-from qtpy.QtWidgets import QLabel, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from ._common import (
     CloseWatcher,
@@ -23,6 +24,8 @@ from ._runner import JobRunner
 
 #: Widest the docks ask to be (pixels); messages wrap instead of widening them.
 DOCK_MAX_WIDTH = 420
+#: Height (pixels) a tab page may shrink to before it scrolls.
+MIN_PAGE_HEIGHT = 120
 HELP_STYLE = "QLabel { background: rgba(255, 170, 0, 40); border: 1px solid rgba(255, 170, 0, 160); padding: 4px; }"
 
 
@@ -49,7 +52,14 @@ class DockFrame:
         self._tabs.setDocumentMode(True)
         self._pages = {}
         for title, page in tabs:
-            self._tabs.addTab(page.native, title)
+            # Each page scrolls on its own, so two docks stacked in the window fit a 1366x768 screen.
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setFrameShape(QFrame.Shape.NoFrame)
+            scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            scroll.setWidget(page.native)
+            scroll.setMinimumHeight(MIN_PAGE_HEIGHT)
+            self._tabs.addTab(scroll, title)
             self._pages[title] = page
         layout.addWidget(self._tabs)
         self._progress = ProgressRow(on_cancel)
@@ -156,6 +166,6 @@ class DockFrame:
     # ------------------------------------------------------------------ closing
     def _on_dock_closed(self) -> None:
         """The dock or its window closed: stop following layers, cancel jobs and wait briefly for them."""
-        self._unfollow_layers()
-        for runner in self._runners:
+        for runner in self._runners:  # first: stop the jobs whatever else is already gone
             runner.shutdown()
+        self._unfollow_layers()

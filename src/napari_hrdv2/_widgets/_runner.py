@@ -78,6 +78,11 @@ def notify_error(error: BaseException) -> None:
     show_error(f"HR-Dv2: {user_message(error)}")
 
 
+def _unwrapped(layer: Any) -> Any:
+    """The layer itself, not napari's public-API proxy of it (plugins may be handed proxies)."""
+    return getattr(layer, "__wrapped__", layer)
+
+
 def format_duration(seconds: float) -> str:
     """'12 s', '3 min', '1 h 05 min' (rounded for humans)."""
     seconds = max(0.0, float(seconds))
@@ -125,9 +130,6 @@ class JobRunner:
     is_alive : tells whether a source layer is still in the viewer (results of removed ones are dropped).
     """
 
-    #: Every runner that still has work, so that closing the application can wait for all of them.
-    _all: weakref.WeakSet[JobRunner] = weakref.WeakSet()
-
     def __init__(
         self,
         on_busy: Callable[[bool], None],
@@ -144,7 +146,6 @@ class JobRunner:
         self._is_alive = is_alive or (lambda layer: True)
         self._jobs: list[_Job] = []
         self.closed = False
-        JobRunner._all.add(self)
 
     @property
     def active(self) -> list[GeneratorWorker]:
@@ -182,7 +183,7 @@ class JobRunner:
             worker=worker,
             description=description,
             bar=bar,
-            source=weakref.ref(source) if source is not None else None,
+            source=weakref.ref(_unwrapped(source)) if source is not None else None,
             on_returned=on_returned,
             on_yielded=on_yielded,
             quiet_errors=quiet_errors,
@@ -214,6 +215,7 @@ class JobRunner:
     def cancel_for(self, layer: Any) -> int:
         """Cancel the jobs reading ``layer`` and drop their results; returns how many were cancelled."""
         cancelled = 0
+        layer = _unwrapped(layer)
         for job in list(self._jobs):
             if job.source is not None and job.source() is layer:
                 job.dropped = True
@@ -235,12 +237,6 @@ class JobRunner:
         for worker in workers:
             worker.done.wait(max(0.0, deadline - time.monotonic()))
         return all(worker.done.is_set() for worker in workers)
-
-    @classmethod
-    def shutdown_all(cls, wait_s: float = SHUTDOWN_WAIT_S) -> bool:
-        """:meth:`shutdown` every runner of the process (the application is quitting)."""
-        deadline = time.monotonic() + wait_s
-        return all([runner.shutdown(max(0.0, deadline - time.monotonic())) for runner in list(cls._all)])
 
     # ------------------------------------------------------------------ worker signals (main thread)
     def _usable(self, job: _Job) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import weakref
 from functools import partial
@@ -413,9 +414,9 @@ class SegmentationWidget(DockFrame, Container):
         self._bound_keys = []
 
     def _on_dock_closed(self) -> None:
-        self._live_timer.stop()
-        self._watch(None)
-        self._watch_classes(None)
+        for step in (self._live_timer.stop, lambda: self._watch(None), lambda: self._watch_classes(None)):
+            with contextlib.suppress(RuntimeError):  # Qt objects may already be deleted
+                step()
         self._unbind_keys()
         super()._on_dock_closed()
 
