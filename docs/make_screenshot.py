@@ -1,4 +1,4 @@
-"""Make docs/screenshot.png: the real napari window with both HR-Dv2 widgets, a PCA view and a segmentation.
+"""Make docs/screenshot.png: the real napari window with both HR-Dv2 docks and a segmentation from four strokes.
 
 Run from the repository root (a virtual X server is enough, no desktop needed)::
 
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("-o", "--output", default=str(REPO / "docs" / "screenshot.png"))
     parser.add_argument("--size", default="1366x768", help="window size (default: a 1366x768 laptop screen)")
     parser.add_argument(
-        "--sequence", action="store_true", help="also write docs/workflow-1-open.png ... -3-segment.png (the steps)"
+        "--sequence", action="store_true", help="also write docs/workflow-1-open.png and -2-features.png (the steps before)"
     )
     args = parser.parse_args()
 
@@ -106,20 +106,10 @@ def main() -> None:
             segmentation._classes.table.item(row, 2).setText(names[row])
         segmentation.train(image, scribbles)  # segments the image too ("Segment after training" is on)
         wait(segmentation)
-        if args.sequence:
-            save(str(REPO / "docs" / "workflow-3-segment.png"))
 
-        # Side by side: the PCA view | the micrograph with the segmentation and the strokes on top.
-        pca = viewer.layers["superalloy PCA"]
-        pca.visible = True
-        viewer.layers.move(viewer.layers.index("superalloy PCA"), len(viewer.layers) - 1)
-        viewer.layers["superalloy segmentation"].opacity = 0.45
-        grid = viewer.canvas.grid if hasattr(getattr(viewer, "canvas", None), "grid") else viewer.grid  # napari >= 0.9
-        grid.enabled = True
-        grid.stride = 3
-        grid.spacing = 0.02
+        # The main screenshot is this last step: the segmentation over the grey micrograph, the strokes on top and
+        # still selected for painting, the PCA view (step 2) hidden beneath.
         viewer.layers.selection.active = scribbles
-        viewer.reset_view()
         save(args.output)
         viewer.close()
 

@@ -59,6 +59,9 @@ class DockFrame:
             scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
             scroll.setWidget(page.native)
             scroll.setMinimumHeight(MIN_PAGE_HEIGHT)
+            # As wide as the page needs (plus its scroll bar): the page scrolls vertically, never clips sideways.
+            bar = scroll.verticalScrollBar().sizeHint().width()
+            scroll.setMinimumWidth(page.native.minimumSizeHint().width() + bar)
             self._tabs.addTab(scroll, title)
             self._pages[title] = page
         layout.addWidget(self._tabs)
