@@ -57,9 +57,23 @@ import torch
 import napari_hrdv2 as hr
 torch.set_num_threads({threads})
 paths = {paths!r}
+crop = {crop!r}
 config = hr.FeatureConfig(backbone={backbone!r}, device="cpu", shifts={shifts!r})
+
+
+def planes():
+    from skimage.io import imread
+
+    for path in paths:  # one image in memory at a time, like fit_pca's own file reading
+        image = imread(path)
+        if crop:
+            top, left = (image.shape[0] - crop) // 2, (image.shape[1] - crop) // 2
+            image = image[top : top + crop, left : left + crop]
+        yield image
+
+
 start = time.perf_counter()
-basis = hr.fit_pca(paths, config=config, n_components=3, n_pixels=20000, max_pixels=100000)
+basis = hr.fit_pca(planes() if crop else paths, config=config, n_components=3, n_pixels=20000, max_pixels=100000)
 seconds = time.perf_counter() - start
 print(json.dumps({{"seconds": seconds, "n_images": basis.metadata["n_images"],
     "sampled": basis.metadata["n_pixels_sampled"], "fitted": basis.metadata["n_pixels_fitted"],
@@ -74,12 +88,12 @@ def _load_average() -> str:
         return "n/a"
 
 
-def section_fit(backbone: str, shifts: str, counts: list[int], threads: int) -> None:
+def section_fit(backbone: str, shifts: str, counts: list[int], threads: int, crop: int) -> None:
     paths = [str(image) for image, _ in nasa_pairs("nasa_ebc")]
     rows, components = [], {}
     for count in counts:
         load = _load_average()
-        code = _FIT_CHILD.format(paths=paths[:count], backbone=backbone, shifts=shifts, threads=threads)
+        code = _FIT_CHILD.format(paths=paths[:count], backbone=backbone, shifts=shifts, threads=threads, crop=crop)
         out, peak = run_with_peak_rss(code, env={"OMP_WAIT_POLICY": "PASSIVE"})
         info = json.loads(out.strip().splitlines()[-1])
         components[count] = np.array(info["components"])
@@ -101,7 +115,8 @@ def section_fit(backbone: str, shifts: str, counts: list[int], threads: int) -> 
             "all samples would be",
             "load avg 1/5/15 min before",
         ],  # fmt: skip
-        title=f"(fit) PCA basis over nasa_ebc 1024x1024 images, FeatureConfig(shifts={shifts!r}), 20k px/image",
+        title=f"(fit) PCA basis over nasa_ebc images ({f'centre {crop}x{crop} crops' if crop else '1024x1024'}), "
+        f"FeatureConfig(shifts={shifts!r}), 20k px/image, max_pixels 100k",
     )
     if len(counts) >= 2:
         first, last = counts[0], counts[-1]
@@ -115,7 +130,7 @@ def _sample_scribbles(truth: np.ndarray, seed: int) -> np.ndarray:
     return sample_scribbles(truth, seed=seed)
 
 
-def section_rotations(backbone: str, n_images: int, seed: int, random_weights: bool) -> None:
+def section_rotations(backbone: str, n_images: int, seed: int, random_weights: bool, cheap: bool) -> None:
     import napari_hrdv2 as hr
     from bench_segment import index_classes, mean_iou
 
@@ -125,6 +140,8 @@ def section_rotations(backbone: str, n_images: int, seed: int, random_weights: b
         "neumann d=5 (5)": dict(shifts="neumann", shift_distances=(5,)),
         "neumann d=5 + rotations (20)": dict(shifts="neumann", shift_distances=(5,), rotations=True),
     }
+    if cheap:
+        del settings["neumann d=5 + rotations (20)"]
     featurizers = {
         name: hr.Featurizer(hr.FeatureConfig(backbone=backbone, device="cpu", **v)) for name, v in settings.items()
     }
@@ -166,6 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shifts", default="none", choices=("none", "neumann", "moore"), help="fit section features")
     parser.add_argument("--counts", default="5,22", help="numbers of nasa_ebc images to fit on (fit)")
     parser.add_argument("--images", type=int, default=4, help="nasa_super images (rotations)")
+    parser.add_argument(
+        "--crop", type=int, default=0, help="fit on centre crops of this side (0 = whole 1024 px images; 518 = 1 tile)"
+    )
+    parser.add_argument(
+        "--settings", default="all", choices=("all", "cheap"), help="rotations: 'cheap' drops neumann + rotations (20)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1: robust on a shared, oversubscribed CPU)"
@@ -183,9 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     sections = set(args.only.split(","))
     if "fit" in sections:
-        section_fit(backbone, args.shifts, [int(c) for c in args.counts.split(",")], args.threads)
+        section_fit(backbone, args.shifts, [int(c) for c in args.counts.split(",")], args.threads, args.crop)
     if "rotations" in sections:
-        section_rotations(backbone, args.images, args.seed, random_weights)
+        section_rotations(backbone, args.images, args.seed, random_weights, args.settings == "cheap")
     print(f"\ntotal benchmark time {time.perf_counter() - started:.0f} s | load average {_load_average()}")
 
 

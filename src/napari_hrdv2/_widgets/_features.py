@@ -208,6 +208,9 @@ class FeaturesWidget(DockFrame, Container):
         self._shifts = ComboBox(label="Shifts", choices=["none", "neumann", "moore"])
         self._distances = LineEdit(label="Shift distances", tooltip="Pixels, comma separated, e.g. '3, 6'")
         self._flips = CheckBox(text="Flips", value=False)
+        self._rotations = CheckBox(
+            text="Rotations", value=False, tooltip="Also rotate every copy by 90, 180 and 270 degrees (4x the passes)"
+        )
         self._stride = SpinBox(label="Stride", min=0, max=16, tooltip="Patch stride in pixels; 0 = patch size")
         self._resize = ComboBox(label="Resize", choices=["bilinear", "nearest"])
         self._tile_size = SpinBox(label="Tile size", min=0, max=8192, step=14, tooltip="Pixels; 0 = whole image")
@@ -217,7 +220,10 @@ class FeaturesWidget(DockFrame, Container):
             wrap_label(label.native, selectable=True)
 
         self.extend([self._image])
-        self._views_page = tab_page(self._channel, self._head, self._similarity_mode)
+        from ._analysis import AnalysisControls  # PCA basis over planes, region/CLS similarity, matching
+
+        self._analysis = AnalysisControls(self)
+        self._views_page = tab_page(self._channel, self._head, self._similarity_mode, self._analysis)
         self._build_frame(
             [
                 ("Compute", tab_page(self._backbone, weights_row, self._source, self._card, self._preset, outputs, buttons)),
@@ -225,7 +231,8 @@ class FeaturesWidget(DockFrame, Container):
                 (
                     "Advanced",
                     tab_page(
-                        self._shifts, self._distances, self._flips, self._stride, self._resize, self._tile_size,
+                        self._shifts, self._distances, self._flips, self._rotations, self._stride, self._resize,
+                        self._tile_size,
                         self._device, self._precision,
                     ),
                 ),
@@ -236,7 +243,7 @@ class FeaturesWidget(DockFrame, Container):
         self._runner = self._make_runner()
 
         self._show_settings(self._session.config)
-        for widget in (self._backbone, self._weights, self._shifts, self._distances, self._flips):
+        for widget in (self._backbone, self._weights, self._shifts, self._distances, self._flips, self._rotations):
             widget.changed.connect(self._on_setting_changed)
         for widget in (self._stride, self._resize, self._tile_size, self._device):
             widget.changed.connect(self._on_setting_changed)
@@ -267,6 +274,7 @@ class FeaturesWidget(DockFrame, Container):
             shifts=self._shifts.value,
             shift_distances=_parse_distances(self._distances.value),
             flips=bool(self._flips.value),
+            rotations=bool(self._rotations.value),
             stride=int(self._stride.value) or None,
             resize=self._resize.value,
             tile_size=tile,
@@ -290,6 +298,7 @@ class FeaturesWidget(DockFrame, Container):
             self._shifts.value = config.shifts
             self._distances.value = ", ".join(str(d) for d in config.shift_distances)
             self._flips.value = config.flips
+            self._rotations.value = config.rotations
             self._stride.value = config.stride or 0
             self._resize.value = config.resize
             self._tile_size.value = config.tile_size or 0
