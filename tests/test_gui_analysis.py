@@ -61,6 +61,9 @@ def test_fit_on_all_planes_save_and_load_basis(qtbot, dock, stack, gui_config, t
     loaded = tools.load_basis(path)
     np.testing.assert_array_equal(loaded.components, basis.components)
     assert "2 plane(s)" in tools._basis_info.value
+    from napari_hrdv2._widgets._dock import DOCK_MAX_WIDTH
+
+    assert widget.native.sizeHint().width() <= DOCK_MAX_WIDTH  # the dataset tools keep the dock narrow
 
 
 def test_region_similarity_over_all_planes(qtbot, dock, stack, gui_config):

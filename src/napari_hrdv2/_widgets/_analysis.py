@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..core.pca import PCABasis
 
-REFERENCES = ("region of a layer", "CLS token")
+REFERENCES = ("region", "CLS token")
 BASIS_FILTER = "PCA basis (*.safetensors)"
 
 
@@ -89,20 +89,30 @@ class AnalysisControls(Container):
         self._fit.native.setToolTip("Fit one PCA basis on random pixels of every plane (colours fixed for all)")
         self._apply = PushButton(text="Apply")
         self._apply.native.setToolTip("Colour every plane with the basis (fixed colour range: no flicker)")
-        self._save = PushButton(text="Save basis...")
-        self._load = PushButton(text="Load basis...")
+        self._save = PushButton(text="Save...")
+        self._save.native.setToolTip("Save basis... (.safetensors with its metadata)")
+        self._load = PushButton(text="Load...")
+        self._load.native.setToolTip("Load basis... (from this dock or 'napari-hrdv2 pca fit')")
         fit_row = Container(widgets=[self._fit, self._apply], layout="horizontal", labels=False)
         file_row = Container(widgets=[self._save, self._load], layout="horizontal", labels=False)
+        file_row.label = "Basis file"
+        for row in (fit_row, file_row):
+            row.native.layout().setContentsMargins(0, 0, 0, 0)
         self._basis_info = Label(label="Basis", value="none")
+        from ._common import wrap_label
+
+        wrap_label(self._basis_info.native, selectable=True)  # a long description never widens the dock
         # ---- similarity
         self._reference = ComboBox(label="Similar to", choices=list(REFERENCES))
-        self._region_layer = ComboBox(label="Region layer", choices=self._region_choices, nullable=True)
-        self._region_value = SpinBox(label="Label value", min=0, max=65535, tooltip="0: any label")
-        self._search = PushButton(text="Search all planes")
+        self._region_layer = ComboBox(
+            label="Region", choices=self._region_choices, nullable=True, tooltip="A Labels or Shapes layer"
+        )
+        self._region_value = SpinBox(label="Label", min=0, max=65535, tooltip="Label value of the region; 0: any")
+        self._search = PushButton(text="Search planes")
         self._search.native.setToolTip("One reference vector (the region's mean feature, or the CLS token)")
         # ---- matching
         self._match_with = ComboBox(label="Match with", choices=self._image_choices, nullable=True)
-        self._top_k = SpinBox(label="Best matches", min=0, max=100000, value=100, tooltip="0: all")
+        self._top_k = SpinBox(label="Best", min=0, max=100000, value=100, tooltip="Best matches kept; 0: all")
         self._refine = CheckBox(text="Refine to pixels", tooltip="Move each match to the most similar pixel nearby")
         self._match = PushButton(text="Match patches")
         self.extend(
