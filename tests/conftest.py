@@ -59,3 +59,24 @@ def two_texture_image(size: int = 112, seed: int = 0) -> tuple[np.ndarray, np.nd
 @pytest.fixture
 def two_textures():
     return two_texture_image()
+
+
+#: The plugin's npe2 name and the GUI tests' wait limit (the jobs run in napari thread workers).
+PLUGIN = "napari-hrdv2"
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def notifications():
+    """Notifications shown during the test (napari's notification manager)."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+def wait_idle(qtbot, widget, timeout: int = TIMEOUT_MS) -> None:
+    """Wait until a dock widget's jobs have finished."""
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=timeout)

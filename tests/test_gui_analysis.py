@@ -6,27 +6,17 @@ import numpy as np
 import pytest
 
 import napari_hrdv2 as hr
-from conftest import two_texture_image
+from conftest import PLUGIN, TIMEOUT_MS, two_texture_image
 from test_similarity_match import smooth_noise
 
 pytestmark = pytest.mark.gui
 
-PLUGIN = "napari-hrdv2"
-TIMEOUT_MS = 120_000
-
 
 @pytest.fixture
-def gui_config(tiny_backbone):
-    return hr.FeatureConfig(
-        backbone=tiny_backbone, device="cpu", tile_size=None, shifts="neumann", shift_distances=(3,)
-    )
-
-
-@pytest.fixture
-def dock(make_napari_viewer, gui_config):
+def dock(make_napari_viewer, tiny_config):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Features")
-    widget.set_settings(gui_config)
+    widget.set_settings(tiny_config)
     return viewer, widget, widget._analysis
 
 
@@ -42,7 +32,7 @@ def stack():
     return np.stack([two_texture_image(56, seed=1)[0], two_texture_image(56, seed=2)[0].T])
 
 
-def test_fit_on_all_planes_save_and_load_basis(qtbot, dock, stack, gui_config, tmp_path):
+def test_fit_on_all_planes_save_and_load_basis(qtbot, dock, stack, tiny_config, tmp_path):
     viewer, widget, tools = dock
     layer = viewer.add_image(stack, name="cells")
     widget._image.value = layer
@@ -53,7 +43,7 @@ def test_fit_on_all_planes_save_and_load_basis(qtbot, dock, stack, gui_config, t
     qtbot.waitUntil(lambda: "cells PCA" in viewer.layers, timeout=TIMEOUT_MS)
     qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT_MS)
     shown = viewer.layers["cells PCA"].data
-    featurizer = hr.Featurizer(gui_config)
+    featurizer = hr.Featurizer(tiny_config)
     for plane in (0, 1):  # one basis, fixed colours, chosen components
         np.testing.assert_allclose(shown[plane], basis.to_rgb(featurizer.encode(stack[plane]), (2, 0, 1)), atol=1e-5)
     path = tools.save_basis(tmp_path / "cells.safetensors")
@@ -66,7 +56,7 @@ def test_fit_on_all_planes_save_and_load_basis(qtbot, dock, stack, gui_config, t
     assert widget.native.sizeHint().width() <= DOCK_MAX_WIDTH  # the dataset tools keep the dock narrow
 
 
-def test_region_similarity_over_all_planes(qtbot, dock, stack, gui_config):
+def test_region_similarity_over_all_planes(qtbot, dock, stack, tiny_config):
     viewer, widget, tools = dock
     layer = viewer.add_image(stack, name="cells")
     labels = np.zeros(stack.shape, dtype=np.uint8)
@@ -78,7 +68,7 @@ def test_region_similarity_over_all_planes(qtbot, dock, stack, gui_config):
     tools._region_value.value = 3
     finish(qtbot, tools.search())
     maps = viewer.layers["cells similarity"].data
-    featurizer = hr.Featurizer(gui_config)
+    featurizer = hr.Featurizer(tiny_config)
     reference = hr.region_vector(featurizer.encode(stack[0]), labels[0] == 3)
     for plane in (0, 1):
         np.testing.assert_allclose(maps[plane], hr.similarity_to(featurizer.encode(stack[plane]), reference), atol=1e-5)

@@ -9,12 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import two_texture_image
+from conftest import PLUGIN, TIMEOUT_MS, two_texture_image, wait_idle
 
 pytestmark = pytest.mark.gui
-
-PLUGIN = "napari-hrdv2"
-TIMEOUT_MS = 120_000
 
 
 @pytest.fixture
@@ -25,20 +22,6 @@ def viewer(make_napari_viewer_proxy):
 def dock(viewer, name):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     return widget
-
-
-@pytest.fixture
-def notifications():
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
-
-
-def wait_idle(qtbot, widget, timeout: int = TIMEOUT_MS) -> None:
-    qtbot.waitUntil(lambda: not widget.is_busy, timeout=timeout)
 
 
 def same(a, b) -> bool:
@@ -119,16 +102,16 @@ def test_docks_follow_the_layer_list(viewer):
 
 # ---------------------------------------------------------------------------------------------- jobs and layers
 @pytest.fixture
-def gui_config(tiny_backbone):
+def tiny_config(tiny_backbone):
     import napari_hrdv2 as hr
 
     return hr.FeatureConfig(backbone=tiny_backbone, device="cpu", tile_size=None, shifts="moore", shift_distances=(3,))
 
 
-def test_removing_the_image_cancels_its_job_and_adds_nothing(viewer, qtbot, gui_config):
+def test_removing_the_image_cancels_its_job_and_adds_nothing(viewer, qtbot, tiny_config):
     image = viewer.add_image(np.stack([two_texture_image(224, seed=s)[0] for s in range(4)]), name="doomed")
     features = dock(viewer, "HR-Dv2 Features")
-    features.set_settings(gui_config)
+    features.set_settings(tiny_config)
     worker = features.compute(image, all_planes=True)
     ended = []
     worker.finished.connect(lambda: ended.append(True))
@@ -141,10 +124,10 @@ def test_removing_the_image_cancels_its_job_and_adds_nothing(viewer, qtbot, gui_
     assert worker.abort_requested
 
 
-def test_progressive_first_view_arrives_before_the_job_ends(viewer, qtbot, gui_config):
+def test_progressive_first_view_arrives_before_the_job_ends(viewer, qtbot, tiny_config):
     image = viewer.add_image(two_texture_image(224)[0], name="cells")
     features = dock(viewer, "HR-Dv2 Features")
-    features.set_settings(gui_config)  # 9 transforms, identity first
+    features.set_settings(tiny_config)  # 9 transforms, identity first
     seen = []
     show_partial = features._show_partial
     features._show_partial = lambda *a: (seen.append(("partial", a[-1].n_transforms)), show_partial(*a))
@@ -179,10 +162,10 @@ def test_dock_width_stays_bounded_after_a_long_error(viewer, qtbot, notification
     assert after[0] <= before[0] + 2 and after[1] <= before[1] + 2, (before, after)
 
 
-def test_scribbles_stay_selected_after_train_and_classes_are_named(viewer, qtbot, gui_config, tmp_path):
+def test_scribbles_stay_selected_after_train_and_classes_are_named(viewer, qtbot, tiny_config, tmp_path):
     image = viewer.add_image(two_texture_image()[0], name="tex")
     features = dock(viewer, "HR-Dv2 Features")
-    features.set_settings(gui_config)
+    features.set_settings(tiny_config)
     segmentation = dock(viewer, "HR-Dv2 Segmentation")
     scribbles = segmentation.new_scribbles_layer(image)
     paint(scribbles)

@@ -5,21 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import two_texture_image
+from conftest import PLUGIN, TIMEOUT_MS, two_texture_image, wait_idle
 
 pytestmark = pytest.mark.gui
-
-PLUGIN = "napari-hrdv2"
-TIMEOUT_MS = 120_000
-
-
-@pytest.fixture
-def gui_config(tiny_backbone):
-    import napari_hrdv2 as hr
-
-    return hr.FeatureConfig(
-        backbone=tiny_backbone, device="cpu", tile_size=None, shifts="neumann", shift_distances=(3,)
-    )
 
 
 @pytest.fixture
@@ -28,9 +16,9 @@ def viewer(make_napari_viewer):
 
 
 @pytest.fixture
-def features_widget(viewer, gui_config):
+def features_widget(viewer, tiny_config):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Features")
-    widget.set_settings(gui_config)
+    widget.set_settings(tiny_config)
     return widget
 
 
@@ -40,32 +28,17 @@ def segmentation_widget(viewer, features_widget):
     return widget
 
 
-@pytest.fixture
-def notifications():
-    """Notifications shown during the test (napari's notification manager)."""
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
-
-
-def wait_idle(qtbot, widget, timeout: int = TIMEOUT_MS) -> None:
-    qtbot.waitUntil(lambda: not widget.is_busy, timeout=timeout)
-
-
 def tag(layer):
     return layer.metadata["napari_hrdv2"]
 
 
 # ---------------------------------------------------------------------------------------------- features
-def test_widgets_dock_and_share_settings(viewer, features_widget, segmentation_widget, gui_config):
+def test_widgets_dock_and_share_settings(viewer, features_widget, segmentation_widget, tiny_config):
     from napari_hrdv2._widgets import session_for
 
-    assert session_for(viewer).config == gui_config
-    assert features_widget.settings == gui_config
-    features_widget.set_settings(gui_config.replace(shifts="moore"))
+    assert session_for(viewer).config == tiny_config
+    assert features_widget.settings == tiny_config
+    features_widget.set_settings(tiny_config.replace(shifts="moore"))
     assert session_for(viewer).config.shifts == "moore"
     assert "moore" in segmentation_widget._settings_summary.value
 
@@ -203,12 +176,12 @@ def test_cancel_stops_run(qtbot, viewer, features_widget):
     assert features_widget._compute_plane.enabled and not features_widget._cancel.isEnabled()
 
 
-def test_errors_are_notified(qtbot, viewer, features_widget, gui_config, notifications, tmp_path):
+def test_errors_are_notified(qtbot, viewer, features_widget, tiny_config, notifications, tmp_path):
     volume = viewer.add_image(np.zeros((2, 3, 32, 32), dtype=np.uint8), name="volume")
     assert features_widget.compute(volume) is None
     assert any("2D images" in str(n.message) for n in notifications)
 
-    features_widget.set_settings(gui_config.replace(backbone=str(tmp_path / "no-such-model")))
+    features_widget.set_settings(tiny_config.replace(backbone=str(tmp_path / "no-such-model")))
     image = viewer.add_image(two_texture_image()[0], name="tex")
     worker = features_widget.compute(image)
     assert worker is not None
