@@ -175,3 +175,25 @@ def test_parse_scheduler():
     assert parse_scheduler("tcp://10.0.0.1:8786") == ("tcp://10.0.0.1:8786", None)
     with pytest.raises(InputError, match="positive integer"):
         parse_scheduler("local:zero")
+
+
+def test_outputs_of_a_killed_attempt_count_as_written(tmp_path):
+    """A worker killed after writing but before reporting: its retry reports "skipped"; the run wrote them."""
+    from napari_hrdv2.core.batch import BatchReport
+    from napari_hrdv2.core.distributed import _add_task_report, _candidate_outputs
+
+    source = tmp_path / "a.tif"
+    candidates = _candidate_outputs(source, tmp_path / "out", ".tif", uncertainty=True)
+    labels, uncertainty = candidates[0], candidates[2]
+    (tmp_path / "out").mkdir()
+    labels.write_bytes(b"x")
+    uncertainty.write_bytes(b"x")
+    retry = {"written": [], "skipped": [str(labels)], "failed": [], "extra": []}
+
+    fresh = BatchReport()
+    _add_task_report(fresh, retry, set(), candidates)  # nothing existed when the run started
+    assert fresh.written == [labels] and fresh.extra == [uncertainty] and not fresh.skipped
+
+    rerun = BatchReport()
+    _add_task_report(rerun, retry, {labels, uncertainty}, candidates)  # both were there before: a real skip
+    assert rerun.skipped == [labels] and not rerun.written and not rerun.extra

@@ -247,6 +247,37 @@ def finish_stream_task(
 
 
 # ---------------------------------------------------------------------------------------------- client side
+def _candidate_outputs(path: Path, outdir: str | Path | None, suffix: str, uncertainty: bool) -> list[Path]:
+    """The outputs an in-memory input may get: labels (as ``suffix``, or TIFF for a stack), then uncertainty."""
+    from .batch import UNCERTAINTY_TAG, output_path
+
+    names = [output_path(path, outdir, suffix), output_path(path, outdir, ".tif")]
+    if uncertainty:
+        names.append(output_path(path, outdir, ".tif", UNCERTAINTY_TAG))
+    return names
+
+
+def _add_task_report(
+    report: BatchReport, result: dict[str, list], preexisting: set[Path], candidates: list[Path]
+) -> None:
+    """Merge one task's report, counting outputs that a killed earlier attempt of this run wrote as written.
+
+    A worker can die after writing an image's outputs but before reporting back; its retry then finds them and
+    reports "skipped (exists)". Outputs that did not exist when the run started were written by this run.
+    """
+    for name in result["skipped"]:
+        path = Path(name)
+        (report.skipped if path in preexisting else report.written).append(path)
+    report.written.extend(Path(p) for p in result["written"])
+    report.failed.extend((Path(p), reason) for p, reason in result["failed"])
+    extra = [Path(p) for p in result["extra"]]
+    retried = any(Path(p) not in preexisting for p in result["skipped"])
+    for path in candidates[2:]:  # the uncertainty map the killed attempt wrote, too
+        if retried and path not in preexisting and path not in extra and path.exists():
+            extra.append(path)
+    report.extra.extend(extra)
+
+
 def _gpu_resources(client: Any) -> dict[str, float] | None:
     """``{"GPU": 1}`` when the cluster's workers advertise GPUs, else None."""
     try:
@@ -333,6 +364,7 @@ def segment_files_distributed(
     outcomes: list[dict[str, list] | None] = [None] * n
     claimed: dict[Path, Path] = {}  # output -> input, as the single-process batch refuses same-name outputs
     early: dict[int, tuple[Path, str]] = {}
+    preexisting: dict[int, set[Path]] = {}  # outputs already there before this run (in-memory inputs)
     for i, path in enumerate(paths):
         target = _key(output_path(path, outdir, suffix))
         other = claimed.get(_key(output_path(path, outdir, ".tif")), claimed.get(target))
@@ -375,6 +407,9 @@ def segment_files_distributed(
             )
             outcomes[i] = {"streamed": [str(job.target)], "finals": finals}  # filled in when done
         else:
+            preexisting[i] = {
+                candidate for candidate in _candidate_outputs(path, outdir, suffix, uncertainty) if candidate.exists()
+            }
             future = client.submit(
                 segment_file_task, str(path), outdir_text, model_ref, config_dict, suffix, overwrite, uncertainty,
                 backbone_path, **options,
@@ -425,10 +460,7 @@ def segment_files_distributed(
             if "uncertainty" in files:
                 report.extra.append(files["uncertainty"])
         else:
-            report.written.extend(Path(p) for p in result["written"])
-            report.skipped.extend(Path(p) for p in result["skipped"])
-            report.failed.extend((Path(p), reason) for p, reason in result["failed"])
-            report.extra.extend(Path(p) for p in result["extra"])
+            _add_task_report(report, result, preexisting[i], _candidate_outputs(path, outdir, suffix, uncertainty))
     if progress is not None:
         progress(Progress(n, n, report.summary()))
     return report
