@@ -310,13 +310,15 @@ def segmentation_layer_data(
 ) -> LayerData:
     """Labels layer ``"<image> segmentation"``: (H, W) or (N, H, W), uint8 (uint16 beyond 255).
 
+    ``labels`` is numpy, or a chunked (Zarr) array for a huge image, used as it is (never read whole).
+
     ``contour`` > 0 draws class outlines of that width instead of filled regions (napari sets it after
     creating the layer: :func:`upsert_layer` applies ``metadata[...]["contour"]``).
     """
     from .core.labels import as_label_image
 
     return (
-        as_label_image(labels),
+        as_label_image(labels) if isinstance(labels, np.ndarray) else labels,
         {
             "name": result_name(geometry.name, "segmentation"),
             "opacity": float(opacity),
@@ -336,7 +338,7 @@ def segmentation_layer_data(
 def probabilities_layer_data(geometry: SourceGeometry, probabilities: np.ndarray, *, classes: list[int]) -> LayerData:
     """Image layer ``"<image> probabilities"``: (n_classes, [N,] H, W) float32 in [0, 1], channel i = classes[i]."""
     return (
-        np.asarray(probabilities, dtype=np.float32),
+        _float32(probabilities),
         {
             "name": result_name(geometry.name, "probabilities"),
             "colormap": "viridis",
@@ -352,7 +354,7 @@ def probabilities_layer_data(geometry: SourceGeometry, probabilities: np.ndarray
 def uncertainty_layer_data(geometry: SourceGeometry, uncertainty: np.ndarray) -> LayerData:
     """Image layer ``"<image> uncertainty"``: ([N,] H, W) float32 in [0, 1] (normalised entropy)."""
     return (
-        np.asarray(uncertainty, dtype=np.float32),
+        _float32(uncertainty),
         {
             "name": result_name(geometry.name, "uncertainty"),
             "colormap": "inferno",
@@ -363,6 +365,11 @@ def uncertainty_layer_data(geometry: SourceGeometry, uncertainty: np.ndarray) ->
         },
         "image",
     )
+
+
+def _float32(data: Any) -> Any:
+    """numpy data as float32; a chunked (Zarr) result array of a huge image as it is (never read whole)."""
+    return np.asarray(data, dtype=np.float32) if isinstance(data, (np.ndarray, list, tuple)) else data
 
 
 def find_result_layer(viewer: napari.Viewer, name: str, layer_type: str) -> Any | None:
@@ -426,3 +433,102 @@ def _add(viewer: napari.Viewer, layer_data: LayerData) -> Any:
         viewer.layers.insert(max(indices) + 1, layer)
     _apply_display(layer, layer_data[1])
     return layer
+
+
+# ---------------------------------------------------------------------------------------------- regions
+#: Result arrays of lazily read (dask/zarr) images with more pixels than this are chunked in-memory Zarr arrays
+#: that hold only the chunks written ("Predict current view" on a huge image allocates the predicted views only).
+LAZY_RESULT_PIXELS = 2**26
+#: Chunk side (pixels) of such arrays.
+LAZY_RESULT_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class ViewRegion:
+    """The part of an image plane shown in the canvas: plane ``plane``, rows ``rows`` and columns ``cols``.
+
+    ``rows`` and ``cols`` are (start, stop) data pixel indices (stop exclusive), clipped to the image.
+    """
+
+    plane: int
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows[1] - self.rows[0], self.cols[1] - self.cols[0]
+
+
+def visible_region(viewer: napari.Viewer, layer: Any) -> ViewRegion:
+    """The rectangle of ``layer``'s current plane that the 2D canvas shows (every pixel at least partly visible).
+
+    From the camera (``center``, ``zoom`` = screen pixels per world unit) and the canvas size (one grid
+    view's size in grid mode): the four world corners of the view are mapped to data coordinates with
+    ``layer.world_to_data`` (scale, translate, rotation, affine) and their bounding box is taken. Pixel
+    ``i`` covers data coordinates ``[i - 0.5, i + 0.5]``. Raises :class:`InputError` in a 3D view or when
+    the image is out of view.
+    """
+    geometry = SourceGeometry.from_layer(layer)
+    if viewer.dims.ndisplay != 2:
+        raise InputError("'Predict current view' works in the 2D view: switch the viewer to 2D (the 2D/3D button).")
+    camera = viewer.scene.camera
+    size = viewer.canvas.viewbox_size(viewer.layers) if viewer.canvas.grid.enabled else viewer.canvas.size
+    zoom = float(camera.zoom)
+    half = np.asarray(size[-2:], dtype=float) / (2.0 * zoom)
+    center = np.asarray(camera.center[-2:], dtype=float)
+    row_axis, col_axis = viewer.dims.displayed[-2:]
+    corners = []
+    for dr in (-1, 1):
+        for dc in (-1, 1):
+            point = np.asarray(viewer.dims.point, dtype=float)
+            point[row_axis] = center[0] + dr * half[0]
+            point[col_axis] = center[1] + dc * half[1]
+            corners.append(np.asarray(layer.world_to_data(point), dtype=float)[-2:])
+    low, high = np.min(corners, axis=0), np.max(corners, axis=0)
+    height, width = geometry.plane_shape
+    r0, c0 = (max(0, int(np.floor(v + 0.5))) for v in low)
+    r1, c1 = min(height, int(np.ceil(high[0] + 0.5))), min(width, int(np.ceil(high[1] + 0.5)))
+    if r1 <= r0 or c1 <= c0:
+        raise InputError(f"'{geometry.name}' is not in view: pan or zoom so that part of it shows, then try again.")
+    return ViewRegion(current_plane(viewer, layer), (r0, r1), (c0, c1))
+
+
+def region_index(geometry: SourceGeometry, region: ViewRegion, *, channel_axis: bool = False) -> tuple[Any, ...]:
+    """Index of ``region`` in a result array laid out like the source ((N,) H, W; a leading channel axis kept whole)."""
+    index: tuple[Any, ...] = (slice(*region.rows), slice(*region.cols))
+    if geometry.is_stack:
+        index = (region.plane, *index)
+    return (slice(None), *index) if channel_axis else index
+
+
+def blank_result(shape: tuple[int, ...], dtype: Any, *, lazy_source: bool) -> Any:
+    """A zero result array: numpy, or (for a lazily read source of more than :data:`LAZY_RESULT_PIXELS`)
+    an in-memory Zarr array whose chunks are allocated only when written."""
+    if lazy_source and int(np.prod(shape, dtype=np.int64)) > LAZY_RESULT_PIXELS:
+        import zarr
+
+        chunks = tuple(min(s, LAZY_RESULT_CHUNK) if i >= len(shape) - 2 else 1 for i, s in enumerate(shape))
+        return zarr.create_array(zarr.storage.MemoryStore(), shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    return np.zeros(shape, dtype=dtype)
+
+
+def paste_region(
+    base: Any, shape: tuple[int, ...], index: tuple[Any, ...], values: np.ndarray, *, lazy_source: bool
+) -> Any:
+    """Write ``values`` at ``index`` into the current layer data ``base`` and return the array written.
+
+    ``base`` is changed in place when its shape fits and its dtype holds ``values`` (same kind, at least as
+    wide); a narrower ``base`` (uint8 labels, uint16 values) is copied into a wider array first; anything
+    else (no layer yet, another shape) starts from zeros (:func:`blank_result`).
+    """
+    values = np.asarray(values)
+    if base is not None and tuple(base.shape) == tuple(shape) and np.dtype(base.dtype).kind == values.dtype.kind:
+        if np.dtype(base.dtype).itemsize >= values.dtype.itemsize:
+            base[index] = values
+            return base
+        widened = np.asarray(base).astype(values.dtype)
+        widened[index] = values
+        return widened
+    out = blank_result(tuple(shape), values.dtype, lazy_source=lazy_source)
+    out[index] = values
+    return out

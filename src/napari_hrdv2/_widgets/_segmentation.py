@@ -26,24 +26,30 @@ from qtpy.QtCore import QTimer
 
 from .._layers import (
     SourceGeometry,
+    ViewRegion,
     assemble_planes,
     current_plane,
     find_result_layer,
+    paste_region,
     plugin_tag,
     probabilities_layer_data,
+    region_index,
     result_name,
     segmentation_layer_data,
     uncertainty_layer_data,
     upsert_layer,
+    visible_region,
 )
 from .._workers import (
     BackboneInfo,
     BatchReport,
     PartialPrediction,
     PredictionResult,
+    RegionResult,
     folder_job,
     merge_runtime,
     predict_job,
+    predict_region_job,
     segmenter_config,
     train_job,
 )
@@ -177,7 +183,13 @@ class SegmentationWidget(DockFrame, Container):
         self._predict_plane = PushButton(text="Predict plane")
         self._predict_plane.native.setToolTip(f"Segment the plane shown ({SHORTCUTS['predict']})")
         self._predict_all = PushButton(text="All planes")
-        predict_row = Container(widgets=[self._predict_plane, self._predict_all], layout="horizontal", labels=False)
+        self._predict_view = PushButton(text="View")
+        self._predict_view.native.setToolTip(
+            "Segment only the part of the image shown in the canvas (pan/zoom first): quick on huge images"
+        )
+        predict_row = Container(
+            widgets=[self._predict_plane, self._predict_all, self._predict_view], layout="horizontal", labels=False
+        )
         predict_row.native.layout().setContentsMargins(0, 0, 0, 0)
         self._want_uncertainty = CheckBox(text="Uncertainty", value=False)
         self._want_probabilities = CheckBox(text="Probabilities", value=False)
@@ -248,6 +260,7 @@ class SegmentationWidget(DockFrame, Container):
         self._image.changed.connect(self._image_changed)
         self._predict_plane.changed.connect(self._predict_clicked)
         self._predict_all.changed.connect(partial(self._predict_clicked, all_planes=True))
+        self._predict_view.changed.connect(self._predict_view_clicked)
         self._opacity.changed.connect(self._display_changed)
         self._contour.changed.connect(self._display_changed)
         self._save.changed.connect(self._save_clicked)
@@ -500,6 +513,94 @@ class SegmentationWidget(DockFrame, Container):
             on_returned=partial(self._show_prediction, geometry, generation=None),
             on_yielded=partial(self._on_job_item, geometry, None),
             source=image_layer,
+        )
+
+    def predict_view(self, image_layer: Any, region: ViewRegion | None = None) -> GeneratorWorker | None:
+        """Segment only the part of ``image_layer``'s current plane shown in the canvas ("Predict current view").
+
+        ``region`` defaults to :func:`visible_region` (camera and canvas size). Only the tiles touching it
+        are read and encoded; the result (equal to the whole-plane prediction cropped) is pasted into
+        "<image> segmentation" (and uncertainty / probabilities when ticked), the rest of that layer kept.
+        For a lazily read (dask/Zarr) image of more than ``LAZY_RESULT_PIXELS`` pixels the new result layers
+        are chunked in-memory Zarr arrays holding only the predicted views.
+        """
+        try:
+            geometry = self._geometry(image_layer)
+            segmenter = self._session.segmenter
+            if segmenter is None:
+                raise InputError(
+                    "No model yet: paint scribbles of at least two classes and press Train, or Load model."
+                )
+            if getattr(segmenter, "hybrid", False):
+                raise InputError(
+                    "'View' segments tile by tile, which models trained with '+ classical filters' cannot do yet: "
+                    "press 'Predict plane', or retrain without classical filters."
+                )
+            region = region if region is not None else visible_region(self._viewer, image_layer)
+        except HRDv2Error as err:
+            self._report(err)
+            return None
+        self._select(image_layer)
+        data = image_layer.data
+        plane, is_stack = region.plane, geometry.is_stack
+        if isinstance(data, np.ndarray):  # in memory: the worker gets a copy of the plane, not the layer's array
+            data, plane, is_stack = np.array(data[region.plane] if geometry.is_stack else data), 0, False
+        return self._runner.start(
+            predict_region_job,
+            data,
+            plane,
+            region.rows,
+            region.cols,
+            segmenter,
+            self._session.prediction_config(),
+            is_stack=is_stack,
+            uncertainty=bool(self._want_uncertainty.value),
+            probabilities=bool(self._want_probabilities.value),
+            description=f"HR-Dv2 segmentation of the view of {geometry.name}",
+            on_returned=partial(self._show_region, geometry, region),
+            source=image_layer,
+        )
+
+    def _show_region(self, geometry: SourceGeometry, region: ViewRegion, result: RegionResult) -> None:
+        """Paste a view's prediction into the result layers (created when missing; other pixels kept)."""
+        image = next((layer for _, layer in self._image_choices() if layer.name == geometry.name), None)
+        lazy = image is not None and not isinstance(image.data, np.ndarray)
+        classes = [int(c) for c in result.segmenter.classes_]
+        done = ViewRegion(region.plane, (result.top, result.top + result.labels.shape[0]),
+                          (result.left, result.left + result.labels.shape[1]))  # fmt: skip
+        with keep_active_layer(self._viewer):
+            outputs = [("segmentation", "labels", result.labels, False)]
+            if result.uncertainty is not None:
+                outputs.append(("uncertainty", "image", result.uncertainty, False))
+            if result.probabilities is not None:
+                outputs.append(("probabilities", "image", result.probabilities, True))
+            for kind, layer_type, values, channel_axis in outputs:
+                layer = find_result_layer(self._viewer, result_name(geometry.name, kind), layer_type)
+                shape = geometry.planes_shape if not channel_axis else (len(classes), *geometry.planes_shape)
+                index = region_index(geometry, done, channel_axis=channel_axis)
+                data = paste_region(getattr(layer, "data", None), shape, index, values, lazy_source=lazy)
+                if kind == "segmentation":
+                    names = {c: self._session.class_names.get(c, f"class {c}") for c in classes}
+                    layer_data = segmentation_layer_data(
+                        geometry, data, classes=classes, class_names=names, opacity=float(self._opacity.value),
+                        contour=int(self._contour.value),
+                    )  # fmt: skip
+                elif kind == "uncertainty":
+                    layer_data = uncertainty_layer_data(geometry, data)
+                else:
+                    layer_data = probabilities_layer_data(geometry, data, classes=classes)
+                created = layer is None
+                layer = upsert_layer(self._viewer, layer_data)
+                if layer.data is data and not created:
+                    layer.refresh()
+                if created and kind == "segmentation":
+                    self._reveal_grey_image(geometry)
+        self._refresh_classes()
+        rows, cols = done.shape
+        where = f" plane {region.plane + 1}" if geometry.is_stack else ""
+        self._set_status(
+            f"Segmented the view of {geometry.name}{where}: rows {done.rows[0]}-{done.rows[1] - 1}, "
+            f"columns {done.cols[0]}-{done.cols[1] - 1} ({rows}x{cols} px)."
         )
 
     def save_model(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -792,6 +893,9 @@ class SegmentationWidget(DockFrame, Container):
     def _predict_clicked(self, *_: Any, all_planes: bool = False) -> None:
         self.predict(self._image.value, all_planes=all_planes)
 
+    def _predict_view_clicked(self, *_: Any) -> None:
+        self.predict_view(self._image.value)
+
     def _new_scribbles_clicked(self, *_: Any) -> None:
         try:
             self.new_scribbles_layer()
@@ -862,7 +966,7 @@ class SegmentationWidget(DockFrame, Container):
             notify_error(error)
 
     def _set_busy(self, busy: bool) -> None:
-        for button in (self._train, self._predict_plane, self._predict_all, self._apply_folder):
+        for button in (self._train, self._predict_plane, self._predict_all, self._predict_view, self._apply_folder):
             button.enabled = not busy
         self._progress.set_busy(busy or self._live_runner.busy)
 

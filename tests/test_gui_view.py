@@ -1,0 +1,127 @@
+"""'Predict current view' in the Segmentation dock: the visible rectangle from the camera, only it is segmented
+and pasted, equal to the whole-plane prediction cropped (pytest-qt + Xvfb; a tiny random-init backbone)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import PLUGIN, two_texture_image, wait_idle
+
+pytestmark = pytest.mark.gui
+
+
+def test_visible_region_follows_camera_scale_and_translate():
+    """No Qt: a (3, 40, 60) stack at scale 2, translate (10, 20); the camera shows world rows 30-70, cols 50-110."""
+    from napari.components import ViewerModel
+
+    from napari_hrdv2._layers import visible_region
+    from napari_hrdv2.core.errors import InputError
+
+    viewer = ViewerModel()
+    layer = viewer.add_image(np.zeros((3, 40, 60), dtype=np.uint8), scale=(1, 2, 2), translate=(0, 10, 20))
+    viewer.dims.set_point(0, 2)
+    viewer.canvas.size = (800, 1200)  # height, width in screen pixels
+    viewer.scene.camera.center = (0, 50, 80)
+    viewer.scene.camera.zoom = 20  # screen pixels per world unit: 40 x 60 world units visible
+    region = visible_region(viewer, layer)
+    # data rows (30 - 10) / 2 = 10 .. (70 - 10) / 2 = 30, cols (50 - 20) / 2 = 15 .. 45; pixel i spans i +- 0.5
+    assert (region.plane, region.rows, region.cols) == (2, (10, 31), (15, 46))
+    viewer.scene.camera.zoom = 1  # everything visible: clipped to the image
+    assert visible_region(viewer, layer).rows == (0, 40) and visible_region(viewer, layer).cols == (0, 60)
+    viewer.scene.camera.center = (0, 5000, 5000)
+    viewer.scene.camera.zoom = 20
+    with pytest.raises(InputError, match="not in view"):
+        visible_region(viewer, layer)
+    viewer.dims.ndisplay = 3
+    with pytest.raises(InputError, match="2D"):
+        visible_region(viewer, layer)
+
+
+def paint(layer) -> None:
+    data = layer.data.copy()
+    size = data.shape[-1]
+    data[..., 10:-10, 15:19] = 1
+    data[..., 10:-10, size - 20 : size - 16] = 2
+    layer.data = data
+
+
+def show_rows_cols(viewer, center: tuple[float, float], visible_rows: float) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Point the camera at ``center`` showing ``visible_rows`` world rows; the expected (rows, cols) of a 112 px image."""
+    height, width = viewer.canvas.size
+    zoom = height / visible_rows
+    viewer.scene.camera.center = (0, *center)
+    viewer.scene.camera.zoom = zoom
+    half_rows, half_cols = height / 2 / zoom, width / 2 / zoom
+    rows = (max(0, int(np.floor(center[0] - half_rows + 0.5))), min(112, int(np.ceil(center[0] + half_rows + 0.5))))
+    cols = (max(0, int(np.floor(center[1] - half_cols + 0.5))), min(112, int(np.ceil(center[1] + half_cols + 0.5))))
+    return rows, cols
+
+
+def test_predict_view_segments_only_the_visible_rectangle(make_napari_viewer_proxy, qtbot, tiny_config):
+    viewer = make_napari_viewer_proxy()
+    image = viewer.add_image(two_texture_image()[0], name="tex")
+    _, features = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Features")
+    features.set_settings(tiny_config)
+    _, segmentation = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Segmentation")
+    assert segmentation._predict_view.text == "View"
+    paint(segmentation.new_scribbles_layer(image))
+    segmentation._auto_segment.value = False
+    segmentation._train.changed.emit(True)
+    wait_idle(qtbot, segmentation)
+    assert "tex segmentation" not in viewer.layers
+
+    rows, cols = show_rows_cols(viewer, (40, 75), visible_rows=30)
+    assert 0 < rows[0] < rows[1] < 112 and cols[0] > 0 and cols[1] - cols[0] < 112, (rows, cols)
+    segmentation._predict_view.changed.emit(True)  # creates the layer: zeros outside the view
+    wait_idle(qtbot, segmentation)
+    view = np.array(viewer.layers["tex segmentation"].data)
+    inside = np.zeros(view.shape, dtype=bool)
+    inside[rows[0] : rows[1], cols[0] : cols[1]] = True
+    assert np.all(view[inside] > 0) and np.all(view[~inside] == 0)
+    assert f"rows {rows[0]}-{rows[1] - 1}" in segmentation.status
+
+    segmentation._predict_plane.changed.emit(True)  # the whole plane, for reference
+    wait_idle(qtbot, segmentation)
+    layer = viewer.layers["tex segmentation"]
+    full = np.array(layer.data)
+    np.testing.assert_array_equal(view[inside], full[inside])
+    assert set(np.unique(full)) == {1, 2}
+
+    layer.data = np.full_like(full, 7)  # an existing layer: only the new view changes
+    rows, cols = show_rows_cols(viewer, (80, 30), visible_rows=40)
+    segmentation._predict_view.changed.emit(True)
+    wait_idle(qtbot, segmentation)
+    assert viewer.layers["tex segmentation"] is layer or viewer.layers["tex segmentation"].name == layer.name
+    after = np.array(viewer.layers["tex segmentation"].data)
+    inside = np.zeros(after.shape, dtype=bool)
+    inside[rows[0] : rows[1], cols[0] : cols[1]] = True
+    np.testing.assert_array_equal(after[inside], full[inside])
+    assert np.all(after[~inside] == 7)
+    assert len([name for name in viewer.layers if "segmentation" in str(name)]) == 1
+
+
+def test_view_of_a_huge_lazy_image_allocates_only_the_chunks_written():
+    """A 16384 x 8192 dask image: the new segmentation is an in-memory Zarr array holding the pasted chunks only."""
+    import dask.array as da
+    import zarr
+    from napari.components import ViewerModel
+    from napari.layers import Layer
+
+    from napari_hrdv2._layers import SourceGeometry, ViewRegion, paste_region, region_index, segmentation_layer_data
+
+    viewer = ViewerModel()
+    image = viewer.add_image(da.zeros((16384, 8192), dtype=np.uint8, chunks=1024), name="huge")
+    geometry = SourceGeometry.from_layer(image)
+    region = ViewRegion(0, (1000, 1300), (2000, 2100))
+    values = np.full(region.shape, 2, dtype=np.uint8)
+    labels = paste_region(None, geometry.planes_shape, region_index(geometry, region), values, lazy_source=True)
+    assert isinstance(labels, zarr.Array) and labels.shape == (16384, 8192)
+    # rows 1000-1300 x cols 2000-2100 touch 2 x 2 chunks of 1024 x 1024 (of 128)
+    assert labels.nchunks_initialized == 4
+    layer = viewer.add_layer(Layer.create(*segmentation_layer_data(geometry, labels, classes=[1, 2])))
+    assert layer.data is labels
+    again = paste_region(labels, geometry.planes_shape, region_index(geometry, region), values + 1, lazy_source=True)
+    assert again is labels and int(labels[1100, 2050]) == 3 and int(labels[0, 0]) == 0
+    small = paste_region(None, (112, 112), (slice(0, 10), slice(0, 10)), values[:10, :10], lazy_source=True)
+    assert isinstance(small, np.ndarray), "small images keep plain numpy results"
