@@ -29,7 +29,7 @@ from .._layers import (
 )
 from .._workers import BackboneInfo, FeaturesResult, PartialFeatures, features_job, similarity_job
 from ..core.backbones import backbone_names, find_spec
-from ..core.config import PRESETS, FeatureConfig
+from ..core.config import FACETS, PRESETS, FeatureConfig
 from ..core.errors import HRDv2Error, InputError, WeightsNotFoundError
 from ._common import image_layer_choices, wrap_label
 from ._dock import DockFrame, tab_page
@@ -43,6 +43,10 @@ if TYPE_CHECKING:  # pragma: no cover
 CUSTOM_PRESET = "custom"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 WEIGHTS_FILTER = "DINOv2 weights (*.pth *.pt *.safetensors config.json);;All files (*)"
+#: The Block box's range is -MAX_BLOCKS .. MAX_BLOCKS - 1 (the largest DINOv2/v3 ViT has 40 blocks).
+MAX_BLOCKS = 64
+#: The Block box's value for "the last block" (``FeatureConfig.layer=None``).
+LAST_BLOCK = -1
 #: Shown while no weights path is set.
 WEIGHTS_PLACEHOLDER = "empty: use the Backbone preset"
 
@@ -57,6 +61,11 @@ def _parse_distances(text: str) -> tuple[int, ...]:
     if not values:
         raise InputError("Give at least one shift distance (e.g. '5'), or set shifts to 'none'.")
     return values
+
+
+def block_setting(value: int) -> int | None:
+    """``FeatureConfig.layer`` for the Block box's value: -1 (the last block) is the default ``None``."""
+    return None if value == LAST_BLOCK else int(value)
 
 
 def _path_text(value: Any) -> str:
@@ -214,6 +223,22 @@ class FeaturesWidget(DockFrame, Container):
         self._stride = SpinBox(label="Stride", min=0, max=16, tooltip="Patch stride in pixels; 0 = patch size")
         self._resize = ComboBox(label="Resize", choices=["bilinear", "nearest"])
         self._tile_size = SpinBox(label="Tile size", min=0, max=8192, step=14, tooltip="Pixels; 0 = whole image")
+        self._facet = ComboBox(
+            label="Facet",
+            choices=list(FACETS),
+            value="token",
+            tooltip="What each pixel's features are: 'token' (default) = the block's output tokens after the final "
+            "norm; 'key' / 'query' / 'value' = the block's attention projections (HR-Dv2 and Amir et al. use the last "
+            "block's keys). A model trained on one facet only applies to features of that facet.",
+        )
+        self._layer = SpinBox(
+            label="Block",
+            min=-MAX_BLOCKS,
+            max=MAX_BLOCKS - 1,
+            value=LAST_BLOCK,
+            tooltip="Which transformer block to read: -1 = the last (default), 0 = the first, negative counts from "
+            "the end (e.g. -4 for an intermediate block). The attention maps are that block's.",
+        )
         self._device = ComboBox(label="Device", choices=list(DEVICES))
         self._precision = Label(label="Precision", tooltip="Device and compute dtype in use, and why")
         for label in (self._source, self._card, self._precision):
@@ -232,7 +257,7 @@ class FeaturesWidget(DockFrame, Container):
                     "Advanced",
                     tab_page(
                         self._shifts, self._distances, self._flips, self._rotations, self._stride, self._resize,
-                        self._tile_size,
+                        self._facet, self._layer, self._tile_size,
                         self._device, self._precision,
                     ),
                 ),
@@ -245,7 +270,7 @@ class FeaturesWidget(DockFrame, Container):
         self._show_settings(self._session.config)
         for widget in (self._backbone, self._weights, self._shifts, self._distances, self._flips, self._rotations):
             widget.changed.connect(self._on_setting_changed)
-        for widget in (self._stride, self._resize, self._tile_size, self._device):
+        for widget in (self._stride, self._resize, self._facet, self._layer, self._tile_size, self._device):
             widget.changed.connect(self._on_setting_changed)
         self._preset.changed.connect(self._on_preset_changed)
         self._device.changed.connect(self._show_precision)
@@ -277,6 +302,8 @@ class FeaturesWidget(DockFrame, Container):
             rotations=bool(self._rotations.value),
             stride=int(self._stride.value) or None,
             resize=self._resize.value,
+            facet=self._facet.value,
+            layer=block_setting(int(self._layer.value)),
             tile_size=tile,
             tile_overlap=overlap,
             device=self._device.value,
@@ -301,6 +328,8 @@ class FeaturesWidget(DockFrame, Container):
             self._rotations.value = config.rotations
             self._stride.value = config.stride or 0
             self._resize.value = config.resize
+            self._facet.value = config.facet
+            self._layer.value = LAST_BLOCK if config.layer is None else int(config.layer)
             self._tile_size.value = config.tile_size or 0
             if config.device not in self._device.choices:
                 self._device.set_choice(config.device, config.device)

@@ -130,7 +130,29 @@ def describe_config(config: FeatureConfig) -> str:
     backbone = Path(config.backbone).name if ("/" in config.backbone or "\\" in config.backbone) else config.backbone
     shifts = "no shifts" if config.shifts == "none" else f"{config.shifts} {config.shift_distances}"
     flips = ", flips" if config.flips else ""
-    return f"{backbone}, {shifts}{flips}, {config.device}"
+    facet = f", {config.facet} facet" if config.facet != "token" else ""
+    block = f", block {config.layer}" if config.layer is not None else ""
+    return f"{backbone}, {shifts}{flips}{facet}{block}, {config.device}"
+
+
+def feature_mismatch(model_config: FeatureConfig | None, settings: FeatureConfig) -> str | None:
+    """What differs between a model's features and the Features dock's settings, in words; None if nothing does.
+
+    The model refuses features computed otherwise (``check_same_features``), so Predict keeps using the
+    model's own settings and only a new Train uses the dock's.
+    """
+    if model_config is None:
+        return None
+    differences = model_config.feature_differences(settings)
+    if not differences:
+        return None
+    listed = ", ".join(
+        f"{name}: model {mine!r} vs Features dock {theirs!r}" for name, (mine, theirs) in differences.items()
+    )
+    return (
+        f"The model was trained on other features ({listed}) and refuses features of another kind: Predict uses "
+        "the model's settings; Train makes a new model with the dock's."
+    )
 
 
 class SegmentationWidget(DockFrame, Container):
@@ -840,6 +862,7 @@ class SegmentationWidget(DockFrame, Container):
 
     def _show_config(self, config: FeatureConfig) -> None:
         self._settings_summary.value = describe_config(config)
+        self._show_model(self._session.segmenter)
 
     def _show_model(self, segmenter: Any) -> None:
         if segmenter is None:
@@ -847,7 +870,10 @@ class SegmentationWidget(DockFrame, Container):
         else:
             names = {**getattr(segmenter, "class_names", {}), **self._session.class_names}
             classes = ", ".join(names.get(int(c), str(int(c))) for c in getattr(segmenter, "classes_", []))
-            self._model_status.value = f"trained, classes {classes}"
+            trained_with = segmenter_config(segmenter)
+            mismatch = feature_mismatch(trained_with, self._session.config)
+            features = f"; {describe_config(trained_with)}" if trained_with is not None else ""
+            self._model_status.value = f"trained, classes {classes}{features}" + (f". {mismatch}" if mismatch else "")
 
     # ------------------------------------------------------------------ live mode
     def _live_toggled(self, enabled: bool) -> None:
