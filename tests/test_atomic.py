@@ -112,3 +112,53 @@ def test_check_output_folder(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="read-only"):
         atomic.check_output_folder(tmp_path)
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
+
+
+# A process that is killed (SIGKILL, nothing runs after it) in the middle of writing a file.
+_KILLED_WRITER = """
+import os, signal, sys
+from napari_hrdv2.core import atomic
+with atomic.atomic_path(sys.argv[1]) as temporary:
+    temporary.write_bytes(b"half of a result")
+    print(temporary, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_temporaries_of_killed_processes_are_removed_by_the_next_write(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path / "result.bin")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    left = Path(done.stdout.strip())
+    assert left.exists() and not (tmp_path / "result.bin").exists()
+    assert f".{atomic._host_tag()}." in left.name  # the owner: this computer ...
+    pid = int(left.name.split(".")[-3])  # ... and the dead writer's process id
+    # What must survive the clean-up: a temporary of this (live) process, one of another computer,
+    # files that only look similar, and a resumable streaming output folder.
+    ours = atomic.temporary_name(tmp_path / "mine.bin")
+    ours.write_bytes(b"being written")
+    other_host = tmp_path / f".x.bin.some-other-host.{pid}.0123abcd.part"
+    unrelated = [tmp_path / ".x.bin.0123abcd.part", tmp_path / "notes.part", tmp_path / f".x.{pid}.part"]
+    dead_folder = tmp_path / f".y.bin.{atomic._host_tag()}.{pid}.0123abcd.part"  # a folder: not ours to delete
+    partial = tmp_path / "cells_labels.zarr.partial"
+    for path in [other_host, *unrelated]:
+        path.write_bytes(b"keep")
+    dead_folder.mkdir()
+    partial.mkdir()
+    atomic.write_bytes(tmp_path / "next.bin", b"next run")
+    assert not left.exists()
+    survivors = [ours, other_host, *unrelated, dead_folder, partial, tmp_path / "next.bin"]
+    assert all(path.exists() for path in survivors)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in survivors)
+
+
+def test_temporary_names_of_long_names_stay_within_the_name_limit(tmp_path):
+    long_name = "x" * 250 + ".tif"
+    temporary = atomic.temporary_name(tmp_path / long_name)
+    assert len(temporary.name.encode()) <= 255
+    assert atomic._TEMPORARY_PATTERN.match(temporary.name)
+    temporary.write_bytes(b"ok")  # the file system accepts it

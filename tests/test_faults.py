@@ -116,8 +116,10 @@ def test_segment_killed_while_writing_leaves_nothing_a_rerun_skips(tmp_path, dat
     assert done.returncode == -signal.SIGKILL
     assert not (out / "stack_labels.tif").exists()  # only a hidden temporary file can be left behind
     assert all(p.name.startswith(".") for p in out.iterdir())
+    assert part_files(out)  # the killed process could not delete its temporary file
     assert main(["segment", str(data["stack"]), "--model", str(data["model"]), "-o", str(out)]) == 0
     assert "Wrote 1" in capsys.readouterr().out  # processed, not skipped as "existing"
+    assert not part_files(out)  # the re-run removed the dead process's temporary
     assert is_complete_labels(out / "stack_labels.tif", (3, 56, 56))
 
 

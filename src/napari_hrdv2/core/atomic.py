@@ -1,7 +1,7 @@
 """All-or-nothing output files: every file this package writes goes through here.
 
 A file is written to a hidden temporary name in the folder of its final name
-(``.<name>.<random>.part``), flushed to disk (``fsync``), and only then renamed onto the
+(``.<name>.<host>.<pid>.<random>.part``: its owner is part of its name), flushed to disk (``fsync``), and only then renamed onto the
 final name with :func:`os.replace`, which is atomic on POSIX and Windows. So:
 
 - an interrupted or failed write never leaves a file under the final name: a re-run does not
@@ -12,7 +12,10 @@ final name with :func:`os.replace`, which is atomic on POSIX and Windows. So:
   ``write``).
 
 Temporary files end in ``.part`` and start with a dot, so folder scans (``IMAGE_SUFFIXES``)
-never pick them up; one killed with ``SIGKILL`` stays behind under that name only.
+never pick them up. A process killed with ``SIGKILL`` cannot delete its temporary file; the next
+write into that folder (once per folder and process, :func:`remove_stale_temporaries`) deletes the
+temporaries of this naming scheme whose owner was a process of this computer that no longer runs.
+Temporaries of live processes, of other computers (shared folders) and any other file are kept.
 
 Use :func:`check_output_folder` before a long computation to refuse an unwritable folder (or
 one without room) before any work is done.
@@ -27,8 +30,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -44,10 +50,90 @@ PART_SUFFIX = ".part"
 _ROOM_MARGIN = 1.05
 
 
+def _host_tag() -> str:
+    """This computer's name as it appears in temporary names: letters, digits, ``-`` and ``_``, at most 32."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname() or "host")[:32]
+    return host or "host"
+
+
+#: ``.<name>.<host>.<pid>.<8 hex>.part``: the temporaries :func:`temporary_name` makes (and nothing else).
+_TEMPORARY_PATTERN = re.compile(
+    r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]{1,32})\.(?P<pid>[0-9]{1,10})\.[0-9a-f]{8}\.part$"
+)
+#: Longest file name most file systems accept (bytes).
+_NAME_MAX = 255
+_SWEPT: set[str] = set()
+_SWEPT_LOCK = threading.Lock()
+
+
 def temporary_name(path: str | Path) -> Path:
-    """A fresh hidden temporary path next to ``path``: ``.<name>.<random>.part``."""
+    """A fresh hidden temporary path next to ``path``: ``.<name>.<host>.<pid>.<random>.part``.
+
+    The host and process id name the owner, so a later run can tell a temporary left by a killed
+    process from one still being written (:func:`remove_stale_temporaries`). A long ``name`` is
+    shortened so that the temporary name stays within the file system's 255-byte limit.
+    """
     path = Path(path)
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{PART_SUFFIX}")
+    tail = f".{_host_tag()}.{os.getpid()}.{secrets.token_hex(4)}{PART_SUFFIX}"
+    name = path.name
+    room = _NAME_MAX - 1 - len(tail.encode())
+    while len(name.encode()) > room:
+        name = name[:-1]
+    return path.with_name(f".{name}{tail}")
+
+
+def _process_gone(pid: int) -> bool:
+    """True when no process ``pid`` runs on this computer (a process we may not signal still runs)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False
+    return False
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries in ``folder`` left by killed processes of this computer; returns them.
+
+    Only regular files named as :func:`temporary_name` makes them, whose host is this computer and
+    whose process no longer runs, are deleted: temporaries being written by live processes (this
+    one included), those of other computers (a shared folder) and every other file are kept.
+    Unreadable folders and files that vanish meanwhile are ignored.
+    """
+    host = _host_tag()
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY_PATTERN.match(entry.name)
+        if match is None or match["host"] != host:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False) or not _process_gone(int(match["pid"])):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _sweep_once(folder: Path) -> None:
+    """:func:`remove_stale_temporaries` for ``folder``, once per process (folders with many writes scan once)."""
+    try:
+        key = str(folder.resolve())
+    except OSError:  # pragma: no cover
+        key = str(folder.absolute())
+    with _SWEPT_LOCK:
+        if key in _SWEPT:
+            return
+        _SWEPT.add(key)
+    remove_stale_temporaries(folder)
 
 
 def _describe(err: OSError, path: Path) -> str:
@@ -101,6 +187,7 @@ def check_output_folder(folder: str | Path, needed_bytes: int = 0) -> Path:
         raise OutputError(f"Cannot create the output folder '{folder}': {err.strerror or err}.") from None
     if not folder.is_dir():
         raise OutputError(f"'{folder}' is a file, not a folder; give a folder for the outputs.")
+    _sweep_once(folder)
     probe = temporary_name(folder / "write-test")
     try:  # os.access is not enough (root, read-only mounts, ACLs): try creating a file
         with open(probe, "xb"):
@@ -174,6 +261,7 @@ def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise output_error(err, path) from err
+    _sweep_once(path.parent)
     temporary = temporary_name(path)
     try:
         try:
@@ -294,6 +382,7 @@ class ArrayStreamWriter:
         self.committed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _sweep_once(self.path.parent)
             self._staging = temporary_name(self.path)
             self._handle = open(self._staging, "xb")  # noqa: SIM115 (closed in commit/abort)
             header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
