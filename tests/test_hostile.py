@@ -181,6 +181,53 @@ def test_hugging_face_backbone_is_never_downloaded_silently(tmp_path, saved_mode
     assert download_needed(str(tmp_path)) is None  # a local path never downloads
 
 
+@pytest.mark.parametrize("command", ["features", "train", "pca-fit", "match"])
+def test_no_command_downloads_a_preset_without_the_option(tmp_path, capsys, monkeypatch, command):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: calls.append(a) or 1 / 0)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    image, truth = two_texture_image(28)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lab.tif", truth)
+    img, lab = str(tmp_path / "img.tif"), str(tmp_path / "lab.tif")
+    argv = {
+        "features": ["features", img, "-o", str(tmp_path / "f.npy")],
+        "train": ["train", img, "--labels", lab, "-o", str(tmp_path / "m.hrdv2")],
+        "pca-fit": ["pca", "fit", img, "-o", str(tmp_path / "basis.safetensors")],
+        "match": ["match", img, img, "-o", str(tmp_path / "m.csv")],
+    }[command]
+    assert main([*argv, "--backbone", "dinov2_vitg14"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hf download facebook/dinov2-giant" in err[0] and "--allow-download" in err[0], err
+    assert calls == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.tif", "lab.tif"]  # nothing written
+
+
+def test_a_preset_in_the_local_cache_needs_no_option(tmp_path, tiny_backbone, monkeypatch, capsys):
+    """The weights of a preset already in the Hugging Face cache load without --allow-download."""
+    import shutil
+
+    import huggingface_hub
+
+    from napari_hrdv2.core.backbone_identity import download_needed
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--facebook--dinov2-small"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_backbone, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    assert download_needed("dinov2_vits14") is None
+    tifffile.imwrite(tmp_path / "img.tif", two_texture_image(28)[0])
+    argv = ["features", str(tmp_path / "img.tif"), "-o", str(tmp_path / "f.npy"), "--backbone", "dinov2_vits14",
+            "--shifts", "none", "--tile-size", "none", "--device", "cpu", "-q"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert np.load(tmp_path / "f.npy").shape == (128, 28, 28)
+
+
 # ---------------------------------------------------------------------------------------------- images
 @pytest.fixture
 def grey() -> np.ndarray:

@@ -167,8 +167,7 @@ def _bar_progress(args: argparse.Namespace, unit: str) -> tuple[Any, Any]:
 
 def run_pca_fit(args: argparse.Namespace) -> int:
     """``napari-hrdv2 pca fit``."""
-    from .cli import EXIT_OK, _check_output, _say, build_config
-    from .core.encoding import Featurizer
+    from .cli import EXIT_OK, _check_output, _say, build_config, make_featurizer
     from .core.io import expand_inputs
     from .core.pca import fit_pca
 
@@ -181,8 +180,7 @@ def run_pca_fit(args: argparse.Namespace) -> int:
         raise InputError(f"Input file(s) not found: {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}.")
     if not paths:
         raise InputError("No input images found.")
-    featurizer = Featurizer(build_config(args))
-    featurizer.backbone  # noqa: B018  (weights errors before any work)
+    featurizer = make_featurizer(args, build_config(args))
     show, close = _bar_progress(args, "image")
     try:
         basis = fit_pca(
@@ -208,12 +206,9 @@ def run_pca_fit(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- pca apply
 def run_pca_apply(args: argparse.Namespace) -> int:
     """``napari-hrdv2 pca apply``."""
-    from .cli import EXIT_FAILED_INPUTS, EXIT_OK, PROG, _say
+    from .cli import EXIT_FAILED_INPUTS, EXIT_OK, PROG, _say, make_featurizer
     from .core.atomic import check_output_folder
-    from .core.backbones import load_backbone
     from .core.config import RUNTIME_FIELDS, FeatureConfig
-    from .core.devices import resolve_device, resolve_dtype
-    from .core.encoding import Featurizer
     from .core.errors import InputError
     from .core.pca import PCABasis
     from .core.pca_files import iter_apply_pca_files
@@ -229,14 +224,7 @@ def run_pca_apply(args: argparse.Namespace) -> int:
         if value is not None:
             runtime[name] = None if value == "none" else value
     config = FeatureConfig.from_dict(saved).replace(**runtime)
-    if args.backbone:  # where the basis' backbone is on this computer
-        device = resolve_device(config.device)
-        backbone = load_backbone(
-            args.backbone, device=device, dtype=resolve_dtype(config.dtype, device), sha256=config.weights_sha256
-        )
-        featurizer = Featurizer(config, backbone=backbone)
-    else:
-        featurizer = Featurizer(config)
+    featurizer = make_featurizer(args, config, backbone_path=args.backbone)  # --backbone: where it is here
     check_output_folder(args.outdir)
     show, close = _bar_progress(args, "image")
     try:
@@ -266,9 +254,8 @@ def run_pca_apply(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- match
 def run_match(args: argparse.Namespace) -> int:
     """``napari-hrdv2 match``."""
-    from .cli import EXIT_OK, _check_output, _encode, _say, build_config
+    from .cli import EXIT_OK, _check_output, _encode, _say, build_config, make_featurizer
     from .core.atomic import write_png, write_text
-    from .core.encoding import Featurizer
     from .core.errors import InputError
     from .core.io import is_stack, read_image
     from .core.match import draw_matches, match_patches, matches_to_csv_text
@@ -283,8 +270,7 @@ def run_match(args: argparse.Namespace) -> int:
         if is_stack(image):
             raise InputError(f"'{Path(path).name}' is a stack of {len(image)} planes; match two single images.")
         images.append(image)
-    featurizer = Featurizer(build_config(args))
-    featurizer.backbone  # noqa: B018
+    featurizer = make_featurizer(args, build_config(args))
     encodings = [
         _encode(args, featurizer, image, Path(path).name, with_attention=False)
         for image, path in zip(images, (args.image_a, args.image_b))

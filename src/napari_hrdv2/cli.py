@@ -163,6 +163,12 @@ def _runtime_options() -> argparse.ArgumentParser:
         help="transformed copies per forward pass (default auto: 1 on the CPU, 4 on a GPU)",
     )
     group.add_argument("--sha256", metavar="HEX", help="expected sha256 of a local weights file")
+    group.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let a backbone that is not on this computer (a preset or Hugging Face id not in the local Hugging "
+        "Face cache) be downloaded from the Hugging Face Hub; never done without this option",
+    )
     return parent
 
 
@@ -300,12 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone-path",
         metavar="PATH",
         help="where the model's backbone weights are on this computer, if not where they were when it was trained",
-    )
-    segment.add_argument(
-        "--allow-download",
-        action="store_true",
-        help="let a model whose backbone is not on this computer download it from the Hugging Face Hub "
-        "(never done without this option)",
     )
     segment.set_defaults(run=run_segment)
 
@@ -485,6 +485,56 @@ def model_runtime_config(args: argparse.Namespace, trained: FeatureConfig) -> Fe
     return trained.replace(**runtime)
 
 
+def check_download(args: argparse.Namespace, source: str, *, hint: str = "") -> None:
+    """Refuse a backbone whose loading would download it, unless ``--allow-download`` (every command's rule).
+
+    A local folder or file, or a preset / Hugging Face id already in the local Hugging Face cache, needs
+    no option. ``hint`` is appended to the message (e.g. how to point at weights elsewhere).
+    """
+    from .core.backbone_identity import download_needed
+    from .core.errors import WeightsNotFoundError
+
+    if getattr(args, "allow_download", False):
+        return
+    repo = download_needed(source)
+    if repo is not None:
+        raise WeightsNotFoundError(
+            f"The backbone '{source}' is not on this computer; loading it would download the Hugging Face "
+            f"repository '{repo}'. Download it first with `hf download {repo}`, or pass --allow-download.{hint}"
+        )
+
+
+def make_featurizer(
+    args: argparse.Namespace,
+    config: FeatureConfig,
+    *,
+    backbone_path: str | None = None,
+    hint: str = "",
+    load: bool = True,
+) -> Featurizer:
+    """The Featurizer of ``config`` (its backbone loaded from ``backbone_path`` if given), downloads refused
+    unless ``--allow-download`` (:func:`check_download`). ``load``: load the weights now, before any work
+    (otherwise when first needed, e.g. not at all when a batch skips every input)."""
+    from .core.encoding import Featurizer
+
+    if backbone_path:
+        from .core.backbones import load_backbone
+        from .core.devices import resolve_device, resolve_dtype
+
+        check_download(args, backbone_path, hint=hint)
+        device = resolve_device(config.device)
+        backbone = load_backbone(
+            backbone_path, device=device, dtype=resolve_dtype(config.dtype, device), sha256=config.weights_sha256
+        )
+        featurizer = Featurizer(config, backbone=backbone)
+    else:
+        check_download(args, config.backbone, hint=hint)
+        featurizer = Featurizer(config)
+    if load:
+        featurizer.backbone  # noqa: B018  (weights errors before any work)
+    return featurizer
+
+
 def _progress_enabled(args: argparse.Namespace) -> bool:
     if args.quiet or args.progress is False:
         return False
@@ -555,7 +605,6 @@ def run_features(args: argparse.Namespace) -> int:
     """``napari-hrdv2 features``."""
     from .core.atomic import ArrayStreamWriter, check_not_an_input
     from .core.devices import inference_mode
-    from .core.encoding import Featurizer
     from .core.errors import InputError
     from .core.io import is_stack, read_image
     from .core.pca import fit_pca, pca_rgb
@@ -591,9 +640,8 @@ def run_features(args: argparse.Namespace) -> int:
             f"'{name}' is a stack of {len(planes)} planes: write --pca as .tif (one RGB page per plane) "
             "or pick one plane with --plane N."
         )
-    config = build_config(args)
-    featurizer = Featurizer(config)
-    backbone = featurizer.backbone  # weights errors before any work
+    featurizer = make_featurizer(args, build_config(args))
+    backbone = featurizer.backbone
     _say_precision(args, featurizer)
     height, width = planes[0].shape[:2]
     lead = (len(planes),) if stack else ()
@@ -722,7 +770,6 @@ def run_train(args: argparse.Namespace) -> int:
     """``napari-hrdv2 train``."""
     from .core.atomic import check_not_an_input, check_output_folder
     from .core.devices import inference_mode
-    from .core.encoding import Featurizer
     from .core.errors import InputError
     from .core.segmenter import LinearSegmenter
 
@@ -741,9 +788,7 @@ def run_train(args: argparse.Namespace) -> int:
         min_object_size=args.min_object_size,
     )
     pairs = _training_planes(args.images, args.labels)
-    config = build_config(args)
-    featurizer = Featurizer(config)
-    featurizer.backbone  # noqa: B018
+    featurizer = make_featurizer(args, build_config(args))
     _say_precision(args, featurizer)
     encodings = []
     with inference_mode():
@@ -765,11 +810,7 @@ def run_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- segment
 def run_segment(args: argparse.Namespace) -> int:
     """``napari-hrdv2 segment``."""
-    from .core.backbone_identity import download_needed
-    from .core.backbones import load_backbone
     from .core.batch import segment_files
-    from .core.devices import resolve_device, resolve_dtype
-    from .core.encoding import Featurizer
     from .core.errors import InputError, WeightsNotFoundError
     from .core.segmenter import LinearSegmenter
 
@@ -777,21 +818,13 @@ def run_segment(args: argparse.Namespace) -> int:
     if segmenter.feature_config is None:
         raise InputError(f"'{args.model}' does not record its feature settings; retrain it from images.")
     config = model_runtime_config(args, segmenter.feature_config)
-    if args.backbone_path:
-        device = resolve_device(config.device)
-        backbone = load_backbone(
-            args.backbone_path, device=device, dtype=resolve_dtype(config.dtype, device), sha256=config.weights_sha256
-        )
-        featurizer = Featurizer(config, backbone=backbone)
-    else:
-        repo = download_needed(config.backbone)
-        if repo is not None and not args.allow_download:
-            raise WeightsNotFoundError(
-                f"The model's backbone '{config.backbone}' is not on this computer; loading it would download the "
-                f"Hugging Face repository '{repo}'. Pass --allow-download to download it, or --backbone-path PATH "
-                "if the weights are elsewhere on this computer."
-            )
-        featurizer = Featurizer(config)
+    featurizer = make_featurizer(
+        args,
+        config,
+        backbone_path=args.backbone_path,
+        hint="" if args.backbone_path else " If the weights are elsewhere on this computer, pass --backbone-path PATH.",
+        load=False,
+    )
     _say_precision(args, featurizer)
     if args.outdir and Path(args.outdir).exists() and not Path(args.outdir).is_dir():
         raise InputError(f"-o '{args.outdir}' is a file; give a folder for the label images.")
