@@ -316,3 +316,53 @@ def test_labels_that_look_like_an_image_warn():
     image_like = (rng.random((24, 24)) * 200).astype(np.uint8) + 1  # ~200 classes, every pixel "labelled"
     with pytest.warns(UserWarning, match="look like an image"):
         LinearSegmenter(max_iter=2).fit(features, image_like)
+
+
+# ---------------------------------------------------------------------------------------------- paths
+LONG = "n" * 300  # longer than any file system's name limit (255 bytes)
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["backbone", "backbone .pth", "image", "labels", "model", "PCA basis", "output", "output folder", "input folder"],
+)
+def test_names_too_long_for_the_file_system_give_a_clear_error(tmp_path, what):
+    from napari_hrdv2.core import atomic
+    from napari_hrdv2.core.backbones import load_backbone
+    from napari_hrdv2.core.io import expand_inputs
+    from napari_hrdv2.core.pca import PCABasis
+
+    long = tmp_path / LONG
+    call, kind = {
+        "backbone": (lambda: load_backbone(str(long), cache=False), InputError),
+        "backbone .pth": (lambda: load_backbone(f"{long}.pth", cache=False), InputError),
+        "image": (lambda: read_image(f"{long}.tif"), InputError),
+        "labels": (lambda: read_labels(f"{long}.png"), InputError),
+        "model": (lambda: LinearSegmenter.load(f"{long}.hrdv2"), ModelFileError),
+        "PCA basis": (lambda: PCABasis.load(f"{long}.safetensors"), InputError),
+        "output": (lambda: atomic.write_bytes(f"{long}.bin", b"x"), InputError),
+        "output folder": (lambda: atomic.check_output_folder(long / "sub"), InputError),
+        "input folder": (lambda: expand_inputs([long]), InputError),
+    }[what]
+    with pytest.raises(kind, match="at most 255 bytes"):
+        call()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_long_names_on_the_command_line(tmp_path, trained, capsys):
+    from napari_hrdv2.core.backbone_identity import download_needed
+
+    assert download_needed(str(tmp_path / LONG)) is None  # not a download: loading gives the clear error
+    model, image = trained
+    assert main(["features", str(image), "-o", str(tmp_path / f"{LONG}.npy")]) == 2
+    assert main(["train", str(image), "--labels", str(image), "-o", str(tmp_path / f"{LONG}.hrdv2")]) == 2
+    assert main(["segment", str(image), "--model", str(model), "-o", str(tmp_path / LONG)]) == 2
+    assert main(["segment", str(image), "--model", str(tmp_path / f"{LONG}.hrdv2")]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all("at most 255 bytes" in line for line in err), err
+    # An input whose name fits but whose output name would not: that input fails with the reason, nothing raw.
+    fits = tmp_path / ("s" * 248 + ".tif")
+    fits.write_bytes(image.read_bytes())
+    assert main(["segment", str(fits), "--model", str(model), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at most 255 bytes" in err[0] and "Errno" not in err[0], err

@@ -771,9 +771,10 @@ def run_train(args: argparse.Namespace) -> int:
     from .core.atomic import check_not_an_input, check_output_folder
     from .core.devices import inference_mode
     from .core.errors import InputError
+    from .core.paths import check_path
     from .core.segmenter import LinearSegmenter
 
-    output = Path(args.output)
+    output = check_path(args.output, "model file")
     check_not_an_input(output, [*args.images, *args.labels])
     if output.is_dir():
         raise InputError(f"'{output}' is a folder; give a model file name such as model.hrdv2.")
@@ -812,6 +813,7 @@ def run_segment(args: argparse.Namespace) -> int:
     """``napari-hrdv2 segment``."""
     from .core.batch import segment_files
     from .core.errors import InputError, WeightsNotFoundError
+    from .core.paths import check_path
     from .core.segmenter import LinearSegmenter
 
     segmenter = LinearSegmenter.load(args.model)
@@ -826,7 +828,7 @@ def run_segment(args: argparse.Namespace) -> int:
         load=False,
     )
     _say_precision(args, featurizer)
-    if args.outdir and Path(args.outdir).exists() and not Path(args.outdir).is_dir():
+    if args.outdir and check_path(args.outdir, "output folder").exists() and not Path(args.outdir).is_dir():
         raise InputError(f"-o '{args.outdir}' is a file; give a folder for the label images.")
 
     bar = None

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, OutputError
+from .paths import check_path
 
 #: Suffix of temporary files (never an image suffix, so scans of a folder ignore them).
 PART_SUFFIX = ".part"
@@ -156,7 +157,7 @@ def output_error(err: OSError, path: str | Path) -> OutputError:
 
 def check_target(path: str | Path, *, overwrite: bool = False, what: str = "output") -> Path:
     """Refuse a target that is a folder, or that exists without ``overwrite``; returns it as a Path."""
-    path = Path(path)
+    path = check_path(path, what)
     if path.is_dir():
         raise InputError(f"The {what} '{path}' is a folder; give a file name.")
     if path.exists() and not overwrite:
@@ -178,7 +179,7 @@ def check_output_folder(folder: str | Path, needed_bytes: int = 0) -> Path:
         The folder cannot be created or written (read-only, no permission, a file in the way), or
         has less free space than ``needed_bytes`` (plus a 5 % margin).
     """
-    folder = Path(folder)
+    folder = check_path(folder, "output folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:

@@ -87,8 +87,10 @@ def download_needed(source: str) -> str | None:
     from .backbones import find_spec
 
     source = str(source)
-    path = Path(source).expanduser()
-    if path.exists():
+    try:
+        if Path(source).expanduser().exists():
+            return None
+    except OSError:  # e.g. a name too long for the file system: loading it gives the clear error
         return None
     spec = find_spec(source)
     hub_id = spec.hf_id if spec is not None else source

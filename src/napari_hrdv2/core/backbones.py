@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import InputError, WeightsNotFoundError
+from .paths import check_path
 
 if TYPE_CHECKING:
     from .vit import ViTParts
@@ -200,7 +201,7 @@ def _load_uncached(source: str, *, sha256: str | None) -> Backbone:
     if spec is not None and not looks_like_path(source):  # presets win over same-named folders
         folder = _download(spec.hf_id, spec)
         return _from_folder(folder, source=source, sha256=sha256, spec=spec)
-    path = Path(source).expanduser()
+    path = check_path(Path(source).expanduser(), "backbone")
     if path.is_dir():
         return _from_folder(path, source=source, sha256=sha256, spec=spec)
     if path.is_file():

@@ -22,6 +22,7 @@ from .atomic import check_output_folder
 from .config import FeatureConfig, check_same_features
 from .errors import HRDv2Error, InputError
 from .io import IMAGE_SUFFIXES, expand_inputs, planes, read_image, write_labels
+from .paths import check_path
 from .progress import Progress, run_steps, within
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -293,6 +294,8 @@ def _prepare(path: Path, outdir: str | Path | None, suffix: str, *, overwrite: b
     """Read one input and decide where its outputs go (or that it is skipped)."""
     from .lazy_io import is_lazy_path
 
+    for tag in (LABELS_TAG, *([UNCERTAINTY_TAG] if uncertainty else [])):  # names the file system can hold
+        check_path(output_path(path, outdir, suffix, tag), "output")
     lazy = is_lazy_path(path)
     if not (path.is_file() or (lazy and path.exists())):
         raise InputError(f"'{path}' does not exist or is not a file.")

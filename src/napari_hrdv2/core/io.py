@@ -77,7 +77,9 @@ def read_labels(path: str | Path) -> np.ndarray:
 
 
 def _existing_file(path: str | Path, what: str) -> Path:
-    path = Path(path)
+    from .paths import check_path
+
+    path = check_path(path, what.lower())
     if not path.exists():
         raise InputError(f"{what} '{path}' does not exist.")
     if not path.is_file():
@@ -177,9 +179,11 @@ def planes(image: np.ndarray) -> np.ndarray:
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """Files and the image files directly inside folders, sorted, duplicates removed."""
+    from .paths import check_path
+
     found: list[Path] = []
     for item in inputs:
-        path = Path(item)
+        path = check_path(item, "input")
         if path.is_dir():
             found.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
         else:

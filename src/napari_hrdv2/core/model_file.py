@@ -153,7 +153,9 @@ def load_model(path: str | Path, cls: type[LinearSegmenter] | None = None) -> Li
     """Read a model written by :func:`save_model`; raises :class:`ModelFileError` for anything else."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
+    from .paths import check_path
+
+    path = check_path(path, "model file", error=ModelFileError)
     if not path.is_file():
         raise ModelFileError(f"Model file '{path}' does not exist.")
     try:

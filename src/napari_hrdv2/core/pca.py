@@ -220,7 +220,9 @@ class PCABasis:
     @classmethod
     def load(cls, path: str | Path) -> PCABasis:
         """Read a basis written by :meth:`save`; a missing, foreign or corrupt file raises a clear error."""
-        path = Path(path)
+        from .paths import check_path
+
+        path = check_path(path, "PCA basis")
         if not path.is_file():
             raise InputError(f"PCA basis file '{path}' does not exist.")
         try:
