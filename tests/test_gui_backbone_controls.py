@@ -70,3 +70,102 @@ def test_facet_and_block_flow_into_compute_and_training(viewer, qtbot, tiny_conf
     assert set(np.unique(viewer.layers["tex segmentation"].data)) <= {1, 2}
     features._facet.value = "key"
     assert "Features dock" not in segmentation._model_status.value
+
+
+# ---------------------------------------------------------------------------------------------- downloads
+@pytest.fixture
+def online(monkeypatch):
+    """As if a network were there (the docks ask); a fake ``snapshot_download`` records the call and fails.
+
+    HF_HUB_OFFLINE stays set for the loader, so nothing can reach the network either way.
+    """
+    import huggingface_hub
+
+    from napari_hrdv2._widgets import _downloads
+
+    downloads = []
+
+    def fake_snapshot_download(repo_id, **_kwargs):
+        downloads.append(repo_id)
+        raise OSError("no network in the tests")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(_downloads, "hub_offline", lambda: False)
+    return downloads
+
+
+def answer(widget, yes: bool) -> list[str]:
+    asked = []
+    widget._session.downloads.ask = lambda repo, _parent=None: asked.append(repo) or yes
+    return asked
+
+
+def test_no_download_without_asking_and_no_cancels_cleanly(viewer, qtbot, online, notifications):
+    """Default state (the preset, not in the Hugging Face cache): Compute and Train ask; No starts nothing."""
+    image = viewer.add_image(two_texture_image()[0], name="tex")
+    features = dock(viewer, "HR-Dv2 Features")
+    segmentation = dock(viewer, "HR-Dv2 Segmentation")
+    asked = answer(features, yes=False)
+    assert features.compute(image) is None and not features.is_busy
+    assert asked == ["facebook/dinov2-small"] and online == [], "asked once, nothing downloaded"
+    assert "`hf download facebook/dinov2-small`" in features.status and "Select weights..." in features.help_text
+    assert any("hf download facebook/dinov2-small" in str(n.message) for n in notifications)
+    scribbles = segmentation.new_scribbles_layer(image)
+    paint(scribbles)
+    assert segmentation.train(image, scribbles) is None and not segmentation.is_busy
+    assert asked == ["facebook/dinov2-small"] * 2 and online == []
+    assert "hf download facebook/dinov2-small" in segmentation.status
+
+
+def test_yes_downloads_and_is_remembered(viewer, qtbot, online):
+    image = viewer.add_image(two_texture_image()[0], name="tex")
+    features = dock(viewer, "HR-Dv2 Features")
+    asked = answer(features, yes=True)
+    assert features.compute(image) is not None
+    wait_idle(qtbot, features)
+    assert asked == ["facebook/dinov2-small"] and online == ["facebook/dinov2-small"], "the download was tried"
+    assert "hf download facebook/dinov2-small" in features.help_text  # it failed (fake): what to do instead
+    features.compute(image)
+    wait_idle(qtbot, features)
+    assert asked == ["facebook/dinov2-small"] and len(online) == 2, "asked once per session"
+
+
+def test_loading_a_model_that_names_a_hub_repo_asks(viewer, qtbot, online, tmp_path):
+    import napari_hrdv2 as hr
+    from napari_hrdv2.core.segmenter import LinearSegmenter
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(4, 20, 20)).astype(np.float32)
+    labels = np.zeros((20, 20), np.uint8)
+    labels[:, :5], labels[:, -5:] = 1, 2
+    model = LinearSegmenter().fit(features, labels)
+    model.feature_config = hr.FeatureConfig(backbone="someone/dinov2-finetuned", shifts="none")
+    path = model.save(tmp_path / "hub.hrdv2")
+
+    image = viewer.add_image(two_texture_image()[0], name="tex")
+    segmentation = dock(viewer, "HR-Dv2 Segmentation")
+    asked = answer(segmentation, yes=False)
+    segmentation.load_model(path)
+    assert segmentation._session.segmenter is not None and asked == ["someone/dinov2-finetuned"]
+    assert "`hf download someone/dinov2-finetuned`" in segmentation.status and "retrain" in segmentation.status
+    assert segmentation.predict(image) is None and segmentation.predict_view(image) is None
+    assert asked == ["someone/dinov2-finetuned"] * 3 and online == [] and not segmentation.is_busy
+
+
+@pytest.mark.parametrize("button", ["Yes", "No"])
+def test_the_question_is_a_message_box_answered_no_by_default(qtbot, button):
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    from napari_hrdv2._widgets._downloads import ask_download
+
+    seen = []
+
+    def press() -> None:
+        box = QApplication.activeModalWidget()
+        seen.append((box.text(), box.defaultButton() is box.button(QMessageBox.StandardButton.No)))
+        box.button(getattr(QMessageBox.StandardButton, button)).click()
+
+    QTimer.singleShot(100, press)
+    assert ask_download("facebook/dinov2-small") is (button == "Yes")
+    assert "'facebook/dinov2-small' are not on this computer" in seen[0][0] and seen[0][1]

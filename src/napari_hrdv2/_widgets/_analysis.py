@@ -162,6 +162,9 @@ class AnalysisControls(Container):
         return layer, SourceGeometry.from_layer(layer), self._owner.settings
 
     def _start(self, job: Any, *args: Any, **kwargs: Any) -> GeneratorWorker | None:
+        config = next((arg for arg in args if isinstance(arg, FeatureConfig)), None)
+        if config is not None and not self._owner._may_download(config.backbone):
+            return None
         return self._owner._runner.start(job, *args, **kwargs)
 
     def _fail(self, err: HRDv2Error) -> None:

@@ -20,6 +20,7 @@ from ._common import (
     source_image_of,
     wrap_label,
 )
+from ._downloads import declined_message
 from ._runner import JobRunner
 
 #: Widest the docks ask to be (pixels); messages wrap instead of widening them.
@@ -41,6 +42,7 @@ class DockFrame:
     a help box, an Image box that follows the viewer's layers, and jobs cancelled when the dock closes."""
 
     _viewer: Any
+    _session: Any
     _image: ComboBox
     _runner: JobRunner
     _runners: list[JobRunner]
@@ -108,6 +110,20 @@ class DockFrame:
     @property
     def help_text(self) -> str:
         return "" if self._help.isHidden() else (self._help.toolTip() or self._help.text())
+
+    def _may_download(self, backbone: str, *, interactive: bool = True, for_model: bool = False) -> bool:
+        """Whether a job loading ``backbone`` may start: True unless it would download a Hugging Face repository
+        the user has not agreed to (asked here when ``interactive``). A refusal is explained in the dock."""
+        ok, repo = self._session.downloads.allowed(backbone, self.native, interactive=interactive)  # type: ignore[attr-defined]
+        if not ok and repo is not None:
+            message = declined_message(repo, for_model=for_model)
+            self._set_status(message)
+            self._show_help(message)
+            if interactive:
+                from napari.utils.notifications import show_info
+
+                show_info(f"HR-Dv2: {message}")
+        return ok
 
     def _show_progress(self, fraction: float, message: str, remaining: float | None) -> None:
         self._progress.show_progress(fraction, remaining, message)

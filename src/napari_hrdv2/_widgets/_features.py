@@ -454,6 +454,8 @@ class FeaturesWidget(DockFrame, Container):
         self._session.config = config
         self._select(layer)
         self._show_help(None)
+        if not self._may_download(config.backbone):
+            return None
         indices = geometry.plane_indices if all_planes else [current_plane(self._viewer, layer)]
         basis = self._session.pca_bases.get((geometry.name, config)) if geometry.is_stack else None
         return self._runner.start(
@@ -620,6 +622,8 @@ class FeaturesWidget(DockFrame, Container):
                 raise InputError(f"Pixel ({row}, {col}) lies outside the {height}x{width} image.")
         except HRDv2Error as err:
             notify_error(err)
+            return None
+        if not self._may_download(config.backbone):
             return None
         return self._runner.start(
             similarity_job,

@@ -482,6 +482,8 @@ class SegmentationWidget(DockFrame, Container):
         if not live:
             self._select(image_layer, labels_layer)
         self._show_help(None)
+        if not self._may_download(self._session.config.backbone, interactive=not live):
+            return None
         if predict_planes is not None:
             indices = list(predict_planes)
         else:
@@ -520,6 +522,8 @@ class SegmentationWidget(DockFrame, Container):
             self._report(err)
             return None
         self._select(image_layer)
+        if not self._may_download(self._session.prediction_config().backbone, for_model=True):
+            return None
         indices = geometry.plane_indices if all_planes else [current_plane(self._viewer, image_layer)]
         return self._runner.start(
             predict_job,
@@ -563,6 +567,8 @@ class SegmentationWidget(DockFrame, Container):
             self._report(err)
             return None
         self._select(image_layer)
+        if not self._may_download(self._session.prediction_config().backbone, for_model=True):
+            return None
         data = image_layer.data
         plane, is_stack = region.plane, geometry.is_stack
         if isinstance(data, np.ndarray):  # in memory: the worker gets a copy of the plane, not the layer's array
@@ -649,6 +655,8 @@ class SegmentationWidget(DockFrame, Container):
             self._session.config = merge_runtime(trained_with, self._session.config)
         self._session.segmenter = segmenter
         self._set_status(f"Model loaded from {Path(path).name}.")
+        if trained_with is not None:  # ask now (not in the middle of a later Predict) whether its backbone may download
+            self._may_download(trained_with.backbone, for_model=True)
         return segmenter
 
     def apply_to_folder(
@@ -664,6 +672,8 @@ class SegmentationWidget(DockFrame, Container):
                 raise InputError("Choose an output folder different from the input folder.")
         except HRDv2Error as err:
             self._report(err)
+            return None
+        if not self._may_download(self._session.prediction_config().backbone, for_model=True):
             return None
         return self._runner.start(
             folder_job,

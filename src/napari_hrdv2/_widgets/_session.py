@@ -9,6 +9,7 @@ from psygnal import Signal
 
 from .._workers import EncodingCache, merge_runtime, segmenter_config
 from ..core.config import FeatureConfig
+from ._downloads import DownloadGate
 
 #: Default feature settings of a new viewer session.
 DEFAULT_CONFIG = FeatureConfig()
@@ -23,6 +24,7 @@ class ViewerSession:
       not encoded again for training or prediction.
     - ``segmenter``: the last trained or loaded model; ``segmenter_changed`` is emitted with it.
     - ``backbone_info``: the model card of the last loaded backbone; ``backbone_changed`` is emitted.
+    - ``downloads``: the repositories the user agreed to download, and how the docks ask (``downloads.ask``).
     - ``encodings`` / ``pca_bases``: per source layer name and config, the planes encoded so far (backing
       the lazy "<image> features" layer) and the PCA basis (consistent colours across a stack).
     """
@@ -40,6 +42,7 @@ class ViewerSession:
         self.class_names: dict[int, str] = {}
         self.encodings: dict[tuple[str, FeatureConfig], dict[int, Any]] = {}
         self.pca_bases: dict[tuple[str, FeatureConfig], Any] = {}
+        self.downloads = DownloadGate()
 
     @property
     def config(self) -> FeatureConfig:
