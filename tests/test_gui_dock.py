@@ -203,3 +203,29 @@ def test_shortcuts_are_bound_and_listed(viewer):
     segmentation._bound_callbacks = None
     keymap = viewer.keymap
     assert any("Shift-T" in str(key) or "Shift+T" in str(key) for key in keymap), list(keymap)[:10]
+
+
+def test_shortcuts_act_when_the_dock_has_focus(make_napari_viewer_proxy, qtbot):
+    """The keys also work while the focus is inside the Segmentation dock (not only on the canvas)."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer_proxy(show=True)
+    viewer.add_image(two_texture_image()[0], name="tex")
+    segmentation = dock(viewer, "HR-Dv2 Segmentation")
+    scribbles = segmentation.new_scribbles_layer()
+    trained = []
+    segmentation._train_clicked = lambda *_: trained.append(True)  # the real Train is tested elsewhere
+    window = segmentation.native.window()
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=5000)
+    target = segmentation._live.native  # a check box inside the dock
+    target.setFocus()
+    qtbot.waitUntil(target.hasFocus, timeout=5000)
+    qtbot.keyClick(target, Qt.Key.Key_T, Qt.KeyboardModifier.ShiftModifier)
+    assert trained == [True]
+    qtbot.keyClick(target, Qt.Key.Key_3, Qt.KeyboardModifier.AltModifier)
+    assert scribbles.selected_label == 3
+    target.setFocus()
+    qtbot.keyClick(target, Qt.Key.Key_L, Qt.KeyboardModifier.ShiftModifier)
+    assert segmentation._live.value
+    segmentation._live.value = False

@@ -216,6 +216,8 @@ class CloseWatcher(QObject):
         window.installEventFilter(self)
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        if not hasattr(self, "_fire"):  # a bare wrapper while Qt tears the window down (shown windows): ignore
+            return False
         kind = event.type()
         if (
             kind in (QEvent.Type.Show, QEvent.Type.ParentChange)

@@ -22,7 +22,7 @@ from magicgui.widgets import (
     show_file_dialog,
 )
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 
 from .._layers import (
     SourceGeometry,
@@ -423,22 +423,37 @@ class SegmentationWidget(DockFrame, Container):
             tag["class_names"] = {str(k): v for k, v in names.items()}
             layer.metadata = {**layer.metadata, "napari_hrdv2": tag}
 
-    def _bind_keys(self) -> None:
-        """Shift+T train, Shift+P predict, Shift+L live, Alt+1..9 class (see :data:`SHORTCUTS`)."""
-        bindings = {
-            SHORTCUTS["train"]: lambda _viewer: self._train_clicked(),
-            SHORTCUTS["predict"]: lambda _viewer: self._predict_clicked(),
-            SHORTCUTS["live"]: lambda _viewer: setattr(self._live, "value", not self._live.value),
+    def _key_actions(self) -> dict[str, Any]:
+        """napari key name -> action of the dock's shortcuts (see :data:`SHORTCUTS` and :data:`CLASS_KEYS`)."""
+        actions = {
+            SHORTCUTS["train"]: lambda: self._train_clicked(),
+            SHORTCUTS["predict"]: lambda: self._predict_clicked(),
+            SHORTCUTS["live"]: lambda: setattr(self._live, "value", not self._live.value),
         }
         for digit, key in enumerate(CLASS_KEYS, start=1):
-            bindings[key] = partial(lambda _viewer, label: self._pick_class(label), label=digit)
+            actions[key] = partial(lambda label: self._pick_class(label), digit)
+        return actions
+
+    def _bind_keys(self) -> None:
+        """Shift+T train, Shift+P predict, Shift+L live, Alt+1..9 class (see :data:`SHORTCUTS`).
+
+        Bound twice: in the viewer's keymap (the canvas has focus) and as Qt shortcuts of the dock that act while
+        the focus is anywhere inside it (a text field keeps the keys it types).
+        """
+        from qtpy.QtGui import QKeySequence, QShortcut
+
         self._bound_keys = []
-        for key, callback in bindings.items():
+        self._dock_shortcuts = []
+        for key, action in self._key_actions().items():
             try:
-                self._viewer.bind_key(key, callback, overwrite=True)
+                self._viewer.bind_key(key, lambda _viewer, action=action: action(), overwrite=True)
                 self._bound_keys.append(key)
             except Exception:  # noqa: BLE001 - a key napari refuses stays unbound; the buttons still work
-                continue
+                pass
+            shortcut = QShortcut(QKeySequence(key.replace("-", "+")), self.native)
+            shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            shortcut.activated.connect(action)
+            self._dock_shortcuts.append(shortcut)
 
     def _unbind_keys(self) -> None:
         for key in getattr(self, "_bound_keys", []):
