@@ -147,10 +147,18 @@ def test_model_records_its_backbone_weights(trained, tiny_backbone):
     assert not same_weights(mine, mine * 1.1)
 
 
-def test_other_weights_of_the_same_width_are_refused(trained, tiny_backbone_registers, capsys, tmp_path):
-    """tiny-dinov2-reg has the width of tiny-dinov2 (128) but other weights: the model must not apply."""
+@pytest.fixture(scope="module")
+def other_weights(tmp_path_factory) -> str:
+    """A tiny DINOv2 of the same family and width (128) as tiny-dinov2, with other (random) weights."""
+    from napari_hrdv2.testing import save_random_dinov2
+
+    return str(save_random_dinov2(tmp_path_factory.mktemp("other") / "tiny-dinov2-seed1", seed=1))
+
+
+def test_other_weights_of_the_same_width_are_refused(trained, other_weights, capsys, tmp_path):
+    """Same family, same width (128), other weights: the model must not apply."""
     model_path, image = trained
-    code = main(["segment", str(image), "--model", str(model_path), "--backbone-path", tiny_backbone_registers,
+    code = main(["segment", str(image), "--model", str(model_path), "--backbone-path", other_weights,
                  "-o", str(tmp_path)])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "other backbone weights" in err[0]
@@ -158,9 +166,60 @@ def test_other_weights_of_the_same_width_are_refused(trained, tiny_backbone_regi
     model = LinearSegmenter.load(model_path)
     from napari_hrdv2.core.backbones import load_backbone
 
-    other = hr.Featurizer(model.feature_config, backbone=load_backbone(tiny_backbone_registers))
+    other = hr.Featurizer(model.feature_config, backbone=load_backbone(other_weights))
     with pytest.raises(InputError, match="other backbone weights"):
         model.predict(other.encode(tifffile.imread(image), with_attention=False))
+
+
+def test_model_records_its_backbone_family(trained, tiny_backbone_registers, tmp_path):
+    from napari_hrdv2.core.backbone_identity import backbone_family_of
+    from napari_hrdv2.core.backbones import load_backbone
+
+    model = LinearSegmenter.load(trained[0])
+    assert model.backbone_family_ == "dinov2"
+    with safe_open(str(trained[0]), framework="numpy") as handle:
+        assert handle.metadata()["backbone_family"] == "dinov2"
+    assert backbone_family_of(load_backbone(tiny_backbone_registers)) == "dinov2_reg"
+    featurizer = hr.Featurizer(model.feature_config.replace(backbone=tiny_backbone_registers))
+    encoding = featurizer.encode(tifffile.imread(trained[1]), with_attention=False)
+    assert encoding.backbone_family == "dinov2_reg"
+    labels = np.zeros(encoding.shape, np.uint8)
+    labels[:, :5], labels[:, -5:] = 1, 2
+    retrained = LinearSegmenter().fit(encoding, labels)
+    assert LinearSegmenter.load(retrained.save(tmp_path / "reg.hrdv2")).backbone_family_ == "dinov2_reg"
+
+
+def test_features_of_another_family_are_refused_naming_both(trained, tiny_dinov3, capsys, tmp_path):
+    """tiny-dinov3 has the width of tiny-dinov2 (128): the shapes fit, the family does not."""
+    from napari_hrdv2.core.backbones import load_backbone
+
+    model_path, image = trained
+    model = LinearSegmenter.load(model_path)
+    other = hr.Featurizer(model.feature_config, backbone=load_backbone(tiny_dinov3))
+    encoding = other.encode(tifffile.imread(image), with_attention=False)
+    assert encoding.backbone_family == "dinov3" and encoding.n_features == model.n_hr_features_
+    with pytest.raises(InputError, match=r"DINOv3 backbone.*trained on DINOv2 features"):
+        model.predict(encoding)
+    capsys.readouterr()  # (transformers' loading bars of the in-process load above)
+    code = main(["segment", str(image), "--model", str(model_path), "--backbone-path", tiny_dinov3,
+                 "-o", str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "DINOv3" in err[0] and "DINOv2" in err[0], err
+    assert not (tmp_path / "img_labels.tif").exists()
+    # The tile-by-tile path (huge images) checks the same way.
+    from napari_hrdv2.core.streaming import _weights
+
+    with pytest.raises(InputError, match="DINOv3"):
+        _weights(model, other)
+
+
+def test_model_files_without_a_family_still_load_and_apply(tmp_path, saved_model):
+    model = LinearSegmenter.load(crafted(tmp_path, saved_model))  # written without backbone_family
+    assert model.backbone_family_ is None
+    model.check_backbone_family("dinov3")  # unknown: not refused
+    assert "backbone_family" not in saved_model[1]
+    with pytest.raises(ModelFileError, match="backbone_family"):
+        LinearSegmenter.load(crafted(tmp_path, saved_model, meta={"backbone_family": "x" * 100}))
 
 
 def test_hugging_face_backbone_is_never_downloaded_silently(tmp_path, saved_model, capsys, monkeypatch):

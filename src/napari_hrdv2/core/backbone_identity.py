@@ -1,6 +1,7 @@
 """Which backbone weights a model was trained with, and whether loading a backbone would download it.
 
-A trained model records a *fingerprint* of its backbone's weights: a few values of every parameter
+A trained model records the *family* of its backbone (:func:`backbone_family_of`: DINOv2, DINOv2 with
+registers, DINOv3) and a *fingerprint* of its backbone's weights: a few values of every parameter
 tensor, taken at fixed positions (:func:`backbone_fingerprint`). Two backbones with the same width
 but other weights (``dinov2_vits14`` and ``dinov2_vits14_reg``, or two fine-tunes) give features of
 the same shape, so a model applied to the wrong one predicts silently wrong labels; comparing
@@ -71,6 +72,28 @@ def same_weights(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     if a.shape != b.shape:
         return False
     return bool(np.all(np.abs(a - b) <= _RTOL * np.maximum(np.abs(a), np.abs(b)) + 1e-6))
+
+
+def backbone_family_of(backbone: Any) -> str:
+    """The family of a loaded backbone: ``"dinov2"``, ``"dinov2_reg"`` or ``"dinov3"`` (keys of ``registry.FAMILIES``).
+
+    Derived from the loaded model (its architecture and register tokens), not from its name, so a
+    folder, a ``.pth`` file and a preset of one family agree.
+    """
+    family = str(getattr(backbone, "family", "dinov2") or "dinov2")
+    if family == "dinov2" and int(getattr(backbone, "num_registers", 0) or 0) > 0:
+        return "dinov2_reg"
+    return family
+
+
+def family_title(family: str | None) -> str:
+    """A family's name for messages (``"dinov2_reg"`` -> ``"DINOv2 with registers"``)."""
+    from .registry import FAMILIES
+
+    if family is None:
+        return "unknown"
+    known = FAMILIES.get(family)
+    return known.name if known is not None else family
 
 
 def _looks_like_hub_id(text: str) -> bool:

@@ -369,8 +369,12 @@ def _per_file_reason(err: Exception) -> str:
 
 
 def _check_backbone(featurizer: Featurizer, segmenter: Any) -> None:
-    """Load the backbone (errors stop the batch); check it gives the features (width, weights) the model expects."""
+    """Load the backbone (errors stop the batch); check it gives the features (family, width, weights) the model expects."""
     backbone = featurizer.backbone
+    check = getattr(segmenter, "check_backbone", None)
+    if check is not None:
+        check(backbone)
+        return
     expected = getattr(segmenter, "n_hr_features_", None)
     if expected is not None and int(backbone.embed_dim) != int(expected):
         raise InputError(

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbone_identity import backbone_fingerprint
+from .backbone_identity import backbone_family_of, backbone_fingerprint
 from .backbones import Backbone, load_backbone
 from .config import FeatureConfig
 from .devices import choose_dtype, empty_cache, is_out_of_memory, resolve_device, resolve_storage_dtype
@@ -181,6 +181,8 @@ class Encoding:
         self.image = image
         #: Fingerprint of the backbone weights (:mod:`.backbone_identity`); None if unknown.
         self.backbone_fingerprint: np.ndarray | None = None
+        #: Family of the backbone ("dinov2", "dinov2_reg", "dinov3"; :func:`.backbone_identity.backbone_family_of`).
+        self.backbone_family: str | None = None
         self._norm: np.ndarray | None = None
 
     # ------------------------------------------------------------ properties
@@ -583,6 +585,7 @@ class Featurizer:
 
         single_crop = crop_of(tiles[0]) if len(tiles) == 1 else None
         fingerprint = backbone_fingerprint(backbone.model)
+        family = backbone_family_of(backbone)
 
         def encoding_of(n_done: int) -> Encoding:
             done_transforms = transforms[:n_done]
@@ -602,6 +605,7 @@ class Featurizer:
                 image=np.asarray(image),
             )
             encoding.backbone_fingerprint = fingerprint
+            encoding.backbone_family = family
             return encoding
 
         done = n_done = 0

@@ -9,7 +9,9 @@ metadata (strings)
     ``format`` = :data:`FORMAT_NAME`, ``format_version``, ``params`` (JSON of
     ``LinearSegmenter.get_params()``), ``feature_config`` (JSON of ``FeatureConfig.to_dict()`` or
     ``null``), ``n_hr_features``, ``summary`` (JSON of the :class:`TrainingSummary` or ``null``),
-    optional ``class_names`` (JSON ``{"label": "name"}``; files without it load with no names).
+    optional ``class_names`` (JSON ``{"label": "name"}``; files without it load with no names),
+    optional ``backbone_weights`` (hash of the ``backbone_fingerprint`` tensor) and ``backbone_family``
+    (``dinov2``, ``dinov2_reg``, ``dinov3``); files without them load and are not checked for them.
 
 :func:`model_to_contents` / :func:`model_from_contents` are the (de)serialisation;
 :func:`save_model` / :func:`load_model` add the file handling.
@@ -18,6 +20,7 @@ metadata (strings)
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,6 +63,9 @@ def model_to_contents(model: LinearSegmenter) -> tuple[dict[str, np.ndarray], di
 
         tensors["backbone_fingerprint"] = np.ascontiguousarray(fingerprint, dtype=np.float32)
         meta["backbone_weights"] = fingerprint_hash(fingerprint)
+    family = getattr(model, "backbone_family_", None)
+    if family is not None:
+        meta["backbone_family"] = str(family)
     return tensors, meta
 
 
@@ -95,6 +101,10 @@ def model_from_contents(
         model.classes_ = np.asarray(tensors["classes"], dtype=np.int64)
         model.n_hr_features_ = int(meta["n_hr_features"])
         model.class_names = {int(k): str(v) for k, v in json.loads(meta.get("class_names", "{}")).items()}
+        family = meta.get("backbone_family")  # optional: files written before it was recorded have none
+        if family is not None and re.fullmatch(r"[a-z0-9_]{1,32}", family) is None:
+            raise ValueError(f"backbone_family {family[:40]!r}")
+        model.backbone_family_ = family
         summary = json.loads(meta.get("summary", "null"))
         if summary:
             summary["pixels_per_class"] = {int(k): v for k, v in summary["pixels_per_class"].items()}

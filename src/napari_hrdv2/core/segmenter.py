@@ -152,6 +152,8 @@ class LinearSegmenter:
         self.n_hr_features_: int | None = None
         #: Fingerprint of the backbone weights the model was trained with (:mod:`.backbone_identity`).
         self.backbone_fingerprint_: np.ndarray | None = None
+        #: Family of that backbone ("dinov2", "dinov2_reg", "dinov3"); None if unknown (old model files).
+        self.backbone_family_: str | None = None
         self.summary_: TrainingSummary | None = None
         #: Optional names of the classes (label -> name), saved in the model file and used for exported metadata.
         self.class_names: dict[int, str] = {}
@@ -289,6 +291,8 @@ class LinearSegmenter:
         self.n_hr_features_ = self.coef_.shape[1] - self.n_classical
         fingerprints = [getattr(s, "backbone_fingerprint", None) for s in sources if _is_encoding(s)]
         self.backbone_fingerprint_ = next((f for f in fingerprints if f is not None), None)
+        families = [getattr(s, "backbone_family", None) for s in sources if _is_encoding(s)]
+        self.backbone_family_ = next((f for f in families if f is not None), None)
         self.summary_ = TrainingSummary(
             n_images=len(sources),
             pixels_per_class=counts,
@@ -324,6 +328,40 @@ class LinearSegmenter:
         if self.feature_config is not None and config is not None:
             check_same_features(self.feature_config, config)
 
+    def check_backbone_family(self, family: str | None, *, source: str | None = None) -> None:
+        """Raise :class:`InputError` if ``family`` (of the backbone of some features) is not the model's.
+
+        A DINOv2 and a DINOv3 backbone of the same width give features of the same shape that mean
+        different things. Unknown families (old model files, plain arrays) pass.
+        """
+        if family is None or self.backbone_family_ is None or family == self.backbone_family_:
+            return
+        from .backbone_identity import family_title
+
+        trained = self.feature_config.backbone if self.feature_config is not None else "?"
+        where = f" ('{source}')" if source else ""
+        raise InputError(
+            f"These features come from a {family_title(family)} backbone{where}, but the model was trained on "
+            f"{family_title(self.backbone_family_)} features ('{trained}'): use a {family_title(self.backbone_family_)} "
+            "backbone (the one the model was trained with), or retrain the model."
+        )
+
+    def check_backbone(self, backbone: Any) -> None:
+        """Raise :class:`InputError` if a loaded ``backbone`` cannot give the features the model was trained on:
+        another family, another width or other weights (:meth:`check_backbone_family`, :meth:`check_backbone_weights`).
+        """
+        from .backbone_identity import backbone_family_of, backbone_fingerprint
+
+        self._check_fitted()
+        self.check_backbone_family(backbone_family_of(backbone), source=str(backbone.source))
+        expected = self.n_hr_features_
+        if expected is not None and int(backbone.embed_dim) != int(expected):
+            raise InputError(
+                f"The backbone '{backbone.source}' gives {backbone.embed_dim} features per pixel but the model was "
+                f"trained on {expected}: use the backbone the model was trained with."
+            )
+        self.check_backbone_weights(backbone_fingerprint(backbone.model))
+
     def check_backbone_weights(self, fingerprint: np.ndarray | None) -> None:
         """Raise :class:`InputError` if ``fingerprint`` (of a backbone) is not the one the model was trained with.
 
@@ -345,6 +383,7 @@ class LinearSegmenter:
         self._check_fitted()
         if _is_encoding(features):
             self.check_compatible_config(getattr(features, "config", None))
+            self.check_backbone_family(getattr(features, "backbone_family", None))
             self.check_backbone_weights(getattr(features, "backbone_fingerprint", None))
         n = self._n_features_of(features)
         if n != self.coef_.shape[1]:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .backbone_identity import backbone_family_of, backbone_fingerprint
 from .config import FeatureConfig
 from .errors import InputError
 from .lazy_io import IntensityRange, LazyPlane, ZarrOutput, intensity_range, lazy_planes, open_lazy
@@ -255,12 +256,7 @@ def _featurizer_for(segmenter: LinearSegmenter, featurizer: Featurizer | Feature
 
 
 def _weights(segmenter: LinearSegmenter, featurizer: Featurizer) -> tuple[np.ndarray, np.ndarray]:
-    expected = segmenter.n_hr_features_
-    if expected is not None and int(featurizer.backbone.embed_dim) != int(expected):
-        raise InputError(
-            f"The backbone gives {featurizer.backbone.embed_dim} features per pixel but the model was trained on "
-            f"{expected}: use the backbone the model was trained with."
-        )
+    segmenter.check_backbone(featurizer.backbone)  # family, width and weights the model was trained on
     return segmenter.coef_, segmenter.intercept_
 
 
@@ -608,14 +604,15 @@ def iter_encode_labelled(
             )
             tile_maps.append(encoding.tiles[0])
             done += encoder.n_transforms
-        encodings.append(
-            Encoding(
-                config=featurizer.config,
-                image_shape=(bottom - top, right - left),
-                tiles=tile_maps,
-                transforms=featurizer.config.transforms,
-            )
+        encoding = Encoding(
+            config=featurizer.config,
+            image_shape=(bottom - top, right - left),
+            tiles=tile_maps,
+            transforms=featurizer.config.transforms,
         )
+        encoding.backbone_fingerprint = backbone_fingerprint(featurizer.backbone.model)
+        encoding.backbone_family = backbone_family_of(featurizer.backbone)
+        encodings.append(encoding)
         crops.append(np.asarray(labels_array[top:bottom, left:right]))
     return encodings, crops
 
