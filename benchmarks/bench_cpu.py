@@ -417,9 +417,92 @@ def section_latency(backbone: str, repeats: int, variants: dict[str, dict]) -> N
     )
 
 
+# ---------------------------------------------------------------- compile: other per-forward CPU savings
+
+
+def _normalised_crop_two_steps(source: object, mean: object, std: object) -> object:
+    """The encoder's tile copy as it is: slice, grey -> 3 channels, permute, then ``(x - mean) / std``."""
+    part = source[:518, :518].unsqueeze(-1).expand(-1, -1, 3)
+    return (part.permute(2, 0, 1) - mean) / std
+
+
+def _normalised_crop_fused(source: object, scale: object, offset: object) -> object:
+    """The same values from one fused multiply-add into a fresh (3, 518, 518) buffer: ``x * (1/std) - mean/std``."""
+    import torch
+
+    part = source[:518, :518].unsqueeze(0).expand(3, -1, -1)
+    return torch.addcmul(offset, part, scale)
+
+
+def section_compile(backbone: str, repeats: int) -> None:
+    """One ViT forward at 518 x 518 (float32, attention included, as the encoder runs it), eager vs variants."""
+    import torch
+
+    from napari_hrdv2.core.backbones import load_backbone
+    from napari_hrdv2.core.vit import forward_tokens
+
+    model = load_backbone(backbone, device=torch.device("cpu"), dtype=torch.float32)
+    pixels = torch.randn(1, 3, 518, 518, generator=torch.Generator().manual_seed(0))
+    pixels_last = pixels.contiguous(memory_format=torch.channels_last)
+
+    def eager() -> object:
+        return forward_tokens(model, pixels)
+
+    def channels_last() -> object:
+        return forward_tokens(model, pixels_last)
+
+    runs: dict[str, Callable[[], object]] = {"eager (as encode runs it)": eager, "channels-last input": channels_last}
+    notes = []
+    with torch.inference_mode():
+        reference = eager()[0]
+        compiled = torch.compile(lambda p: forward_tokens(model, p))
+        try:
+            warm_up, result = timed(lambda: compiled(pixels))
+            difference = float((result[0] - reference).abs().max())
+            runs["torch.compile (inductor), after warm-up"] = lambda: compiled(pixels)
+            notes.append(f"torch.compile warm-up (first call) {warm_up:.1f} s; max |compiled - eager| = "
+                         f"{difference:.2e} (max |token| {float(reference.abs().max()):.2f}); {load_text()}")  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - report any inductor failure
+            notes.append(f"torch.compile failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for fn in runs.values():
+            fn()
+        for _ in range(repeats):  # interleaved: every variant sees the same contention
+            for name, fn in runs.items():
+                times[name].append(timed(fn)[0])
+
+        image = torch.rand(1024, 1024, generator=torch.Generator().manual_seed(0))
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+        scale, offset = 1 / std, -mean / std
+        copies = {
+            "tile copy + normalisation, two steps (as now)": lambda: _normalised_crop_two_steps(image, mean, std),
+            "tile copy + normalisation fused (one addcmul)": lambda: _normalised_crop_fused(image, scale, offset),
+        }
+        copy_difference = float((copies_two := _normalised_crop_two_steps(image, mean, std)).sub(
+            _normalised_crop_fused(image, scale, offset)).abs().max())  # fmt: skip
+        del copies_two
+        copy_times: dict[str, list[float]] = {name: [] for name in copies}
+        for _ in range(20):
+            for name, fn in copies.items():
+                copy_times[name].append(timed(fn)[0])
+    base = median(times["eager (as encode runs it)"])
+    rows = [[name, median(values), min(values), median(values) / base, load_text()] for name, values in times.items()]
+    rows += [[name, median(values), min(values), median(values) / base, load_text()]
+             for name, values in copy_times.items()]  # fmt: skip
+    print_table(
+        rows,
+        ["one ViT-S/14 forward 518x518, float32", "median s", "min s", "x eager forward", "load"],
+        title=f"(compile) per-forward CPU time, interleaved, {repeats} repeats (copies: 20)",
+    )
+    for note in notes:
+        print(note)
+    print(f"max |fused - two-step| normalised tile: {copy_difference:.2e}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="a,b,c", help="comma-separated sections: a, b, c, threads")
+    parser.add_argument("--only", default="a,b,c", help="comma-separated sections: a, b, c, threads, compile")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--size", type=int, default=1024, help="image side of section a")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048], help="image sides of section b")
@@ -453,6 +536,8 @@ def main(argv: list[str] | None = None) -> None:
                 },
             },
         )
+    if "compile" in sections:
+        section_compile(backbone, args.repeats or 5)
     if "threads" in sections:
         section_latency(
             backbone,

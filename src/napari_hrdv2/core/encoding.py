@@ -77,10 +77,26 @@ class TileMaps:
     col_taps: list[AxisTaps]  # per transform, length tile.width, weights include blending
     _plan: tuple[torch.Tensor, list[tuple[list[int], torch.Tensor]]] | None = field(default=None, repr=False)
 
-    def token_rows(self) -> torch.Tensor:
-        """The maps as a (K * h * w, C) float32 matrix, one token per row (for sparse sampling)."""
-        channels = self.maps.shape[1]
-        return self.maps.permute(0, 2, 3, 1).reshape(-1, channels).float()
+    def token_rows(self, tokens: np.ndarray | None = None) -> torch.Tensor:
+        """The maps as a (K * h * w, C) float32 matrix, one token per row (for sparse sampling).
+
+        ``tokens`` (M,) ascending int: only those rows (flat indices ``k * h * w + row * w + col``), (M, C);
+        gathered per map before the conversion to float32, so a few labelled pixels do not convert the whole tile.
+        """
+        n_transforms, channels, grid_h, grid_w = self.maps.shape
+        if tokens is None:
+            return self.maps.permute(0, 2, 3, 1).reshape(-1, channels).float()
+        per_map = grid_h * grid_w
+        flat = self.maps.view(n_transforms, channels, per_map)
+        bounds = np.searchsorted(tokens, np.arange(n_transforms + 1) * per_map)  # tokens ascending: one run per map
+        parts = [
+            flat[k].index_select(1, torch.as_tensor(tokens[start:stop] - k * per_map, device=self.maps.device)).T
+            for k, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:]))
+            if stop > start
+        ]
+        if not parts:
+            return torch.empty((0, channels), dtype=torch.float32, device=self.maps.device)
+        return torch.cat(parts).float()
 
     def reconstruction_plan(self) -> tuple[torch.Tensor, list[tuple[list[int], torch.Tensor]]]:
         """Row operator and per-group column operators for the reconstruction, built once per tile.
@@ -130,8 +146,14 @@ def _stacked_taps(taps: list[AxisTaps], positions: np.ndarray) -> tuple[np.ndarr
     return index, weight
 
 
-def _sampling_matrix(tile_maps: TileMaps, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
-    """Sparse CSR (N, K * h * w) matrix; its product with :meth:`TileMaps.token_rows` gives HR features at pixels."""
+def _sampling_matrix(
+    tile_maps: TileMaps, rows: np.ndarray, cols: np.ndarray, *, compact: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
+    """Sparse CSR (N, K * h * w) matrix; its product with :meth:`TileMaps.token_rows` gives HR features at pixels.
+
+    ``compact=True`` returns ``(matrix, used)`` instead: the matrix has one column per token the pixels use,
+    ``used`` (M,) ascending flat token indices, and ``matrix @ token_rows(used)`` gives the same features.
+    """
     n_transforms, _, grid_h, grid_w = tile_maps.maps.shape
     row_index, row_weight = _stacked_taps(tile_maps.row_taps, rows)
     col_index, col_weight = _stacked_taps(tile_maps.col_taps, cols)
@@ -143,6 +165,13 @@ def _sampling_matrix(tile_maps: TileMaps, rows: np.ndarray, cols: np.ndarray) ->
     tokens = ((offsets + row_index[:, :, None, :]) * grid_w + col_index[:, None, :, :]).reshape(-1, rows.size).T
     weights = (row_weight[:, :, None, :] * col_weight[:, None, :, :]).reshape(-1, rows.size).T
     per_pixel = tokens.shape[1]
+    n_columns = n_transforms * grid_h * grid_w
+    if compact:  # renumber the used tokens 0..M-1 in ascending order (a mask, no sort)
+        is_used = np.zeros(n_columns, dtype=bool)
+        is_used[tokens] = True
+        used = np.flatnonzero(is_used)
+        tokens = (np.cumsum(is_used) - 1)[tokens]
+        n_columns = used.size
     crow = torch.arange(0, rows.size * per_pixel + 1, per_pixel, dtype=torch.int64)
     with warnings.catch_warnings():  # torch flags sparse CSR as beta; it is exact and tested here
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -150,10 +179,11 @@ def _sampling_matrix(tile_maps: TileMaps, rows: np.ndarray, cols: np.ndarray) ->
             crow,
             torch.from_numpy(np.ascontiguousarray(tokens)),
             torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
-            size=(rows.size, n_transforms * grid_h * grid_w),
+            size=(rows.size, n_columns),
             check_invariants=False,
         )
-    return matrix if tile_maps.maps.device.type == "mps" else matrix.to(tile_maps.maps.device)
+    matrix = matrix if tile_maps.maps.device.type == "mps" else matrix.to(tile_maps.maps.device)
+    return (matrix, used) if compact else matrix
 
 
 class Encoding:
@@ -369,8 +399,10 @@ class Encoding:
             if inside.size:
                 # Row-major pixel order lets neighbouring pixels reuse the same tokens from cache.
                 inside = inside[np.lexsort((cols[inside], rows[inside]))]
-                taps = _sampling_matrix(tile_maps, rows[inside] - tile.top, cols[inside] - tile.left)
-                tokens = tile_maps.token_rows()
+                taps, used = _sampling_matrix(
+                    tile_maps, rows[inside] - tile.top, cols[inside] - tile.left, compact=True
+                )
+                tokens = tile_maps.token_rows(used)
                 if self.device.type == "mps":  # no sparse CSR kernels on MPS: sample on the CPU
                     taps, tokens = taps.cpu(), tokens.cpu()
                 values = torch.sparse.mm(taps, tokens).to(self.device)

@@ -91,9 +91,11 @@ class LinearSegmenter:
         Gaussian scales of the classical filters (hybrid only).
     max_pixels_per_class : int
         Training uses at most this many labelled pixels per class (a seeded random
-        subset); more add time, not accuracy.
+        subset); more add time, not accuracy (``benchmarks/bench_cpu.py --only solver``:
+        5000 instead of 10000 halves the fit, same accuracy within the spread of the seed).
     max_iter : int
-        L-BFGS iterations.
+        L-BFGS iterations at most (fewer once the gradient is below
+        :data:`~.solver.GRADIENT_TOLERANCE`; see :func:`~.solver.fit_logistic`).
     majority_size, min_object_size : int
         Optional clean-up of :meth:`predict` (see :func:`clean_labels`); 0 = off.
     warm_start : bool
@@ -121,7 +123,7 @@ class LinearSegmenter:
         class_balanced: bool = True,
         hybrid: bool = False,
         classical_sigmas: Sequence[float] = DEFAULT_SIGMAS,
-        max_pixels_per_class: int = 10_000,
+        max_pixels_per_class: int = 5_000,
         max_iter: int = 100,
         majority_size: int = 0,
         min_object_size: int = 0,
