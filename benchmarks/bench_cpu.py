@@ -328,11 +328,19 @@ class LatencyWorker:
     """A fresh interpreter (own environment, own thread settings) that times fit + predict on request."""
 
     def __init__(
-        self, backbone: str, *, threads: int | None = None, adaptive: bool = False, env: dict[str, str] | None = None
+        self,
+        backbone: str,
+        *,
+        threads: int | None = None,
+        adaptive: bool = False,
+        env: dict[str, str] | None = None,
+        src: str | None = None,
     ):
         code = _LATENCY_CHILD.format(bench=str(Path(__file__).resolve().parent))
         child_env = {**os.environ, **(env or {})}
-        child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_SRC), child_env.get("PYTHONPATH", "")]))
+        # ``src``: another checkout's src folder (e.g. the code before a change), imported instead of this one.
+        first = [src] if src else [str(REPO_SRC)]
+        child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [*first, child_env.get("PYTHONPATH", "")]))
         spec = json.dumps({"backbone": backbone, "threads": threads, "adaptive": adaptive})
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, spec],
@@ -500,14 +508,124 @@ def section_compile(backbone: str, repeats: int) -> None:
     print(f"max |fused - two-step| normalised tile: {copy_difference:.2e}")
 
 
+# ---------------------------------------------------------------- solver: where a retrain's time goes
+
+
+def _sample_all_tokens(encoding: hr.Encoding, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``Encoding.sample`` as it was before the compact token gather: every tile's maps converted to float32."""
+    import torch
+
+    from napari_hrdv2.core.encoding import _sampling_matrix
+
+    out = torch.zeros((rows.size, encoding.n_features))
+    for tile_maps in encoding.tiles:
+        tile = tile_maps.tile
+        inside = np.flatnonzero(
+            (rows >= tile.top) & (rows < tile.top + tile.height) & (cols >= tile.left) & (cols < tile.left + tile.width)
+        )
+        if inside.size:
+            inside = inside[np.lexsort((cols[inside], rows[inside]))]
+            taps = _sampling_matrix(tile_maps, rows[inside] - tile.top, cols[inside] - tile.left)
+            out[torch.as_tensor(inside)] += torch.sparse.mm(taps, tile_maps.token_rows())
+    return out.numpy()
+
+
+def section_solver(backbone: str, repeats: int) -> None:
+    """Retrain + predict of bench (c), step by step, with the previous and the current settings, in one process.
+
+    Previous: every tile's maps converted for ``sample``, 10000 px per class, L-BFGS from zero for 100
+    iterations (stop at max |grad| <= 1e-6, never reached). Current: compact token gather, 5000 px per class,
+    coarse start on 1/8 of the rows, stop at max |grad| <= 1e-5. Quality: pixels of the 1022 x 1022 label
+    image that differ from the exact minimum of the same objective (float64 L-BFGS to max |grad| <= 1e-9),
+    and accuracy on the unlabelled pixels against the ground truth (random-init weights: ranks only).
+    """
+    import torch
+
+    from napari_hrdv2.core.labels import labelled_classes, training_pixels
+    from napari_hrdv2.core.solver import class_weights, fit_logistic, fold_scaler, standardize
+
+    image, truth = micrograph()
+    image, truth = image[:1022, :1022], truth[:1022, :1022]
+    encoding = cached_encoding(image, hr.FeatureConfig(backbone=backbone, device="cpu"))
+    labels = latency_labels(truth)
+    classes = labelled_classes([labels])
+    settings = {
+        "previous (10000 px/class, cold L-BFGS 100 it, all tokens)": (10_000, False, 1e-6, _sample_all_tokens),
+        "current (5000 px/class, coarse start, tol 1e-5, used tokens)": (
+            5_000, True, 1e-5, lambda e, r, c: e.sample(r, c),
+        ),
+    }  # fmt: skip
+    steps = ["sample", "standardize", "fit", "predict"]
+    times: dict[str, dict[str, list[float]]] = {name: {step: [] for step in steps} for name in settings}
+    results: dict[str, tuple] = {}
+    for repeat in range(repeats + 1):  # the first round is a warm-up, not timed
+        for name, (cap, coarse, tolerance, sampler) in settings.items():
+            _, picked = training_pixels([labels], classes, max_per_class=cap, seed=0)
+            rows = np.concatenate([p[1] for p in picked])
+            cols = np.concatenate([p[2] for p in picked])
+            y = torch.from_numpy(np.concatenate([p[3] for p in picked]))
+            t_sample, x = timed(lambda r=rows, c=cols, f=sampler: torch.from_numpy(f(encoding, r, c)))
+            t_scale, (z, mean, std) = timed(lambda x=x: standardize(x))
+            weight = class_weights(y, classes.size, balanced=True)
+            t_fit, (w, b, iterations, loss) = timed(
+                lambda z=z, y=y, weight=weight, c=coarse, t=tolerance: fit_logistic(
+                    z, y, weight, l2=1e-3, max_iter=100, coarse_start=c, tolerance=t
+                )
+            )
+            coef, intercept = fold_scaler(w, b, mean, std)
+            t_predict, logits = timed(lambda c=coef, i=intercept: encoding.project(c.numpy(), i.numpy()))
+            if repeat:
+                for step, seconds in zip(steps, (t_sample, t_scale, t_fit, t_predict)):
+                    times[name][step].append(seconds)
+            results[name] = (z, y, weight, mean, std, logits.argmax(0), iterations, loss, len(y))
+    rows_out = []
+    for name, (z, y, weight, mean, std, predicted, iterations, loss, n_rows) in results.items():
+        exact_w, exact_b, _, exact_loss = fit_logistic(
+            z.double(), y, weight.double(), l2=1e-3, max_iter=2000, coarse_start=False, tolerance=1e-9
+        )
+        coef, intercept = fold_scaler(exact_w, exact_b, mean.double(), std.double())
+        exact = encoding.project(coef.float().numpy(), intercept.float().numpy()).argmax(0)
+        unlabelled = labels == 0
+        medians = [median(times[name][step]) for step in steps]
+        rows_out.append([name, n_rows, *medians, sum(medians), iterations, f"{loss - exact_loss:.1e}",
+                         f"{np.mean(predicted != exact):.1e}", f"{np.mean(((predicted + 1) == truth)[unlabelled]):.4f}",
+                         f"{np.mean(((exact + 1) == truth)[unlabelled]):.4f}", load_text()])  # fmt: skip
+    print_table(
+        rows_out,
+        [
+            "settings",
+            "rows",
+            "sample s",
+            "standardize s",
+            "fit s",
+            "predict s",
+            "total s",
+            "iterations (all rows)",
+            "loss - exact minimum",
+            "label pixels != exact minimum",
+            "accuracy (unlabelled)",
+            "accuracy of the exact",
+            "load",
+        ],  # fmt: skip
+        title=f"(solver) retrain + predict 1022x1022, ~50k labelled px, torch threads {torch.get_num_threads()}, "
+        f"median of {repeats} interleaved",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="a,b,c", help="comma-separated sections: a, b, c, threads, compile")
+    parser.add_argument("--only", default="a,b,c", help="comma-separated sections: a, b, c, threads, compile, solver")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--size", type=int, default=1024, help="image side of section a")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048], help="image sides of section b")
     parser.add_argument("--with-bfloat16", action="store_true", help="a: also encode in bfloat16 where not native")
     parser.add_argument("--backbone", default=None, help="backbone (default: random-init ViT-S/14)")
+    parser.add_argument(
+        "--old-src",
+        default=None,
+        help="c: compare with another checkout's src folder (e.g. `git archive <commit> src | tar -x -C /tmp/old`, "
+        "then /tmp/old/src), interleaved in the same run",
+    )
     args = parser.parse_args(argv)
     backbone, random_weights = backbone_or_random(args.backbone)
     sections = set(args.only.split(","))
@@ -525,17 +643,19 @@ def main(argv: list[str] | None = None) -> None:
     if "b" in sections:
         section_end_to_end(backbone, args.sizes, per_class=1000, forward_samples=5, done=done)
     if "c" in sections:
-        section_latency(
-            backbone,
-            args.repeats or 5,
-            {
-                f"torch's default ({torch_threads} threads, OMP_WAIT_POLICY unset: spinning waits)": {},
-                "napari process: OMP_WAIT_POLICY=PASSIVE + interactive_threads()": {
-                    "adaptive": True,
-                    "env": {"OMP_WAIT_POLICY": "PASSIVE"},
-                },
-            },
-        )
+        napari_process = {"adaptive": True, "env": {"OMP_WAIT_POLICY": "PASSIVE"}}
+        variants: dict[str, dict] = {
+            f"torch's default ({torch_threads} threads, OMP_WAIT_POLICY unset: spinning waits)": {},
+            "napari process: OMP_WAIT_POLICY=PASSIVE + interactive_threads()": napari_process,
+        }
+        if args.old_src:
+            variants = {
+                f"old code ({args.old_src}), napari process settings": {**napari_process, "src": args.old_src},
+                "this code, napari process settings": napari_process,
+            }
+        section_latency(backbone, args.repeats or 5, variants)
+    if "solver" in sections:
+        section_solver(backbone, args.repeats or 5)
     if "compile" in sections:
         section_compile(backbone, args.repeats or 5)
     if "threads" in sections:

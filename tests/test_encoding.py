@@ -126,6 +126,30 @@ def test_sample_and_channel_subset_equal_indexing(tiny_backbone, odd_image):
         encoding.sample([45], [0])
 
 
+def test_sample_gathers_only_used_tokens_with_the_same_values(tiny_backbone, odd_image):
+    """The compact sampling matrix times the used tokens equals the full matrix times every token, bit for bit.
+
+    Two tiles, so pixels in the overlap add up; pixels cluster in one corner, so most tokens are unused.
+    Mutation killed: renumbering the used tokens out of order (wrong features, same shapes).
+    """
+    from napari_hrdv2.core.encoding import _sampling_matrix
+
+    config = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shift_distances=(3,), tile_size=42, tile_overlap=14)
+    encoding = hr.Featurizer(config).encode(odd_image)
+    tile_maps = encoding.tiles[0]
+    rng = np.random.default_rng(5)
+    rows, cols = rng.integers(0, 10, 300), rng.integers(0, 12, 300)
+    full = torch.sparse.mm(_sampling_matrix(tile_maps, rows, cols), tile_maps.token_rows())
+    compact, used = _sampling_matrix(tile_maps, rows, cols, compact=True)
+    assert used.size < 0.7 * tile_maps.token_rows().shape[0]
+    torch.testing.assert_close(
+        tile_maps.token_rows(used), tile_maps.token_rows()[torch.from_numpy(used)], rtol=0, atol=0
+    )
+    torch.testing.assert_close(torch.sparse.mm(compact, tile_maps.token_rows(used)), full, rtol=0, atol=0)
+    assert len(encoding.tiles) > 1
+    np.testing.assert_allclose(encoding.sample(rows, cols), encoding.features()[:, rows, cols].T, atol=1e-5)
+
+
 def test_attention_equals_eager_attention(tiny_backbone_registers):
     """Our cheap CLS row (sdpa model + q/k hooks) equals transformers' eager attention probabilities."""
     from transformers import AutoModel

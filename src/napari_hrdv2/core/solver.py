@@ -109,6 +109,8 @@ def _lbfgs(
         theta[n_classes * n_dims :] = start[1]
     theta.requires_grad_(True)
     column_weight = sample_weight[:, None]
+    sample_weight_64 = sample_weight.double()
+    y_column = y[:, None]
     z = z.contiguous()
     # The gradient's (n_classes, N) @ (N, D) product is much faster on the CPU as a batch of 512-row blocks
     # summed afterwards than as one product with a long inner dimension (benchmarks/bench_segment.py latency:
@@ -130,7 +132,9 @@ def _lbfgs(
             bias = theta[n_classes * n_dims :]
             logits = torch.addmm(bias, z, weight.T)
             log_norm = torch.logsumexp(logits, dim=1, keepdim=True)
-            loss = (column_weight * (log_norm - logits) * one_hot).sum() + 0.5 * l2 * (weight * weight).sum()
+            # Summed in float64: the stop on small loss changes then sees changes below float32's resolution.
+            data_loss = torch.dot(sample_weight_64, (log_norm[:, 0] - logits.gather(1, y_column)[:, 0]).double())
+            loss = data_loss + 0.5 * l2 * (weight.double() ** 2).sum()
             residual = (torch.exp(logits - log_norm) - one_hot) * column_weight  # d loss / d logits
             grad = torch.empty_like(theta)
             grad[: n_classes * n_dims] = (weight_gradient(residual) + l2 * weight).reshape(-1)
