@@ -169,3 +169,13 @@ def test_the_question_is_a_message_box_answered_no_by_default(qtbot, button):
     QTimer.singleShot(100, press)
     assert ask_download("facebook/dinov2-small") is (button == "Yes")
     assert "'facebook/dinov2-small' are not on this computer" in seen[0][0] and seen[0][1]
+
+
+def test_a_folder_named_like_a_preset_does_not_hide_the_download(tmp_path, monkeypatch):
+    """load_backbone reads the preset 'small' even when ./small exists, so that name still needs a download."""
+    from napari_hrdv2.core.backbone_identity import download_needed
+
+    (tmp_path / "small").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert download_needed("small") == "facebook/dinov2-small"
+    assert download_needed("./small") is None  # written as a path: the local folder

@@ -118,7 +118,7 @@ def _hub_cache_state(hf_id: str) -> str:
         cached = None
     if isinstance(cached, str):
         return "in the Hugging Face cache"
-    return f"not downloaded yet: downloads on first Compute, or run `hf download {hf_id}`"
+    return f"not downloaded yet: Compute asks before downloading it, or run `hf download {hf_id}`"
 
 
 def refining_message(name: str, item: Any, remaining: float | None, backbone: Any) -> str:

@@ -107,16 +107,17 @@ def download_needed(source: str) -> str | None:
     download), a preset or a Hugging Face id (a download unless the Hugging Face cache holds it).
     Looks only at local files; never touches the network.
     """
-    from .backbones import find_spec
+    from .backbones import find_spec, looks_like_path
 
     source = str(source)
+    spec = find_spec(source)
+    preset = spec is not None and not looks_like_path(source)  # as load_backbone: presets win over same-named folders
     try:
-        if Path(source).expanduser().exists():
+        if not preset and Path(source).expanduser().exists():
             return None
     except OSError:  # e.g. a name too long for the file system: loading it gives the clear error
         return None
-    spec = find_spec(source)
-    hub_id = spec.hf_id if spec is not None else source
+    hub_id = spec.hf_id if preset else source
     if not _looks_like_hub_id(hub_id):
         return None  # not a hub id: loading gives a clear "not found" error without any download
     try:
