@@ -257,7 +257,7 @@ def test_segment_on_a_really_full_disk(small_disk, data, capsys):
     finally:
         big.unlink()
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "No space left" in err[0]
+    assert code == 2 and len(err) == 1 and ("No space left" in err[0] or "Not enough room" in err[0])
     for name in (f"{big.stem}_labels.tif", f"{big.stem}_uncertainty.tif"):
         path = small_disk / name
         assert not path.exists() or tifffile.imread(path).shape == (300, 300)  # complete, or absent
@@ -303,3 +303,52 @@ def test_read_only_output_folder_is_refused_before_any_work(read_only_folder, da
     assert main([str(a) for a in args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ("read-only" in err[0].lower() or "cannot" in err[0].lower()), err
+
+
+# ---------------------------------------------------------------------------------------------- room
+@pytest.fixture
+def free_bytes(monkeypatch):
+    """Pretend the disk has ``free_bytes["n"]`` bytes free (shutil.disk_usage as the pre-flight sees it)."""
+    import shutil
+
+    free = {"n": 0}
+    real = shutil.disk_usage
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: real(path)._replace(free=free["n"]))
+    return free
+
+
+def test_segment_refuses_clearly_insufficient_room_before_any_work(data, tmp_path, capsys, monkeypatch, free_bytes):
+    import napari_hrdv2.core.encoding as encoding
+    from napari_hrdv2.core.batch import estimate_output_bytes
+
+    out = tmp_path / "out"
+    # Known answer: 3 planes of 56x56 = 9408 pixels; uint8 labels at 1/256, float32 uncertainty at 1/2.
+    assert estimate_output_bytes([data["stack"]], out, ".tif", max_label=2, uncertainty=True) == {out: 36 + 18816}
+    assert estimate_output_bytes([data["stack"]], out, ".tif", max_label=300) == {out: 73}  # uint16 labels
+    real_encode = encoding.Featurizer.iter_encode
+
+    def no_encoding(*_args, **_kwargs):
+        raise AssertionError("encoded although the outputs cannot fit")
+
+    monkeypatch.setattr(encoding.Featurizer, "iter_encode", no_encoding)
+    free_bytes["n"] = 10_000
+    code = main(["segment", str(data["stack"]), "--model", str(data["model"]), "-o", str(out), "--uncertainty"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Not enough room" in err[0] and "out" in err[0], err
+    assert list(out.iterdir()) == []
+    # Labels alone fit in 10 kB: the run goes ahead and writes them.
+    monkeypatch.setattr(encoding.Featurizer, "iter_encode", real_encode)
+    assert main(["segment", str(data["stack"]), "--model", str(data["model"]), "-o", str(out), "-q"]) == 0
+    assert (out / "stack_labels.tif").exists()
+    # Outputs that exist and are kept cost nothing: the uncertainty map alone is counted.
+    assert estimate_output_bytes([data["stack"]], out, ".tif", max_label=2, uncertainty=True) == {out: 18816}
+
+
+def test_features_counts_the_staged_copy_of_a_tif(data, tmp_path, capsys, opts, free_bytes):
+    raw = 128 * 56 * 56 * 4  # tiny backbone: 128 float32 features per pixel of a 56x56 image
+    free_bytes["n"] = int(raw * 1.5)
+    assert main(["features", str(data["image"]), "-o", str(tmp_path / "f.tif"), *opts]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Not enough room" in err[0] and not (tmp_path / "f.tif").exists()
+    assert main(["features", str(data["image"]), "-o", str(tmp_path / "f.npy"), *opts]) == 0  # fits once
+    assert np.load(tmp_path / "f.npy").shape == (128, 56, 56)

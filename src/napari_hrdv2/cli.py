@@ -646,12 +646,16 @@ def run_features(args: argparse.Namespace) -> int:
     height, width = planes[0].shape[:2]
     lead = (len(planes),) if stack else ()
     item = np.dtype(args.dtype_out).itemsize
+
+    def staged(path: str | None) -> int:  # a .tif is converted from a staged .npy: both exist for a moment
+        return 2 if path and Path(path).suffix.lower() in (".tif", ".tiff") else 1
+
     needed = {
-        args.output: len(planes) * int(backbone.embed_dim) * height * width * item,
+        args.output: len(planes) * int(backbone.embed_dim) * height * width * item * staged(args.output),
         args.pca: len(planes) * 3 * height * width,
-        args.attention: len(planes) * int(backbone.num_heads) * height * width * 4,
+        args.attention: len(planes) * int(backbone.num_heads) * height * width * 4 * staged(args.attention),
     }
-    _check_folders(needed)
+    _check_folders(needed)  # before any encoding: writable, and room for the (uncompressed) arrays
     feature_file = attention_file = None
     pca_planes: list[np.ndarray] = []
     basis = None
