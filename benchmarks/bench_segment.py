@@ -423,7 +423,12 @@ def section_latency(backbone: str, repeats: int, seed: int, profile: bool, rando
             runs[n_threads][1].append(t_pred)
     torch.set_num_threads(threads)
     for n_threads, (fits, preds) in runs.items():
-        add_row(f"LinearSegmenter() (10k px/class default), torch threads {n_threads}", fits, preds, seg_default)
+        add_row(
+            f"LinearSegmenter() ({LinearSegmenter().max_pixels_per_class} px/class default), torch threads {n_threads}",
+            fits,
+            preds,
+            seg_default,
+        )
 
     # warm start: the same fitted state, one more stroke per repeat (a different stroke each time)
     base = LinearSegmenter(warm_start=True).fit([enc], [labels])
@@ -491,7 +496,7 @@ def section_latency(backbone: str, repeats: int, seed: int, profile: bool, rando
         title=f"max_pixels_per_class (50k = every labelled pixel here), median of {repeats}{note}",
     )
 
-    # L-BFGS iteration budget: the default always runs all max_iter=100 iterations here
+    # L-BFGS iteration budget (the default stops earlier once max |gradient| <= 1e-5)
     iter_rows, iter_preds = [], {}
     for max_iter in (100, 50, 25):
         fits, preds, seg, pred = repeat(max_iter=max_iter)
@@ -501,7 +506,7 @@ def section_latency(backbone: str, repeats: int, seed: int, profile: bool, rando
     print_table(
         iter_rows,
         ["max_iter", "iterations run", "final loss", "fit s", "predict s", "agreement with max_iter=100"],
-        title=f"L-BFGS iteration budget (10k px/class), median of {repeats}{note}",
+        title=f"L-BFGS iteration budget ({LinearSegmenter().max_pixels_per_class} px/class), median of {repeats}{note}",
     )
 
     # where the time goes (one fit + predict, split into its steps, median of repeats)
@@ -509,7 +514,8 @@ def section_latency(backbone: str, repeats: int, seed: int, profile: bool, rando
     classes = np.unique(labels[labels > 0])
     rows, cols = np.nonzero(labels)
     target = np.searchsorted(classes, labels[rows, cols])
-    keep = np.random.default_rng(0).random(rows.size) < np.minimum(1.0, 10_000 / np.bincount(target))[target]
+    cap = LinearSegmenter().max_pixels_per_class
+    keep = np.random.default_rng(0).random(rows.size) < np.minimum(1.0, cap / np.bincount(target))[target]
     for _ in range(repeats):
         t, x = timed(lambda: torch.from_numpy(enc.sample(rows[keep], cols[keep])))  # noqa: B023
         steps["sample"].append(t)
@@ -531,7 +537,7 @@ def section_latency(backbone: str, repeats: int, seed: int, profile: bool, rando
     total = sum(median(v) for v in steps.values())
     print_table(
         [[name, median(v), f"{100 * median(v) / total:.0f} %"] for name, v in steps.items()],
-        ["step of fit + predict (10k px/class)", "seconds (median)", "share"],
+        [f"step of fit + predict ({cap} px/class)", "seconds (median)", "share"],
         title="Where the time goes",
     )
 
