@@ -1,6 +1,6 @@
 """CPU speed: native bfloat16 (``dtype="auto"``) and interactive latency on a busy machine; prints Markdown tables.
 
-Sections (``--only a,b,c,threads``; see benchmarks/README.md for results):
+Sections (``--only a,b,c,threads,solver,compile``; see benchmarks/README.md for results):
 
 a
     Encode + ``features()`` of a 1024x1024 ``nasa_ebc`` micrograph, balanced preset (moore d=5,
@@ -19,7 +19,16 @@ c
     ~50k labelled pixels in 3 classes, as ``bench_segment.py`` latency), quiet and with two busy
     background processes that this script starts itself (``python -c "while True: pass"``).
     Goal: busy <= 3x quiet, quiet <= 0.5 s. Interleaved repeats, medians; ``uptime``'s load
-    averages printed next to every figure.
+    averages printed next to every figure. ``--old-src DIR`` compares another checkout's ``src``
+    (e.g. the code before a change) with this one in the same run.
+solver
+    The same retrain + predict in this process, step by step (sample, standardize, fit, predict), with
+    the previous retrain settings and the current ones, and how far each result is from the exact
+    minimum of its objective (label pixels that differ) and its accuracy on the unlabelled pixels.
+compile
+    One ViT-S/14 forward at 518 x 518 (float32, as the encoder runs it): eager vs ``torch.compile``
+    (after its warm-up, which is printed) vs channels-last input; and the tile copy with its
+    normalisation in two steps (as now) vs one fused ``addcmul``.
 threads
     Where latency on a busy machine comes from: the same retrain + predict in fresh interpreters
     with torch threads 2 / 1 and ``OMP_WAIT_POLICY`` unset / PASSIVE, quiet and busy.
@@ -30,6 +39,8 @@ started by this script", not an idle machine. Compare ratios measured within one
 Usage::
 
     python benchmarks/bench_cpu.py --only c               # ~3 min (+ one-off encode, cached)
+    python benchmarks/bench_cpu.py --only solver          # ~2 min (+ the same cached encode)
+    python benchmarks/bench_cpu.py --only compile         # ~2 min on 2 quiet cores, most of it compiling
     python benchmarks/bench_cpu.py --only a --repeats 2   # ~5 min on 2 cores
     python benchmarks/bench_cpu.py --only b               # ~10 min on 2 cores
 """
