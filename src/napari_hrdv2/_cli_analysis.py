@@ -45,7 +45,7 @@ def add_commands(
     common: argparse.ArgumentParser,
 ) -> None:
     """Register ``pca fit``, ``pca apply`` and ``match`` on the main parser's subcommands."""
-    from .cli import EPILOG, _positive_int
+    from .cli import EPILOG, _channel_list, _positive_int
 
     pca = commands.add_parser(
         "pca",
@@ -118,6 +118,12 @@ def add_commands(
         help="components as R,G,B (default 0,1,2; e.g. 3,4,5) or one component as grey (e.g. 0)",
     )
     apply.add_argument("--side-by-side", action="store_true", help="write input | PCA side by side")
+    apply.add_argument(
+        "--channels",
+        type=_channel_list,
+        metavar="I[,J[,K]]",
+        help="channels of multichannel images to use, 0-based (as given to 'pca fit')",
+    )
     apply.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of skipping")
     apply.set_defaults(run=run_pca_apply)
 
@@ -195,6 +201,7 @@ def run_pca_fit(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             seed=args.seed,
             progress=show,
+            channels=args.channels,
         )
     finally:
         close()
@@ -236,6 +243,7 @@ def run_pca_apply(args: argparse.Namespace) -> int:
             components=args.show,
             side_by_side=args.side_by_side,
             overwrite=args.overwrite,
+            channels=args.channels,
         )
         report = run_steps(steps, progress=show)
     finally:
@@ -266,7 +274,7 @@ def run_match(args: argparse.Namespace) -> int:
         raise InputError("-o and --png must be different files.")
     images = []
     for path in (args.image_a, args.image_b):
-        image = read_image(path)
+        image = read_image(path, channels=args.channels)
         if is_stack(image):
             raise InputError(f"'{Path(path).name}' is a stack of {len(image)} planes; match two single images.")
         images.append(image)

@@ -112,6 +112,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _channel_list(text: str) -> tuple[int, ...]:
+    from .core.errors import InputError
+    from .core.io import parse_channels
+
+    try:
+        channels = parse_channels(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    assert channels is not None
+    return channels
+
+
 def _common_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("output and messages")
@@ -197,6 +209,14 @@ def _feature_options() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--layer", type=int, metavar="I", help="block to read, 0-based, negative from the end (default: the last)"
+    )
+    inputs = parent.add_argument_group("input images")
+    inputs.add_argument(
+        "--channels",
+        type=_channel_list,
+        metavar="I[,J[,K]]",
+        help="channels of multichannel images to use, 0-based: one (grey), two (red and green) or three (RGB), "
+        "e.g. --channels 0,2 (default: grey or RGB as stored, alpha dropped)",
     )
     return parent
 
@@ -624,7 +644,7 @@ def run_features(args: argparse.Namespace) -> int:
         raise InputError("-o, --pca and --attention must be different files.")
     for output in outputs:
         check_not_an_input(output, [args.image])
-    image = read_image(args.image)
+    image = read_image(args.image, channels=args.channels)
     name = Path(args.image).name
     stack = is_stack(image)
     if args.plane is not None:
@@ -730,7 +750,9 @@ def _write_rgb(path: Path, rgb: np.ndarray, overwrite: bool) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- train
-def _training_planes(images: Sequence[str], labels: Sequence[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _training_planes(
+    images: Sequence[str], labels: Sequence[str], channels: Sequence[int] | None = None
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(description, plane, labels) for every labelled plane; checks shapes before any encoding."""
     from .core.errors import InputError
     from .core.io import is_stack, read_image, read_labels
@@ -740,7 +762,7 @@ def _training_planes(images: Sequence[str], labels: Sequence[str]) -> list[tuple
         raise InputError(f"Got {len(images)} image(s) but {len(labels)} label file(s): give one label file per image.")
     pairs = []
     for image_path, labels_path in zip(images, labels):
-        image, lab = read_image(image_path), read_labels(labels_path)
+        image, lab = read_image(image_path, channels=channels), read_labels(labels_path)
         iname, lname = Path(image_path).name, Path(labels_path).name
         if is_stack(image):
             n = len(image)
@@ -792,7 +814,7 @@ def run_train(args: argparse.Namespace) -> int:
         majority_size=args.majority_size,
         min_object_size=args.min_object_size,
     )
-    pairs = _training_planes(args.images, args.labels)
+    pairs = _training_planes(args.images, args.labels, args.channels)
     featurizer = make_featurizer(args, build_config(args))
     _say_precision(args, featurizer)
     encodings = []
@@ -801,6 +823,7 @@ def run_train(args: argparse.Namespace) -> int:
             encodings.append(_encode(args, featurizer, plane, f"{desc} ({i + 1}/{len(pairs)})", with_attention=False))
     # Outside inference mode: the optimiser needs autograd.
     segmenter.fit(encodings, [lab for _, _, lab in pairs])
+    segmenter.channels = args.channels  # segment reads its inputs with the same channels
     segmenter.save(output, overwrite=args.overwrite)
     summary = segmenter.summary_
     counts = ", ".join(f"{value}: {count}" for value, count in summary.pixels_per_class.items())
@@ -868,6 +891,7 @@ def run_segment(args: argparse.Namespace) -> int:
             uncertainty=args.uncertainty,
             progress=progress,
             client=client,
+            channels=args.channels,
             **cluster_options,
         )
     except WeightsNotFoundError as err:

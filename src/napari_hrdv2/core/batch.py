@@ -173,6 +173,7 @@ def iter_segment_files(
     suffix: str = ".tif",
     overwrite: bool = False,
     uncertainty: bool = False,
+    channels: Sequence[int] | str | None = None,
 ) -> Generator[Progress, None, BatchReport]:
     """Segment every image in ``inputs`` and write one label image per input image.
 
@@ -191,6 +192,9 @@ def iter_segment_files(
         Replace existing outputs; otherwise inputs whose outputs exist are skipped.
     uncertainty : bool
         Also write ``<stem>_uncertainty.tif`` (float32 normalised entropy, 0 = certain; one page per plane).
+    channels : channels of multichannel files to use (``io.read_image(channels=)``)
+        Default: the channels the model was trained on (``segmenter.channels``), else the images as stored.
+        A model trained on some channels refuses others.
 
     Yields
     ------
@@ -203,6 +207,7 @@ def iter_segment_files(
         goes on; a missing backbone or a model that does not fit the features stops it with an error.
     """
     suffix = _check_suffix(suffix)
+    channels = _check_channels(segmenter, channels)
     featurizer = _featurizer(featurizer_or_config)
     check_model_config(segmenter, featurizer.config)
     paths = collect_inputs(inputs, outdir, suffix=suffix)
@@ -226,7 +231,7 @@ def iter_segment_files(
             label = f"{path.name} ({i + 1}/{n})"
             yield Progress(i, n, label)
             try:
-                job = _prepare(path, outdir, suffix, overwrite=overwrite, uncertainty=uncertainty)
+                job = _prepare(path, outdir, suffix, overwrite=overwrite, uncertainty=uncertainty, channels=channels)
                 if _key(job.target) in written:
                     raise InputError(
                         f"its output '{job.target.name}' would replace the one just written for "
@@ -350,7 +355,10 @@ def estimate_output_bytes(
                 (output_path(path, outdir, extra_suffix, UNCERTAINTY_TAG), 4 * UNCERTAINTY_COMPRESSED_FRACTION)
             )
         for target, per_pixel in outputs:
-            if target.exists() and not overwrite:
+            try:
+                if target.exists() and not overwrite:
+                    continue
+            except OSError:  # e.g. a name too long: that input fails later with its reason
                 continue
             needed[target.parent] = needed.get(target.parent, 0) + int(pixels * per_pixel * staged)
     return needed
@@ -366,7 +374,33 @@ class _Job:
     streamed: Any = None  # a streaming.StreamedFile: segmented tile by tile, never read whole
 
 
-def _prepare(path: Path, outdir: str | Path | None, suffix: str, *, overwrite: bool, uncertainty: bool) -> _Job:
+def _check_channels(segmenter: Any, channels: Sequence[int] | str | None) -> tuple[int, ...] | None:
+    """The channels to read inputs with: those given, else the model's; others than the model's are refused."""
+    from .io import parse_channels
+
+    chosen = parse_channels(channels)
+    trained = getattr(segmenter, "channels", None)
+    trained = tuple(trained) if trained is not None else None
+    if chosen is None:
+        return trained
+    if trained is not None and chosen != trained:
+        listed = ",".join(str(c) for c in trained)
+        raise InputError(
+            f"The model was trained on channels {listed} of its images; channels "
+            f"{','.join(str(c) for c in chosen)} give other features. Use channels {listed} (or leave the option out)."
+        )
+    return chosen
+
+
+def _prepare(
+    path: Path,
+    outdir: str | Path | None,
+    suffix: str,
+    *,
+    overwrite: bool,
+    uncertainty: bool,
+    channels: tuple[int, ...] | None = None,
+) -> _Job:
     """Read one input and decide where its outputs go (or that it is skipped)."""
     from .lazy_io import is_lazy_path
 
@@ -377,12 +411,19 @@ def _prepare(path: Path, outdir: str | Path | None, suffix: str, *, overwrite: b
         raise InputError(f"'{path}' does not exist or is not a file.")
     streamed = _prepare_streamed(path, outdir, suffix, overwrite=overwrite, uncertainty=uncertainty)
     if streamed is not None:
+        if channels is not None and not streamed.skip:
+            raise InputError(
+                "choosing channels works for images read into memory; this one is segmented tile by tile "
+                "(large, .zarr or .npy): save the channels to use as their own image."
+            )
         return streamed
     extra = output_path(path, outdir, ".tif", UNCERTAINTY_TAG) if uncertainty else None
     done = not overwrite and (extra is None or extra.exists())
     if done and suffix == ".tif" and output_path(path, outdir, suffix).exists():
         return _Job(output_path(path, outdir, suffix), skip=True)  # no need to read the image
-    image = _read_whole(path) if lazy else read_image(path)
+    if lazy and channels is not None:
+        raise InputError("choosing channels works for image files (.tif, .png, ...), not .zarr / .npy inputs.")
+    image = _read_whole(path) if lazy else read_image(path, channels=channels)
     stack = planes(image)
     single = len(stack) == 1 and image.ndim == stack[0].ndim
     target = output_path(path, outdir, suffix if single else ".tif")
@@ -481,6 +522,7 @@ def segment_files(
     uncertainty: bool = False,
     progress: Callable[[Progress], None] | None = None,
     client: Any = None,
+    channels: Sequence[int] | str | None = None,
     **cluster_options: Any,
 ) -> BatchReport:
     """:func:`iter_segment_files` run to the end; ``progress`` is called with every item.
@@ -492,6 +534,9 @@ def segment_files(
     if client is not None:
         from .distributed import segment_files_distributed
 
+        if _check_channels(segmenter, channels) is not None:
+            raise InputError("Choosing channels does not work on a dask cluster yet; segment these images locally.")
+
         return segment_files_distributed(
             inputs, outdir, segmenter, featurizer_or_config, client=client, suffix=suffix, overwrite=overwrite,
             uncertainty=uncertainty, progress=progress, **cluster_options,
@@ -499,6 +544,13 @@ def segment_files(
     if cluster_options:
         raise InputError(f"{sorted(cluster_options)} only apply with a dask client (client=...).")
     steps = iter_segment_files(
-        inputs, outdir, segmenter, featurizer_or_config, suffix=suffix, overwrite=overwrite, uncertainty=uncertainty
+        inputs,
+        outdir,
+        segmenter,
+        featurizer_or_config,
+        suffix=suffix,
+        overwrite=overwrite,
+        uncertainty=uncertainty,
+        channels=channels,
     )
     return run_steps(steps, progress=progress)

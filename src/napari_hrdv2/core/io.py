@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,24 +14,97 @@ from .labels import MAX_LABEL, as_label_image
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def parse_channels(channels: int | str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``channels`` as a tuple of 1 to 3 indices >= 0 (``"0,2"``, ``2``, ``[2, 1, 0]``); None stays None.
+
+    Raises
+    ------
+    InputError
+        Not integers, negative, none, or more than three.
+    """
+    if channels is None:
+        return None
+    if isinstance(channels, str):
+        parts = [p.strip() for p in channels.replace(" ", ",").split(",") if p.strip()]
+    elif isinstance(channels, (int, float, np.number)):
+        parts = [channels]
+    else:
+        parts = list(channels)
+    try:
+        values = tuple(int(p) for p in parts)
+        if any(isinstance(p, float) and not p.is_integer() for p in parts):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InputError(f"Channels must be whole numbers such as 0 or 0,2 (0-based), got {channels!r}.") from None
+    if not values or len(values) > 3 or min(values) < 0:
+        raise InputError(
+            f"Choose one channel (grey), two (red and green) or three (RGB), numbered from 0; got {channels!r}."
+        )
+    return values
+
+
+def _select_channels(data: np.ndarray, channel_axis_name: str | None, chosen: tuple[int, ...], name: str) -> np.ndarray:
+    """The chosen channels of ``data`` (channels last if ``channel_axis_name``): grey, or RGB (two: blue empty)."""
+    n_channels = data.shape[-1] if channel_axis_name is not None else 1
+    wrong = [c for c in chosen if c >= n_channels]
+    if wrong:
+        what = (
+            f"{n_channels} channels ({channel_axis_name} axis), numbered 0..{n_channels - 1}"
+            if n_channels > 1
+            else ("one channel (numbered 0)")
+        )
+        raise InputError(f"Channel {wrong[0]} is out of range: '{name}' has {what}.")
+    if channel_axis_name is None:
+        return data  # grey, channel 0 (once or repeated: the same grey image)
+    picked = data[..., list(chosen)]
+    listed = ", ".join(str(c) for c in chosen)
+    if len(chosen) == 1:
+        used = "as grey"
+        picked = picked[..., 0]
+    elif len(chosen) == 2:
+        used = "as red and green (blue empty)"
+        empty = np.broadcast_to(picked.min(axis=-1, keepdims=True), picked.shape[:-1] + (1,))
+        picked = np.concatenate([picked, empty], axis=-1)  # the lowest value: no effect on the intensity scaling
+    else:
+        used = "as RGB"
+    warnings.warn(
+        f"'{name}': using channel{'s' if len(chosen) > 1 else ''} {listed} of {n_channels} "
+        f"({channel_axis_name} axis) {used}.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return np.ascontiguousarray(picked)
+
+
+def read_image(path: str | Path, *, channels: int | str | Sequence[int] | None = None) -> np.ndarray:
     """Read an image file: (H, W), (H, W, 3) or a stack (N, H, W[, 3]).
 
     Axes come from the file where it says what they are: OME-TIFF and ImageJ metadata (channels
     ``C``, planes ``Z``/``T``...), TIFF colour samples, PNG modes. Alpha is dropped (grey + alpha
     gives grey, RGBA gives RGB) and a :class:`UserWarning` says which channels were used. Images with
-    2 or more than 4 channels that are not grey + alpha are refused with an :class:`InputError`:
-    HR-Dv2 takes grey or RGB. Leading singleton axes are dropped.
+    2 or more than 4 channels that are not grey + alpha are refused with an :class:`InputError`
+    unless ``channels`` chooses which to use: HR-Dv2 takes grey or RGB. Leading singleton axes are dropped.
+
+    Parameters
+    ----------
+    path : image file
+    channels : int, "0,2", sequence of int, or None
+        0-based indices into the file's channels (colour samples or the C axis): one gives a grey
+        image, two red and green (blue empty), three RGB in that order. None: the default rules above.
 
     Raises
     ------
     InputError
-        Missing, empty, unreadable or unsupported file, or a channel layout that is not grey/RGB.
+        Missing, empty, unreadable or unsupported file, a channel layout that is not grey/RGB, or a
+        channel index out of range.
     """
+    chosen = parse_channels(channels)
     path = _existing_file(path, "Image")
     data, channel_axis_name, alpha = _read_any(path)
     name = path.name
-    if channel_axis_name is not None:
+    if chosen is not None:
+        data = _select_channels(data, channel_axis_name, chosen, name)
+    elif channel_axis_name is not None:
         n_channels = data.shape[-1]
         if alpha and n_channels in (2, 4):
             data = data[..., :-1]
@@ -42,7 +115,7 @@ def read_image(path: str | Path) -> np.ndarray:
         elif n_channels != 3:
             raise InputError(
                 f"'{name}' has {n_channels} channels ({channel_axis_name} axis); HR-Dv2 uses grey or RGB images. "
-                "Save the one channel (or three) to use, e.g. image[..., 0] or image[..., [0, 1, 2]]."
+                "Choose the one, two or three to use with channels= (command line: --channels 0 or --channels 0,2)."
             )
         if data.shape[-1] == 1:
             data = data[..., 0]

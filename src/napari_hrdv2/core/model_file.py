@@ -11,7 +11,8 @@ metadata (strings)
     ``null``), ``n_hr_features``, ``summary`` (JSON of the :class:`TrainingSummary` or ``null``),
     optional ``class_names`` (JSON ``{"label": "name"}``; files without it load with no names),
     optional ``backbone_weights`` (hash of the ``backbone_fingerprint`` tensor) and ``backbone_family``
-    (``dinov2``, ``dinov2_reg``, ``dinov3``); files without them load and are not checked for them.
+    (``dinov2``, ``dinov2_reg``, ``dinov3``); files without them load and are not checked for them;
+    optional ``channels`` (JSON list of the image channels used for training, ``io.read_image(channels=)``).
 
 :func:`model_to_contents` / :func:`model_from_contents` are the (de)serialisation;
 :func:`save_model` / :func:`load_model` add the file handling.
@@ -66,6 +67,9 @@ def model_to_contents(model: LinearSegmenter) -> tuple[dict[str, np.ndarray], di
     family = getattr(model, "backbone_family_", None)
     if family is not None:
         meta["backbone_family"] = str(family)
+    channels = getattr(model, "channels", None)
+    if channels is not None:
+        meta["channels"] = json.dumps([int(c) for c in channels])
     return tensors, meta
 
 
@@ -105,6 +109,14 @@ def model_from_contents(
         if family is not None and re.fullmatch(r"[a-z0-9_]{1,32}", family) is None:
             raise ValueError(f"backbone_family {family[:40]!r}")
         model.backbone_family_ = family
+        if "channels" in meta:  # optional: the channels of image files the model was trained on
+            from .errors import InputError
+            from .io import parse_channels
+
+            try:
+                model.channels = parse_channels(json.loads(meta["channels"]))
+            except InputError as err:
+                raise ValueError(f"channels: {err}") from None
         summary = json.loads(meta.get("summary", "null"))
         if summary:
             summary["pixels_per_class"] = {int(k): v for k, v in summary["pixels_per_class"].items()}

@@ -479,7 +479,7 @@ def _looks_like_input_list(inputs: Any) -> bool:
     return isinstance(inputs, Iterable)
 
 
-def _iter_sources(inputs: Any, config: FeatureConfig | None) -> Iterator[tuple[str, Any]]:
+def _iter_sources(inputs: Any, config: FeatureConfig | None, channels: Any = None) -> Iterator[tuple[str, Any]]:
     """(name, item) per image: an Encoding, a dense (C, H, W) array, or an image plane to encode."""
     from .io import expand_inputs, is_stack, read_image
 
@@ -491,7 +491,7 @@ def _iter_sources(inputs: Any, config: FeatureConfig | None) -> Iterator[tuple[s
             if config is None:
                 raise InputError(f"'{item}' is a file or folder: pass config=FeatureConfig(...) to encode images.")
             for path in expand_inputs([item]):
-                image = read_image(path)
+                image = read_image(path, channels=channels)
                 if is_stack(image):
                     for index in range(len(image)):
                         yield f"{path.name} plane {index}", image[index]
@@ -536,6 +536,7 @@ def iter_fit_pca(
     n_pixels: int = DEFAULT_FIT_PIXELS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     seed: int = 0,
+    channels: Any = None,
 ) -> Generator[Progress, None, PCABasis]:
     """Generator form of :func:`fit_pca`: yields :class:`Progress`, returns the :class:`PCABasis`.
 
@@ -565,7 +566,7 @@ def iter_fit_pca(
     n_sampled = 0
     n_images = 0
     yield Progress(0, total or 0, "Fitting a PCA basis")
-    for name, item in _iter_sources(inputs, config):
+    for name, item in _iter_sources(inputs, config, channels):
         label = f"Encoding {name} ({n_images + 1}/{total})" if total else f"Encoding {name}"
         if _is_encoding(item) or config is None:
             features = item
@@ -694,6 +695,7 @@ def fit_pca(
     seed: int = 0,
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
+    channels: Any = None,
 ) -> PCABasis:
     """Fit a :class:`PCABasis` on one image or a whole collection.
 
@@ -726,6 +728,7 @@ def fit_pca(
     seed : int
     progress, cancel
         Called with every :class:`Progress`; setting ``cancel`` stops with :class:`Cancelled`.
+    channels : channels of multichannel image files to use (``io.read_image(channels=)``); None: as stored
     """
     steps = iter_fit_pca(
         inputs,
@@ -740,6 +743,7 @@ def fit_pca(
         n_pixels=n_pixels,
         max_pixels=max_pixels,
         seed=seed,
+        channels=channels,
     )
     return run_steps(steps, progress=progress, cancel=cancel)
 

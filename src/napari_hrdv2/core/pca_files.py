@@ -55,6 +55,7 @@ def iter_apply_pca_files(
     components: Sequence[int] | int = (0, 1, 2),
     side_by_side: bool = False,
     overwrite: bool = False,
+    channels: Sequence[int] | str | None = None,
 ) -> Generator[Progress, None, BatchReport]:
     """Write the PCA view of every image (``<stem>_pca.png``) and stack (``<stem>_pca.tif``) of ``inputs``.
 
@@ -75,7 +76,7 @@ def iter_apply_pca_files(
     featurizer.backbone  # noqa: B018  (weights errors before any work)
     for index, path in enumerate(paths):
         try:
-            image = read_image(path)
+            image = read_image(path, channels=channels)
             stack = is_stack(image)
             target = output_path(path, outdir, ".tif" if stack else ".png", tag=PCA_TAG)
             if target.exists() and not overwrite:

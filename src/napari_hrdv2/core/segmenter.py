@@ -159,6 +159,9 @@ class LinearSegmenter:
         self.summary_: TrainingSummary | None = None
         #: Optional names of the classes (label -> name), saved in the model file and used for exported metadata.
         self.class_names: dict[int, str] = {}
+        #: Channels of multichannel image files the model was trained on (``io.read_image(channels=)``), saved
+        #: in the model file; batch segmentation reads files with them. None: images as stored.
+        self.channels: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:
