@@ -621,6 +621,57 @@ def section_solver(backbone: str, repeats: int) -> None:
         title=f"(solver) retrain + predict 1022x1022, ~50k labelled px, torch threads {torch.get_num_threads()}, "
         f"median of {repeats} interleaved",
     )
+    section_live_retrain(encoding, truth, labels, repeats)
+
+
+def section_live_retrain(encoding: hr.Encoding, truth: np.ndarray, labels: np.ndarray, repeats: int) -> None:
+    """Live mode: a warm-started retrain after one more brush stroke, previous vs current settings, interleaved."""
+    import copy
+    import functools
+
+    import napari_hrdv2.core.segmenter as segmenter_module
+    from bench_segment import sample_scribbles
+    from napari_hrdv2.core.segmenter import LinearSegmenter
+    from napari_hrdv2.core.solver import fit_logistic
+
+    settings = {
+        "previous (10000 px/class, stop 1e-6, all tokens)": (10_000, 1e-6, True),
+        "current (5000 px/class, stop 1e-5, used tokens)": (5_000, 1e-5, False),
+    }
+
+    @contextlib.contextmanager
+    def using(tolerance: float, all_tokens: bool) -> Iterator[None]:
+        segmenter_module.fit_logistic = functools.partial(fit_logistic, tolerance=tolerance)
+        if all_tokens:
+            encoding.sample = lambda rows, cols: _sample_all_tokens(encoding, np.asarray(rows), np.asarray(cols))
+        try:
+            yield
+        finally:
+            segmenter_module.fit_logistic = fit_logistic
+            encoding.__dict__.pop("sample", None)
+
+    bases = {}
+    for name, (cap, tolerance, all_tokens) in settings.items():
+        with using(tolerance, all_tokens):
+            bases[name] = LinearSegmenter(warm_start=True, max_pixels_per_class=cap).fit([encoding], [labels])
+    results: dict[str, list[tuple[float, int]]] = {name: [] for name in settings}
+    for r in range(repeats):  # a different stroke each repeat, one class each
+        extra = sample_scribbles(truth, seed=1000 + r, strokes=1, length=256, brush=5)
+        extra[extra != (r % truth.max()) + 1] = 0
+        painted = np.where(labels > 0, labels, extra)
+        for name, (_, tolerance, all_tokens) in settings.items():
+            segmenter = copy.deepcopy(bases[name])
+            with using(tolerance, all_tokens):
+                seconds, _ = timed(lambda s=segmenter, p=painted: s.fit([encoding], [p]))
+            results[name].append((seconds, segmenter.summary_.iterations))
+    print_table(
+        [
+            [name, median([t for t, _ in runs]), " ".join(str(i) for _, i in runs), load_text()]
+            for name, runs in results.items()
+        ],  # fmt: skip
+        ["warm retrain after one more stroke (live mode)", "fit s (median)", "iterations per repeat", "load"],
+        title=f"(solver, live) warm_start=True retrain, {repeats} strokes, interleaved",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
