@@ -27,6 +27,9 @@ def test_visible_region_follows_camera_scale_and_translate():
     region = visible_region(viewer, layer)
     # data rows (30 - 10) / 2 = 10 .. (70 - 10) / 2 = 30, cols (50 - 20) / 2 = 15 .. 45; pixel i spans i +- 0.5
     assert (region.plane, region.rows, region.cols) == (2, (10, 31), (15, 46))
+    levels = [np.zeros((3, 40, 60), dtype=np.uint8), np.zeros((3, 20, 30), dtype=np.uint8)]
+    pyramid = viewer.add_image(levels, multiscale=True, scale=(1, 2, 2), translate=(0, 10, 20))
+    assert visible_region(viewer, pyramid) == region, "full-resolution pixels of a pyramid"
     viewer.scene.camera.zoom = 1  # everything visible: clipped to the image
     assert visible_region(viewer, layer).rows == (0, 40) and visible_region(viewer, layer).cols == (0, 60)
     viewer.scene.camera.center = (0, 5000, 5000)
@@ -125,3 +128,36 @@ def test_view_of_a_huge_lazy_image_allocates_only_the_chunks_written():
     assert again is labels and int(labels[1100, 2050]) == 3 and int(labels[0, 0]) == 0
     small = paste_region(None, (112, 112), (slice(0, 10), slice(0, 10)), values[:10, :10], lazy_source=True)
     assert isinstance(small, np.ndarray), "small images keep plain numpy results"
+
+
+def test_predict_view_of_a_pyramid_makes_a_pyramid(make_napari_viewer_proxy, qtbot, tiny_config):
+    """A multiscale image (as the lazy reader opens OME-Zarr pyramids): read at full resolution, labels per level."""
+    import napari_hrdv2 as hr
+
+    viewer = make_napari_viewer_proxy()
+    image = viewer.add_image(two_texture_image()[0], name="tex")
+    _, features = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Features")
+    features.set_settings(tiny_config)
+    _, segmentation = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Segmentation")
+    paint(segmentation.new_scribbles_layer(image))
+    segmentation._auto_segment.value = False
+    segmentation._train.changed.emit(True)
+    wait_idle(qtbot, segmentation)
+
+    big = two_texture_image(224, seed=3)[0]
+    pyramid = viewer.add_image([big, big[::2, ::2]], multiscale=True, name="pyr")
+    rows, cols = (40, 150), (100, 201)
+    from napari_hrdv2._layers import ViewRegion
+
+    segmentation.predict_view(pyramid, ViewRegion(0, rows, cols))
+    wait_idle(qtbot, segmentation)
+    layer = viewer.layers["pyr segmentation"]
+    assert layer.multiscale and [level.shape for level in layer.data] == [(224, 224), (112, 112)]
+    level0, level1 = (np.asarray(level) for level in layer.data)
+    model = segmentation._session.segmenter
+    full = model.predict(hr.Featurizer(segmentation._session.prediction_config()).encode(big, with_attention=False))
+    inside = np.zeros(level0.shape, dtype=bool)
+    inside[rows[0] : rows[1], cols[0] : cols[1]] = True
+    np.testing.assert_array_equal(level0[inside], full[inside])
+    assert np.all(level0[~inside] == 0)
+    np.testing.assert_array_equal(level1, level0[::2, ::2])  # every level shows the same labels (nearest)

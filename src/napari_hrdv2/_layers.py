@@ -67,10 +67,18 @@ class SourceGeometry:
     scale: tuple[float, ...]
     translate: tuple[float, ...]
 
+    #: Shapes of a multiscale (pyramid) image's levels, full resolution first; None for plain images.
+    level_shapes: tuple[tuple[int, ...], ...] | None = None
+
     @classmethod
-    def from_layer(cls, layer: Any) -> SourceGeometry:
-        """Geometry of a napari Image layer; 2D planes and stacks of them only."""
-        if getattr(layer, "multiscale", False):
+    def from_layer(cls, layer: Any, *, multiscale_ok: bool = False) -> SourceGeometry:
+        """Geometry of a napari Image layer; 2D planes and stacks of them only.
+
+        Multiscale (pyramid) layers are refused unless ``multiscale_ok`` (only "Predict current view" reads
+        them, at full resolution); their shape is the full-resolution level's.
+        """
+        multiscale = bool(getattr(layer, "multiscale", False))
+        if multiscale and not multiscale_ok:
             raise InputError(
                 f"'{layer.name}' is a multiscale (pyramid) image. Open the full-resolution level as a normal "
                 "image layer (e.g. viewer.add_image(layer.data[0])) and compute on that."
@@ -81,12 +89,16 @@ class SourceGeometry:
                 f"'{layer.name}' has {len(spatial)} spatial axes {spatial}; HR-Dv2 works on 2D images and stacks "
                 "of 2D planes (N, H, W). Split or project the extra axes first (e.g. one layer per time point)."
             )
+        levels = (
+            tuple(tuple(int(s) for s in level.shape[: layer.ndim]) for level in layer.data) if multiscale else None
+        )
         return cls(
             name=str(layer.name),
             plane_shape=(spatial[-2], spatial[-1]),
             n_planes=spatial[0] if len(spatial) == 3 else None,
             scale=tuple(float(s) for s in layer.scale),
             translate=tuple(float(t) for t in layer.translate),
+            level_shapes=levels,
         )
 
     @property
@@ -368,8 +380,11 @@ def uncertainty_layer_data(geometry: SourceGeometry, uncertainty: np.ndarray) ->
 
 
 def _float32(data: Any) -> Any:
-    """numpy data as float32; a chunked (Zarr) result array of a huge image as it is (never read whole)."""
-    return np.asarray(data, dtype=np.float32) if isinstance(data, (np.ndarray, list, tuple)) else data
+    """numpy data as float32; a chunked (Zarr) result array of a huge image as it is (never read whole); the
+    levels of a pyramid (a list) each so."""
+    if isinstance(data, list):
+        return [_float32(level) for level in data]
+    return np.asarray(data, dtype=np.float32) if isinstance(data, (np.ndarray, tuple)) else data
 
 
 def find_result_layer(viewer: napari.Viewer, name: str, layer_type: str) -> Any | None:
@@ -386,8 +401,9 @@ def upsert_layer(viewer: napari.Viewer, layer_data: LayerData) -> Any:
     layer = find_result_layer(viewer, kwargs["name"], layer_type)
     if layer is None:
         return _add(viewer, layer_data)
-    expected_ndim = np.ndim(data) - (1 if kwargs.get("rgb") else 0)
-    if layer.ndim != expected_ndim:  # e.g. the source went from a plane to a stack: replace the layer
+    expected_ndim = (np.ndim(data[0]) if isinstance(data, list) else np.ndim(data)) - (1 if kwargs.get("rgb") else 0)
+    pyramid_changed = isinstance(data, list) != bool(getattr(layer, "multiscale", False))
+    if layer.ndim != expected_ndim or pyramid_changed:  # e.g. the source went from a plane to a stack: replace it
         index = viewer.layers.index(layer)
         viewer.layers.remove(layer)
         new = _add(viewer, layer_data)
@@ -468,7 +484,7 @@ def visible_region(viewer: napari.Viewer, layer: Any) -> ViewRegion:
     ``i`` covers data coordinates ``[i - 0.5, i + 0.5]``. Raises :class:`InputError` in a 3D view or when
     the image is out of view.
     """
-    geometry = SourceGeometry.from_layer(layer)
+    geometry = SourceGeometry.from_layer(layer, multiscale_ok=True)
     if viewer.dims.ndisplay != 2:
         raise InputError("'Predict current view' works in the 2D view: switch the viewer to 2D (the 2D/3D button).")
     camera = viewer.scene.camera
@@ -490,7 +506,11 @@ def visible_region(viewer: napari.Viewer, layer: Any) -> ViewRegion:
     r1, c1 = min(height, int(np.ceil(high[0] + 0.5))), min(width, int(np.ceil(high[1] + 0.5)))
     if r1 <= r0 or c1 <= c0:
         raise InputError(f"'{geometry.name}' is not in view: pan or zoom so that part of it shows, then try again.")
-    return ViewRegion(current_plane(viewer, layer), (r0, r1), (c0, c1))
+    plane = 0
+    if geometry.n_planes is not None:
+        position = layer.world_to_data(viewer.dims.point)
+        plane = int(np.clip(round(float(position[0])), 0, geometry.n_planes - 1))
+    return ViewRegion(plane, (r0, r1), (c0, c1))
 
 
 def region_index(geometry: SourceGeometry, region: ViewRegion, *, channel_axis: bool = False) -> tuple[Any, ...]:
@@ -510,6 +530,41 @@ def blank_result(shape: tuple[int, ...], dtype: Any, *, lazy_source: bool) -> An
         chunks = tuple(min(s, LAZY_RESULT_CHUNK) if i >= len(shape) - 2 else 1 for i, s in enumerate(shape))
         return zarr.create_array(zarr.storage.MemoryStore(), shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
     return np.zeros(shape, dtype=dtype)
+
+
+def paste_region_levels(
+    base: Any,
+    geometry: SourceGeometry,
+    region: ViewRegion,
+    values: np.ndarray,
+    *,
+    channels: int | None = None,
+    lazy_source: bool,
+) -> list[Any]:
+    """:func:`paste_region` into every level of a result pyramid shaped like a multiscale source's levels.
+
+    Level ``k`` is level 0 subsampled by its integer factor ``f`` (nearest: its pixel ``i`` is pixel ``i * f``
+    of level 0, as ``labels[::f, ::f]``), so every level shows the same labels. ``base`` is the result layer's
+    current levels (or None); ``channels`` the leading channel count of probabilities.
+    """
+    assert geometry.level_shapes is not None
+    values = np.asarray(values)
+    full = geometry.level_shapes[0]
+    (r0, r1), (c0, c1) = region.rows, region.cols
+    base_levels = list(base) if base is not None and len(base) == len(geometry.level_shapes) else None
+    out = []
+    for k, level in enumerate(geometry.level_shapes):
+        shape = level if channels is None else (channels, *level)
+        factors = [max(1, round(full[axis] / level[axis])) for axis in (-2, -1)]
+        rows = (-(-r0 // factors[0]), min(level[-2], -(-r1 // factors[0])))
+        cols = (-(-c0 // factors[1]), min(level[-1], -(-c1 // factors[1])))
+        row_index = np.arange(rows[0], max(rows)) * factors[0] - r0  # level-0 rows of this level's pixels
+        col_index = np.arange(cols[0], max(cols)) * factors[1] - c0
+        picked = values[..., row_index[:, None], col_index[None, :]]
+        index = region_index(geometry, ViewRegion(region.plane, rows, cols), channel_axis=channels is not None)
+        level_base = base_levels[k] if base_levels is not None else None
+        out.append(paste_region(level_base, shape, index, picked, lazy_source=lazy_source))
+    return out
 
 
 def paste_region(

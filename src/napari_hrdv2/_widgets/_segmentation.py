@@ -31,6 +31,7 @@ from .._layers import (
     current_plane,
     find_result_layer,
     paste_region,
+    paste_region_levels,
     plugin_tag,
     probabilities_layer_data,
     region_index,
@@ -563,10 +564,13 @@ class SegmentationWidget(DockFrame, Container):
         are read and encoded; the result (equal to the whole-plane prediction cropped) is pasted into
         "<image> segmentation" (and uncertainty / probabilities when ticked), the rest of that layer kept.
         For a lazily read (dask/Zarr) image of more than ``LAZY_RESULT_PIXELS`` pixels the new result layers
-        are chunked in-memory Zarr arrays holding only the predicted views.
+        are chunked in-memory Zarr arrays holding only the predicted views. A multiscale (pyramid) image is
+        read at full resolution and its result layers are pyramids with the same levels.
         """
         try:
-            geometry = self._geometry(image_layer)
+            if image_layer is None:
+                raise InputError("Choose an image layer first (open an image, or File > Open Sample > HR-Dv2).")
+            geometry = SourceGeometry.from_layer(image_layer, multiscale_ok=True)
             segmenter = self._session.segmenter
             if segmenter is None:
                 raise InputError(
@@ -584,7 +588,7 @@ class SegmentationWidget(DockFrame, Container):
         self._select(image_layer)
         if not self._may_download(self._session.prediction_config().backbone, for_model=True):
             return None
-        data = image_layer.data
+        data = image_layer.data[0] if geometry.level_shapes is not None else image_layer.data
         plane, is_stack = region.plane, geometry.is_stack
         if isinstance(data, np.ndarray):  # in memory: the worker gets a copy of the plane, not the layer's array
             data, plane, is_stack = np.array(data[region.plane] if geometry.is_stack else data), 0, False
@@ -607,7 +611,8 @@ class SegmentationWidget(DockFrame, Container):
     def _show_region(self, geometry: SourceGeometry, region: ViewRegion, result: RegionResult) -> None:
         """Paste a view's prediction into the result layers (created when missing; other pixels kept)."""
         image = next((layer for _, layer in self._image_choices() if layer.name == geometry.name), None)
-        lazy = image is not None and not isinstance(image.data, np.ndarray)
+        full_resolution = None if image is None else image.data[0] if geometry.level_shapes else image.data
+        lazy = full_resolution is not None and not isinstance(full_resolution, np.ndarray)
         classes = [int(c) for c in result.segmenter.classes_]
         done = ViewRegion(region.plane, (result.top, result.top + result.labels.shape[0]),
                           (result.left, result.left + result.labels.shape[1]))  # fmt: skip
@@ -619,9 +624,15 @@ class SegmentationWidget(DockFrame, Container):
                 outputs.append(("probabilities", "image", result.probabilities, True))
             for kind, layer_type, values, channel_axis in outputs:
                 layer = find_result_layer(self._viewer, result_name(geometry.name, kind), layer_type)
-                shape = geometry.planes_shape if not channel_axis else (len(classes), *geometry.planes_shape)
-                index = region_index(geometry, done, channel_axis=channel_axis)
-                data = paste_region(getattr(layer, "data", None), shape, index, values, lazy_source=lazy)
+                base = getattr(layer, "data", None)
+                if geometry.level_shapes is not None:  # a pyramid like the image's
+                    channels = len(classes) if channel_axis else None
+                    base = list(base) if base is not None and getattr(layer, "multiscale", False) else None
+                    data = paste_region_levels(base, geometry, done, values, channels=channels, lazy_source=lazy)
+                else:
+                    shape = geometry.planes_shape if not channel_axis else (len(classes), *geometry.planes_shape)
+                    index = region_index(geometry, done, channel_axis=channel_axis)
+                    data = paste_region(base, shape, index, values, lazy_source=lazy)
                 if kind == "segmentation":
                     names = {c: self._session.class_names.get(c, f"class {c}") for c in classes}
                     layer_data = segmentation_layer_data(
@@ -632,6 +643,8 @@ class SegmentationWidget(DockFrame, Container):
                     layer_data = uncertainty_layer_data(geometry, data)
                 else:
                     layer_data = probabilities_layer_data(geometry, data, classes=classes)
+                if isinstance(data, list):
+                    layer_data[1]["multiscale"] = True
                 created = layer is None
                 layer = upsert_layer(self._viewer, layer_data)
                 if layer.data is data and not created:
