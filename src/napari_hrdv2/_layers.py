@@ -80,8 +80,9 @@ class SourceGeometry:
         multiscale = bool(getattr(layer, "multiscale", False))
         if multiscale and not multiscale_ok:
             raise InputError(
-                f"'{layer.name}' is a multiscale (pyramid) image. Open the full-resolution level as a normal "
-                "image layer (e.g. viewer.add_image(layer.data[0])) and compute on that."
+                f"'{layer.name}' is a multiscale (pyramid) image: the Segmentation dock's 'View' segments the part "
+                "shown; for anything else open the full-resolution level as a normal image layer (e.g. "
+                "viewer.add_image(layer.data[0])) and compute on that."
             )
         spatial = tuple(int(s) for s in layer.data.shape[: layer.ndim])
         if len(spatial) not in (2, 3):
