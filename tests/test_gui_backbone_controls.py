@@ -169,6 +169,7 @@ def test_the_question_is_a_message_box_answered_no_by_default(qtbot, button):
     QTimer.singleShot(100, press)
     assert ask_download("facebook/dinov2-small") is (button == "Yes")
     assert "'facebook/dinov2-small' are not on this computer" in seen[0][0] and seen[0][1]
+    assert "(about 80 MB)" in seen[0][0]  # ViT-S/14: 12 blocks x 12 x 384^2 float32 parameters
 
 
 def test_a_folder_named_like_a_preset_does_not_hide_the_download(tmp_path, monkeypatch):

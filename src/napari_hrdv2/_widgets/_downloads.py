@@ -36,16 +36,28 @@ def repo_to_download(backbone: str) -> str | None:
         return None
 
 
+def download_size(repo: str) -> str | None:
+    """Rough size of a known preset's float32 weights, e.g. 'about 90 MB' (12 x depth x width^2 parameters)."""
+    from ..core.backbones import find_spec
+
+    spec = find_spec(repo)
+    if spec is None:
+        return None
+    megabytes = 12 * spec.depth * spec.embed_dim**2 * 4 / 1e6
+    return f"about {megabytes / 1000:.1f} GB" if megabytes >= 1000 else f"about {round(megabytes, -1):.0f} MB"
+
+
 def ask_download(repo: str, parent: Any = None) -> bool:
     """Ask the user (a Yes/No message box, No by default) whether to download ``repo`` from Hugging Face now."""
     from qtpy.QtWidgets import QMessageBox
 
+    size = download_size(repo)
     answer = QMessageBox.question(
         parent,
         "Download backbone weights?",
         f"The backbone weights '{repo}' are not on this computer.\n\n"
-        f"Download them from Hugging Face now (https://huggingface.co/{repo})? They are stored in the "
-        "Hugging Face cache and used from there next time.",
+        f"Download them from Hugging Face now{f' ({size})' if size else ''} from https://huggingface.co/{repo}? "
+        "They are stored in the Hugging Face cache and used from there next time.",
         QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
         QMessageBox.StandardButton.No,
     )
