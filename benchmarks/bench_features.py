@@ -492,7 +492,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# bench_features | {machine_line()}")
     print(f"backbone: {backbone}")
     if random_weights:
-        print(textwrap.fill(RANDOM_WEIGHTS_NOTE, 120))
+        note = RANDOM_WEIGHTS_NOTE
+        if args.backbone == "random-dinov3":
+            note = note.replace("ViT-S/14", "DINOv3 ViT-S/16").replace("DINOv2", "DINOv3")
+        print(textwrap.fill(note, 120))
     start = time.perf_counter()
     if "a" in sections:
         section_a(backbone, repeats)

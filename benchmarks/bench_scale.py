@@ -8,6 +8,7 @@ memory
     ViT-S/14, ``shifts="none"``, default tiles (518, overlap 84), a 3-class model, in a fresh
     subprocess (:func:`_common.run_with_peak_rss`). Goal <= 2 GB. ``--chunk-rows K`` computes only the
     first K output chunk rows (1024 pixel rows each, full width) when the whole image would take too long
+    (``--progress-log FILE`` records the tiles done, the time and the peak RSS so far while it runs)
     on a busy machine: memory per band is the same for every band (one tile's maps, one band of tile rows
     of logits, one chunk row of output), so the peak does not grow with the rows computed; the time of the
     whole image is extrapolated from the tiles done. For reference the in-memory encoding of that image
@@ -18,9 +19,13 @@ speed
     ``LinearSegmenter.predict``) on a ``--speed-size`` (default 4096) image, same tiles, same model, run
     alternately ``--repeats`` times (median). Goal: streamed within 1.2x. Also checks that both labels are equal.
 batch
-    Throughput of a folder of ``--images`` (default 64) ``--image-size`` (default 224) uint8 images:
-    single process (``segment_files``), then ``segment_files(client=...)`` on a LocalCluster of 1 and of 2
-    worker processes (1 thread each; torch threads = cores / workers). The cluster start-up (and the first
+    Throughput of a folder of ``--images`` (default 64) ``--image-size`` (default 512) uint8 images:
+    ``--batch-source micrographs`` (default) crops them from the real 1024 x 1024 ``nasa_ebc`` SEM micrographs
+    in ``$HRDV2_DATA`` (4 crops of 512 per micrograph, in file order; smaller sizes crop more per micrograph),
+    ``texture`` uses the synthetic texture. The model is trained with ``--batch-shifts`` (default ``none``: one
+    forward per 512 image; ``moore`` = the default 9 transforms, 9x the per-image cost and the same scheduler
+    cost per task). Single process (``segment_files``), then ``segment_files(client=...)`` on a LocalCluster of
+    1 and of 2 worker processes (1 thread each; torch threads = cores / workers). The cluster start-up (and the first
     task's model load per worker) is reported separately; per-image cost = wall time / images; scheduler
     overhead per task = (1-worker time - single-process time) / images; the extrapolation to N workers
     assumes the per-image cost and that the scheduler is not the bottleneck.
@@ -61,11 +66,26 @@ def texture(size: int, seed: int = 0) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def train_model(backbone: str, folder: Path) -> Path:
+def micrograph_crops(count: int, size: int) -> list[np.ndarray]:
+    """``count`` uint8 ``size`` x ``size`` crops of the real ``nasa_ebc`` SEM micrographs (row-major per micrograph)."""
+    from _common import nasa_pairs, read_grey
+
+    crops: list[np.ndarray] = []
+    for image_path, _ in nasa_pairs("nasa_ebc"):
+        image = read_grey(image_path)
+        for top in range(0, image.shape[0] - size + 1, size):
+            for left in range(0, image.shape[1] - size + 1, size):
+                crops.append(np.ascontiguousarray(image[top : top + size, left : left + size]).astype(np.uint8))
+                if len(crops) == count:
+                    return crops
+    raise SystemExit(f"only {len(crops)} crops of {size} x {size} in the nasa_ebc micrographs, {count} requested")
+
+
+def train_model(backbone: str, folder: Path, shifts: str = "none") -> Path:
     """A 3-class LinearSegmenter on a 518 x 518 crop of the texture, saved as a model file."""
     import napari_hrdv2 as hr
 
-    config = hr.FeatureConfig(backbone=backbone, device="cpu", shifts="none")
+    config = hr.FeatureConfig(backbone=backbone, device="cpu", shifts=shifts)
     image = texture(518, seed=1)
     labels = np.zeros(image.shape, dtype=np.uint8)
     labels[20:500, 40:46] = 1
@@ -77,7 +97,8 @@ def train_model(backbone: str, folder: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------- memory
 MEMORY_CHILD = """
-import time, json
+import time, json, os
+from _common import peak_rss_self
 import napari_hrdv2 as hr
 from napari_hrdv2.core.progress import run_steps
 from napari_hrdv2.core.streaming import StreamJob
@@ -88,8 +109,18 @@ job = StreamJob.create(model, {source!r}, {{"labels": {output!r}}}, config=featu
 job.open()
 last = min({chunk_rows}, job.n_chunk_rows)
 passes = [0]
+log_path, log_every = {progress_log!r}, {log_every!r}
 def count(update):
+    new_tile = update.done != passes[0]
     passes[0] = update.done
+    if log_path and new_tile and (int(update.done) % log_every == 0 or update.done == update.total):
+        # a run stopped before the end still leaves its rate and its peak RSS so far
+        with open(log_path, "a") as log:
+            log.write(json.dumps({{"tiles": int(update.done), "of": int(update.total),
+                                   "seconds": round(time.perf_counter() - start, 1),
+                                   "peak_rss_gib": round(peak_rss_self() / 2**30, 3),
+                                   "load": [round(x, 2) for x in os.getloadavg()],
+                                   "utc": time.strftime("%H:%M:%S", time.gmtime())}}) + "\\n")
 start = time.perf_counter()
 rows = run_steps(job.iter_band(model, featurizer, 0, (0, last)), progress=count)
 seconds = time.perf_counter() - start
@@ -120,7 +151,8 @@ def bench_memory(args: argparse.Namespace, backbone: str, work: Path) -> None:
     shutil.rmtree(output.with_name(output.name + ".partial"), ignore_errors=True)
     chunk_rows = args.chunk_rows or 10**9
     print(f"load before: {load()}", flush=True)
-    code = MEMORY_CHILD.format(model=str(model), source=str(source), output=str(output), chunk_rows=chunk_rows)
+    code = MEMORY_CHILD.format(model=str(model), source=str(source), output=str(output), chunk_rows=chunk_rows,
+                               progress_log=args.progress_log, log_every=args.log_every)  # fmt: skip
     stdout, peak = run_with_peak_rss(code, env={"OMP_NUM_THREADS": str(args.threads)} if args.threads else None)
     result = json.loads(stdout.strip().splitlines()[-1])
     print(f"load after:  {load()}", flush=True)
@@ -193,15 +225,23 @@ def bench_batch(args: argparse.Namespace, backbone: str, work: Path) -> None:
     from distributed import Client, LocalCluster
 
     import napari_hrdv2 as hr
+    from napari_hrdv2.core.tiling import plan_tiles
 
     folder = work / "folder"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
-    for i in range(args.images):
-        tifffile.imwrite(folder / f"img{i:03d}.tif", texture(args.image_size, seed=100 + i))
-    model_path = train_model(backbone, work)
+    if args.batch_source == "micrographs":
+        images = micrograph_crops(args.images, args.image_size)
+        source = "crops of the nasa_ebc SEM micrographs"
+    else:
+        images = [texture(args.image_size, seed=100 + i) for i in range(args.images)]
+        source = "synthetic texture"
+    for i, image in enumerate(images):
+        tifffile.imwrite(folder / f"img{i:03d}.tif", image)
+    model_path = train_model(backbone, work, shifts=args.batch_shifts)
     model = hr.LinearSegmenter.load(model_path)
     config = model.featurizer(device="cpu").config
+    tiles = len(plan_tiles(args.image_size, args.image_size, tile_size=config.tile_size, overlap=config.tile_overlap))
     rows = []
 
     warm = work / "warm_single"  # the single process also loads the backbone before the timed run
@@ -250,7 +290,8 @@ def bench_batch(args: argparse.Namespace, backbone: str, work: Path) -> None:
     print_table(
         rows,
         ["run", "start-up + warm-up s", "seconds", "s / image", "load (1, 5, 15 min)", "labels equal"],
-        title=f"batch: {args.images} images of {args.image_size} x {args.image_size}, ViT-S/14, shifts=none",
+        title=f"batch: {args.images} images of {args.image_size} x {args.image_size} ({source}), ViT-S/14, "
+        f"shifts={args.batch_shifts} ({config.n_transforms} forward(s) per tile, {tiles} tile(s) per image)",
     )
     per_image = timings[1] / args.images
     overhead = (timings[1] - single) / args.images
@@ -274,7 +315,17 @@ def main() -> None:
     parser.add_argument("--speed-size", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--image-size", type=int, default=512, help="batch: image side")
+    parser.add_argument(
+        "--batch-source", choices=("micrographs", "texture"), default="micrographs",
+        help="batch: crops of the nasa_ebc micrographs ($HRDV2_DATA) or the synthetic texture",
+    )  # fmt: skip
+    parser.add_argument("--batch-shifts", default="none", help="batch: FeatureConfig.shifts of the model")
+    parser.add_argument(
+        "--progress-log", default="",
+        help="memory: append a JSON line (tiles done, seconds, peak RSS so far, load) to this file every --log-every tiles",
+    )  # fmt: skip
+    parser.add_argument("--log-every", type=int, default=29, help="memory: tiles between progress lines")
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of the memory subprocess")
     parser.add_argument("--workdir", default=None, help="where inputs and outputs go (default a temporary folder)")
     args = parser.parse_args()
