@@ -244,6 +244,10 @@ def bench_batch(args: argparse.Namespace, backbone: str, work: Path) -> None:
     tiles = len(plan_tiles(args.image_size, args.image_size, tile_size=config.tile_size, overlap=config.tile_overlap))
     rows = []
 
+    if args.batch_threads:
+        import torch
+
+        torch.set_num_threads(args.batch_threads)
     warm = work / "warm_single"  # the single process also loads the backbone before the timed run
     shutil.rmtree(warm, ignore_errors=True)
     warm.mkdir()
@@ -260,7 +264,7 @@ def bench_batch(args: argparse.Namespace, backbone: str, work: Path) -> None:
     cores = os.cpu_count() or 1
     for workers in (1, 2):
         start = time.perf_counter()
-        share = str(max(1, cores // workers))
+        share = str(args.batch_threads or max(1, cores // workers))
         cluster = LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
             env={"NAPARI_HRDV2_TORCH_THREADS": share, "OMP_NUM_THREADS": share},
@@ -291,7 +295,8 @@ def bench_batch(args: argparse.Namespace, backbone: str, work: Path) -> None:
         rows,
         ["run", "start-up + warm-up s", "seconds", "s / image", "load (1, 5, 15 min)", "labels equal"],
         title=f"batch: {args.images} images of {args.image_size} x {args.image_size} ({source}), ViT-S/14, "
-        f"shifts={args.batch_shifts} ({config.n_transforms} forward(s) per tile, {tiles} tile(s) per image)",
+        f"shifts={args.batch_shifts} ({config.n_transforms} forward(s) per tile, {tiles} tile(s) per image), torch "
+        f"threads per process {args.batch_threads or 'cores / workers'}",
     )
     per_image = timings[1] / args.images
     overhead = (timings[1] - single) / args.images
@@ -321,6 +326,11 @@ def main() -> None:
         help="batch: crops of the nasa_ebc micrographs ($HRDV2_DATA) or the synthetic texture",
     )  # fmt: skip
     parser.add_argument("--batch-shifts", default="none", help="batch: FeatureConfig.shifts of the model")
+    parser.add_argument(
+        "--batch-threads", type=int, default=0,
+        help="batch: torch threads of the single process and of every worker (default: cores / workers; 1 on a "
+        "busy machine, where 2 OpenMP threads per process wait on each other)",
+    )  # fmt: skip
     parser.add_argument(
         "--progress-log", default="",
         help="memory: append a JSON line (tiles done, seconds, peak RSS so far, load) to this file every --log-every tiles",
