@@ -280,6 +280,9 @@ def section_end_to_end(
         total = t_encode + t_fit + t_predict
         rows.append([f"{size}x{size}", f"{len(encoding.tiles)} x {encoding.n_transforms} = {n_forwards}", t_encode,
                      t_fit, t_predict, total, bare, total / bare, f"{load_encode}, {load_text()}"])  # fmt: skip
+        print(f"  {size}x{size}: encode {t_encode:.1f} s, fit {t_fit:.2f} s, predict {t_predict:.2f} s, end to end "
+              f"{total:.1f} s; {n_forwards} bare forwards {bare:.1f} s; ratio {total / bare:.2f} ({load_text()})",
+              flush=True)  # fmt: skip
         del encoding
     print_table(
         rows,

@@ -1,6 +1,6 @@
 """Scale: images larger than memory and folders on a dask cluster; prints Markdown tables.
 
-Sections (``--only memory,speed,batch``; results in benchmarks/README.md):
+Sections (``--only memory,speed,batch,overhead``; results in benchmarks/README.md):
 
 memory
     Peak RSS of a streamed segmentation (:class:`napari_hrdv2.core.streaming.StreamJob`) of a
@@ -29,6 +29,11 @@ batch
     task's model load per worker) is reported separately; per-image cost = wall time / images; scheduler
     overhead per task = (1-worker time - single-process time) / images; the extrapolation to N workers
     assumes the per-image cost and that the scheduler is not the bottleneck.
+
+overhead
+    The scheduler's own cost per task: ``--noop-tasks`` no-op tasks (``abs``) submitted together and 50 one at
+    a time on LocalClusters of 1 and 2 worker processes (also printed by ``batch`` for its own clusters). It
+    does not depend on the image size, so it gives the overhead fraction for any per-image cost.
 
 The machine is shared: every timing line prints ``uptime``'s load averages next to it.
 """
@@ -220,6 +225,42 @@ def bench_speed(args: argparse.Namespace, backbone: str, work: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- batch
+def scheduler_overhead(client: object, n_tasks: int) -> tuple[float, float]:
+    """Seconds per task of the dask scheduler alone: ``n_tasks`` no-op tasks mapped at once, and one at a time.
+
+    ``abs`` is a builtin, so the workers import nothing; what is left is submission, scheduling, running a
+    trivial function on a worker and gathering its result.
+    """
+    client.gather(client.map(abs, range(-8, 0), pure=False))  # warm-up
+    start = time.perf_counter()
+    client.gather(client.map(abs, range(-n_tasks, 0), pure=False))
+    batched = (time.perf_counter() - start) / n_tasks
+    sequential = min(n_tasks, 50)
+    start = time.perf_counter()
+    for i in range(sequential):
+        client.submit(abs, -i, pure=False).result()
+    return batched, (time.perf_counter() - start) / sequential
+
+
+def bench_overhead(args: argparse.Namespace) -> None:
+    """Section ``overhead``: the scheduler's cost per task alone, on LocalClusters of 1 and 2 worker processes."""
+    from distributed import Client, LocalCluster
+
+    rows = []
+    for workers in (1, 2):
+        with (
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
+            batched, one_by_one = scheduler_overhead(client, args.noop_tasks)
+        rows.append([f"LocalCluster, {workers} worker(s)", f"{1000 * batched:.2f}", f"{1000 * one_by_one:.2f}", load()])
+    print_table(
+        rows,
+        ["cluster", f"ms per task, {args.noop_tasks} submitted together", "ms per task, one at a time", "load"],
+        title="overhead: dask scheduler cost per task (no-op tasks, processes)",
+    )
+
+
 def bench_batch(args: argparse.Namespace, backbone: str, work: Path) -> None:
     import tifffile
     from distributed import Client, LocalCluster
@@ -260,7 +301,8 @@ def bench_batch(args: argparse.Namespace, backbone: str, work: Path) -> None:
     rows.append(["single process", "-", f"{single:.1f}", f"{single / args.images:.3f}", load()])
     reference = {p.name: tifffile.imread(p) for p in (work / "out_single").iterdir()}
 
-    timings = {}
+    timings: dict[int, float] = {}
+    overheads: dict[int, tuple[float, float]] = {}
     cores = os.cpu_count() or 1
     for workers in (1, 2):
         start = time.perf_counter()
@@ -286,14 +328,25 @@ def bench_batch(args: argparse.Namespace, backbone: str, work: Path) -> None:
         assert report.ok and len(report.written) == args.images
         same = all(np.array_equal(tifffile.imread(out / name), labels) for name, labels in reference.items())
         timings[workers] = seconds
+        noop_map, noop_latency = scheduler_overhead(client, args.noop_tasks)
+        overheads[workers] = (noop_map, noop_latency)
         rows.append([f"LocalCluster, {workers} worker(s)", f"{startup:.1f}", f"{seconds:.1f}",
-                     f"{seconds / args.images:.3f}", load(), "yes" if same else "NO"])  # fmt: skip
+                     f"{seconds / args.images:.3f}", load(), "yes" if same else "NO",
+                     f"{1000 * noop_map:.1f} / {1000 * noop_latency:.1f}"])  # fmt: skip
         client.close()
         cluster.close()
-    rows[0].append("(reference)")
+    rows[0] += ["(reference)", "-"]
     print_table(
         rows,
-        ["run", "start-up + warm-up s", "seconds", "s / image", "load (1, 5, 15 min)", "labels equal"],
+        [
+            "run",
+            "start-up + warm-up s",
+            "seconds",
+            "s / image",
+            "load (1, 5, 15 min)",
+            "labels equal",
+            f"no-op task ms: batch of {args.noop_tasks} / one at a time",
+        ],  # fmt: skip
         title=f"batch: {args.images} images of {args.image_size} x {args.image_size} ({source}), ViT-S/14, "
         f"shifts={args.batch_shifts} ({config.n_transforms} forward(s) per tile, {tiles} tile(s) per image), torch "
         f"threads per process {args.batch_threads or 'cores / workers'}",
@@ -304,6 +357,15 @@ def bench_batch(args: argparse.Namespace, backbone: str, work: Path) -> None:
     print(
         f"\nper-image cost on one worker: {per_image:.3f} s; scheduler + transfer overhead per task: {overhead * 1000:.0f} ms "
         f"({100 * overhead / max(per_image, 1e-9):.1f} % of a task); 2 workers vs 1: {speedup:.2f}x on {cores} cores."
+    )
+    print(
+        f"Scheduler cost measured directly with {args.noop_tasks} no-op tasks (abs(i)): "
+        + "; ".join(
+            f"{w} worker(s): {1000 * m:.1f} ms per task submitted together, {1000 * lat:.1f} ms round trip one "
+            "at a time"
+            for w, (m, lat) in overheads.items()
+        )  # fmt: skip
+        + f" = {100 * overheads[1][0] / max(per_image, 1e-9):.2f} % of a {per_image:.2f} s task."
     )
     print(
         f"Extrapolation: N workers with their own cores segment about N / {per_image:.3f} = {1 / per_image:.2f} N "
@@ -325,6 +387,7 @@ def main() -> None:
         "--batch-source", choices=("micrographs", "texture"), default="micrographs",
         help="batch: crops of the nasa_ebc micrographs ($HRDV2_DATA) or the synthetic texture",
     )  # fmt: skip
+    parser.add_argument("--noop-tasks", type=int, default=500, help="batch: no-op tasks timing the scheduler alone")
     parser.add_argument("--batch-shifts", default="none", help="batch: FeatureConfig.shifts of the model")
     parser.add_argument(
         "--batch-threads", type=int, default=0,
@@ -351,6 +414,8 @@ def main() -> None:
         bench_speed(args, backbone, work)
     if "batch" in sections:
         bench_batch(args, backbone, work)
+    if "overhead" in sections:
+        bench_overhead(args)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
