@@ -161,3 +161,36 @@ def test_predict_view_of_a_pyramid_makes_a_pyramid(make_napari_viewer_proxy, qtb
     np.testing.assert_array_equal(level0[inside], full[inside])
     assert np.all(level0[~inside] == 0)
     np.testing.assert_array_equal(level1, level0[::2, ::2])  # every level shows the same labels (nearest)
+
+
+def test_predict_view_of_a_lazy_stack_fills_the_plane_shown(make_napari_viewer_proxy, qtbot, tiny_config):
+    """A dask stack (read lazily, as the job gets it): only the region of the plane shown is segmented."""
+    import dask.array as da
+
+    import napari_hrdv2 as hr
+    from napari_hrdv2._layers import ViewRegion, visible_region
+
+    viewer = make_napari_viewer_proxy()
+    image = viewer.add_image(two_texture_image()[0], name="tex")
+    _, features = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Features")
+    features.set_settings(tiny_config)
+    _, segmentation = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Segmentation")
+    paint(segmentation.new_scribbles_layer(image))
+    segmentation._auto_segment.value = False
+    segmentation._train.changed.emit(True)
+    wait_idle(qtbot, segmentation)
+
+    planes = np.stack([two_texture_image(seed=s)[0] for s in (4, 5, 6)])
+    stack = viewer.add_image(da.from_array(planes, chunks=(1, 56, 56)), name="lazy")
+    viewer.dims.set_point(0, 1)
+    assert visible_region(viewer, stack).plane == 1
+    segmentation.predict_view(stack, ViewRegion(1, (20, 90), (30, 100)))
+    wait_idle(qtbot, segmentation)
+    labels = np.asarray(viewer.layers["lazy segmentation"].data)
+    assert labels.shape == (3, 112, 112) and isinstance(viewer.layers["lazy segmentation"].data, np.ndarray)
+    full = segmentation._session.segmenter.predict(
+        hr.Featurizer(segmentation._session.prediction_config()).encode(planes[1], with_attention=False)
+    )
+    np.testing.assert_array_equal(labels[1, 20:90, 30:100], full[20:90, 30:100])
+    labels[1, 20:90, 30:100] = 0
+    assert not labels.any(), "nothing outside the region of plane 2"
