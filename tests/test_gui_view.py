@@ -49,15 +49,17 @@ def paint(layer) -> None:
     layer.data = data
 
 
-def show_rows_cols(viewer, center: tuple[float, float], visible_rows: float) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Point the camera at ``center`` showing ``visible_rows`` world rows; the expected (rows, cols) of a 112 px image."""
+def show_rows_cols(
+    viewer, center: tuple[float, float], visible_rows: float, size: int = 112
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Point the camera at ``center`` showing ``visible_rows`` world rows; the expected (rows, cols) of a square image."""
     height, width = viewer.canvas.size
     zoom = height / visible_rows
     viewer.scene.camera.center = (0, *center)
     viewer.scene.camera.zoom = zoom
     half_rows, half_cols = height / 2 / zoom, width / 2 / zoom
-    rows = (max(0, int(np.floor(center[0] - half_rows + 0.5))), min(112, int(np.ceil(center[0] + half_rows + 0.5))))
-    cols = (max(0, int(np.floor(center[1] - half_cols + 0.5))), min(112, int(np.ceil(center[1] + half_cols + 0.5))))
+    rows = (max(0, int(np.floor(center[0] - half_rows + 0.5))), min(size, int(np.ceil(center[0] + half_rows + 0.5))))
+    cols = (max(0, int(np.floor(center[1] - half_cols + 0.5))), min(size, int(np.ceil(center[1] + half_cols + 0.5))))
     return rows, cols
 
 
@@ -194,3 +196,52 @@ def test_predict_view_of_a_lazy_stack_fills_the_plane_shown(make_napari_viewer_p
     np.testing.assert_array_equal(labels[1, 20:90, 30:100], full[20:90, 30:100])
     labels[1, 20:90, 30:100] = 0
     assert not labels.any(), "nothing outside the region of plane 2"
+
+
+def test_train_on_a_huge_lazy_image_encodes_only_the_scribbled_tiles(
+    make_napari_viewer_proxy, qtbot, tiny_config, monkeypatch
+):
+    """A lazily read image above the size limit (lowered here): Train encodes the scribbled tiles only (the same
+    model as ``fit_lazy``), and 'Segment after training' segments the view, not the whole image."""
+    import dask.array as da
+
+    import napari_hrdv2 as hr
+    from napari_hrdv2._widgets import _segmentation
+    from napari_hrdv2.core import streaming
+
+    monkeypatch.setattr(_segmentation, "LAZY_TRAIN_PIXELS", 100 * 100)  # 224 x 224 counts as huge here
+    encoded = []
+    iter_encode = streaming.TileEncoder.iter_encode
+    monkeypatch.setattr(
+        streaming.TileEncoder,
+        "iter_encode",
+        lambda self, tile, **kw: (encoded.append(tile.top), iter_encode(self, tile, **kw))[1],
+    )
+    pixels = two_texture_image(224, seed=7)[0]
+    viewer = make_napari_viewer_proxy()
+    image = viewer.add_image(da.from_array(pixels, chunks=56), name="huge")
+    _, features = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Features")
+    config = tiny_config.replace(tile_size=112, tile_overlap=28)
+    features.set_settings(config)
+    _, segmentation = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Segmentation")
+    scribbles = segmentation.new_scribbles_layer(image)
+    painted = np.zeros((224, 224), dtype=np.uint8)
+    painted[10:40, 15:19], painted[10:40, 130:134] = 1, 2  # top rows only
+    scribbles.data = painted
+    segmentation._auto_segment.value = False
+    segmentation._train.changed.emit(True)
+    wait_idle(qtbot, segmentation)
+    assert "huge segmentation" not in viewer.layers and "press View" in segmentation.status
+    assert encoded and max(encoded) == 0, f"only the top row of tiles holds scribbles: {sorted(set(encoded))}"
+    reference = hr.fit_lazy(hr.LinearSegmenter(), pixels, painted, hr.Featurizer(config))
+    np.testing.assert_allclose(segmentation._session.segmenter.coef_, reference.coef_, rtol=1e-4, atol=1e-5)
+
+    segmentation._auto_segment.value = True
+    rows, cols = show_rows_cols(viewer, (150, 60), visible_rows=40, size=224)
+    assert rows[1] - rows[0] >= 40 and 0 < cols[0] < cols[1] < 224, (rows, cols)
+    segmentation._train.changed.emit(True)
+    wait_idle(qtbot, segmentation)
+    labels = np.asarray(viewer.layers["huge segmentation"].data)
+    inside = np.zeros(labels.shape, dtype=bool)
+    inside[rows[0] : rows[1], cols[0] : cols[1]] = True
+    assert np.all(labels[inside] > 0) and np.all(labels[~inside] == 0), "the view only"

@@ -90,9 +90,7 @@ class SourceGeometry:
                 f"'{layer.name}' has {len(spatial)} spatial axes {spatial}; HR-Dv2 works on 2D images and stacks "
                 "of 2D planes (N, H, W). Split or project the extra axes first (e.g. one layer per time point)."
             )
-        levels = (
-            tuple(tuple(int(s) for s in level.shape[: layer.ndim]) for level in layer.data) if multiscale else None
-        )
+        levels = tuple(tuple(int(s) for s in level.shape[: layer.ndim]) for level in layer.data) if multiscale else None
         return cls(
             name=str(layer.name),
             plane_shape=(spatial[-2], spatial[-1]),

@@ -433,6 +433,48 @@ def predict_job(
     return result
 
 
+def train_lazy_job(
+    data: Any,
+    labels: Mapping[int, np.ndarray],
+    config: FeatureConfig,
+    *,
+    is_stack: bool,
+    make_segmenter: Callable[[], Any],
+) -> Generator[Progress, None, PredictionResult]:
+    """Train on a huge (lazily read) image, encoding only the tiles that hold scribbles (core ``fit_lazy``).
+
+    ``labels`` maps plane index -> copied (H, W) scribbles. Only the tiles touching scribbles (and the
+    plane's intensity range) are read; the features are exactly those of the in-memory path. Predicts
+    nothing: the dock segments the view afterwards ("Predict current view").
+    """
+    from .core.devices import inference_mode
+    from .core.encoding import Featurizer
+    from .core.lazy_io import LazyPlane
+    from .core.streaming import iter_encode_labelled
+
+    if not labels:
+        raise InputError("The scribbles layer is empty: paint a few strokes of at least two classes, then Train.")
+    yield Progress(0.0, 1, "Loading the backbone")
+    featurizer = Featurizer(config)
+    encodings, crops = [], []
+    indices = sorted(labels)
+    with inference_mode():
+        featurizer.backbone  # noqa: B018 - load here (errors surface in this job)
+        for i, index in enumerate(indices):
+            plane = LazyPlane(data, (int(index),)) if is_stack else LazyPlane(data)
+            steps = iter_encode_labelled(featurizer, plane, labels[index])
+            start, span = 0.8 * i / len(indices), 0.8 / len(indices)
+            plane_encodings, plane_crops = yield from within(
+                steps, start, span, message=f"Encoding the scribbled tiles of plane {index + 1}"
+            )
+            encodings += plane_encodings
+            crops += plane_crops
+    yield Progress(0.8, 1, "Training")
+    segmenter = make_segmenter()
+    segmenter.fit(encodings, crops)
+    return PredictionResult(segmenter=segmenter, config=config)
+
+
 @dataclass
 class RegionResult:
     """A prediction of one rectangle of a (possibly huge, lazily read) plane: paste it at ``(top, left)``."""

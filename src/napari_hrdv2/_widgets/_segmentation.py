@@ -53,6 +53,7 @@ from .._workers import (
     predict_region_job,
     segmenter_config,
     train_job,
+    train_lazy_job,
 )
 from ..core.config import FeatureConfig
 from ..core.errors import HRDv2Error, InputError, WeightsNotFoundError
@@ -76,6 +77,9 @@ SHORTCUTS = {
     "predict": "Shift-P",
     "live": "Shift-L",
 }
+#: Lazily read (dask/Zarr) images with more pixels per plane than this train on their scribbled tiles only, and
+#: "Segment after training" segments the view (as ``core.streaming.STREAM_PIXELS``: about 5800 x 5800).
+LAZY_TRAIN_PIXELS = 1 << 25
 #: Alt-1 ... Alt-9 pick the class painted in the scribbles layer.
 CLASS_KEYS = tuple(f"Alt-{digit}" for digit in range(1, 10))
 SHORTCUTS_TEXT = "Keys: Shift+T train, Shift+P predict, Shift+L live, Alt+1..9 class"
@@ -507,6 +511,24 @@ class SegmentationWidget(DockFrame, Container):
         runner = self._live_runner if live else self._runner
         if live:
             self._live_generation += 1
+        generation = self._live_generation if live else None
+        if self._trains_lazily(image_layer, geometry):
+            if self._hybrid.value:
+                self._report(InputError("Untick '+ classical filters' to train on a huge image: they need it "
+                                        "whole in memory."), quiet=live)  # fmt: skip
+                return None
+            return runner.start(
+                train_lazy_job,
+                image_layer.data,
+                scribbles,
+                self._session.config,
+                is_stack=geometry.is_stack,
+                make_segmenter=self._warm_factory() if live else self.make_segmenter,
+                description=f"HR-Dv2 training on the scribbled tiles of {geometry.name}",
+                on_returned=partial(self._lazy_trained, image_layer, geometry, generation),
+                source=image_layer,
+                quiet_errors=live,
+            )
         return runner.start(
             train_job,
             image_layer.data,
@@ -525,6 +547,27 @@ class SegmentationWidget(DockFrame, Container):
             source=image_layer,
             quiet_errors=live,
         )
+
+    def _trains_lazily(self, image_layer: Any, geometry: SourceGeometry) -> bool:
+        """Whether Train encodes only the scribbled tiles: a lazily read (dask/Zarr) image of huge planes."""
+        height, width = geometry.plane_shape
+        return not isinstance(image_layer.data, np.ndarray) and height * width > LAZY_TRAIN_PIXELS
+
+    def _lazy_trained(
+        self, image_layer: Any, geometry: SourceGeometry, generation: int | None, result: PredictionResult
+    ) -> None:
+        """A model trained on a huge image's scribbled tiles: keep it and segment the view (not the whole image)."""
+        if generation is not None and generation != self._live_generation:
+            return
+        names = self._session.class_names
+        result.segmenter.class_names = {c: names[c] for c in result.classes if c in names}
+        self._session.segmenter = result.segmenter
+        self._refresh_classes()
+        self._set_status(
+            f"Model trained on the scribbled tiles of {geometry.name}; press View to segment the part shown."
+        )
+        if self._auto_segment.value or generation is not None:
+            self.predict_view(image_layer)
 
     def predict(self, image_layer: Any, *, all_planes: bool = False) -> GeneratorWorker | None:
         """Segment the current plane (or all planes) of ``image_layer`` with the trained or loaded model."""
