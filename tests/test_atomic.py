@@ -162,3 +162,13 @@ def test_temporary_names_of_long_names_stay_within_the_name_limit(tmp_path):
     assert len(temporary.name.encode()) <= 255
     assert atomic._TEMPORARY_PATTERN.match(temporary.name)
     temporary.write_bytes(b"ok")  # the file system accepts it
+
+
+def test_sizes_in_messages_are_exact(tmp_path, monkeypatch):
+    expected = {0: "0 bytes", 1023: "1023 bytes", 1024: "1.0 KiB", 1536: "1.5 KiB", 5 * 1024**2: "5.0 MiB",
+                5 * 1024**3: "5.0 GiB", 3 * 1024**4: "3072.0 GiB"}  # fmt: skip
+    assert {n: atomic._size(n) for n in expected} == expected
+    real = atomic.shutil.disk_usage
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: real(path)._replace(free=1024))
+    with pytest.raises(OutputError, match=r"need about 3\.0 MiB but only 1\.0 KiB is free"):
+        atomic.check_output_folder(tmp_path, 3 * 1024**2)
