@@ -52,3 +52,8 @@ def test_clean_labels_filter_sizes_have_known_answers():
     np.testing.assert_array_equal(clean_labels(field, min_object_size=9), field)
     np.testing.assert_array_equal(clean_labels(field, min_object_size=10), 1)
     assert clean_labels(field, majority_size=3).dtype == np.uint8
+    # Regions are 8-connected: two diagonal pixels are one region of 2 pixels.
+    diagonal = np.ones((9, 9), dtype=np.uint8)
+    diagonal[4, 4] = diagonal[5, 5] = 2
+    np.testing.assert_array_equal(clean_labels(diagonal, min_object_size=2), diagonal)
+    np.testing.assert_array_equal(clean_labels(diagonal, min_object_size=3), 1)
