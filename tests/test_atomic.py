@@ -32,6 +32,11 @@ def test_existing_file_needs_overwrite_and_folder_is_refused(tmp_path):
     target = atomic.write_json(tmp_path / "a.json", {"x": 1})
     with pytest.raises(InputError, match="already exists"):
         atomic.write_json(target, {"x": 2})
+    for write in (atomic.write_text, atomic.write_bytes):  # every writer refuses by default
+        with pytest.raises(InputError, match="already exists"):
+            write(target, "y" if write is atomic.write_text else b"y")
+    with pytest.raises(InputError, match="already exists"):
+        atomic.write_npy(target, np.zeros(2))
     atomic.write_json(target, {"x": 2}, overwrite=True)
     assert '"x": 2' in target.read_text()
     with pytest.raises(InputError, match="is a folder"):
