@@ -177,3 +177,11 @@ def test_sizes_in_messages_are_exact(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: real(path)._replace(free=1024))
     with pytest.raises(OutputError, match=r"need about 3\.0 MiB but only 1\.0 KiB is free"):
         atomic.check_output_folder(tmp_path, 3 * 1024**2)
+
+
+def test_json_text_and_npy_without_pickle(tmp_path):
+    path = atomic.write_json(tmp_path / "a.json", {"a": [1]})
+    assert path.read_text() == '{\n  "a": [\n    1\n  ]\n}\n'  # indent 2, one final newline
+    with pytest.raises(ValueError, match="allow_pickle"):  # object arrays would need pickle: never written
+        atomic.write_npy(tmp_path / "o.npy", np.array([{"x": 1}], dtype=object))
+    assert leftovers(tmp_path) == [] and not (tmp_path / "o.npy").exists()
