@@ -37,6 +37,8 @@ def test_existing_file_needs_overwrite_and_folder_is_refused(tmp_path):
             write(target, "y" if write is atomic.write_text else b"y")
     with pytest.raises(InputError, match="already exists"):
         atomic.write_npy(target, np.zeros(2))
+    with pytest.raises(InputError, match="already exists"):
+        atomic.write_tif(target, np.zeros((2, 2), np.uint8))
     atomic.write_json(target, {"x": 2}, overwrite=True)
     assert '"x": 2' in target.read_text()
     with pytest.raises(InputError, match="is a folder"):
