@@ -80,3 +80,12 @@ def notifications():
 def wait_idle(qtbot, widget, timeout: int = TIMEOUT_MS) -> None:
     """Wait until a dock widget's jobs have finished."""
     qtbot.waitUntil(lambda: not widget.is_busy, timeout=timeout)
+
+
+def paint_two_classes(layer) -> None:
+    """Scribbles on a (..., H, W) labels layer: class 1 in a left column band, class 2 in a right one."""
+    data = layer.data.copy()
+    size = data.shape[-1]
+    data[..., 10:-10, 15:19] = 1
+    data[..., 10:-10, size - 20 : size - 16] = 2
+    layer.data = data

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import PLUGIN, two_texture_image, wait_idle
+from conftest import PLUGIN, paint_two_classes, two_texture_image, wait_idle
 
 pytestmark = pytest.mark.gui
 
@@ -18,14 +18,6 @@ def viewer(make_napari_viewer_proxy):
 def dock(viewer, name):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     return widget
-
-
-def paint(layer) -> None:
-    data = layer.data.copy()
-    size = data.shape[-1]
-    data[..., 10:-10, 15:19] = 1
-    data[..., 10:-10, size - 20 : size - 16] = 2
-    layer.data = data
 
 
 def test_facet_and_block_flow_into_compute_and_training(viewer, qtbot, tiny_config):
@@ -53,7 +45,7 @@ def test_facet_and_block_flow_into_compute_and_training(viewer, qtbot, tiny_conf
 
     segmentation = dock(viewer, "HR-Dv2 Segmentation")
     assert "key facet, block 0" in segmentation._settings_summary.value
-    paint(segmentation.new_scribbles_layer(image))
+    paint_two_classes(segmentation.new_scribbles_layer(image))
     segmentation._train.changed.emit(True)
     wait_idle(qtbot, segmentation)
     model = segmentation._session.segmenter
@@ -111,7 +103,7 @@ def test_no_download_without_asking_and_no_cancels_cleanly(viewer, qtbot, online
     assert "`hf download facebook/dinov2-small`" in features.status and "Select weights..." in features.help_text
     assert any("hf download facebook/dinov2-small" in str(n.message) for n in notifications)
     scribbles = segmentation.new_scribbles_layer(image)
-    paint(scribbles)
+    paint_two_classes(scribbles)
     assert segmentation.train(image, scribbles) is None and not segmentation.is_busy
     assert asked == ["facebook/dinov2-small"] * 2 and online == []
     assert "hf download facebook/dinov2-small" in segmentation.status

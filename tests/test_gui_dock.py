@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PLUGIN, TIMEOUT_MS, two_texture_image, wait_idle
+from conftest import PLUGIN, TIMEOUT_MS, paint_two_classes, two_texture_image, wait_idle
 
 pytestmark = pytest.mark.gui
 
@@ -27,14 +27,6 @@ def dock(viewer, name):
 def same(a, b) -> bool:
     """Layers are the same (the proxy viewer hands out proxies of them, so compare by name)."""
     return a is not None and b is not None and a.name == b.name
-
-
-def paint(layer) -> None:
-    data = layer.data.copy()
-    size = data.shape[-1]
-    data[..., 10:-10, 15:19] = 1
-    data[..., 10:-10, size - 20 : size - 16] = 2
-    layer.data = data
 
 
 # ---------------------------------------------------------------------------------------------- default state
@@ -168,7 +160,7 @@ def test_scribbles_stay_selected_after_train_and_classes_are_named(viewer, qtbot
     features.set_settings(tiny_config)
     segmentation = dock(viewer, "HR-Dv2 Segmentation")
     scribbles = segmentation.new_scribbles_layer(image)
-    paint(scribbles)
+    paint_two_classes(scribbles)
     assert same(viewer.layers.selection.active, scribbles) and segmentation._auto_segment.value
     assert segmentation._classes.labels == [1, 2]
     segmentation._classes.table.item(1, 2).setText("matrix")  # rename class 2 in the table

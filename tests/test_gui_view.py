@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import PLUGIN, two_texture_image, wait_idle
+from conftest import PLUGIN, paint_two_classes, two_texture_image, wait_idle
 
 pytestmark = pytest.mark.gui
 
@@ -41,12 +41,18 @@ def test_visible_region_follows_camera_scale_and_translate():
         visible_region(viewer, layer)
 
 
-def paint(layer) -> None:
-    data = layer.data.copy()
-    size = data.shape[-1]
-    data[..., 10:-10, 15:19] = 1
-    data[..., 10:-10, size - 20 : size - 16] = 2
-    layer.data = data
+def trained_on_texture(make_viewer, qtbot, config):
+    """A viewer with the "tex" image, both docks, and a model trained on two scribbled classes (no segmentation yet)."""
+    viewer = make_viewer()
+    image = viewer.add_image(two_texture_image()[0], name="tex")
+    _, features = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Features")
+    features.set_settings(config)
+    _, segmentation = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Segmentation")
+    paint_two_classes(segmentation.new_scribbles_layer(image))
+    segmentation._auto_segment.value = False
+    segmentation._train.changed.emit(True)
+    wait_idle(qtbot, segmentation)
+    return viewer, image, segmentation
 
 
 def show_rows_cols(
@@ -64,16 +70,8 @@ def show_rows_cols(
 
 
 def test_predict_view_segments_only_the_visible_rectangle(make_napari_viewer_proxy, qtbot, tiny_config):
-    viewer = make_napari_viewer_proxy()
-    image = viewer.add_image(two_texture_image()[0], name="tex")
-    _, features = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Features")
-    features.set_settings(tiny_config)
-    _, segmentation = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Segmentation")
+    viewer, image, segmentation = trained_on_texture(make_napari_viewer_proxy, qtbot, tiny_config)
     assert segmentation._predict_view.text == "View"
-    paint(segmentation.new_scribbles_layer(image))
-    segmentation._auto_segment.value = False
-    segmentation._train.changed.emit(True)
-    wait_idle(qtbot, segmentation)
     assert "tex segmentation" not in viewer.layers
 
     rows, cols = show_rows_cols(viewer, (40, 75), visible_rows=30)
@@ -136,15 +134,7 @@ def test_predict_view_of_a_pyramid_makes_a_pyramid(make_napari_viewer_proxy, qtb
     """A multiscale image (as the lazy reader opens OME-Zarr pyramids): read at full resolution, labels per level."""
     import napari_hrdv2 as hr
 
-    viewer = make_napari_viewer_proxy()
-    image = viewer.add_image(two_texture_image()[0], name="tex")
-    _, features = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Features")
-    features.set_settings(tiny_config)
-    _, segmentation = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Segmentation")
-    paint(segmentation.new_scribbles_layer(image))
-    segmentation._auto_segment.value = False
-    segmentation._train.changed.emit(True)
-    wait_idle(qtbot, segmentation)
+    viewer, image, segmentation = trained_on_texture(make_napari_viewer_proxy, qtbot, tiny_config)
 
     big = two_texture_image(224, seed=3)[0]
     pyramid = viewer.add_image([big, big[::2, ::2]], multiscale=True, name="pyr")
@@ -172,15 +162,7 @@ def test_predict_view_of_a_lazy_stack_fills_the_plane_shown(make_napari_viewer_p
     import napari_hrdv2 as hr
     from napari_hrdv2._layers import ViewRegion, visible_region
 
-    viewer = make_napari_viewer_proxy()
-    image = viewer.add_image(two_texture_image()[0], name="tex")
-    _, features = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Features")
-    features.set_settings(tiny_config)
-    _, segmentation = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Segmentation")
-    paint(segmentation.new_scribbles_layer(image))
-    segmentation._auto_segment.value = False
-    segmentation._train.changed.emit(True)
-    wait_idle(qtbot, segmentation)
+    viewer, image, segmentation = trained_on_texture(make_napari_viewer_proxy, qtbot, tiny_config)
 
     planes = np.stack([two_texture_image(seed=s)[0] for s in (4, 5, 6)])
     stack = viewer.add_image(da.from_array(planes, chunks=(1, 56, 56)), name="lazy")
