@@ -21,6 +21,22 @@ def test_tile_windows_are_a_partition_of_unity(height, width, tile, overlap):
     np.testing.assert_allclose(total, 1.0, atol=1e-6)
 
 
+def test_tile_positions_and_ramps_have_known_answers():
+    # 300 rows in tiles of 100 overlapping by 30: ceil(270 / 70) = 4 tiles, starts round(linspace(0, 200, 4)).
+    tiles = plan_tiles(300, 90, tile_size=100, overlap=30)
+    assert [(t.top, t.left, t.height, t.width) for t in tiles] == [(0, 0, 100, 90), (67, 0, 100, 90),
+                                                                   (133, 0, 100, 90), (200, 0, 100, 90)]  # fmt: skip
+    first = tiles[0].row_weights
+    np.testing.assert_array_equal(first[:67], 1.0)  # alone until the next tile starts
+    assert np.all(np.diff(first[67:]) < 0) and first[-1] < 0.1  # then a falling ramp over the overlap
+    np.testing.assert_array_equal(tiles[0].col_weights, 1.0)
+    # No tiling, or one tile as large as the image: one tile, weights 1.
+    for size in (None, 300, 518):
+        (whole,) = plan_tiles(300, 90, tile_size=size, overlap=30)
+        assert (whole.top, whole.left, whole.height, whole.width) == (0, 0, 300, 90)
+        np.testing.assert_array_equal(whole.row_weights, 1.0)
+
+
 def test_single_tile_equals_untiled(tiny_backbone):
     image = np.random.default_rng(0).random((60, 70)).astype(np.float32)
     base = dict(backbone=tiny_backbone, device="cpu", shift_distances=(2,))
