@@ -28,7 +28,8 @@ def test_tile_positions_and_ramps_have_known_answers():
                                                                    (133, 0, 100, 90), (200, 0, 100, 90)]  # fmt: skip
     first = tiles[0].row_weights
     np.testing.assert_array_equal(first[:67], 1.0)  # alone until the next tile starts
-    assert np.all(np.diff(first[67:]) < 0) and first[-1] < 0.1  # then a falling ramp over the overlap
+    # Then a linear ramp over the 33-row overlap, sampled at pixel centres: (99.5 - row) / 33.
+    np.testing.assert_allclose(first[67:], (99.5 - np.arange(67, 100)) / 33, rtol=1e-6)
     np.testing.assert_array_equal(tiles[0].col_weights, 1.0)
     # No tiling, or one tile as large as the image: one tile, weights 1.
     for size in (None, 300, 518):
