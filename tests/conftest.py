@@ -89,3 +89,15 @@ def paint_two_classes(layer) -> None:
     data[..., 10:-10, 15:19] = 1
     data[..., 10:-10, size - 20 : size - 16] = 2
     layer.data = data
+
+
+@pytest.fixture
+def viewer(make_napari_viewer_proxy):
+    """A napari viewer for GUI tests (closed by pytest-napari at the end of the test)."""
+    return make_napari_viewer_proxy()
+
+
+def dock(viewer, name: str):
+    """Open one of the plugin's dock widgets ("HR-Dv2 Features" / "HR-Dv2 Segmentation") and return it."""
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget

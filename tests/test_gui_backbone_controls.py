@@ -5,19 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import PLUGIN, paint_two_classes, two_texture_image, wait_idle
+from conftest import dock, paint_two_classes, two_texture_image, wait_idle
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture
-def viewer(make_napari_viewer_proxy):
-    return make_napari_viewer_proxy()
-
-
-def dock(viewer, name):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
 
 
 def test_facet_and_block_flow_into_compute_and_training(viewer, qtbot, tiny_config):

@@ -9,19 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PLUGIN, TIMEOUT_MS, paint_two_classes, two_texture_image, wait_idle
+from conftest import TIMEOUT_MS, dock, paint_two_classes, two_texture_image, wait_idle
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture
-def viewer(make_napari_viewer_proxy):
-    return make_napari_viewer_proxy()
-
-
-def dock(viewer, name):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
 
 
 def same(a, b) -> bool:
