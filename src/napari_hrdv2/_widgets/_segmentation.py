@@ -569,19 +569,26 @@ class SegmentationWidget(DockFrame, Container):
         if self._auto_segment.value or generation is not None:
             self.predict_view(image_layer)
 
+    def _model_or_raise(self) -> Any:
+        """The trained or loaded model; InputError saying how to get one if there is none."""
+        if self._session.segmenter is None:
+            raise InputError("No model yet: paint scribbles of at least two classes and press Train, or Load model.")
+        return self._session.segmenter
+
+    def _model_backbone_allowed(self) -> bool:
+        """False when the model's backbone would be downloaded and the user declined (see ``_may_download``)."""
+        return self._may_download(self._session.prediction_config().backbone, for_model=True)
+
     def predict(self, image_layer: Any, *, all_planes: bool = False) -> GeneratorWorker | None:
         """Segment the current plane (or all planes) of ``image_layer`` with the trained or loaded model."""
         try:
             geometry = self._geometry(image_layer)
-            if self._session.segmenter is None:
-                raise InputError(
-                    "No model yet: paint scribbles of at least two classes and press Train, or Load model."
-                )
+            self._model_or_raise()
         except HRDv2Error as err:
             self._report(err)
             return None
         self._select(image_layer)
-        if not self._may_download(self._session.prediction_config().backbone, for_model=True):
+        if not self._model_backbone_allowed():
             return None
         indices = geometry.plane_indices if all_planes else [current_plane(self._viewer, image_layer)]
         return self._runner.start(
@@ -614,11 +621,7 @@ class SegmentationWidget(DockFrame, Container):
             if image_layer is None:
                 raise InputError("Choose an image layer first (open an image, or File > Open Sample > HR-Dv2).")
             geometry = SourceGeometry.from_layer(image_layer, multiscale_ok=True)
-            segmenter = self._session.segmenter
-            if segmenter is None:
-                raise InputError(
-                    "No model yet: paint scribbles of at least two classes and press Train, or Load model."
-                )
+            segmenter = self._model_or_raise()
             if getattr(segmenter, "hybrid", False):
                 raise InputError(
                     "'View' segments tile by tile, which models trained with '+ classical filters' cannot do yet: "
@@ -629,7 +632,7 @@ class SegmentationWidget(DockFrame, Container):
             self._report(err)
             return None
         self._select(image_layer)
-        if not self._may_download(self._session.prediction_config().backbone, for_model=True):
+        if not self._model_backbone_allowed():
             return None
         data = image_layer.data[0] if geometry.level_shapes is not None else image_layer.data
         plane, is_stack = region.plane, geometry.is_stack
@@ -744,7 +747,7 @@ class SegmentationWidget(DockFrame, Container):
         except HRDv2Error as err:
             self._report(err)
             return None
-        if not self._may_download(self._session.prediction_config().backbone, for_model=True):
+        if not self._model_backbone_allowed():
             return None
         return self._runner.start(
             folder_job,
