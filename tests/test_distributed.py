@@ -197,3 +197,36 @@ def test_outputs_of_a_killed_attempt_count_as_written(tmp_path):
     rerun = BatchReport()
     _add_task_report(rerun, retry, {labels, uncertainty}, candidates)  # both were there before: a real skip
     assert rerun.skipped == [labels] and not rerun.written and not rerun.extra
+
+
+def test_channels_on_a_cluster_equal_single_process(client, batch, tmp_path):
+    """A model that reads channel 1: in-memory inputs (one task each) and Zarr outputs streamed in bands on the
+    cluster give the single-process labels, and the client says which channels were used."""
+    import copy
+
+    model = copy.deepcopy(batch["model"])
+    model.channels = (1,)
+    texture, _ = two_texture_image(84)
+    data = np.random.default_rng(5).integers(0, 255, (84, 84, 5), dtype=np.uint8)
+    data[..., 1] = texture
+    tifffile.imwrite(tmp_path / "ome.ome.tif", np.moveaxis(data, -1, 0), metadata={"axes": "CYX"})
+    np.save(tmp_path / "last.npy", data)
+    inputs = [tmp_path / "ome.ome.tif", tmp_path / "last.npy"]
+    single = hr.segment_files(inputs, tmp_path / "single", model, batch["config"])
+    assert single.ok and len(single.written) == 2
+    expected = model.predict(hr.Featurizer(batch["config"]).encode(texture, with_attention=False))
+    np.testing.assert_array_equal(tifffile.imread(single.written[0]), expected)  # channel 1: the texture
+    with pytest.warns(UserWarning, match=r"using channel 1 of 5") as caught:
+        report = hr.segment_files(inputs, tmp_path / "cluster", model, batch["config"], client=client)
+    assert {str(w.message).split("'")[1] for w in caught if "using channel" in str(w.message)} == {
+        "ome.ome.tif", "last.npy"
+    }  # fmt: skip
+    assert report.ok and [p.name for p in report.written] == [p.name for p in single.written]
+    for path, reference in zip(report.written, single.written):
+        np.testing.assert_array_equal(tifffile.imread(path), tifffile.imread(reference))
+    report = hr.segment_files(
+        inputs, tmp_path / "zarr", model, batch["config"], client=client, suffix=".zarr", chunk=32, band_chunk_rows=1
+    )
+    assert report.ok and len(report.written) == 2
+    for path in report.written:
+        np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["0"][:], expected)

@@ -344,6 +344,43 @@ def test_segment_refuses_clearly_insufficient_room_before_any_work(data, tmp_pat
     assert estimate_output_bytes([data["stack"]], out, ".tif", max_label=2, uncertainty=True) == {out: 18816}
 
 
+class _NoCluster:
+    """A dask client that must not be used: any task submitted means work started although the outputs cannot fit."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"client.{name} used although the outputs cannot fit")
+
+    def close(self) -> None:
+        pass
+
+
+def test_cluster_run_checks_the_room_before_submitting(data, tmp_path, capsys, monkeypatch, free_bytes):
+    """--scheduler: the same estimate as the single-process run refuses, in one line, before any task or encoding."""
+    import napari_hrdv2 as hr
+    from napari_hrdv2.core import distributed
+    from napari_hrdv2.core.batch import estimate_output_bytes
+    from napari_hrdv2.core.errors import OutputError
+
+    out = tmp_path / "out"
+    model = hr.LinearSegmenter.load(data["model"])
+    free_bytes["n"] = 10_000  # labels (36 bytes) fit, the uncertainty map (18816 bytes) does not
+    with pytest.raises(OutputError, match=r"Not enough room in .*out.* about 18\.[0-9] KiB"):
+        distributed.segment_files_distributed(
+            [data["stack"]], out, model, model.feature_config, client=_NoCluster(), uncertainty=True,
+            model_path=data["model"],
+        )  # fmt: skip
+    assert list(out.iterdir()) == []
+    monkeypatch.setattr(distributed, "make_client", lambda spec: (_NoCluster(), None))
+    args = ["segment", str(data["stack"]), "--model", str(data["model"]), "-o", str(out), "--scheduler", "local"]
+    assert main([*args, "--uncertainty"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Not enough room" in err[0], err
+    # The estimate reads only the chosen channels' planes from the header: a 5-channel (C, Y, X) OME-TIFF is one plane.
+    five = tmp_path / "five.ome.tif"
+    tifffile.imwrite(five, np.zeros((5, 56, 56), np.uint8), metadata={"axes": "CYX"})
+    assert estimate_output_bytes([five], out, ".tif", uncertainty=True, channels=1) == {out: 12 + 6272}
+
+
 def test_features_counts_the_staged_copy_of_a_tif(data, tmp_path, capsys, opts, free_bytes):
     raw = 128 * 56 * 56 * 4  # tiny backbone: 128 float32 features per pixel of a 56x56 image
     free_bytes["n"] = int(raw * 1.5)

@@ -11,6 +11,7 @@ runs it to the end with an optional callback.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,14 +102,16 @@ def collect_inputs(
 
 
 def _expand_lazy(inputs: Iterable[str | Path], paths: list[Path]) -> list[Path]:
-    """Add the Zarr images (``*.zarr`` folders) directly inside input folders.
+    """Add the Zarr images (``*.zarr`` folders) named as inputs or directly inside input folders.
 
     ``.npy`` files are taken only when named explicitly: a folder's ``.npy`` files are often feature arrays.
     """
     extra = []
     for item in inputs:
         folder = Path(item)
-        if folder.is_dir() and folder.suffix.lower() != ".zarr":
+        if folder.is_dir() and folder.suffix.lower() == ".zarr":
+            extra.append(folder)  # a Zarr image named as an input (not a folder of images)
+        elif folder.is_dir():
             extra.extend(sorted(p for p in folder.iterdir() if p.is_dir() and p.suffix.lower() == ".zarr"))
     if not extra:
         return paths
@@ -215,11 +218,7 @@ def iter_segment_files(
         where = ", ".join(str(p) for p in inputs) or "(no inputs)"
         raise InputError(f"No images found in {where} (looked for {', '.join(IMAGE_SUFFIXES)}).")
     check_distinct_outputs(paths, outdir, suffix)
-    needed = estimate_output_bytes(
-        paths, outdir, suffix, max_label=_max_label(segmenter), uncertainty=uncertainty, overwrite=overwrite
-    )
-    for folder in sorted({output_path(path, outdir, suffix).parent for path in paths}):
-        check_output_folder(folder, needed.get(folder, 0))  # writable, and roughly has room, before any work
+    check_room(paths, outdir, segmenter, suffix=suffix, uncertainty=uncertainty, overwrite=overwrite, channels=channels)
     report = BatchReport()
     n = len(paths)
     written: dict[Path, Path] = {}  # output -> the input it was written for in this batch
@@ -240,6 +239,8 @@ def iter_segment_files(
             except Exception as err:
                 report.failed.append((path, _per_file_reason(err)))
                 continue
+            if job.note and not job.skip:  # which channels of a file read tile by tile are used
+                warnings.warn(job.note, UserWarning, stacklevel=2)
             if job.skip:
                 report.skipped.append(job.target)
                 continue
@@ -300,8 +301,9 @@ def _max_label(segmenter: Any) -> int:
     return int(np.max(classes)) if classes is not None and np.size(classes) else 255
 
 
-def image_pixels(path: str | Path) -> int | None:
-    """Pixels of an input (planes x H x W) read from its header only; None if it cannot be told cheaply."""
+def image_pixels(path: str | Path, channels: Sequence[int] | str | None = None) -> int | None:
+    """Pixels of an input (planes x H x W, with ``channels`` chosen) read from its header only; None if it cannot be
+    told cheaply."""
     from .lazy_io import is_lazy_path
 
     path = Path(path)
@@ -309,7 +311,7 @@ def image_pixels(path: str | Path) -> int | None:
         if is_lazy_path(path) or path.suffix.lower() in (".tif", ".tiff"):
             from .streaming import plane_shape
 
-            n_planes, (height, width) = plane_shape(path)
+            n_planes, (height, width) = plane_shape(path, channels)
             return int(n_planes) * int(height) * int(width)
         from PIL import Image
 
@@ -328,8 +330,9 @@ def estimate_output_bytes(
     max_label: int = 255,
     uncertainty: bool = False,
     overwrite: bool = False,
+    channels: Sequence[int] | str | None = None,
 ) -> dict[Path, int]:
-    """Lower estimate of the bytes a batch writes, per output folder.
+    """Lower estimate of the bytes a batch writes, per output folder (``channels``: as the inputs are read).
 
     Label images take ``label_dtype(max_label)`` per pixel and uncertainty maps float32, each times its
     compressed fraction (:data:`LABELS_COMPRESSED_FRACTION`, :data:`UNCERTAINTY_COMPRESSED_FRACTION`);
@@ -344,7 +347,7 @@ def estimate_output_bytes(
     item = np.dtype(label_dtype(max_label)).itemsize
     needed: dict[Path, int] = {}
     for path in paths:
-        pixels = image_pixels(path)
+        pixels = image_pixels(path, channels)
         if not pixels:
             continue
         staged = 2 if suffix != ".zarr" and pixels > STREAM_PIXELS else 1
@@ -364,6 +367,34 @@ def estimate_output_bytes(
     return needed
 
 
+def check_room(
+    paths: Sequence[Path],
+    outdir: str | Path | None,
+    segmenter: Any,
+    *,
+    suffix: str = ".tif",
+    uncertainty: bool = False,
+    overwrite: bool = False,
+    channels: Sequence[int] | str | None = None,
+) -> None:
+    """Before any work: every output folder is writable (made if missing) and roughly has room for its outputs.
+
+    The sizes come from the inputs' headers (:func:`estimate_output_bytes`), never from their pixels.
+
+    Raises
+    ------
+    OutputError
+        A folder that cannot be written, or has clearly too little free space (one line, with the sizes).
+    """
+    suffix = _check_suffix(suffix)
+    needed = estimate_output_bytes(
+        paths, outdir, suffix, max_label=_max_label(segmenter), uncertainty=uncertainty, overwrite=overwrite,
+        channels=channels,
+    )  # fmt: skip
+    for folder in sorted({output_path(path, outdir, suffix).parent for path in paths}):
+        check_output_folder(folder, needed.get(folder, 0))
+
+
 @dataclass
 class _Job:
     target: Path
@@ -372,6 +403,7 @@ class _Job:
     single: bool = True  # one plane, written as (H, W)
     skip: bool = False  # the outputs exist and may not be replaced
     streamed: Any = None  # a streaming.StreamedFile: segmented tile by tile, never read whole
+    note: str | None = None  # which channels of a file read lazily are used (read_image warns itself)
 
 
 def _check_channels(segmenter: Any, channels: Sequence[int] | str | None) -> tuple[int, ...] | None:
@@ -409,46 +441,56 @@ def _prepare(
     lazy = is_lazy_path(path)
     if not (path.is_file() or (lazy and path.exists())):
         raise InputError(f"'{path}' does not exist or is not a file.")
-    streamed = _prepare_streamed(path, outdir, suffix, overwrite=overwrite, uncertainty=uncertainty)
+    streamed = _prepare_streamed(path, outdir, suffix, overwrite=overwrite, uncertainty=uncertainty, channels=channels)
     if streamed is not None:
-        if channels is not None and not streamed.skip:
-            raise InputError(
-                "choosing channels works for images read into memory; this one is segmented tile by tile "
-                "(large, .zarr or .npy): save the channels to use as their own image."
-            )
         return streamed
     extra = output_path(path, outdir, ".tif", UNCERTAINTY_TAG) if uncertainty else None
     done = not overwrite and (extra is None or extra.exists())
     if done and suffix == ".tif" and output_path(path, outdir, suffix).exists():
         return _Job(output_path(path, outdir, suffix), skip=True)  # no need to read the image
-    if lazy and channels is not None:
-        raise InputError("choosing channels works for image files (.tif, .png, ...), not .zarr / .npy inputs.")
-    image = _read_whole(path) if lazy else read_image(path, channels=channels)
+    note = None
+    if lazy:
+        image, note = _read_whole(path, channels)
+    else:
+        image = read_image(path, channels=channels)
     stack = planes(image)
     single = len(stack) == 1 and image.ndim == stack[0].ndim
     target = output_path(path, outdir, suffix if single else ".tif")
-    return _Job(target, extra, stack, single, skip=done and target.exists())
+    return _Job(target, extra, stack, single, skip=done and target.exists(), note=note)
 
 
-def _read_whole(path: Path) -> np.ndarray:
-    """A small Zarr / .npy input read into memory: (H, W[, C]) or (N, H, W[, C])."""
-    from .lazy_io import lazy_planes
+def _read_whole(path: Path, channels: tuple[int, ...] | None = None) -> tuple[np.ndarray, str | None]:
+    """A small Zarr / .npy input read into memory: (H, W[, C]) or (N, H, W[, C]), and the note on its channels."""
+    from .lazy_io import LazyPlane, _is_stack_shape, _squeeze_shape, open_channels
 
-    lazy, stack = lazy_planes(path)
-    arrays = [plane.read(slice(None), slice(None)) for plane in lazy]
-    return np.stack(arrays) if stack else arrays[0]
+    array, note = open_channels(path, channels)
+    full = tuple(int(s) for s in array.shape)
+    shape = _squeeze_shape(full)
+    if len(shape) < 2 or len(shape) > 4:
+        raise InputError(f"Input of shape {full} is not an image or a stack of images.")
+    skip = (0,) * (len(full) - len(shape))
+    leads = [(*skip, i) for i in range(shape[0])] if _is_stack_shape(shape) else [skip]
+    arrays = [LazyPlane(array, lead).read(slice(None), slice(None)) for lead in leads]
+    return (np.stack(arrays) if _is_stack_shape(shape) else arrays[0]), note
 
 
 def _prepare_streamed(
-    path: Path, outdir: str | Path | None, suffix: str, *, overwrite: bool, uncertainty: bool
+    path: Path,
+    outdir: str | Path | None,
+    suffix: str,
+    *,
+    overwrite: bool,
+    uncertainty: bool,
+    channels: tuple[int, ...] | None = None,
 ) -> _Job | None:
     """The job of an input segmented tile by tile (Zarr output, or planes above ``STREAM_PIXELS``), else None."""
+    from .lazy_io import open_channels
     from .streaming import STREAM_PIXELS, plane_shape, streamed_file
 
     if suffix != ".zarr" and path.suffix.lower() not in (".tif", ".tiff", ".zarr", ".npy"):
         return None  # PNG/JPEG/BMP inputs have no lazy reader: always in memory
     try:
-        _, (height, width) = plane_shape(path)
+        _, (height, width) = plane_shape(path, channels)
     except InputError:
         if suffix == ".zarr" or path.suffix.lower() in (".zarr", ".npy"):
             raise
@@ -466,10 +508,10 @@ def _prepare_streamed(
     extra_done = extra is None or (extra.exists() and not overwrite)
     if labels_done and extra_done:
         return _Job(target, skip=True)
-    plan = streamed_file(path, target, extra if not extra_done else None)
+    plan = streamed_file(path, target, extra if not extra_done else None, channels)
     if labels_done:
         del plan.finals["labels"]
-    return _Job(target, extra, streamed=plan)
+    return _Job(target, extra, streamed=plan, note=open_channels(path, channels)[1])
 
 
 def _per_file_reason(err: Exception) -> str:
@@ -534,12 +576,9 @@ def segment_files(
     if client is not None:
         from .distributed import segment_files_distributed
 
-        if _check_channels(segmenter, channels) is not None:
-            raise InputError("Choosing channels does not work on a dask cluster yet; segment these images locally.")
-
         return segment_files_distributed(
             inputs, outdir, segmenter, featurizer_or_config, client=client, suffix=suffix, overwrite=overwrite,
-            uncertainty=uncertainty, progress=progress, **cluster_options,
+            uncertainty=uncertainty, progress=progress, channels=channels, **cluster_options,
         )  # fmt: skip
     if cluster_options:
         raise InputError(f"{sorted(cluster_options)} only apply with a dask client (client=...).")

@@ -24,6 +24,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -192,21 +193,32 @@ def segment_file_task(
     overwrite: bool,
     uncertainty: bool,
     backbone_path: str | None = None,
+    channels: list[int] | None = None,
 ) -> dict[str, list]:
-    """One input on a worker: exactly :func:`~.batch.iter_segment_files` on ``[path]``; returns its report."""
+    """One input on a worker: exactly :func:`~.batch.iter_segment_files` on ``[path]``; returns its report.
+
+    The report's ``notes`` are the warnings of the run (which channels were used, alpha dropped), for the
+    client to tell the user.
+    """
+    import warnings
+
     from .batch import iter_segment_files
     from .devices import inference_mode
     from .progress import run_steps
 
     segmenter = _model_on_worker(model_ref)
     featurizer = _featurizer_on_worker(model_ref[0], config, backbone_path)
-    with inference_mode():
+    with inference_mode(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
         report = run_steps(
             iter_segment_files(
-                [path], outdir, segmenter, featurizer, suffix=suffix, overwrite=overwrite, uncertainty=uncertainty
+                [path], outdir, segmenter, featurizer, suffix=suffix, overwrite=overwrite, uncertainty=uncertainty,
+                channels=channels,
             )
-        )
-    return _report_dict(report)
+        )  # fmt: skip
+    result = _report_dict(report)
+    result["notes"] = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+    return result
 
 
 def stream_band_task(
@@ -218,6 +230,7 @@ def stream_band_task(
     chunk_rows: tuple[int, int],
     chunk: int,
     backbone_path: str | None = None,
+    channels: list[int] | None = None,
 ) -> int:
     """One band of output chunk rows of an image segmented tile by tile; returns the chunk rows written."""
     from .devices import inference_mode
@@ -226,24 +239,34 @@ def stream_band_task(
 
     segmenter = _model_on_worker(model_ref)
     featurizer = _featurizer_on_worker(model_ref[0], config, backbone_path)
-    plan = StreamedFile(Path(source), {k: Path(v) for k, v in finals.items()})
+    plan = StreamedFile(Path(source), {k: Path(v) for k, v in finals.items()}, _channels(channels))
     job = plan.job(segmenter, featurizer.config, chunk=chunk).open(create=False)
     with inference_mode():
         return run_steps(job.iter_band(segmenter, featurizer, plane, chunk_rows))
 
 
 def finish_stream_task(
-    source: str, finals: dict[str, str], model_ref: tuple[str, Any], config: dict[str, Any], chunk: int, *bands: int
+    source: str,
+    finals: dict[str, str],
+    model_ref: tuple[str, Any],
+    config: dict[str, Any],
+    chunk: int,
+    channels: list[int] | None,
+    *bands: int,
 ) -> dict[str, str]:
     """After all bands of a streamed image: rename its outputs into place (and write TIFF copies)."""
     segmenter = _model_on_worker(model_ref)
     from .streaming import StreamedFile
 
-    plan = StreamedFile(Path(source), {k: Path(v) for k, v in finals.items()})
+    plan = StreamedFile(Path(source), {k: Path(v) for k, v in finals.items()}, _channels(channels))
     job = plan.job(segmenter, FeatureConfig.from_dict(config), chunk=chunk)
     if not plan.intermediate_done(job):
         job.open(create=False).finish()
     return {kind: str(path) for kind, path in plan.convert().items()}
+
+
+def _channels(channels: Sequence[int] | None) -> tuple[int, ...] | None:
+    return None if channels is None else tuple(int(c) for c in channels)
 
 
 # ---------------------------------------------------------------------------------------------- client side
@@ -315,6 +338,7 @@ def segment_files_distributed(
     retries: int = DEFAULT_RETRIES,
     band_chunk_rows: int = BAND_CHUNK_ROWS,
     chunk: int | None = None,
+    channels: Sequence[int] | str | None = None,
 ) -> BatchReport:
     """:func:`~.batch.segment_files` on a dask cluster: one task per input (per band for huge images).
 
@@ -326,16 +350,22 @@ def segment_files_distributed(
     retries : times a task is retried when its worker dies.
     band_chunk_rows : output chunk rows per task for images segmented tile by tile.
     chunk : chunk side of streamed outputs (default ``streaming.DEFAULT_CHUNK``).
+    channels : the inputs' channels to use (default: the model's), as the single-process run reads them.
+
+    Before any task is submitted, every output folder is checked to be writable and to roughly have room for
+    the outputs (:func:`~.batch.check_room`, sizes from the inputs' headers), as the client sees it.
 
     Returns the same :class:`~.batch.BatchReport` as the single-process run (same files, same order).
     """
     from .batch import (
         BatchReport,
+        _check_channels,
         _check_suffix,
         _key,
         _per_file_reason,
         _prepare_streamed,
         check_model_config,
+        check_room,
         collect_inputs,
         output_path,
     )
@@ -345,12 +375,15 @@ def segment_files_distributed(
     chunk = int(chunk or DEFAULT_CHUNK)
 
     suffix = _check_suffix(suffix)
+    chosen = _check_channels(segmenter, channels)
+    channel_list = None if chosen is None else list(chosen)
     config = featurizer_or_config if isinstance(featurizer_or_config, FeatureConfig) else featurizer_or_config.config
     check_model_config(segmenter, config)
     paths = collect_inputs(inputs, outdir, suffix=suffix)
     if not paths:
         where = ", ".join(str(p) for p in inputs) or "(no inputs)"
         raise InputError(f"No images found in {where} (looked for {', '.join(IMAGE_SUFFIXES)}, .zarr, .npy).")
+    check_room(paths, outdir, segmenter, suffix=suffix, uncertainty=uncertainty, overwrite=overwrite, channels=chosen)
     n = len(paths)
     model_ref = _model_reference(client, segmenter, model_path)
     if isinstance(model_ref[1], bytes):
@@ -377,11 +410,13 @@ def segment_files_distributed(
             continue
         claimed[target] = claimed[_key(output_path(path, outdir, ".tif"))] = path
         try:
-            job = _prepare_streamed(path, outdir, suffix, overwrite=overwrite, uncertainty=uncertainty)
+            job = _prepare_streamed(path, outdir, suffix, overwrite=overwrite, uncertainty=uncertainty, channels=chosen)
         except Exception as err:
             early[i] = (path, _per_file_reason(err))
             continue
         if job is not None and job.streamed is not None:
+            if job.note:  # which channels are used: said here, the workers' warnings are not seen
+                warnings.warn(job.note, UserWarning, stacklevel=2)
             plan = job.streamed
             finals = {k: str(v) for k, v in plan.finals.items()}
             stream_job = plan.job(segmenter, config, chunk=chunk)
@@ -398,12 +433,13 @@ def segment_files_distributed(
                     (a, b),
                     chunk,
                     backbone_path,
+                    channel_list,
                     **options,
                 )  # fmt: skip
                 for p, a, b in stream_job.bands(band_chunk_rows)
             ]
             future = client.submit(
-                finish_stream_task, str(path), finals, model_ref, config_dict, chunk, *bands, **options
+                finish_stream_task, str(path), finals, model_ref, config_dict, chunk, channel_list, *bands, **options
             )
             outcomes[i] = {"streamed": [str(job.target)], "finals": finals}  # filled in when done
         else:
@@ -412,7 +448,7 @@ def segment_files_distributed(
             }
             future = client.submit(
                 segment_file_task, str(path), outdir_text, model_ref, config_dict, suffix, overwrite, uncertainty,
-                backbone_path, **options,
+                backbone_path, channel_list, **options,
             )  # fmt: skip
         futures[future] = i
 
@@ -460,6 +496,8 @@ def segment_files_distributed(
             if "uncertainty" in files:
                 report.extra.append(files["uncertainty"])
         else:
+            for note in result.get("notes", []):
+                warnings.warn(note, UserWarning, stacklevel=2)
             _add_task_report(report, result, preexisting[i], _candidate_outputs(path, outdir, suffix, uncertainty))
     if progress is not None:
         progress(Progress(n, n, report.summary()))

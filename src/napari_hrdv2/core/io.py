@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,37 +44,97 @@ def parse_channels(channels: int | str | Sequence[int] | None) -> tuple[int, ...
     return values
 
 
-def _select_channels(data: np.ndarray, channel_axis_name: str | None, chosen: tuple[int, ...], name: str) -> np.ndarray:
-    """The chosen channels of ``data`` (channels last if ``channel_axis_name``): grey, or RGB (two: blue empty)."""
-    n_channels = data.shape[-1] if channel_axis_name is not None else 1
-    wrong = [c for c in chosen if c >= n_channels]
-    if wrong:
-        what = (
-            f"{n_channels} channels ({channel_axis_name} axis), numbered 0..{n_channels - 1}"
-            if n_channels > 1
-            else ("one channel (numbered 0)")
+@dataclass(frozen=True)
+class ChannelChoice:
+    """Which channels of an image's channel axis make the grey or RGB image HR-Dv2 reads.
+
+    ``indices`` are taken in order: one gives a grey image, two red and green with an empty blue (the
+    lower of the two, which leaves the min-max scaling unchanged), three an RGB image. ``note`` says
+    what was used (a :class:`UserWarning` of the readers), or is None when the image is used as stored.
+    """
+
+    indices: tuple[int, ...]
+    note: str | None = None
+
+    @property
+    def colour(self) -> bool:
+        """True when the result is RGB ``(..., 3)``, False for grey."""
+        return len(self.indices) > 1
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        """The chosen channels of ``data`` (channels last, ``(..., C)``): grey ``(...)`` or RGB ``(..., 3)``."""
+        return self.combine(data[..., list(self.indices)])
+
+    def combine(self, picked: np.ndarray) -> np.ndarray:
+        """``picked`` (``(..., k)``, the chosen channels in order) as grey ``(...)`` or RGB ``(..., 3)``."""
+        if picked.shape[-1] == 1:
+            return np.ascontiguousarray(picked[..., 0])
+        if picked.shape[-1] == 2:
+            empty = np.broadcast_to(picked.min(axis=-1, keepdims=True), picked.shape[:-1] + (1,))
+            picked = np.concatenate([picked, empty], axis=-1)  # the lowest value: no effect on the intensity scaling
+        return np.ascontiguousarray(picked)
+
+
+def choose_channels(
+    n_channels: int | None,
+    axis_name: str | None,
+    alpha: bool,
+    channels: int | str | Sequence[int] | None,
+    name: str,
+) -> ChannelChoice | None:
+    """The channels an image is read with, by the rules of :func:`read_image` (shared by the lazy readers).
+
+    Parameters
+    ----------
+    n_channels : length of the image's channel axis, or None if it has none (grey)
+    axis_name : what the channel axis is, for messages (``"C"``, ``"S"``, ``"last"``)
+    alpha : the last channel is alpha
+    channels : the user's choice (``parse_channels``), or None for the default rules
+    name : the image's name, for messages
+
+    Returns
+    -------
+    None for an image without a channel axis (used as stored), else the :class:`ChannelChoice`.
+
+    Raises
+    ------
+    InputError
+        A channel out of range, or (no choice) 2 or more than 4 channels that are not grey + alpha.
+    """
+    chosen = parse_channels(channels)
+    if chosen is not None:
+        n_known = n_channels if n_channels is not None else 1
+        wrong = [c for c in chosen if c >= n_known]
+        if wrong:
+            what = (
+                f"{n_known} channels ({axis_name} axis), numbered 0..{n_known - 1}"
+                if n_channels is not None and n_known > 1
+                else "one channel (numbered 0)"
+            )
+            raise InputError(f"Channel {wrong[0]} is out of range: '{name}' has {what}.")
+        if n_channels is None:
+            return None  # grey, channel 0 (once or repeated: the same grey image)
+        used = ("as grey", "as red and green (blue empty)", "as RGB")[len(chosen) - 1]
+        listed = ", ".join(str(c) for c in chosen)
+        note = (
+            f"'{name}': using channel{'s' if len(chosen) > 1 else ''} {listed} of {n_channels} "
+            f"({axis_name} axis) {used}."
         )
-        raise InputError(f"Channel {wrong[0]} is out of range: '{name}' has {what}.")
-    if channel_axis_name is None:
-        return data  # grey, channel 0 (once or repeated: the same grey image)
-    picked = data[..., list(chosen)]
-    listed = ", ".join(str(c) for c in chosen)
-    if len(chosen) == 1:
-        used = "as grey"
-        picked = picked[..., 0]
-    elif len(chosen) == 2:
-        used = "as red and green (blue empty)"
-        empty = np.broadcast_to(picked.min(axis=-1, keepdims=True), picked.shape[:-1] + (1,))
-        picked = np.concatenate([picked, empty], axis=-1)  # the lowest value: no effect on the intensity scaling
-    else:
-        used = "as RGB"
-    warnings.warn(
-        f"'{name}': using channel{'s' if len(chosen) > 1 else ''} {listed} of {n_channels} "
-        f"({channel_axis_name} axis) {used}.",
-        UserWarning,
-        stacklevel=3,
+        return ChannelChoice(chosen, note)
+    if n_channels is None:
+        return None
+    if alpha and n_channels in (2, 4):
+        used = "grey" if n_channels == 2 else "RGB"
+        return ChannelChoice(tuple(range(n_channels - 1)), f"'{name}': dropped the alpha channel; using {used}.")
+    if n_channels == 3:
+        note = f"'{name}': using its 3 channels (C axis) as RGB." if axis_name == "C" else None
+        return ChannelChoice((0, 1, 2), note)
+    if n_channels == 1:
+        return ChannelChoice((0,))
+    raise InputError(
+        f"'{name}' has {n_channels} channels ({axis_name} axis); HR-Dv2 uses grey or RGB images. "
+        "Choose the one, two or three to use with channels= (command line: --channels 0 or --channels 0,2)."
     )
-    return np.ascontiguousarray(picked)
 
 
 def read_image(path: str | Path, *, channels: int | str | Sequence[int] | None = None) -> np.ndarray:
@@ -98,27 +159,16 @@ def read_image(path: str | Path, *, channels: int | str | Sequence[int] | None =
         Missing, empty, unreadable or unsupported file, a channel layout that is not grey/RGB, or a
         channel index out of range.
     """
-    chosen = parse_channels(channels)
+    parse_channels(channels)  # a malformed choice is refused before the file is read
     path = _existing_file(path, "Image")
     data, channel_axis_name, alpha = _read_any(path)
     name = path.name
-    if chosen is not None:
-        data = _select_channels(data, channel_axis_name, chosen, name)
-    elif channel_axis_name is not None:
-        n_channels = data.shape[-1]
-        if alpha and n_channels in (2, 4):
-            data = data[..., :-1]
-            used = "grey" if n_channels == 2 else "RGB"
-            warnings.warn(f"'{name}': dropped the alpha channel; using {used}.", UserWarning, stacklevel=2)
-        elif n_channels == 3 and channel_axis_name == "C":
-            warnings.warn(f"'{name}': using its 3 channels (C axis) as RGB.", UserWarning, stacklevel=2)
-        elif n_channels != 3:
-            raise InputError(
-                f"'{name}' has {n_channels} channels ({channel_axis_name} axis); HR-Dv2 uses grey or RGB images. "
-                "Choose the one, two or three to use with channels= (command line: --channels 0 or --channels 0,2)."
-            )
-        if data.shape[-1] == 1:
-            data = data[..., 0]
+    n_channels = data.shape[-1] if channel_axis_name is not None else None
+    choice = choose_channels(n_channels, channel_axis_name, alpha, channels, name)
+    if choice is not None:
+        if choice.note:
+            warnings.warn(choice.note, UserWarning, stacklevel=2)
+        data = choice.apply(data)
     while data.ndim > 2 and data.shape[0] == 1:
         data = data[0]
     if data.ndim < 2 or data.ndim > 4 or min(data.shape[:2] if data.ndim < 4 else data.shape[1:3]) == 0:
@@ -180,45 +230,74 @@ def _read_any(path: Path, *, keep_palette: bool = False) -> tuple[np.ndarray, st
         raise InputError(f"Could not read '{path}' as {kind} (damaged, truncated or another format): {reason}") from err
 
 
+@dataclass(frozen=True)
+class TiffLayout:
+    """How a TIFF's first series is read: its axes, and which of them holds channels.
+
+    ``order`` lists the series' axes as read: planes (every axis that is not Y, X or the channels; they
+    are merged into one plane axis), Y, X, then the channel axis if any. ``known`` is False when the
+    axes do not name Y and X (the data is then used as stored).
+    """
+
+    axes: str
+    shape: tuple[int, ...]
+    channel: str | None
+    alpha: bool
+    known: bool = True
+
+    @property
+    def order(self) -> list[int]:
+        order = [i for i, a in enumerate(self.axes) if a not in "YX" and a != self.channel]
+        order += [self.axes.index("Y"), self.axes.index("X")]
+        if self.channel is not None:
+            order.append(self.axes.index(self.channel))
+        return order
+
+
+def tiff_layout(tif: object) -> TiffLayout:
+    """The :class:`TiffLayout` of an open ``tifffile.TiffFile`` (its first series), from the metadata only."""
+    series = tif.series[0]  # type: ignore[attr-defined]
+    axes = series.axes.upper()
+    shape = tuple(int(s) for s in series.shape)
+    page = tif.pages[0]  # type: ignore[attr-defined]
+    photometric = int(getattr(page, "photometric", 1) or 1)
+    extrasamples = tuple(int(e) for e in getattr(page, "extrasamples", ()) or ())
+    described = bool(tif.is_ome or tif.is_imagej)  # type: ignore[attr-defined]
+    shaped = bool(tif.is_shaped)  # type: ignore[attr-defined]
+    if len(shape) != len(axes) or "Y" not in axes or "X" not in axes:
+        return TiffLayout(axes, shape, None, False, known=False)
+    # Which axis holds channels: C (OME/ImageJ), or colour samples S. Samples stored before Y/X in a file
+    # without OME/ImageJ axes (tifffile writes (N, H, W) arrays with N = 3 or 4 that way) are planes, as
+    # they were written, unless the file is a real planar RGB image.
+    channel = None
+    if "C" in axes and shape[axes.index("C")] > 1:
+        channel = "C"
+    if "S" in axes and shape[axes.index("S")] > 1:
+        planar = axes.index("S") < axes.index("Y")
+        if channel is not None:
+            name = Path(str(getattr(tif, "filename", "image"))).name
+            raise InputError(f"'{name}' has both channels and colour samples (axes {axes}); save one of them.")
+        if not planar or described or (photometric == 2 and not shaped):
+            channel = "S"
+    alpha = channel == "S" and (bool(extrasamples) and extrasamples[-1] in (1, 2)) and photometric in (1, 2)
+    return TiffLayout(axes, shape, channel, alpha)
+
+
 def _read_tiff(path: Path) -> tuple[np.ndarray, str | None, bool]:
     import tifffile
 
     with tifffile.TiffFile(str(path)) as tif:
         if not tif.series:
             raise InputError(f"Could not read '{path}': the TIFF holds no image.")
-        series = tif.series[0]
-        axes = series.axes.upper()
-        data = np.asarray(series.asarray())
-        page = tif.pages[0]
-        photometric = int(getattr(page, "photometric", 1) or 1)
-        extrasamples = tuple(int(e) for e in getattr(page, "extrasamples", ()) or ())
-        described = bool(tif.is_ome or tif.is_imagej)
-        shaped = bool(tif.is_shaped)
-    if data.ndim != len(axes) or "Y" not in axes or "X" not in axes:
+        layout = tiff_layout(tif)
+        data = np.asarray(tif.series[0].asarray())
+    if not layout.known or data.ndim != len(layout.axes):
         return data, None, False  # unknown layout: as stored
-    # Which axis holds channels: C (OME/ImageJ), or colour samples S. Samples stored before Y/X in a file
-    # without OME/ImageJ axes (tifffile writes (N, H, W) arrays with N = 3 or 4 that way) are planes, as
-    # they were written, unless the file is a real planar RGB image.
-    channel = None
-    if "C" in axes and data.shape[axes.index("C")] > 1:
-        channel = "C"
-    if "S" in axes and data.shape[axes.index("S")] > 1:
-        planar = axes.index("S") < axes.index("Y")
-        if channel is not None:
-            raise InputError(f"'{path.name}' has both channels and colour samples (axes {axes}); save one of them.")
-        if not planar or described or (photometric == 2 and not shaped):
-            channel = "S"
-    order = [i for i, a in enumerate(axes) if a not in "YX" and a != channel]
-    order += [axes.index("Y"), axes.index("X")]
-    if channel is not None:
-        order.append(axes.index(channel))
+    order = layout.order
     data = np.transpose(data, order)
-    lead = data.shape[: len(order) - (3 if channel else 2)]
+    lead = data.shape[: len(order) - (3 if layout.channel else 2)]
     data = data.reshape(int(np.prod(lead, dtype=np.int64)) if lead else 1, *data.shape[len(lead) :])
-    if channel is None:
-        return data, None, False
-    alpha = channel == "S" and (bool(extrasamples) and extrasamples[-1] in (1, 2)) and photometric in (1, 2)
-    return data, channel, alpha
+    return data, layout.channel, layout.alpha
 
 
 def _read_pillow(path: Path, *, keep_palette: bool) -> tuple[np.ndarray, str | None, bool]:

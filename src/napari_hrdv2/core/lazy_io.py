@@ -228,9 +228,13 @@ class LazyPlane:
             yield self.read(slice(top, min(top + step, self.height)), slice(None))
 
 
-def lazy_planes(source: Any) -> tuple[list[LazyPlane], bool]:
-    """The planes of a lazy image or stack, and whether it is a stack (leading singleton axes are dropped)."""
-    array = open_lazy(source)
+def lazy_planes(source: Any, channels: Any = None) -> tuple[list[LazyPlane], bool]:
+    """The planes of a lazy image or stack, and whether it is a stack (leading singleton axes are dropped).
+
+    ``channels`` chooses the channels of a multichannel input as :func:`~.io.read_image` does
+    (:func:`open_channels`); TIFFs are always read with the axes their metadata give.
+    """
+    array, _ = open_channels(source, channels)
     full = tuple(int(s) for s in array.shape)
     shape = _squeeze_shape(full)
     skip = (0,) * (len(full) - len(shape))
@@ -239,6 +243,138 @@ def lazy_planes(source: Any) -> tuple[list[LazyPlane], bool]:
     if _is_stack_shape(shape):
         return [LazyPlane(array, (*skip, i)) for i in range(shape[0])], True
     return [LazyPlane(array, skip)], False
+
+
+# ---------------------------------------------------------------------------------------------- channels
+class ChannelView:
+    """A lazy array seen as ``(N, H, W[, 3])`` or ``(H, W[, 3])``, with its channels chosen as ``read_image`` does.
+
+    Every axis that is not y, x or the channel axis is a plane axis (axes of length 1 are dropped, the
+    others merged into one plane axis ``N``); the chosen channels give a grey image or RGB
+    (:class:`~.io.ChannelChoice`). Only what is sliced is read, one chosen channel at a time.
+
+    Parameters
+    ----------
+    array : array-like with numpy slicing
+    y, x : indices of the row and column axes in ``array``
+    channel : index of the channel axis, or None (grey)
+    choice : the channels to use (None when there is no channel axis)
+    """
+
+    def __init__(self, array: Any, *, y: int, x: int, channel: int | None, choice: Any = None):
+        self.array = array
+        full = tuple(int(s) for s in array.shape)
+        self._y, self._x, self._channel, self.choice = y, x, channel, choice
+        others = [i for i in range(len(full)) if i not in (y, x, channel)]
+        self._plane_axes = [i for i in others if full[i] != 1]
+        self._plane_sizes = tuple(full[i] for i in self._plane_axes)
+        colour = (3,) if choice is not None and choice.colour else ()
+        planes = (int(np.prod(self._plane_sizes, dtype=np.int64)),) if self._plane_axes else ()
+        self.shape = (*planes, full[y], full[x], *colour)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        n_planes = 1 if self._plane_axes else 0
+        if len(index) < n_planes:
+            raise IndexError("a plane of a channel view is read with an integer plane index")
+        rows, cols = (*index[n_planes:], slice(None), slice(None))[:2]
+        if not (isinstance(rows, slice) and isinstance(cols, slice)):
+            raise IndexError("a channel view is read by row and column slices")
+        selection: list[Any] = [0] * len(self.array.shape)
+        if n_planes:
+            plane = int(index[0])
+            for axis, position in zip(self._plane_axes, np.unravel_index(plane, self._plane_sizes)):
+                selection[axis] = int(position)
+        selection[self._y], selection[self._x] = rows, cols
+        swap = self._x < self._y  # the array stores columns before rows
+
+        def read(channel: int | None) -> np.ndarray:
+            if channel is not None:
+                selection[self._channel] = channel  # type: ignore[index]
+            data = np.asarray(self.array[tuple(selection)])
+            return data.T if swap else data
+
+        if self._channel is None:
+            return read(None)
+        blocks = {c: read(c) for c in dict.fromkeys(self.choice.indices)}
+        return self.choice.combine(np.stack([blocks[c] for c in self.choice.indices], axis=-1))
+
+
+def open_channels(source: Any, channels: Any = None) -> tuple[Any, str | None]:
+    """A lazy input as ``(N, H, W[, C])`` / ``(H, W[, C])`` with its channels chosen, and the note saying which.
+
+    - TIFF: axes from the file's metadata (OME, ImageJ, colour samples), exactly as
+      :func:`~.io.read_image` reads them: the same planes, the same channels, the same alpha rules and
+      errors, whether ``channels`` is given or not.
+    - OME-Zarr with a ``c`` axis: its channels, when ``channels`` is given (otherwise 3 or 4 of them are
+      colour and other counts are planes, as before).
+    - Arrays without axis names (``.npy``, plain Zarr, numpy/dask arrays), when ``channels`` is given:
+      channels on the last axis, ``(H, W, C)`` or ``(N, H, W, C)``; a 3-D array whose last axis is not shorter
+      than the other two is a grey stack ``(N, H, W)``.
+
+    Returns
+    -------
+    (array-like, note): ``note`` is the text of the warning :func:`~.io.read_image` gives (which channels were
+    used, alpha dropped), or None.
+
+    Raises
+    ------
+    InputError
+        A channel out of range, or channels that cannot be told apart (see :func:`~.io.choose_channels`).
+    """
+    from .io import choose_channels, parse_channels, tiff_layout
+
+    chosen = parse_channels(channels)
+    path = Path(source) if isinstance(source, (str, Path)) else None
+    name = path.name if path is not None else "the image"
+    if path is not None and path.suffix.lower() in (".tif", ".tiff"):
+        array = open_lazy(path)
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(str(path)) as tif:
+                layout = tiff_layout(tif)
+        except InputError:
+            raise
+        except Exception as err:
+            raise InputError(f"Could not read '{path}': {err}") from err
+        if not layout.known or tuple(int(s) for s in array.shape) != layout.shape:
+            if chosen is not None:
+                raise InputError(
+                    f"Cannot tell the channels of '{name}' (axes {layout.axes}); save the channels to use as their own "
+                    "image."
+                )
+            return array, None
+        n_channels = layout.shape[layout.axes.index(layout.channel)] if layout.channel else None
+        choice = choose_channels(n_channels, layout.channel, layout.alpha, chosen, name)
+        channel = layout.axes.index(layout.channel) if layout.channel else None
+        view = ChannelView(array, y=layout.axes.index("Y"), x=layout.axes.index("X"), channel=channel, choice=choice)
+        return view, choice.note if choice is not None else None
+    array = open_lazy(source)
+    if chosen is None:
+        return array, None
+    if isinstance(array, _AxesView):
+        names = array._names
+        channel = names.index("c") if "c" in names else None
+        n_channels = int(array.array.shape[channel]) if channel is not None else None
+        choice = choose_channels(n_channels, "c", False, chosen, name)
+        view = ChannelView(array.array, y=names.index("y"), x=names.index("x"), channel=channel, choice=choice)
+        return view, choice.note if choice is not None else None
+    full = tuple(int(s) for s in array.shape)
+    shape = _squeeze_shape(full)
+    if len(shape) == 4 or (len(shape) == 3 and shape[-1] < min(shape[0], shape[1])):
+        channel: int | None = len(full) - 1
+        n_channels: int | None = shape[-1]
+    else:
+        channel = n_channels = None
+    if len(shape) < 2 or len(shape) > 4:
+        raise InputError(f"Input of shape {full} is not an image or a stack of images.")
+    choice = choose_channels(n_channels, "last", False, chosen, name)
+    spatial = len(full) - (3 if channel is not None else 2)
+    view = ChannelView(array, y=spatial, x=spatial + 1, channel=channel, choice=choice)
+    return view, choice.note if choice is not None else None
 
 
 # ---------------------------------------------------------------------------------------------- intensities

@@ -348,6 +348,7 @@ class StreamJob:
     label_dtype: str
     job: dict[str, Any]
     chunk: int = DEFAULT_CHUNK
+    channels: tuple[int, ...] | None = None  # the input's channels used (``io.read_image(channels=)``)
     _zarr: dict[str, ZarrOutput] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -360,15 +361,21 @@ class StreamJob:
         config: FeatureConfig,
         chunk: int = DEFAULT_CHUNK,
         source_id: str | None = None,
+        channels: Any = None,
     ) -> StreamJob:
         """Describe the job (reads only the input's shape).
 
         ``config`` is the runtime feature config (the model's feature settings with the tiling used);
-        ``source_id`` names the input in the job description (default: its resolved path).
+        ``source_id`` names the input in the job description (default: its resolved path); ``channels``
+        chooses the input's channels as :func:`~.io.read_image` does (recorded in the job: a partial output
+        made from other channels is not resumed).
         """
+        from .io import parse_channels
+
         _check_streamable(segmenter)
         kinds = _check_kinds(tuple(outputs))
-        planes, stack = lazy_planes(source)
+        channels = parse_channels(channels)
+        planes, stack = lazy_planes(source, channels)
         height, width = planes[0].height, planes[0].width
         if source_id is None:
             source_id = str(Path(source).resolve()) if isinstance(source, (str, Path)) else "array"
@@ -380,11 +387,14 @@ class StreamJob:
             "config": config.to_dict(),
             "classes": [int(c) for c in segmenter.classes_],
         }
+        if channels is not None:
+            job["channels"] = list(channels)
         paths = {kind: Path(outputs[kind]) for kind in kinds}
         for kind, path in paths.items():
             if path.suffix.lower() != ".zarr":
                 raise InputError(f"Streamed {kind} are written as Zarr: '{path.name}' must end with .zarr.")
-        return cls(source, paths, (len(planes), height, width), not stack, segmenter.n_classes, label_dtype, job, chunk)
+        shape = (len(planes), height, width)
+        return cls(source, paths, shape, not stack, segmenter.n_classes, label_dtype, job, chunk, channels)
 
     def _output(self, kind: str) -> ZarrOutput:
         if kind not in self._zarr:
@@ -441,7 +451,7 @@ class StreamJob:
         if not missing:
             return 0
         weight, bias = _weights(segmenter, featurizer)
-        planes, _ = lazy_planes(self.source)
+        planes, _ = lazy_planes(self.source, self.channels)
         plane = planes[plane_index]
         encoder = TileEncoder(featurizer, plane, scaling)
         height = self.shape[1]
@@ -499,6 +509,7 @@ def iter_stream_segment(
     featurizer: Featurizer | FeatureConfig | None = None,
     chunk: int = DEFAULT_CHUNK,
     source_id: str | None = None,
+    channels: Any = None,
 ) -> Generator[Progress, None, dict[str, Path]]:
     """Segment an image or stack larger than memory into Zarr outputs, tile by tile.
 
@@ -511,6 +522,9 @@ def iter_stream_segment(
         when complete; an existing output is replaced.
     chunk : int
         Chunk side of the outputs; also the unit of resumption.
+    channels : int, "0,2", sequence or None
+        The input's channels to use, as :func:`~.io.read_image` chooses them (one grey, two red and green,
+        three RGB); the result equals the in-memory one of ``read_image(path, channels=...)``.
 
     Yields Progress after every forward pass (stop iterating or set ``cancel`` with :func:`stream_segment`
     to stop: the ``.partial`` outputs stay and the next run with the same model, input and settings
@@ -521,7 +535,9 @@ def iter_stream_segment(
     dict kind -> final path.
     """
     featurizer = _featurizer_for(segmenter, featurizer)
-    job = StreamJob.create(segmenter, source, outputs, config=featurizer.config, chunk=chunk, source_id=source_id)
+    job = StreamJob.create(
+        segmenter, source, outputs, config=featurizer.config, chunk=chunk, source_id=source_id, channels=channels
+    )
     job.open()
     n_planes = job.shape[0]
     for p in range(n_planes):
@@ -642,9 +658,9 @@ def fit_lazy(
 STREAM_PIXELS = 1 << 25
 
 
-def plane_shape(path: str | Path) -> tuple[int, tuple[int, int]]:
-    """(number of planes, (H, W)) of an image file or Zarr input, read from its metadata only."""
-    planes, _ = lazy_planes(path)
+def plane_shape(path: str | Path, channels: Any = None) -> tuple[int, tuple[int, int]]:
+    """(number of planes, (H, W)) of an image file or Zarr input (with ``channels`` chosen), from its metadata only."""
+    planes, _ = lazy_planes(path, channels)
     return len(planes), (planes[0].height, planes[0].width)
 
 
@@ -659,6 +675,7 @@ class StreamedFile:
 
     source: Path
     finals: dict[str, Path]
+    channels: tuple[int, ...] | None = None  # the input's channels used (``io.read_image(channels=)``)
 
     @property
     def zarr_outputs(self) -> dict[str, Path]:
@@ -681,7 +698,9 @@ class StreamedFile:
         return self.convert()
 
     def job(self, segmenter: LinearSegmenter, config: FeatureConfig, *, chunk: int = DEFAULT_CHUNK) -> StreamJob:
-        return StreamJob.create(segmenter, self.source, self.zarr_outputs, config=config, chunk=chunk)
+        return StreamJob.create(
+            segmenter, self.source, self.zarr_outputs, config=config, chunk=chunk, channels=self.channels
+        )
 
     def intermediate_done(self, job: StreamJob) -> bool:
         """True when the hidden intermediate Zarr images of TIFF outputs are complete (only the copy is left)."""
@@ -710,8 +729,15 @@ class StreamedFile:
         return dict(self.finals)
 
 
-def streamed_file(source: str | Path, labels_path: Path, uncertainty_path: Path | None = None) -> StreamedFile:
-    """A :class:`StreamedFile` writing labels (and uncertainty) to the given ``.zarr`` or ``.tif`` paths."""
+def streamed_file(
+    source: str | Path, labels_path: Path, uncertainty_path: Path | None = None, channels: Any = None
+) -> StreamedFile:
+    """A :class:`StreamedFile` writing labels (and uncertainty) to the given ``.zarr`` or ``.tif`` paths.
+
+    ``channels``: the input's channels to use, as :func:`~.io.read_image` chooses them.
+    """
+    from .io import parse_channels
+
     finals = {"labels": Path(labels_path)}
     if uncertainty_path is not None:
         finals["uncertainty"] = Path(uncertainty_path)
@@ -721,4 +747,4 @@ def streamed_file(source: str | Path, labels_path: Path, uncertainty_path: Path 
                 f"'{Path(source).name}' is segmented tile by tile, so its {kind} are written as .zarr or tiled .tif, "
                 f"not '{path.suffix}': use --format zarr or tif."
             )
-    return StreamedFile(Path(source), finals)
+    return StreamedFile(Path(source), finals, parse_channels(channels))
