@@ -69,10 +69,17 @@ def show_rows_cols(
     return rows, cols
 
 
-def test_predict_view_segments_only_the_visible_rectangle(make_napari_viewer_proxy, qtbot, tiny_config):
+def test_predict_view_segments_only_the_visible_rectangle(make_napari_viewer_proxy, qtbot, tiny_config, monkeypatch):
+    import napari_hrdv2 as hr
+
     viewer, image, segmentation = trained_on_texture(make_napari_viewer_proxy, qtbot, tiny_config)
     assert segmentation._predict_view.text == "View"
     assert "tex segmentation" not in viewer.layers
+    encodes = []  # the plane was encoded whole for training: a view projects that encoding
+    featurizer_encode = hr.Featurizer.iter_encode
+    monkeypatch.setattr(
+        hr.Featurizer, "iter_encode", lambda self, *a, **k: (encodes.append(1), featurizer_encode(self, *a, **k))[1]
+    )
 
     rows, cols = show_rows_cols(viewer, (40, 75), visible_rows=30)
     assert 0 < rows[0] < rows[1] < 112 and cols[0] > 0 and cols[1] - cols[0] < 112, (rows, cols)
@@ -83,6 +90,7 @@ def test_predict_view_segments_only_the_visible_rectangle(make_napari_viewer_pro
     inside[rows[0] : rows[1], cols[0] : cols[1]] = True
     assert np.all(view[inside] > 0) and np.all(view[~inside] == 0)
     assert f"rows {rows[0]}-{rows[1] - 1}" in segmentation.status
+    assert not encodes, "View encoded a plane that the dock had encoded whole"
 
     segmentation._predict_plane.changed.emit(True)  # the whole plane, for reference
     wait_idle(qtbot, segmentation)
@@ -227,3 +235,14 @@ def test_train_on_a_huge_lazy_image_encodes_only_the_scribbled_tiles(
     inside = np.zeros(labels.shape, dtype=bool)
     inside[rows[0] : rows[1], cols[0] : cols[1]] = True
     assert np.all(labels[inside] > 0) and np.all(labels[~inside] == 0), "the view only"
+
+    # The view's tiles and the image's intensity range are in the dock's cache now: View again encodes nothing.
+    forwards = []
+    featurizer_encode = hr.Featurizer.iter_encode
+    monkeypatch.setattr(
+        hr.Featurizer, "iter_encode", lambda self, *a, **k: (forwards.append(1), featurizer_encode(self, *a, **k))[1]
+    )
+    segmentation._predict_view.changed.emit(True)
+    wait_idle(qtbot, segmentation)
+    assert not forwards, "View of the same rectangle encoded tiles again"
+    np.testing.assert_array_equal(np.asarray(viewer.layers["huge segmentation"].data), labels)

@@ -225,6 +225,81 @@ def test_predict_region_job_on_a_lazy_stack(tmp_path, tiled, model):
     np.testing.assert_array_equal(result.uncertainty, model.uncertainty(encoding)[50:170, 0:120])
 
 
+def _count_tile_encodes(monkeypatch) -> list[int]:
+    """Count the tiles actually encoded (the backbone runs) by ``TileEncoder``; returns the live counter."""
+    count = [0]
+    original = hr.Featurizer.iter_encode
+
+    def counting(self, *args, **kwargs):
+        count[0] += 1
+        return (yield from original(self, *args, **kwargs))
+
+    monkeypatch.setattr(hr.Featurizer, "iter_encode", counting)
+    return count
+
+
+def test_views_reuse_cached_tiles_and_scaling(tmp_path, tiled, model, monkeypatch):
+    """A second overlapping view (or the same view after retraining) encodes only the tiles not seen before."""
+    from napari_hrdv2._workers import EncodingCache, predict_region_job
+    from napari_hrdv2.core import lazy_io
+    from napari_hrdv2.core.progress import run_steps
+
+    image = big_image(300)[:, :260]
+    source = zarr.create_array(str(tmp_path / "in.zarr"), shape=image.shape, chunks=(64, 64), dtype="uint8")
+    source[:] = image
+    cache = EncodingCache()
+    reference = hr.Featurizer(tiled).encode(image, with_attention=False)
+    encoded = _count_tile_encodes(monkeypatch)
+    scaled = []
+    original_range = lazy_io.intensity_range
+
+    def counting_range(*args, **kwargs):
+        scaled.append(1)
+        return original_range(*args, **kwargs)
+
+    monkeypatch.setattr(lazy_io, "intensity_range", counting_range)
+
+    def view(segmenter, rows, cols):
+        return run_steps(predict_region_job(source, 0, rows, cols, segmenter, tiled, is_stack=False, cache=cache))
+
+    first = view(model, (0, 100), (0, 100))  # tiles in rows 0/63 x cols 0/63: 4 tiles
+    assert encoded[0] == 4 and len(scaled) == 1
+    again = view(model, (0, 100), (0, 100))
+    assert encoded[0] == 4 and len(scaled) == 1  # nothing encoded, the scaling not recomputed
+    np.testing.assert_array_equal(again.labels, first.labels)
+    shifted = view(model, (0, 100), (50, 150))  # tile columns 0, 63, 125: one new column of 2 tiles
+    assert encoded[0] == 6
+    np.testing.assert_array_equal(shifted.labels, model.predict(reference)[0:100, 50:150])
+    retrained = hr.LinearSegmenter(l2=0.1).fit(reference, strokes(image.shape))
+    after = view(retrained, (0, 100), (50, 150))  # another model, the same features: no encoding
+    assert encoded[0] == 6 and len(scaled) == 1
+    np.testing.assert_array_equal(after.labels, retrained.predict(reference)[0:100, 50:150])
+    source[:5, :5] = 255  # the tile's pixels are part of the key: a changed image is encoded again
+    view(model, (0, 20), (0, 20))
+    assert encoded[0] == 7
+
+
+def test_view_of_an_in_memory_plane_uses_its_cached_encoding(tiled, model, monkeypatch):
+    """A plane encoded whole before (Compute / Predict plane) is projected for a view, not encoded tile by tile."""
+    from napari_hrdv2._workers import EncodingCache, predict_region_job
+    from napari_hrdv2.core.progress import run_steps
+
+    image = big_image(300)[:, :260]
+    stack = np.stack([image, image[::-1]])
+    cache = EncodingCache()
+    featurizer = model.featurizer(**{name: getattr(tiled, name) for name in ("device", "tile_size", "tile_overlap")})
+    whole = run_steps(cache.iter_encode(stack[1], featurizer.config))
+    encoded = _count_tile_encodes(monkeypatch)
+    result = run_steps(
+        predict_region_job(stack, 1, (40, 90), (10, 200), model, tiled, is_stack=True, uncertainty=True, cache=cache)
+    )
+    assert encoded[0] == 0
+    np.testing.assert_array_equal(result.labels, model.predict(whole)[40:90, 10:200])
+    np.testing.assert_allclose(result.uncertainty, model.uncertainty(whole)[40:90, 10:200], atol=1e-6)
+    run_steps(predict_region_job(stack, 0, (40, 90), (10, 200), model, tiled, is_stack=True, cache=cache))
+    assert encoded[0] > 0  # plane 0 was never encoded whole: its tiles are
+
+
 def test_lazy_reader_for_napari(tmp_path):
     from napari_hrdv2._reader import get_reader
 

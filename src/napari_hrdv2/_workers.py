@@ -440,12 +440,14 @@ def train_lazy_job(
     *,
     is_stack: bool,
     make_segmenter: Callable[[], Any],
+    cache: EncodingCache | None = None,
 ) -> Generator[Progress, None, PredictionResult]:
     """Train on a huge (lazily read) image, encoding only the tiles that hold scribbles (core ``fit_lazy``).
 
     ``labels`` maps plane index -> copied (H, W) scribbles. Only the tiles touching scribbles (and the
     plane's intensity range) are read; the features are exactly those of the in-memory path. Predicts
-    nothing: the dock segments the view afterwards ("Predict current view").
+    nothing: the dock segments the view afterwards ("Predict current view"). ``cache`` keeps the tiles'
+    encodings for retraining and for the views.
     """
     from .core.devices import inference_mode
     from .core.encoding import Featurizer
@@ -462,7 +464,7 @@ def train_lazy_job(
         featurizer.backbone  # noqa: B018 - load here (errors surface in this job)
         for i, index in enumerate(indices):
             plane = LazyPlane(data, (int(index),)) if is_stack else LazyPlane(data)
-            steps = iter_encode_labelled(featurizer, plane, labels[index])
+            steps = iter_encode_labelled(featurizer, plane, labels[index], cache=cache)
             start, span = 0.8 * i / len(indices), 0.8 / len(indices)
             plane_encodings, plane_crops = yield from within(
                 steps, start, span, message=f"Encoding the scribbled tiles of plane {index + 1}"
@@ -507,16 +509,20 @@ def predict_region_job(
     is_stack: bool,
     uncertainty: bool = False,
     probabilities: bool = False,
+    cache: EncodingCache | None = None,
 ) -> Generator[Progress, None, RegionResult]:
     """Segment only the rectangle ``rows x cols`` of plane ``plane`` ("Predict current view").
 
     ``data`` is the layer's array (numpy, dask or zarr; never read whole: only the tiles touching the
     rectangle are read and encoded, plus one pass over the plane for its intensity range). The result
     equals the prediction of the whole plane cropped to the rectangle (:func:`core.streaming.segment_region`).
+    With ``cache`` (the dock's), a plane encoded whole before (Compute, Predict plane) is projected
+    instead, and tiles and intensity ranges computed for earlier views are reused.
     """
+    from .core.cache import fingerprint
     from .core.devices import inference_mode
     from .core.lazy_io import LazyPlane
-    from .core.streaming import iter_segment_region
+    from .core.streaming import _outputs_of_logits, iter_segment_region
 
     source = LazyPlane(data, (int(plane),)) if is_stack else LazyPlane(data)
     outputs = ("labels", *(("uncertainty",) if uncertainty else ()), *(("probabilities",) if probabilities else ()))
@@ -525,9 +531,21 @@ def predict_region_job(
         featurizer = segmenter.featurizer(
             **{name: getattr(config, name) for name in ("device", "tile_size", "tile_overlap")}
         )
-        featurizer.backbone  # noqa: B018
-        steps = iter_segment_region(segmenter, source, rows, cols, featurizer=featurizer, outputs=outputs)
-        result = yield from within(steps, 0.0, 1.0, message="Predicting the view")
+        whole = None
+        if cache is not None and isinstance(data, np.ndarray):
+            whole = cache.get((fingerprint(data[int(plane)] if is_stack else data), featurizer.config))
+        if whole is not None:
+            segmenter.check_compatible(whole)
+            r0, r1 = max(0, int(rows[0])), min(source.height, int(rows[1]))
+            c0, c1 = max(0, int(cols[0])), min(source.width, int(cols[1]))
+            logits = np.ascontiguousarray(segmenter.decision_function(whole)[:, r0:r1, c0:c1])
+            result = _outputs_of_logits(segmenter, logits, outputs)
+        else:
+            featurizer.backbone  # noqa: B018
+            steps = iter_segment_region(
+                segmenter, source, rows, cols, featurizer=featurizer, outputs=outputs, cache=cache
+            )
+            result = yield from within(steps, 0.0, 1.0, message="Predicting the view")
     r0 = max(0, int(rows[0]))
     c0 = max(0, int(cols[0]))
     return RegionResult(

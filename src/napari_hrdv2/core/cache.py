@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Generator
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from .progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoding import Encoding, Featurizer, PartialEncoding
+    from .lazy_io import IntensityRange, LazyPlane
 
 #: Default memory budget of a cache (low-resolution maps only).
 DEFAULT_CACHE_BYTES = 2 * 2**30
@@ -46,6 +48,8 @@ class EncodingCache:
         self._items: OrderedDict[tuple[str, FeatureConfig], Encoding] = OrderedDict()
         self._lock = threading.Lock()
         self._featurizers: dict[FeatureConfig, Featurizer] = {}
+        # id(array) -> (weak reference to the array, {(plane index, normalize): IntensityRange})
+        self._scalings: dict[int, tuple[weakref.ref, dict[tuple, IntensityRange]]] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -74,7 +78,38 @@ class EncodingCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._scalings.clear()
             self._featurizers.clear()
+
+    def scaling(self, plane: LazyPlane, normalize: str) -> IntensityRange:
+        """The intensity scaling of a whole (lazy) plane, computed once per array object and plane.
+
+        A huge image's scaling takes a pass over the whole plane; "Predict current view" needs it for every
+        view. The result is kept while ``plane.array`` (e.g. a napari layer's dask or Zarr array) is alive,
+        keyed by that object, so a layer whose data is replaced gets a new scaling. Arrays that cannot be
+        referenced weakly are not cached.
+        """
+        from .lazy_io import intensity_range
+
+        key = (plane.lead, plane.shape, plane.dtype.str, normalize)
+        with self._lock:
+            entry = self._scalings.get(id(plane.array))
+            if entry is not None and entry[0]() is plane.array and key in entry[1]:
+                return entry[1][key]
+        scaling = intensity_range(plane, normalize)
+        try:
+            reference = weakref.ref(plane.array)
+        except TypeError:
+            return scaling
+        with self._lock:
+            entry = self._scalings.get(id(plane.array))
+            if entry is None or entry[0]() is not plane.array:
+                # Drop entries of arrays that are gone (their ids may be reused).
+                for stale in [k for k, (ref, _) in self._scalings.items() if ref() is None]:
+                    del self._scalings[stale]
+                entry = self._scalings[id(plane.array)] = (reference, {})
+            entry[1][key] = scaling
+        return scaling
 
     def featurizer(self, config: FeatureConfig) -> Featurizer:
         """One :class:`Featurizer` per config (the backbone itself is cached by ``load_backbone``)."""

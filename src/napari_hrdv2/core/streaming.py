@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .backbone_identity import backbone_family_of, backbone_fingerprint
+from .cache import EncodingCache, fingerprint
 from .config import FeatureConfig
 from .errors import InputError
 from .lazy_io import IntensityRange, LazyPlane, ZarrOutput, intensity_range, lazy_planes, open_lazy
@@ -96,9 +97,20 @@ class TileEncoder:
         One image ``(H, W[, 3|4])``.
     scaling : IntensityRange, optional
         Scaling of the whole image (computed with :func:`~.lazy_io.intensity_range` if not given).
+    cache : EncodingCache, optional
+        Keeps the tiles' encodings (keyed by the tile's pixels, its place in the image and the config)
+        and the plane's scaling, so that segmenting the same view again, or after retraining, encodes
+        nothing twice.
     """
 
-    def __init__(self, featurizer: Featurizer, plane: LazyPlane | np.ndarray, scaling: IntensityRange | None = None):
+    def __init__(
+        self,
+        featurizer: Featurizer,
+        plane: LazyPlane | np.ndarray,
+        scaling: IntensityRange | None = None,
+        *,
+        cache: EncodingCache | None = None,
+    ):
         from .encoding import Featurizer
 
         self.featurizer = featurizer
@@ -110,7 +122,14 @@ class TileEncoder:
                 f"Image is {self.plane.height}x{self.plane.width} pixels, smaller than one {patch}-pixel patch of the "
                 f"backbone. Upsample it to at least {patch}x{patch} first."
             )
-        self.scaling = scaling if scaling is not None else intensity_range(self.plane, config.normalize)
+        self.cache = cache
+        if scaling is None:
+            scaling = (
+                cache.scaling(self.plane, config.normalize)
+                if cache is not None
+                else intensity_range(self.plane, config.normalize)
+            )
+        self.scaling = scaling
         self.tiles = plan_tiles(
             self.plane.height, self.plane.width, tile_size=config.tile_size, overlap=config.tile_overlap
         )
@@ -132,6 +151,14 @@ class TileEncoder:
         block = self.plane.read(tile.rows, tile.cols)
         if block.ndim == 3 and block.shape[-1] == 4:
             block = block[..., :3]
+        key = None
+        if self.cache is not None:
+            # The tile's encoding depends on its pixels, the scaling, its place (blending weights, taps) and the config.
+            place = (tile.top, tile.left, tile.height, tile.width, self.plane.height, self.plane.width, origin)
+            key = (f"tile:{fingerprint(block)}:{self.scaling!r}:{place}", self.featurizer.config)
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached
         scaled = self.scaling.apply(block)
         encoding = yield from self._tile_featurizer.iter_encode(scaled, with_attention=False, prescaled=True)
         tile_maps = encoding.tiles[0]
@@ -150,6 +177,8 @@ class TileEncoder:
         tile_maps.tile = placed
         tile_maps._plan = None
         encoding.config = self.featurizer.config
+        if key is not None:
+            self.cache.put(key, encoding)
         return encoding
 
 
@@ -270,6 +299,7 @@ def iter_segment_region(
     featurizer: Featurizer | FeatureConfig | None = None,
     outputs: Sequence[str] = ("labels",),
     scaling: IntensityRange | None = None,
+    cache: EncodingCache | None = None,
 ) -> Generator[Progress, None, dict[str, np.ndarray]]:
     """Segment the rectangle ``rows x cols`` of a (lazy) image: only the tiles touching it are encoded.
 
@@ -286,6 +316,8 @@ def iter_segment_region(
     scaling : IntensityRange, optional
         The whole image's intensity scaling; pass it when segmenting many regions of one image
         (it reads the whole image once).
+    cache : EncodingCache, optional
+        Reuses the tiles already encoded (and the scaling) for this image and config (see :class:`TileEncoder`).
 
     Returns
     -------
@@ -301,7 +333,7 @@ def iter_segment_region(
     c0, c1 = (0, width) if cols is None else (max(0, int(cols[0])), min(width, int(cols[1])))
     if r1 <= r0 or c1 <= c0:
         raise InputError(f"The region rows {rows}, cols {cols} lies outside the {height}x{width} image.")
-    encoder = TileEncoder(featurizer, plane, scaling)
+    encoder = TileEncoder(featurizer, plane, scaling, cache=cache)
     result: dict[str, np.ndarray] = {}
     for item in _iter_region_logits(encoder, weight, bias, (r0, r1), (c0, c1)):
         if isinstance(item, Progress):
@@ -582,14 +614,14 @@ def _tile_clusters(tiles: Sequence[Tile]) -> list[list[Tile]]:
 
 
 def iter_encode_labelled(
-    featurizer: Featurizer, image: Any, labels: Any
+    featurizer: Featurizer, image: Any, labels: Any, *, cache: EncodingCache | None = None
 ) -> Generator[Progress, None, tuple[list[Encoding], list[np.ndarray]]]:
     """Encodings of only the tiles of a (huge) image that hold labels, with the label crops to train on.
 
     A labelled pixel gets its exact features from every tile that covers it, so all those tiles are
     encoded; overlapping tiles are grouped, and each group gives one encoding of its bounding box (with
     only its own tiles) and the labels cropped to it. ``LinearSegmenter.fit(encodings, crops)`` then trains
-    on exactly the features of the in-memory path.
+    on exactly the features of the in-memory path. ``cache`` reuses tiles encoded before (see :class:`TileEncoder`).
     """
     from .encoding import Encoding
 
@@ -599,7 +631,7 @@ def iter_encode_labelled(
         raise InputError(
             f"The labels have shape {tuple(labels_array.shape)} but the image is {(plane.height, plane.width)}."
         )
-    encoder = TileEncoder(featurizer, plane)
+    encoder = TileEncoder(featurizer, plane, cache=cache)
     labelled = [t for t in encoder.tiles if np.asarray(labels_array[t.rows, t.cols]).any()]
     if not labelled:
         raise InputError("No pixels are labelled: paint a few strokes of at least two classes (0 = unlabelled).")
