@@ -190,7 +190,8 @@ def run_cli(
         outcome = Outcome("traceback", f"{type(err).__name__}: {str(err)[:200]}")
     else:
         err_text = stderr.getvalue()
-        error_lines = [line for line in err_text.splitlines() if "error:" in line]
+        # segment reports an input it could not process as "napari-hrdv2: failed: PATH: reason" (the others go on)
+        error_lines = [line for line in err_text.splitlines() if "error:" in line or ": failed: " in line]
         if "Traceback" in err_text:
             outcome = Outcome("traceback", err_text.strip().splitlines()[-1][:200])
         elif code == 0:
@@ -243,7 +244,243 @@ def run_subprocess(argv: list[Any], *, limit_as: int | None = None, timeout: flo
 
 
 # ---------------------------------------------------------------------------------------------- the cases
-class Cases:
+class _ChannelCases:
+    """Multichannel inputs (OME-TIFF, ImageJ, .npy, OME-Zarr) segmented tile by tile or on a cluster, and room checks."""
+
+    def _channel_files(self) -> dict[str, Path]:
+        """Files holding one 5-channel 56x56 image whose channel 1 is the reference texture (others noise)."""
+        if getattr(self, "_multichannel", None) is not None:
+            return self._multichannel
+        import tifffile
+        import zarr
+
+        folder = self.fresh("multichannel")
+        data = np.random.default_rng(7).integers(0, 255, (*self.image.shape, 5), dtype=np.uint8)
+        data[..., 1] = self.image
+        planar = np.ascontiguousarray(np.moveaxis(data, -1, 0))
+        files = {"ome": folder / "m5.tif", "imagej": folder / "ij.tif", "npy": folder / "m5npy.npy",
+                 "zarr": folder / "m5zarr.zarr", "grey": folder / "grey.tif"}  # fmt: skip
+        tifffile.imwrite(files["ome"], planar, ome=True, metadata={"axes": "CYX"})
+        tifffile.imwrite(files["imagej"], np.stack([planar, planar]), imagej=True, metadata={"axes": "ZCYX"})
+        np.save(files["npy"], data)
+        group = zarr.open_group(str(files["zarr"]), mode="w", zarr_format=2)
+        group.attrs["multiscales"] = [
+            {"version": "0.4", "axes": [{"name": n} for n in "cyx"], "datasets": [{"path": "0"}]}
+        ]
+        group.create_array("0", shape=planar.shape, chunks=(1, 32, 32), dtype="uint8")[:] = planar
+        tifffile.imwrite(files["grey"], self.image)
+        self._multichannel = files
+        return files
+
+    def _reference_labels(self) -> np.ndarray:
+        """The in-memory segmentation of channel 1 (the grey texture) with the reference model."""
+        if getattr(self, "_reference", None) is None:
+            import tifffile
+
+            out = self.fresh("multichannel reference")
+            outcome = run_cli(["segment", self._channel_files()["grey"], "--model", self.model, "-o", out, "-q",
+                               "--overwrite"])  # fmt: skip
+            assert outcome.category == "defined", outcome
+            self._reference = tifffile.imread(out / "grey_labels.tif")
+        return self._reference
+
+    def _channel_model(self) -> Path:
+        """The reference model, recording that it reads channel 1 of its inputs."""
+        path = self.root / "model_channel1.hrdv2"
+        if not path.exists():
+            from napari_hrdv2.core.segmenter import LinearSegmenter
+
+            model = LinearSegmenter.load(self.model)
+            model.channels = (1,)
+            model.save(path)
+        return path
+
+    def _labels_equal_reference(self, path: Path, planes: int = 1) -> Callable[[str, str], bool | str]:
+        def check(_out: str, err: str) -> bool | str:
+            import tifffile
+            import zarr
+
+            if not path.exists():
+                return f"{path.name} was not written"
+            labels = zarr.open_group(str(path), mode="r")["0"][:] if path.suffix == ".zarr" else tifffile.imread(path)
+            expected = self._reference_labels() if planes == 1 else np.stack([self._reference_labels()] * planes)
+            if labels.shape != expected.shape:
+                return f"labels of shape {labels.shape}, expected {expected.shape}"
+            if not np.array_equal(labels, expected):
+                return f"labels differ from the in-memory run on channel 1 ({(labels != expected).mean():.1%})"
+            if "using channel 1" not in err:
+                return "did not say which channels were used"
+            return True
+
+        return check
+
+    def _channel_cases(self) -> None:
+        def segment(name: str, key: str, extra: list[Any], *, expect: str, stream: bool = False,
+                    model: Path | None = None, planes: int = 1) -> None:  # fmt: skip
+            def case() -> Outcome:
+                files = self._channel_files()
+                out = self.fresh(f"channels {name}")
+                source = files[key]
+                suffix = ".zarr" if "zarr" in extra else ".tif"
+                target = out / f"{source.name.split('.')[0]}_labels{suffix}"
+                argv = ["segment", source, "--model", model or self.model, "-o", out, "--overwrite", *extra]
+                check = None
+                if expect != "error":
+                    self._reference_labels()  # computed before the run under test
+                    check = self._labels_equal_reference(target, planes)
+                if not stream:
+                    return run_cli(argv, check, expect=expect, protect=(source,) if source.is_file() else ())
+                from napari_hrdv2.core import streaming
+
+                saved = streaming.STREAM_PIXELS
+                streaming.STREAM_PIXELS = 32 * 32  # the 56x56 image is "large": segmented tile by tile
+                try:
+                    return run_cli(argv, check, expect=expect, protect=(source,))
+                finally:
+                    streaming.STREAM_PIXELS = saved
+
+            self.add(f"channels/{name}/cli segment", case)
+
+        zarr_out = ["--format", "zarr"]
+        segment("OME-TIFF CYX 5, --channels 1, zarr output (tile by tile)", "ome", [*zarr_out, "--channels", "1"],
+                expect="result")  # fmt: skip
+        segment("OME-TIFF CYX 5, --channels 1, large TIFF (tile by tile to tiled tif)", "ome", ["--channels", "1"],
+                expect="result", stream=True)  # fmt: skip
+        segment(".npy (H,W,5), --channels 1, zarr output", "npy", [*zarr_out, "--channels", "1"], expect="result")
+        segment(".npy (H,W,5), --channels 1, read whole", "npy", ["--channels", "1"], expect="result")
+        segment("OME-Zarr c=5, --channels 1, zarr output", "zarr", [*zarr_out, "--channels", "1"], expect="result")
+        segment("OME-Zarr c=5, --channels 1, tif output (read whole)", "zarr", ["--channels", "1"], expect="result")
+        segment("ImageJ ZCYX 2x5, --channels 1, zarr output", "imagej", [*zarr_out, "--channels", "1"],
+                expect="result", planes=2)  # fmt: skip
+        segment("model trained on channel 1, OME-TIFF, no option, zarr output", "ome", zarr_out, expect="result",
+                model=self._channel_model())  # fmt: skip
+        segment("model trained on channel 1, .npy, no option, zarr output", "npy", zarr_out, expect="result",
+                model=self._channel_model())  # fmt: skip
+        segment("model trained on channel 1, --channels 0, zarr output", "npy", [*zarr_out, "--channels", "0"],
+                expect="error", model=self._channel_model())  # fmt: skip
+        segment("OME-TIFF CYX 5, no --channels, zarr output", "ome", zarr_out, expect="error")
+        segment("OME-TIFF CYX 5, no --channels, large TIFF", "ome", [], expect="error", stream=True)
+        segment("ImageJ ZCYX 2x5, no --channels, zarr output", "imagej", zarr_out, expect="error")
+        segment(".npy (H,W,5), no --channels, zarr output", "npy", zarr_out, expect="error")
+        segment("OME-TIFF CYX 5, --channels 7, zarr output", "ome", [*zarr_out, "--channels", "7"], expect="error")
+        segment(".npy (H,W,5), --channels 7, zarr output", "npy", [*zarr_out, "--channels", "7"], expect="error")
+        segment("OME-Zarr c=5, --channels 5", "zarr", [*zarr_out, "--channels", "5"], expect="error")
+        segment("grey TIFF, --channels 2, zarr output", "grey", [*zarr_out, "--channels", "2"], expect="error")
+        segment("OME-TIFF, --channels 0,1,2,3", "ome", [*zarr_out, "--channels", "0,1,2,3"], expect="error")
+        segment("OME-TIFF, --channels ''", "ome", [*zarr_out, "--channels", ""], expect="error")
+
+        def features_shape(out: Path, shape: tuple[int, ...], planes: int = 0) -> Callable[[str, str], bool | str]:
+            """(C, H, W) features of one image, or (planes, C, H, W) of a stack."""
+
+            def check(_out: str, err: str) -> bool | str:
+                found = np.load(out).shape
+                if found[-2:] != shape or len(found) != (4 if planes else 3) or (planes and found[0] != planes):
+                    return f"features of shape {found}"
+                return True if "using channel" in err else "did not say which channels were used"
+
+            return check
+
+        def in_memory(name: str, argv: Callable[[dict[str, Path], Path], list[Any]], expect: str,
+                      check: Callable[[Path], Callable[[str, str], bool | str]] | None = None) -> None:  # fmt: skip
+            def case() -> Outcome:
+                files = self._channel_files()
+                out = self.fresh(f"channels in memory {name}")
+                return run_cli(argv(files, out), check(out) if check else None, expect=expect,
+                               protect=(files["ome"],))  # fmt: skip
+
+            self.add(f"channels/{name}/cli", case)
+
+        in_memory("features --channels 1 on OME-TIFF CYX 5",
+                  lambda f, out: ["features", f["ome"], "-o", out / "f.npy", "--channels", "1", *self.opts], "result",
+                  lambda out: features_shape(out / "f.npy", self.image.shape))  # fmt: skip
+        in_memory("features --channels 0,3 on ImageJ ZCYX 2x5 (a stack)",
+                  lambda f, out: ["features", f["imagej"], "-o", out / "f.npy", "--channels", "0,3", *self.opts],
+                  "result", lambda out: features_shape(out / "f.npy", self.image.shape, planes=2))  # fmt: skip
+        in_memory("features --channels 9 on OME-TIFF CYX 5",
+                  lambda f, out: ["features", f["ome"], "-o", out / "f.npy", "--channels", "9", *self.opts], "error")
+        in_memory("train --channels 5 on OME-TIFF CYX 5",
+                  lambda f, out: ["train", f["ome"], "--labels", self.files / "tex_strokes.tif", "-o", out / "m.hrdv2",
+                                  "--channels", "5", *self.opts], "error")  # fmt: skip
+        in_memory("pca fit --channels 1,x",
+                  lambda f, out: ["pca", "fit", f["ome"], "-o", out / "b.npz", "--channels", "1,x", *self.opts],
+                  "error")  # fmt: skip
+        long_name = "x" * 300
+        in_memory("features -o a 300-byte name",
+                  lambda f, out: ["features", f["grey"], "-o", out / f"{long_name}.npy", *self.opts], "error")
+        in_memory("segment an input with a 300-byte name",
+                  lambda f, out: ["segment", out / f"{long_name}.tif", "--model", self.model, "-o", out], "error")
+        in_memory("segment -o a folder name with a NUL",
+                  lambda f, out: ["segment", f["grey"], "--model", self.model, "-o", f"{out}/a\0b"], "error")
+
+        def lazy_file(name: str, writer: Callable[[Path], None], suffix: str, expect: str = "error") -> None:
+            def case() -> Outcome:
+                folder = self.fresh(f"lazy {name}")
+                path = folder / f"in{suffix}"
+                if not path.exists():
+                    writer(path)
+                return run_cli(["segment", path, "--model", self.model, "-o", folder / "out", "--format", "zarr",
+                                "--overwrite", "--channels", "0"], expect=expect)  # fmt: skip
+
+            self.add(f"lazy input/{name}/cli segment --channels 0", case)
+
+        grey_stack = np.stack([self.image] * 3)
+        lazy_file("grey .npy stack (3,H,W) with --channels 0", lambda p: np.save(p, grey_stack), ".npy", "result")
+        lazy_file(".npy object array", lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True),
+                  ".npy")  # fmt: skip
+        lazy_file(".npy 1-D", lambda p: np.save(p, np.arange(100)), ".npy")
+        lazy_file(".npy truncated", lambda p: (np.save(p, grey_stack), p.write_bytes(p.read_bytes()[:200])), ".npy")
+        lazy_file(".npy float with NaN", lambda p: np.save(p, np.where(self.image > 200, np.nan, 1.0)), ".npy")
+        lazy_file(".npy complex", lambda p: np.save(p, self.image.astype(np.complex64)), ".npy")
+        lazy_file("empty folder named .zarr", lambda p: p.mkdir(), ".zarr")
+        lazy_file("text file named .zarr", lambda p: p.write_text("x"), ".zarr")
+
+        def cluster_case() -> Outcome:
+            files = self._channel_files()
+            out = self.fresh("channels cluster")
+            argv = ["segment", files["ome"], files["npy"], "--model", self._channel_model(), "-o", out,
+                    "--overwrite", "--scheduler", "local:1", "-q"]  # fmt: skip
+            self._reference_labels()
+            first = self._labels_equal_reference(out / "m5_labels.tif")
+            second = self._labels_equal_reference(out / "m5npy_labels.tif")
+
+            def both(stdout: str, err: str) -> bool | str:
+                verdict = first(stdout, err)
+                return second(stdout, err) if verdict is True else verdict
+
+            return run_cli(argv, both, expect="result", protect=(files["ome"], files["npy"]))
+
+        self.add("channels/model trained on channel 1, OME-TIFF + .npy, local cluster/cli segment --scheduler",
+                 cluster_case)  # fmt: skip
+
+    def _room_cases(self) -> None:
+        def room(name: str, argv: Callable[[Path], list[Any]], free: int) -> None:
+            def case() -> Outcome:
+                out = self.fresh(f"room {name}")
+                with _free_bytes(free):
+                    outcome = run_cli(argv(out), expect="error")
+                left = [p.name for p in out.rglob("*") if p.is_file()]
+                if outcome.category == "clear" and "room" not in outcome.detail:
+                    return Outcome("unclear", f"refused, but not for the room: {outcome.detail}")
+                if left:
+                    return Outcome("silent", f"files written although refused: {left}; {outcome.detail[:100]}")
+                return outcome
+
+            self.add(f"room/{name}/cli", case)
+
+        image = self.files / "tex.tif"
+        room("segment --uncertainty, 1 kB free", lambda out: ["segment", image, "--model", self.model, "-o", out / "o",
+                                                               "--uncertainty", "-q"], 1_000)  # fmt: skip
+        room("features -o f.tif, 100 kB free", lambda out: ["features", image, "-o", out / "f.tif", *self.opts],
+             100_000)  # fmt: skip
+        room("segment --format zarr --channels 1 on OME-TIFF, 1 kB free (tile by tile)",
+             lambda out: ["segment", self._channel_files()["ome"], "--model", self.model, "-o", out / "o", "--format",
+                          "zarr", "--channels", "1", "--uncertainty", "-q"], 1_000)  # fmt: skip
+        room("segment --scheduler local:1 --uncertainty, 1 kB free",
+             lambda out: ["segment", image, "--model", self.model, "-o", out / "o", "--uncertainty", "--scheduler",
+                          "local:1", "-q"], 1_000)  # fmt: skip
+
+
+class Cases(_ChannelCases):
     """Builds the files once and lists the cases (name -> thunk returning an Outcome)."""
 
     def __init__(self, root: Path):
@@ -272,6 +509,8 @@ class Cases:
         self._model_cases()
         self._output_cases()
         self._option_cases()
+        self._channel_cases()
+        self._room_cases()
 
     def fresh(self, name: str) -> Path:
         folder = self.root / "cases" / name.replace("/", "_")
@@ -853,6 +1092,19 @@ class Cases:
                              "batch_size=0.5": {"batch_size": 0.5}, "tile_overlap=None": {"tile_overlap": None},
                              "shift_distances='5'": {"shift_distances": "5x"}}.items():  # fmt: skip
             self.add(f"option/FeatureConfig({name})/api", api_config(**values))
+
+
+@contextlib.contextmanager
+def _free_bytes(free: int):
+    """Pretend every disk has ``free`` bytes free, as the room check (``shutil.disk_usage``) sees it."""
+    from napari_hrdv2.core import atomic
+
+    real = atomic.shutil.disk_usage
+    atomic.shutil.disk_usage = lambda path: real(path)._replace(free=free)
+    try:
+        yield
+    finally:
+        atomic.shutil.disk_usage = real
 
 
 def _complete(path: Path) -> bool:

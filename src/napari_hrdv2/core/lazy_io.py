@@ -328,7 +328,7 @@ def open_channels(source: Any, channels: Any = None) -> tuple[Any, str | None]:
 
     chosen = parse_channels(channels)
     path = Path(source) if isinstance(source, (str, Path)) else None
-    name = path.name if path is not None else "the image"
+    name = path.name if path is not None else "image"
     if path is not None and path.suffix.lower() in (".tif", ".tiff"):
         array = open_lazy(path)
         import tifffile
@@ -354,6 +354,13 @@ def open_channels(source: Any, channels: Any = None) -> tuple[Any, str | None]:
         return view, choice.note if choice is not None else None
     array = open_lazy(source)
     if chosen is None:
+        shape = _squeeze_shape(tuple(int(s) for s in array.shape))
+        if not isinstance(array, _AxesView) and len(shape) == 3 and shape[-1] not in (3, 4) and shape[-1] < 14:
+            # Narrower than any backbone's patch: not a stack of images, but channels on the last axis.
+            raise InputError(
+                f"'{name}' has shape {shape}: {shape[-1]} channels on its last axis? HR-Dv2 uses grey or RGB images. "
+                "Choose the one, two or three to use with channels= (command line: --channels 0 or --channels 0,2)."
+            )
         return array, None
     if isinstance(array, _AxesView):
         names = array._names
