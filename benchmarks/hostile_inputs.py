@@ -20,7 +20,9 @@ lost       a file that existed before (an input, a previous good result) was des
            that looks complete is incomplete
 
 Full-disk and read-only cases need a small tmpfs (``mount``, i.e. root in a container); without it they
-are reported as ``skipped``. Random-init tiny backbone (no real weights): this measures behaviour, not quality.
+are reported as ``skipped``. The room cases pretend the disk is nearly full (``shutil.disk_usage`` mocked, as the
+tests do). Two cases start a dask LocalCluster of one worker process (``--scheduler local:1``, ~20 s each);
+"tile by tile" cases lower ``streaming.STREAM_PIXELS`` so that a 56x56 image is streamed like a large one. Random-init tiny backbone (no real weights): this measures behaviour, not quality.
 """
 
 from __future__ import annotations
@@ -433,6 +435,25 @@ class _ChannelCases:
         lazy_file(".npy complex", lambda p: np.save(p, self.image.astype(np.complex64)), ".npy")
         lazy_file("empty folder named .zarr", lambda p: p.mkdir(), ".zarr")
         lazy_file("text file named .zarr", lambda p: p.write_text("x"), ".zarr")
+
+        def zarr_named_with_a_tif() -> Outcome:
+            import zarr
+
+            files = self._channel_files()
+            folder = self.fresh("zarr named as an input")
+            image = folder / "plain.zarr"
+            if not image.exists():
+                zarr.create_array(str(image), shape=self.image.shape, chunks=(32, 32), dtype="uint8")[:] = self.image
+            out = folder / "out"
+            argv = ["segment", image, files["grey"], "--model", self.model, "-o", out, "--overwrite", "-q"]
+
+            def both_written(_out: str, _err: str) -> bool | str:
+                names = sorted(p.name for p in out.iterdir())
+                return True if names == ["grey_labels.tif", "plain_labels.tif"] else f"wrote only {names}"
+
+            return run_cli(argv, both_written, expect="result")
+
+        self.add("lazy input/a .zarr image named next to a .tif/cli segment", zarr_named_with_a_tif)
 
         def cluster_case() -> Outcome:
             files = self._channel_files()

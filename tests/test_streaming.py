@@ -335,3 +335,14 @@ def test_cli_segment_zarr_folder(tmp_path, tiled, model, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_labels.zarr", "b_labels.zarr"]
     capsys.readouterr()
     assert main([*args[:-1]]) == 0 and "skipped 2 existing" in capsys.readouterr().out
+
+
+def test_a_zarr_image_named_as_an_input_is_segmented(tmp_path):
+    """``segment a.zarr b.tif``: the Zarr image is an input (it was taken for a folder of images and silently left out)."""
+    from napari_hrdv2.core.batch import collect_inputs
+
+    zarr.create_array(str(tmp_path / "a.zarr"), shape=(20, 20), chunks=(8, 8), dtype="uint8")
+    tifffile.imwrite(tmp_path / "b.tif", np.zeros((20, 20), np.uint8))
+    found = collect_inputs([tmp_path / "a.zarr", tmp_path / "b.tif"], tmp_path / "out")
+    assert [p.name for p in found] == ["a.zarr", "b.tif"]
+    assert [p.name for p in collect_inputs([tmp_path])] == ["a.zarr", "b.tif"]  # a folder: its images and Zarr images
