@@ -1,6 +1,6 @@
 """Scale: images larger than memory and folders on a dask cluster; prints Markdown tables.
 
-Sections (``--only memory,speed,batch,overhead``; results in benchmarks/README.md):
+Sections (``--only memory,speed,batch,overhead,view``; results in benchmarks/README.md):
 
 memory
     Peak RSS of a streamed segmentation (:class:`napari_hrdv2.core.streaming.StreamJob`) of a
@@ -34,6 +34,12 @@ overhead
     The scheduler's own cost per task: ``--noop-tasks`` no-op tasks (``abs``) submitted together and 50 one at
     a time on LocalClusters of 1 and 2 worker processes (also printed by ``batch`` for its own clusters). It
     does not depend on the image size, so it gives the overhead fraction for any per-image cost.
+
+view
+    "Predict current view" on a lazily read ``--view-size`` (default 4096) square Zarr image (chunks 512), the
+    napari job ``_workers.predict_region_job`` with the dock's ``EncodingCache``: a 1366 x 768 view, the same
+    view again, the view panned by half its width, and the first view after retraining the model, against the
+    same views without a cache. Checks that the labels are equal with and without the cache.
 
 The machine is shared: every timing line prints ``uptime``'s load averages next to it.
 """
@@ -224,6 +230,52 @@ def bench_speed(args: argparse.Namespace, backbone: str, work: Path) -> None:
     print(f"\nstreamed / in-memory (medians): {ratio:.3f}  (goal <= 1.2); labels identical: yes")
 
 
+# ---------------------------------------------------------------------------------------------- view
+def bench_view(args: argparse.Namespace, backbone: str, work: Path) -> None:
+    import zarr
+
+    import napari_hrdv2 as hr
+    from napari_hrdv2._workers import EncodingCache, predict_region_job
+    from napari_hrdv2.core.progress import run_steps
+
+    model = hr.LinearSegmenter.load(train_model(backbone, work))
+    retrained = hr.LinearSegmenter.load(model_path := work / "model.hrdv2")
+    retrained.intercept_ = retrained.intercept_ + np.float32(0.1)  # another model on the same features
+    config = model.featurizer(device="cpu").config
+    size = args.view_size
+    if size < 3072:
+        raise SystemExit("--view-size must be at least 3072: the panned view must reach tiles the first view did not")
+    source = zarr.create_array(str(work / "view.zarr"), shape=(size, size), chunks=(512, 512), dtype="uint8")
+    source[:] = texture(size, seed=4)
+    top, left = size // 4, size // 4
+    views = [
+        ("first view", model, (top, top + 768), (left, left + 1366)),
+        ("the same view again", model, (top, top + 768), (left, left + 1366)),
+        ("panned by half a view", model, (top, top + 768), (left + 683, left + 2049)),
+        ("first view, retrained model", retrained, (top, top + 768), (left, left + 1366)),
+    ]
+    cache = EncodingCache()
+    rows = []
+    for name, segmenter, view_rows, view_cols in views:
+        timings = {}
+        labels = {}
+        for label, job_cache in (("no cache", None), ("dock cache", cache)):
+            start = time.perf_counter()
+            result = run_steps(
+                predict_region_job(source, 0, view_rows, view_cols, segmenter, config, is_stack=False, cache=job_cache)
+            )
+            timings[label] = time.perf_counter() - start
+            labels[label] = result.labels
+        assert np.array_equal(labels["no cache"], labels["dock cache"]), f"{name}: labels differ with the cache"
+        rows.append([name, f"{timings['no cache']:.2f}", f"{timings['dock cache']:.2f}",
+                     f"{timings['dock cache'] / timings['no cache']:.2f}", load()])  # fmt: skip
+        print(" | ".join(map(str, rows[-1])), flush=True)
+    print_table(rows, ["view (1366 x 768)", "no cache s", "dock cache s", "ratio", "load (1, 5, 15 min)"],
+                title=f"view: Predict current view of a {size} x {size} Zarr image, ViT-S/14, shifts=none, "
+                f"default tiles; cache {gib(cache.nbytes)} at the end")  # fmt: skip
+    print(f"labels identical with and without the cache: yes ({model_path.name})")
+
+
 # ---------------------------------------------------------------------------------------------- batch
 def scheduler_overhead(client: object, n_tasks: int) -> tuple[float, float]:
     """Seconds per task of the dask scheduler alone: ``n_tasks`` no-op tasks mapped at once, and one at a time.
@@ -381,6 +433,7 @@ def main() -> None:
     parser.add_argument("--chunk-rows", type=int, default=0, help="memory: output chunk rows to compute (0 = all)")
     parser.add_argument("--speed-size", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--view-size", type=int, default=4096, help="view: image side")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=512, help="batch: image side")
     parser.add_argument(
@@ -416,6 +469,8 @@ def main() -> None:
         bench_batch(args, backbone, work)
     if "overhead" in sections:
         bench_overhead(args)
+    if "view" in sections:
+        bench_view(args, backbone, work)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
