@@ -279,6 +279,42 @@ def test_views_reuse_cached_tiles_and_scaling(tmp_path, tiled, model, monkeypatc
     assert encoded[0] == 7
 
 
+def test_lazy_training_and_views_share_cached_tiles(tiled, monkeypatch):
+    """Tiles encoded for training (placed in their cluster) serve the views and a retrain, with the same results."""
+    from napari_hrdv2._workers import EncodingCache
+
+    image = big_image(300)[:, :260]
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    labels[130:180, 140:143], labels[130:180, 200:203] = 1, 2  # tiles away from the top-left corner
+    featurizer = hr.Featurizer(tiled)
+    plain = hr.LinearSegmenter().fit(*run_steps_of(streaming.iter_encode_labelled(featurizer, image, labels)))
+    cache = EncodingCache()
+    encoded = _count_tile_encodes(monkeypatch)
+    cached = hr.LinearSegmenter().fit(
+        *run_steps_of(streaming.iter_encode_labelled(featurizer, image, labels, cache=cache))
+    )
+    trained_tiles = encoded[0]
+    assert trained_tiles > 0
+    np.testing.assert_array_equal(cached.coef_, plain.coef_)
+    again = hr.LinearSegmenter().fit(
+        *run_steps_of(streaming.iter_encode_labelled(featurizer, image, labels, cache=cache))
+    )
+    np.testing.assert_array_equal(again.coef_, plain.coef_)
+    view = run_steps_of(
+        streaming.iter_segment_region(plain, image, (130, 180), (140, 203), featurizer=featurizer, cache=cache)
+    )
+    assert encoded[0] == trained_tiles  # the retrain and the view of the scribbled area encoded nothing new
+    np.testing.assert_array_equal(
+        view["labels"], plain.predict(featurizer.encode(image, with_attention=False))[130:180, 140:203]
+    )
+
+
+def run_steps_of(steps):
+    from napari_hrdv2.core.progress import run_steps
+
+    return run_steps(steps)
+
+
 def test_view_of_an_in_memory_plane_uses_its_cached_encoding(tiled, model, monkeypatch):
     """A plane encoded whole before (Compute / Predict plane) is projected for a view, not encoded tile by tile."""
     from napari_hrdv2._workers import EncodingCache, predict_region_job

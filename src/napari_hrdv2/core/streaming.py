@@ -146,40 +146,61 @@ class TileEncoder:
         ``origin`` places the tile in a larger encoding (used by :func:`fit_lazy`): the returned
         encoding's only tile sits at ``(tile.top - origin[0], tile.left - origin[1])``.
         """
-        from .encoding import _fused_taps
-
         block = self.plane.read(tile.rows, tile.cols)
         if block.ndim == 3 and block.shape[-1] == 4:
             block = block[..., :3]
         key = None
         if self.cache is not None:
-            # The tile's encoding depends on its pixels, the scaling, its place (blending weights, taps) and the config.
-            place = (tile.top, tile.left, tile.height, tile.width, self.plane.height, self.plane.width, origin)
+            # A tile's maps depend on its pixels, the scaling, its place in the image (blending weights) and the
+            # config; ``origin`` only moves it, so one cached encoding serves every origin.
+            place = (tile.top, tile.left, tile.height, tile.width, self.plane.height, self.plane.width)
             key = (f"tile:{fingerprint(block)}:{self.scaling!r}:{place}", self.featurizer.config)
             cached = self.cache.get(key)
             if cached is not None:
-                return cached
+                return self._placed(cached, tile, origin)
         scaled = self.scaling.apply(block)
         encoding = yield from self._tile_featurizer.iter_encode(scaled, with_attention=False, prescaled=True)
+        encoding.config = self.featurizer.config
+        placed = self._placed(encoding, tile, (0, 0) if key is not None else origin, in_place=True)
+        if key is not None:
+            self.cache.put(key, placed)
+            return self._placed(placed, tile, origin)
+        return placed
+
+    def _placed(self, encoding: Encoding, tile: Tile, origin: tuple[int, int], *, in_place: bool = False) -> Encoding:
+        """``encoding`` (one tile's maps) with its tile at ``(tile.top - origin[0], tile.left - origin[1])``.
+
+        ``in_place`` sets the place and taps on ``encoding`` itself (a fresh encoding); otherwise a new
+        encoding shares the maps, unless the tile already sits there.
+        """
+        from .encoding import Encoding, TileMaps, _fused_taps
+
         tile_maps = encoding.tiles[0]
         placed = Tile(
             tile.top - origin[0], tile.left - origin[1], tile.height, tile.width, tile.row_weights, tile.col_weights
         )
-        grid = tuple(tile_maps.maps.shape[2:])
-        tile_maps.row_taps, tile_maps.col_taps = _fused_taps(
+        if not in_place and (tile_maps.tile.top, tile_maps.tile.left) == (placed.top, placed.left):
+            return encoding
+        row_taps, col_taps = _fused_taps(
             placed,
             encoding.transforms,
-            grid,
+            tuple(tile_maps.maps.shape[2:]),
             patch_size=self.featurizer.patch_size,
             stride=self.featurizer.stride,
             resize=self.featurizer.config.resize,
         )
-        tile_maps.tile = placed
-        tile_maps._plan = None
-        encoding.config = self.featurizer.config
-        if key is not None:
-            self.cache.put(key, encoding)
-        return encoding
+        if in_place:
+            tile_maps.tile, tile_maps.row_taps, tile_maps.col_taps, tile_maps._plan = placed, row_taps, col_taps, None
+            return encoding
+        moved = Encoding(
+            config=encoding.config,
+            image_shape=encoding.image_shape,
+            tiles=[TileMaps(placed, tile_maps.maps, tile_maps.attention, row_taps, col_taps)],
+            transforms=encoding.transforms,
+        )
+        moved.backbone_fingerprint = encoding.backbone_fingerprint
+        moved.backbone_family = encoding.backbone_family
+        return moved
 
 
 @dataclass
