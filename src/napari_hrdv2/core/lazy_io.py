@@ -274,6 +274,15 @@ class ChannelView:
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
 
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        """The source's chunk sides along this view's axes (blocks of whole chunk rows read each chunk once)."""
+        source = getattr(self.array, "chunks", None)
+        if not isinstance(source, tuple) or len(source) != len(self.array.shape):
+            return None
+        planes = (1,) if self._plane_axes else ()
+        return (*planes, source[self._y], source[self._x], *self.shape[len(planes) + 2 :])
+
     def __getitem__(self, index: Any) -> np.ndarray:
         index = index if isinstance(index, tuple) else (index,)
         n_planes = 1 if self._plane_axes else 0
