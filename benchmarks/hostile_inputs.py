@@ -364,6 +364,7 @@ class _ChannelCases:
         segment("OME-TIFF CYX 5, no --channels, large TIFF", "ome", [], expect="error", stream=True)
         segment("ImageJ ZCYX 2x5, no --channels, zarr output", "imagej", zarr_out, expect="error")
         segment(".npy (H,W,5), no --channels, zarr output", "npy", zarr_out, expect="error")
+        segment("OME-Zarr c=5, no --channels, zarr output", "zarr", zarr_out, expect="error")
         segment("OME-TIFF CYX 5, --channels 7, zarr output", "ome", [*zarr_out, "--channels", "7"], expect="error")
         segment(".npy (H,W,5), --channels 7, zarr output", "npy", [*zarr_out, "--channels", "7"], expect="error")
         segment("OME-Zarr c=5, --channels 5", "zarr", [*zarr_out, "--channels", "5"], expect="error")

@@ -196,10 +196,11 @@ def test_streamed_channel_errors_are_clear(tmp_path, channel_model):
         np.save(grey, np.zeros((3, 60, 60), np.uint8))  # a grey stack: channels last would be 60, not 3
         report = hr.segment_files([grey], tmp_path / "o", model, config, suffix=".zarr", channels=1)
         assert "'grey.npy' has one channel" in report.failed[0][1]
-        # Without a choice, channels on the last axis are refused naming the option (not read as 70 planes 84x5).
-        report = hr.segment_files([paths["npy"]], tmp_path / "o", model, config, suffix=".zarr")
+        # Without a choice, 5 channels are refused naming the option (not read as 5 planes, or 70 planes of 84x5).
+        report = hr.segment_files([paths["npy"], paths["zarr"]], tmp_path / "o", model, config, suffix=".zarr")
         assert "5 channels on its last axis? HR-Dv2 uses grey or RGB images" in report.failed[0][1]
-        assert "--channels 0" in report.failed[0][1]
+        assert "'z.zarr' has 5 channels (c axis); HR-Dv2 uses grey or RGB images" in report.failed[1][1]
+        assert all("--channels 0" in reason for _, reason in report.failed) and not report.written
     finally:
         model.channels = (1,)
     # A partial output made from other channels is not resumed.

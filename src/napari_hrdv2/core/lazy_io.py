@@ -96,7 +96,8 @@ def _zarr_image_array(node: Any, path: Path) -> Any:
 class _AxesView:
     """An OME-Zarr array with named axes seen as ``(planes..., y, x[, c])``: singleton non-spatial axes dropped.
 
-    Channels (``c``) are moved last when there are 3 or 4 of them (colour) and kept as planes otherwise.
+    Channels (``c``) are moved last when there are 3 or 4 of them (colour) and kept as planes otherwise (napari's
+    view; :func:`open_channels`, which segmentation reads through, refuses 2 or more than 4 without a choice).
     """
 
     def __init__(self, array: Any, axes: list[str]):
@@ -317,8 +318,8 @@ def open_channels(source: Any, channels: Any = None) -> tuple[Any, str | None]:
     - TIFF: axes from the file's metadata (OME, ImageJ, colour samples), exactly as
       :func:`~.io.read_image` reads them: the same planes, the same channels, the same alpha rules and
       errors, whether ``channels`` is given or not.
-    - OME-Zarr with a ``c`` axis: its channels, when ``channels`` is given (otherwise 3 or 4 of them are
-      colour and other counts are planes, as before).
+    - OME-Zarr with a ``c`` axis: its channels when ``channels`` is given; otherwise 3 or 4 of them are colour
+      and 2 or more than 4 are refused naming the option, as :func:`~.io.read_image` refuses them.
     - Arrays without axis names (``.npy``, plain Zarr, numpy/dask arrays), when ``channels`` is given:
       channels on the last axis, ``(H, W, C)`` or ``(N, H, W, C)``; a 3-D array whose last axis is not shorter
       than the other two is a grey stack ``(N, H, W)``.
@@ -362,6 +363,10 @@ def open_channels(source: Any, channels: Any = None) -> tuple[Any, str | None]:
         view = ChannelView(array, y=layout.axes.index("Y"), x=layout.axes.index("X"), channel=channel, choice=choice)
         return view, choice.note if choice is not None else None
     array = open_lazy(source)
+    if chosen is None and isinstance(array, _AxesView) and "c" in array._names:
+        n_channels = int(array.array.shape[array._names.index("c")])
+        if n_channels == 2 or n_channels > 4:  # as read_image: channels are not planes; the user chooses
+            choose_channels(n_channels, "c", False, None, name)
     if chosen is None:
         shape = _squeeze_shape(tuple(int(s) for s in array.shape))
         if not isinstance(array, _AxesView) and len(shape) == 3 and shape[-1] not in (3, 4) and shape[-1] < 14:
