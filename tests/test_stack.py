@@ -11,7 +11,14 @@ import napari_hrdv2 as hr
 from conftest import two_texture_image
 from napari_hrdv2.core.cache import EncodingCache
 from napari_hrdv2.core.progress import run_steps
-from napari_hrdv2.core.stack import StackEncoder, fit_stack, iter_predict_stack, labelled_planes, predict_stack
+from napari_hrdv2.core.stack import (
+    StackEncoder,
+    fit_stack,
+    iter_fit_stack,
+    iter_predict_stack,
+    labelled_planes,
+    predict_stack,
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +101,14 @@ def test_stack_errors(stack_and_truth, tiny_config):
     seg = fit_stack(hr.LinearSegmenter(), stack, stroke_labels(truth, [1]), tiny_config)
     with pytest.raises(hr.InputError, match="different feature settings"):
         predict_stack(seg, stack, config=tiny_config.replace(shift_distances=(2,)))
+
+
+def test_training_step_is_announced_and_no_planes_predict_an_empty_stack(stack_and_truth, tiny_config):
+    """Known answers: "training" at 1 of 2 steps after the one labelled plane; predicting no planes gives (0, H, W)."""
+    stack, truth = stack_and_truth
+    encoder = StackEncoder(stack, tiny_config)
+    updates = []
+    seg = run_steps(iter_fit_stack(hr.LinearSegmenter(), encoder, stroke_labels(truth, [1])), progress=updates.append)
+    assert [(u.done, u.total, u.message) for u in updates[-2:]] == [(1, 2, "training"), (1, 1, "trained")]
+    empty = run_steps(iter_predict_stack(seg, encoder, indices=[]))
+    assert isinstance(empty, np.ndarray) and empty.shape == (0, 56, 56) and empty.dtype == np.uint8

@@ -382,3 +382,15 @@ def test_a_zarr_image_named_as_an_input_is_segmented(tmp_path):
     found = collect_inputs([tmp_path / "a.zarr", tmp_path / "b.tif"], tmp_path / "out")
     assert [p.name for p in found] == ["a.zarr", "b.tif"]
     assert [p.name for p in collect_inputs([tmp_path])] == ["a.zarr", "b.tif"]  # a folder: its images and Zarr images
+
+
+def test_ome_zarr_channels_first_are_read_channels_last(tmp_path):
+    """Known answer: an OME-Zarr image with axes (c, y, x) and 3 channels reads as (y, x, c), slices included."""
+    rgb = np.random.default_rng(0).integers(0, 255, size=(3, 20, 30), dtype=np.uint8)
+    group = zarr.open_group(str(tmp_path / "rgb.ome.zarr"), mode="w", zarr_format=2)
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n} for n in "cyx"], "datasets": [{"path": "0"}]}]
+    group.create_array("0", shape=rgb.shape, chunks=(3, 8, 8), dtype="uint8")[:] = rgb
+    view = open_lazy(tmp_path / "rgb.ome.zarr")
+    assert view.shape == (20, 30, 3)
+    np.testing.assert_array_equal(view[:], np.moveaxis(rgb, 0, -1))
+    np.testing.assert_array_equal(view[2:5, 7:9], np.moveaxis(rgb[:, 2:5, 7:9], 0, -1))
