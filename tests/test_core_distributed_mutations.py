@@ -33,7 +33,8 @@ def test_worker_task_reports_labels_and_uncertainty(tmp_path, tiny_config):
         "skipped": [],
         "failed": [],
         "extra": [str(out / "img_uncertainty.tif")],
+        "notes": [],
     }
     assert tifffile.imread(out / "img_uncertainty.tif").shape == (56, 56)
     again = segment_file_task(str(tmp_path / "img.tif"), str(out), model_ref, config.to_dict(), ".tif", False, False)
-    assert again == {"written": [], "skipped": [str(out / "img_labels.tif")], "failed": [], "extra": []}
+    assert again == {"written": [], "skipped": [str(out / "img_labels.tif")], "failed": [], "extra": [], "notes": []}
