@@ -246,3 +246,27 @@ def test_train_on_a_huge_lazy_image_encodes_only_the_scribbled_tiles(
     wait_idle(qtbot, segmentation)
     assert not forwards, "View of the same rectangle encoded tiles again"
     np.testing.assert_array_equal(np.asarray(viewer.layers["huge segmentation"].data), labels)
+
+
+def test_lazy_reader_splits_ome_zarr_channels(tmp_path, make_napari_viewer_proxy):
+    """An OME-Zarr with a c axis of 3 channels opens as one grey layer per channel, not as a 3-plane stack."""
+    import zarr
+
+    from napari_hrdv2._reader import read_lazy
+
+    image = two_texture_image(64)[0].astype(np.uint8)
+    channels = np.stack([image, 255 - image, image // 2])
+    group = zarr.open_group(str(tmp_path / "cyx.zarr"), mode="w", zarr_format=2)
+    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0"}]}]
+    group.create_array("0", shape=channels.shape, chunks=(1, 32, 32), dtype="uint8")[:] = channels
+    ((data, meta, kind),) = read_lazy(str(tmp_path / "cyx.zarr"))
+    assert kind == "image" and meta["channel_axis"] == 0 and meta["name"] == ["cyx c0", "cyx c1", "cyx c2"]
+    viewer = make_napari_viewer_proxy()
+    layers = viewer.add_image(data, **meta)
+    assert [layer.name for layer in layers] == ["cyx c0", "cyx c1", "cyx c2"]
+    np.testing.assert_array_equal(np.asarray(layers[1].data), 255 - image)
+    group.create_array("1", shape=(1, 64, 64), chunks=(1, 32, 32), dtype="uint8")[:] = image[None]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "1"}]}]
+    ((_, single, _),) = read_lazy(str(tmp_path / "cyx.zarr"))  # one channel: an ordinary grey image
+    assert "channel_axis" not in single and single["name"] == "cyx"

@@ -17,6 +17,26 @@ from typing import Any
 LAZY_TIFF_PIXELS = 1 << 25
 
 
+def _channel_axis(path: Path) -> int | None:
+    """The index of an OME-Zarr image's ``c`` axis when it has more than one channel, else None."""
+    import zarr
+
+    if path.suffix.lower() != ".zarr":
+        return None
+    node = zarr.open(str(path), mode="r")
+    attrs = dict(getattr(node, "attrs", {}))
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if not (isinstance(node, zarr.Group) and multiscales):
+        return None
+    axes = [(a.get("name") if isinstance(a, dict) else str(a)) or "" for a in multiscales[0].get("axes", [])]
+    names = [a.lower() for a in axes]
+    if "c" not in names:
+        return None
+    axis = names.index("c")
+    first = node[multiscales[0]["datasets"][0]["path"]]
+    return axis if first.ndim == len(names) and first.shape[axis] > 1 else None
+
+
 def _levels(path: Path) -> list[Any]:
     """The resolution levels of a Zarr / OME-Zarr / TIFF image, full resolution first (lazy arrays)."""
     import zarr
@@ -42,15 +62,25 @@ def _levels(path: Path) -> list[Any]:
 
 
 def read_lazy(path: str | list[str]) -> list[tuple[Any, dict[str, Any], str]]:
-    """Layer data for napari: one image layer per path, lazily read (multiscale when the file has levels)."""
+    """Layer data for napari: one image layer per path, lazily read (multiscale when the file has levels).
+
+    An OME-Zarr image with a ``c`` axis of several channels gives one grey layer per channel
+    (``"<name> c0"``, ``"<name> c1"``, ...; napari's ``channel_axis``), as napari's OME-Zarr reader does.
+    """
     paths = [path] if isinstance(path, str) else list(path)
     layers = []
     for item in paths:
         levels = _levels(Path(item))
         name = Path(item).name.split(".")[0]
-        rgb = levels[0].ndim >= 3 and levels[0].shape[-1] in (3, 4)
         data = levels if len(levels) > 1 else levels[0]
-        layers.append((data, {"name": name, "multiscale": len(levels) > 1, "rgb": rgb}, "image"))
+        channel_axis = _channel_axis(Path(item))
+        if channel_axis is not None:
+            names = [f"{name} c{i}" for i in range(levels[0].shape[channel_axis])]
+            meta = {"name": names, "multiscale": len(levels) > 1, "channel_axis": channel_axis}
+        else:
+            rgb = levels[0].ndim >= 3 and levels[0].shape[-1] in (3, 4)
+            meta = {"name": name, "multiscale": len(levels) > 1, "rgb": rgb}
+        layers.append((data, meta, "image"))
     return layers
 
 
