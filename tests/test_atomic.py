@@ -171,6 +171,16 @@ def test_temporary_names_of_long_names_stay_within_the_name_limit(tmp_path):
     temporary.write_bytes(b"ok")  # the file system accepts it
 
 
+def test_temporary_name_shortens_only_names_that_do_not_fit(tmp_path):
+    """Known answer: a name that just fits the 255-byte limit is kept whole; one byte more loses its last character."""
+    tail_bytes = len(atomic.temporary_name(tmp_path / "x").name.encode()) - len(".x")  # ".<host>.<pid>.<hex>.part"
+    fits = "y" * (255 - len(".") - tail_bytes)
+    kept = atomic.temporary_name(tmp_path / fits)
+    assert kept.name.startswith(f".{fits}.") and len(kept.name.encode()) == 255
+    shortened = atomic.temporary_name(tmp_path / (fits + "z"))
+    assert shortened.name.startswith(f".{fits}.") and len(shortened.name.encode()) == 255
+
+
 def test_sizes_in_messages_are_exact(tmp_path, monkeypatch):
     expected = {0: "0 bytes", 1023: "1023 bytes", 1024: "1.0 KiB", 1536: "1.5 KiB", 5 * 1024**2: "5.0 MiB",
                 5 * 1024**3: "5.0 GiB", 3 * 1024**4: "3072.0 GiB"}  # fmt: skip
