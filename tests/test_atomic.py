@@ -101,6 +101,17 @@ def test_stream_writer_full_disk_is_an_error_not_sigbus(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_stream_writer_refuses_too_much_and_too_little_data(tmp_path):
+    """Known answers: 6 values fit a (2, 3) array, a 7th is refused by name; 3 of 6 values never become a file."""
+    with atomic.ArrayStreamWriter(tmp_path / "f.npy", (2, 3), np.float32) as out:
+        out.write(np.zeros((1, 3)))
+        with pytest.raises(ValueError, match=r"^Too much data for an array of shape \(2, 3\)\.$"):
+            out.write(np.zeros(4))
+        with pytest.raises(OutputError, match="only 12 of 24 bytes were produced"):
+            out.commit()
+    assert not (tmp_path / "f.npy").exists() and leftovers(tmp_path) == []
+
+
 def test_check_output_folder(tmp_path, monkeypatch):
     assert atomic.check_output_folder(tmp_path / "new" / "sub").is_dir()
     (tmp_path / "file").write_text("x")
