@@ -70,6 +70,9 @@ _KILL_WHILE_WRITING = textwrap.dedent(
     import napari_hrdv2.core.atomic as atomic
 
     how = signal.SIGKILL if os.environ["FAULT_SIGNAL"] == "KILL" else signal.SIGINT
+    # Ctrl-C must raise KeyboardInterrupt here even when the test runner was started with SIGINT ignored
+    # (a background job of a non-interactive shell): Python then leaves it ignored in its children.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     real_imwrite, real_write_bytes = tifffile.imwrite, atomic.write_bytes
     real_stream_write = atomic.ArrayStreamWriter.write
 
