@@ -206,11 +206,19 @@ def _empty_float32(shape: tuple[int, ...], device: torch.device, *, zero: bool =
 
 
 def _sparse_times_dense(matrix: torch.Tensor, dense: torch.Tensor, out: torch.Tensor) -> None:
-    """``out = matrix @ dense`` (sparse CSR times dense), written into the contiguous 2D ``out``."""
-    if dense.device.type == "mps":  # no sparse CSR kernels on MPS: multiply on the CPU
-        out.copy_(torch.sparse.mm(matrix.cpu(), dense.cpu()).to(out.device))
-    else:
-        torch.addmm(out, matrix, dense, beta=0, out=out)
+    """``out = matrix @ dense`` (sparse CSR times dense), written into the contiguous 2D ``out``.
+
+    Where the device has no kernel for it (MPS; any build whose sparse CSR ``addmm`` raises), the
+    product is taken on the CPU and copied back: slower, never wrong.
+    """
+    if dense.device.type != "mps":
+        try:
+            torch.addmm(out, matrix, dense, beta=0, out=out)
+            return
+        except (RuntimeError, NotImplementedError):
+            if dense.device.type == "cpu":
+                raise
+    out.copy_(torch.sparse.mm(matrix.cpu(), dense.cpu()).to(out.device))
 
 
 def _fused_taps(
