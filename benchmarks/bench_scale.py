@@ -238,8 +238,9 @@ def bench_view(args: argparse.Namespace, backbone: str, work: Path) -> None:
     from napari_hrdv2._workers import EncodingCache, predict_region_job
     from napari_hrdv2.core.progress import run_steps
 
-    model = hr.LinearSegmenter.load(train_model(backbone, work))
-    retrained = hr.LinearSegmenter.load(model_path := work / "model.hrdv2")
+    model_path = train_model(backbone, work)
+    model = hr.LinearSegmenter.load(model_path)
+    retrained = hr.LinearSegmenter.load(model_path)
     retrained.intercept_ = retrained.intercept_ + np.float32(0.1)  # another model on the same features
     config = model.featurizer(device="cpu").config
     size = args.view_size

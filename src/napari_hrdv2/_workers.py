@@ -519,13 +519,14 @@ def predict_region_job(
     With ``cache`` (the dock's), a plane encoded whole before (Compute, Predict plane) is projected
     instead, and tiles and intensity ranges computed for earlier views are reused.
     """
-    from .core.cache import fingerprint
     from .core.devices import inference_mode
     from .core.lazy_io import LazyPlane
     from .core.streaming import _outputs_of_logits, iter_segment_region
 
     source = LazyPlane(data, (int(plane),)) if is_stack else LazyPlane(data)
     outputs = ("labels", *(("uncertainty",) if uncertainty else ()), *(("probabilities",) if probabilities else ()))
+    r0, r1 = max(0, int(rows[0])), min(source.height, int(rows[1]))
+    c0, c1 = max(0, int(cols[0])), min(source.width, int(cols[1]))
     yield Progress(0.0, 1, "Loading the backbone")
     with inference_mode():
         featurizer = segmenter.featurizer(
@@ -533,11 +534,8 @@ def predict_region_job(
         )
         whole = None
         if cache is not None and isinstance(data, np.ndarray):
-            whole = cache.get((fingerprint(data[int(plane)] if is_stack else data), featurizer.config))
+            whole = cache.cached(data[int(plane)] if is_stack else data, featurizer.config)
         if whole is not None:
-            segmenter.check_compatible(whole)
-            r0, r1 = max(0, int(rows[0])), min(source.height, int(rows[1]))
-            c0, c1 = max(0, int(cols[0])), min(source.width, int(cols[1]))
             logits = np.ascontiguousarray(segmenter.decision_function(whole)[:, r0:r1, c0:c1])
             result = _outputs_of_logits(segmenter, logits, outputs)
         else:
@@ -546,8 +544,6 @@ def predict_region_job(
                 segmenter, source, rows, cols, featurizer=featurizer, outputs=outputs, cache=cache
             )
             result = yield from within(steps, 0.0, 1.0, message="Predicting the view")
-    r0 = max(0, int(rows[0]))
-    c0 = max(0, int(cols[0]))
     return RegionResult(
         segmenter, int(plane), r0, c0, result["labels"], result.get("uncertainty"), result.get("probabilities")
     )

@@ -461,17 +461,12 @@ def _prepare(
 
 def _read_whole(path: Path, channels: tuple[int, ...] | None = None) -> tuple[np.ndarray, str | None]:
     """A small Zarr / .npy input read into memory: (H, W[, C]) or (N, H, W[, C]), and the note on its channels."""
-    from .lazy_io import LazyPlane, _is_stack_shape, _squeeze_shape, open_channels
+    from .lazy_io import open_channels, planes_of
 
     array, note = open_channels(path, channels)
-    full = tuple(int(s) for s in array.shape)
-    shape = _squeeze_shape(full)
-    if len(shape) < 2 or len(shape) > 4:
-        raise InputError(f"Input of shape {full} is not an image or a stack of images.")
-    skip = (0,) * (len(full) - len(shape))
-    leads = [(*skip, i) for i in range(shape[0])] if _is_stack_shape(shape) else [skip]
-    arrays = [LazyPlane(array, lead).read(slice(None), slice(None)) for lead in leads]
-    return (np.stack(arrays) if _is_stack_shape(shape) else arrays[0]), note
+    lazy, stack = planes_of(array)
+    arrays = [plane.read(slice(None), slice(None)) for plane in lazy]
+    return (np.stack(arrays) if stack else arrays[0]), note
 
 
 def _prepare_streamed(

@@ -129,10 +129,13 @@ class EncodingCache:
         With ``progressive`` it also yields the :class:`~.encoding.PartialEncoding` items of
         :meth:`Featurizer.iter_encode` (none when the plane is cached).
         """
-        key = (fingerprint(plane), config)
-        cached = self.get(key)
+        cached = self.cached(plane, config)
         if cached is not None:
             return cached
         encoding = yield from self.featurizer(config).iter_encode(plane, progressive=progressive)
-        self.put(key, encoding)
+        self.put((fingerprint(plane), config), encoding)
         return encoding
+
+    def cached(self, plane: np.ndarray, config: FeatureConfig) -> Encoding | None:
+        """The encoding of ``plane`` with ``config`` if it is in the cache (nothing is computed), else None."""
+        return self.get((fingerprint(plane), config))

@@ -235,7 +235,11 @@ def lazy_planes(source: Any, channels: Any = None) -> tuple[list[LazyPlane], boo
     ``channels`` chooses the channels of a multichannel input as :func:`~.io.read_image` does
     (:func:`open_channels`); TIFFs are always read with the axes their metadata give.
     """
-    array, _ = open_channels(source, channels)
+    return planes_of(open_channels(source, channels)[0])
+
+
+def planes_of(array: Any) -> tuple[list[LazyPlane], bool]:
+    """:func:`lazy_planes` of an array whose channels are already chosen (:func:`open_channels`)."""
     full = tuple(int(s) for s in array.shape)
     shape = _squeeze_shape(full)
     skip = (0,) * (len(full) - len(shape))
