@@ -399,8 +399,11 @@ class _ChannelCases:
         in_memory("features --channels 0,3 on ImageJ ZCYX 2x5 (a stack)",
                   lambda f, out: ["features", f["imagej"], "-o", out / "f.npy", "--channels", "0,3", *self.opts],
                   "result", lambda out: features_shape(out / "f.npy", self.image.shape, planes=2))  # fmt: skip
-        in_memory("features --channels 9 on OME-TIFF CYX 5",
-                  lambda f, out: ["features", f["ome"], "-o", out / "f.npy", "--channels", "9", *self.opts], "error")
+        in_memory(
+            "features --channels 9 on OME-TIFF CYX 5",
+            lambda f, out: ["features", f["ome"], "-o", out / "f.npy", "--channels", "9", *self.opts],
+            "error",
+        )
         in_memory("train --channels 5 on OME-TIFF CYX 5",
                   lambda f, out: ["train", f["ome"], "--labels", self.files / "tex_strokes.tif", "-o", out / "m.hrdv2",
                                   "--channels", "5", *self.opts], "error")  # fmt: skip
@@ -408,12 +411,21 @@ class _ChannelCases:
                   lambda f, out: ["pca", "fit", f["ome"], "-o", out / "b.npz", "--channels", "1,x", *self.opts],
                   "error")  # fmt: skip
         long_name = "x" * 300
-        in_memory("features -o a 300-byte name",
-                  lambda f, out: ["features", f["grey"], "-o", out / f"{long_name}.npy", *self.opts], "error")
-        in_memory("segment an input with a 300-byte name",
-                  lambda f, out: ["segment", out / f"{long_name}.tif", "--model", self.model, "-o", out], "error")
-        in_memory("segment -o a folder name with a NUL",
-                  lambda f, out: ["segment", f["grey"], "--model", self.model, "-o", f"{out}/a\0b"], "error")
+        in_memory(
+            "features -o a 300-byte name",
+            lambda f, out: ["features", f["grey"], "-o", out / f"{long_name}.npy", *self.opts],
+            "error",
+        )
+        in_memory(
+            "segment an input with a 300-byte name",
+            lambda f, out: ["segment", out / f"{long_name}.tif", "--model", self.model, "-o", out],
+            "error",
+        )
+        in_memory(
+            "segment -o a folder name with a NUL",
+            lambda f, out: ["segment", f["grey"], "--model", self.model, "-o", f"{out}/a\0b"],
+            "error",
+        )
 
         def lazy_file(name: str, writer: Callable[[Path], None], suffix: str, expect: str = "error") -> None:
             def case() -> Outcome:

@@ -177,7 +177,9 @@ def test_streamed_inputs_use_the_chosen_channels(tmp_path, channel_model, monkey
             colour = read_image(paths["tif"], channels="3,1")
         expected_colour = model.predict(featurizer.encode(colour, with_attention=False))
         with pytest.warns(UserWarning, match="using channels 3, 1 of 5 .* as red and green"):
-            report = hr.segment_files([paths["zarr"]], tmp_path / "c", model, featurizer, suffix=".zarr", channels="3,1")
+            report = hr.segment_files(
+                [paths["zarr"]], tmp_path / "c", model, featurizer, suffix=".zarr", channels="3,1"
+            )
         np.testing.assert_array_equal(zarr.open_group(str(report.written[0]), mode="r")["0"][:], expected_colour)
         assert not np.array_equal(expected_colour, expected)  # other channels give another answer
     finally:
