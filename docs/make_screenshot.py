@@ -56,15 +56,18 @@ def main() -> None:
     parser.add_argument("-o", "--output", default=str(REPO / "docs" / "screenshot.png"))
     parser.add_argument("--size", default="1366x768", help="window size (default: a 1366x768 laptop screen)")
     parser.add_argument(
-        "--sequence", action="store_true", help="also write docs/workflow-1-open.png and -2-features.png (the steps before)"
+        "--sequence",
+        action="store_true",
+        help="also write docs/workflow-1-open.png and -2-features.png (the steps before)",
     )
     args = parser.parse_args()
 
+    import imageio.v3 as iio
     import napari
     from qtpy.QtWidgets import QApplication
-    from skimage.io import imsave
 
     from napari_hrdv2.__main__ import setup_viewer
+    from napari_hrdv2.core.atomic import write_bytes
     from napari_hrdv2.testing import save_random_vits14
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +91,8 @@ def main() -> None:
         def save(path: str) -> None:
             settle()
             shot = viewer.screenshot(canvas_only=False, flash=False)
-            imsave(path, shot[..., :3], check_contrast=False)  # RGB, no alpha
+            # RGB, no alpha; written all-or-nothing (temporary name, then renamed over the old screenshot)
+            write_bytes(path, iio.imwrite("<bytes>", shot[..., :3], extension=".png"), overwrite=True)
             print(f"wrote {path} {shot.shape}")
 
         if args.sequence:
