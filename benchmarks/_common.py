@@ -107,7 +107,7 @@ def backbone_or_random(backbone: str | None) -> tuple[str, bool]:
 
 def read_grey(path: str | Path) -> np.ndarray:
     """A micrograph as a 2D array (first plane / first channel of anything bigger)."""
-    from napari_hrdv2.core.io import read_image
+    from napari_hrdv2.core.files.images import read_image
 
     image = np.asarray(read_image(path))
     while image.ndim > 2:

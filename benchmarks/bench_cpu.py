@@ -155,8 +155,8 @@ def single_forward_times(backbone: str, repeats: int = 3) -> list[list]:
     """One ViT forward at 518 x 518 in float32, as a bfloat16 model and under CPU autocast (min of repeats)."""
     import torch
 
-    from napari_hrdv2.core.backbones import load_backbone
-    from napari_hrdv2.core.vit import forward_tokens
+    from napari_hrdv2.core.backbone.loading import load_backbone
+    from napari_hrdv2.core.backbone.vit import forward_tokens
 
     pixels = torch.randn(1, 3, 518, 518, generator=torch.Generator().manual_seed(0))
     models = {dtype: load_backbone(backbone, device=torch.device("cpu"), dtype=dtype)
@@ -183,7 +183,7 @@ def single_forward_times(backbone: str, repeats: int = 3) -> list[list]:
 
 def section_dtype(backbone: str, repeats: int, size: int, with_bfloat16: bool) -> dict[str, tuple[float, object]]:
     """Section (a); returns the last auto encoding of the image and its encode time for section (b)."""
-    from napari_hrdv2.core.devices import cpu_bfloat16_support, measure_bfloat16_speedup
+    from napari_hrdv2.core.runtime.devices import cpu_bfloat16_support, measure_bfloat16_speedup
 
     support = cpu_bfloat16_support()
     print(f"\ncpu_bfloat16_support(): native={support.native} ({support.method}: {support.detail}); "
@@ -252,8 +252,8 @@ def section_end_to_end(
     """Section (b); ``done`` maps a size to an (encode seconds, Encoding) of section (a) to reuse."""
     import torch
 
-    from napari_hrdv2.core.segmenter import LinearSegmenter
-    from napari_hrdv2.core.vit import forward_tokens
+    from napari_hrdv2.core.backbone.vit import forward_tokens
+    from napari_hrdv2.core.segmentation.segmenter import LinearSegmenter
 
     featurizer = hr.Featurizer(hr.FeatureConfig(backbone=backbone, device="cpu", **hr.PRESETS["balanced"]))
     print(f"\n{featurizer!r}")
@@ -310,7 +310,7 @@ import json, os, sys, time
 import numpy as np, torch
 sys.path.insert(0, {bench!r})
 import bench_cpu
-from napari_hrdv2.core.segmenter import LinearSegmenter
+from napari_hrdv2.core.segmentation.segmenter import LinearSegmenter
 spec = json.loads(sys.argv[1])
 image, truth = bench_cpu.micrograph()
 image, truth = image[:1022, :1022], truth[:1022, :1022]
@@ -319,7 +319,7 @@ labels = bench_cpu.latency_labels(truth)
 if spec.get("threads"):
     torch.set_num_threads(spec["threads"])
 from contextlib import nullcontext
-from napari_hrdv2.core.threads import interactive_threads
+from napari_hrdv2.core.runtime.threads import interactive_threads
 def once():
     seg = LinearSegmenter()
     with interactive_threads() if spec.get("adaptive") else nullcontext():
@@ -460,8 +460,8 @@ def section_compile(backbone: str, repeats: int) -> None:
     """One ViT forward at 518 x 518 (float32, attention included, as the encoder runs it), eager vs variants."""
     import torch
 
-    from napari_hrdv2.core.backbones import load_backbone
-    from napari_hrdv2.core.vit import forward_tokens
+    from napari_hrdv2.core.backbone.loading import load_backbone
+    from napari_hrdv2.core.backbone.vit import forward_tokens
 
     model = load_backbone(backbone, device=torch.device("cpu"), dtype=torch.float32)
     pixels = torch.randn(1, 3, 518, 518, generator=torch.Generator().manual_seed(0))
@@ -529,7 +529,7 @@ def _sample_all_tokens(encoding: hr.Encoding, rows: np.ndarray, cols: np.ndarray
     """``Encoding.sample`` as it was before the compact token gather: every tile's maps converted to float32."""
     import torch
 
-    from napari_hrdv2.core.encoding import _sampling_matrix
+    from napari_hrdv2.core.features.encoding import _sampling_matrix
 
     out = torch.zeros((rows.size, encoding.n_features))
     for tile_maps in encoding.tiles:
@@ -555,8 +555,8 @@ def section_solver(backbone: str, repeats: int) -> None:
     """
     import torch
 
-    from napari_hrdv2.core.labels import labelled_classes, training_pixels
-    from napari_hrdv2.core.solver import class_weights, fit_logistic, fold_scaler, standardize
+    from napari_hrdv2.core.segmentation.labels import labelled_classes, training_pixels
+    from napari_hrdv2.core.segmentation.solver import class_weights, fit_logistic, fold_scaler, standardize
 
     image, truth = micrograph()
     image, truth = image[:1022, :1022], truth[:1022, :1022]
@@ -636,10 +636,10 @@ def section_live_retrain(encoding: hr.Encoding, truth: np.ndarray, labels: np.nd
     import copy
     import functools
 
-    import napari_hrdv2.core.segmenter as segmenter_module
+    import napari_hrdv2.core.segmentation.segmenter as segmenter_module
     from bench_segment import sample_scribbles
-    from napari_hrdv2.core.segmenter import LinearSegmenter
-    from napari_hrdv2.core.solver import fit_logistic
+    from napari_hrdv2.core.segmentation.segmenter import LinearSegmenter
+    from napari_hrdv2.core.segmentation.solver import fit_logistic
 
     settings = {
         "previous (10000 px/class, stop 1e-6, all tokens)": (10_000, 1e-6, True),

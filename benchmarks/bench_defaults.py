@@ -45,7 +45,7 @@ from _common import (  # noqa: E402
     run_with_peak_rss,
     timed,
 )
-from napari_hrdv2.core.tiling import plan_tiles  # noqa: E402
+from napari_hrdv2.core.features.tiling import plan_tiles  # noqa: E402
 
 CANDIDATES: list[tuple[str, dict]] = [
     ("none", {"shifts": "none"}),

@@ -60,9 +60,9 @@ from _common import (  # noqa: E402
     run_with_peak_rss,
     timed,
 )
-from napari_hrdv2.core.encoding import pad_to_grid  # noqa: E402
-from napari_hrdv2.core.preprocess import to_rgb01  # noqa: E402
-from napari_hrdv2.core.vit import forward_tokens  # noqa: E402
+from napari_hrdv2.core.backbone.vit import forward_tokens  # noqa: E402
+from napari_hrdv2.core.features.encoding import pad_to_grid  # noqa: E402
+from napari_hrdv2.core.features.preprocess import to_rgb01  # noqa: E402
 
 MOORE_12 = {"shifts": "moore", "shift_distances": (1, 2)}
 
@@ -372,7 +372,7 @@ def section_d(backbone: str, repeats: int) -> None:
 
 def tile_borders(length: int, tile_size: int, overlap: int) -> np.ndarray:
     """Indices i such that the pixel pair (i, i+1) straddles a tile start or end."""
-    from napari_hrdv2.core.tiling import _axis_spans
+    from napari_hrdv2.core.features.tiling import _axis_spans
 
     spans = _axis_spans(length, tile_size, overlap)
     edges = {start - 1 for start, _ in spans if start > 0} | {stop - 1 for _, stop in spans if stop < length}

@@ -53,10 +53,10 @@ def main() -> None:
     import torch
 
     from napari_hrdv2._workers import PartialFeatures, features_job
-    from napari_hrdv2.core.cache import EncodingCache
+    from napari_hrdv2.core.backbone.vit import forward_tokens
     from napari_hrdv2.core.config import PRESETS, FeatureConfig
-    from napari_hrdv2.core.encoding import Featurizer, pad_to_grid
-    from napari_hrdv2.core.vit import forward_tokens
+    from napari_hrdv2.core.features.cache import EncodingCache
+    from napari_hrdv2.core.features.encoding import Featurizer, pad_to_grid
 
     backbone, random_init = backbone_or_random(args.backbone)
     image, source = micrograph()

@@ -3,7 +3,7 @@
 Sections (``--only memory,speed,batch,overhead,view``; results in benchmarks/README.md):
 
 memory
-    Peak RSS of a streamed segmentation (:class:`napari_hrdv2.core.streaming.StreamJob`) of a
+    Peak RSS of a streamed segmentation (:class:`napari_hrdv2.core.scale.streaming.StreamJob`) of a
     ``--size`` (default 12288) square uint8 image, Zarr in (chunks 1024) and Zarr out, random-init
     ViT-S/14, ``shifts="none"``, default tiles (518, overlap 84), a 3-class model, in a fresh
     subprocess (:func:`_common.run_with_peak_rss`). Goal <= 2 GB. ``--chunk-rows K`` computes only the
@@ -112,7 +112,7 @@ import time, json, os
 from _common import peak_rss_self
 import napari_hrdv2 as hr
 from napari_hrdv2.core.progress import run_steps
-from napari_hrdv2.core.streaming import StreamJob
+from napari_hrdv2.core.scale.streaming import StreamJob
 model = hr.LinearSegmenter.load({model!r})
 featurizer = model.featurizer(device="cpu")
 featurizer.backbone
@@ -146,7 +146,7 @@ def bench_memory(args: argparse.Namespace, backbone: str, work: Path) -> None:
 
     import zarr
 
-    from napari_hrdv2.core.tiling import plan_tiles
+    from napari_hrdv2.core.features.tiling import plan_tiles
 
     size = args.size
     source = work / f"input{size}.zarr"
@@ -202,8 +202,8 @@ def bench_memory(args: argparse.Namespace, backbone: str, work: Path) -> None:
 # ---------------------------------------------------------------------------------------------- speed
 def bench_speed(args: argparse.Namespace, backbone: str, work: Path) -> None:
     import napari_hrdv2 as hr
-    from napari_hrdv2.core.devices import inference_mode
-    from napari_hrdv2.core.streaming import segment_region
+    from napari_hrdv2.core.runtime.devices import inference_mode
+    from napari_hrdv2.core.scale.streaming import segment_region
 
     model = hr.LinearSegmenter.load(train_model(backbone, work))
     featurizer = model.featurizer(device="cpu")
@@ -319,7 +319,7 @@ def bench_batch(args: argparse.Namespace, backbone: str, work: Path) -> None:
     from distributed import Client, LocalCluster
 
     import napari_hrdv2 as hr
-    from napari_hrdv2.core.tiling import plan_tiles
+    from napari_hrdv2.core.features.tiling import plan_tiles
 
     folder = work / "folder"
     shutil.rmtree(folder, ignore_errors=True)

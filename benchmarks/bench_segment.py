@@ -93,9 +93,9 @@ from _common import (  # noqa: E402
     run_with_peak_rss,
     timed,
 )
-from napari_hrdv2.core.classical import classical_features  # noqa: E402
-from napari_hrdv2.core.segmenter import LinearSegmenter  # noqa: E402
-from napari_hrdv2.core.solver import fit_logistic  # noqa: E402
+from napari_hrdv2.core.features.classical import classical_features  # noqa: E402
+from napari_hrdv2.core.segmentation.segmenter import LinearSegmenter  # noqa: E402
+from napari_hrdv2.core.segmentation.solver import fit_logistic  # noqa: E402
 
 #: The 1024x1024 nasa_ebc micrograph of the latency section (largest crack fraction, 0.6 %).
 LATENCY_IMAGE = "040617_3_S0410028.png"

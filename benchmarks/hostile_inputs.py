@@ -290,7 +290,7 @@ class _ChannelCases:
         """The reference model, recording that it reads channel 1 of its inputs."""
         path = self.root / "model_channel1.hrdv2"
         if not path.exists():
-            from napari_hrdv2.core.segmenter import LinearSegmenter
+            from napari_hrdv2.core.segmentation.segmenter import LinearSegmenter
 
             model = LinearSegmenter.load(self.model)
             model.channels = (1,)
@@ -332,7 +332,7 @@ class _ChannelCases:
                     check = self._labels_equal_reference(target, planes)
                 if not stream:
                     return run_cli(argv, check, expect=expect, protect=(source,) if source.is_file() else ())
-                from napari_hrdv2.core import streaming
+                from napari_hrdv2.core.scale import streaming
 
                 saved = streaming.STREAM_PIXELS
                 streaming.STREAM_PIXELS = 32 * 32  # the 56x56 image is "large": segmented tile by tile
@@ -668,7 +668,7 @@ class Cases(_ChannelCases):
 
             def api_case(path=path, check=check, expect=expect) -> Outcome:
                 import napari_hrdv2 as hr
-                from napari_hrdv2.core.io import is_stack, read_image
+                from napari_hrdv2.core.files.images import is_stack, read_image
 
                 def call() -> np.ndarray:
                     image = read_image(path)
@@ -858,7 +858,7 @@ class Cases(_ChannelCases):
         for name, path in models.items():
 
             def api_case(path=path) -> Outcome:
-                from napari_hrdv2.core.segmenter import LinearSegmenter
+                from napari_hrdv2.core.segmentation.segmenter import LinearSegmenter
 
                 outcome = run_api(lambda: LinearSegmenter.load(path), valid_model)
                 if marker.exists():
@@ -948,7 +948,7 @@ class Cases(_ChannelCases):
                            protect=(folder / "out",), expect="error")  # fmt: skip
 
         def api_save_onto_folder() -> Outcome:
-            from napari_hrdv2.core.segmenter import LinearSegmenter
+            from napari_hrdv2.core.segmentation.segmenter import LinearSegmenter
 
             folder = self.fresh("api save folder") / "m.hrdv2"
             folder.mkdir(exist_ok=True)
@@ -956,7 +956,7 @@ class Cases(_ChannelCases):
             return run_api(lambda: model.save(folder, overwrite=True), expect="error")
 
         def api_write_labels_onto_folder() -> Outcome:
-            from napari_hrdv2.core.io import write_labels
+            from napari_hrdv2.core.files.images import write_labels
 
             folder = self.fresh("api labels folder") / "l.tif"
             folder.mkdir(exist_ok=True)
@@ -1131,7 +1131,7 @@ class Cases(_ChannelCases):
 @contextlib.contextmanager
 def _free_bytes(free: int):
     """Pretend every disk has ``free`` bytes free, as the room check (``shutil.disk_usage``) sees it."""
-    from napari_hrdv2.core import atomic
+    from napari_hrdv2.core.files import atomic
 
     real = atomic.shutil.disk_usage
     atomic.shutil.disk_usage = lambda path: real(path)._replace(free=free)
@@ -1156,7 +1156,7 @@ def _complete(path: Path) -> bool:
 
             Image.open(path).load()
         else:
-            from napari_hrdv2.core.segmenter import LinearSegmenter
+            from napari_hrdv2.core.segmentation.segmenter import LinearSegmenter
 
             LinearSegmenter.load(path)
     except Exception:  # noqa: BLE001
@@ -1198,7 +1198,7 @@ def _interrupt_writes():
     """Every file write through tifffile / numpy / safetensors / PNG writes some bytes, then Ctrl-C."""
     import tifffile
 
-    import napari_hrdv2.core.encoding as encoding_module
+    import napari_hrdv2.core.features.encoding as encoding_module
 
     saved = []
 

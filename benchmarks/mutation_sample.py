@@ -106,7 +106,7 @@ def run_mutmut(names: list[str], *, debug: bool, clean_run: bool = True) -> None
 
 
 def module_of(name: str) -> str:
-    """``napari_hrdv2.core.tiling.x_plan_tiles__mutmut_3`` -> ``tiling``."""
+    """``napari_hrdv2.core.features.tiling.x_plan_tiles__mutmut_3`` -> ``tiling``."""
     return name[len(PACKAGE) :].split(".", 1)[0]
 
 

@@ -67,7 +67,7 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     from napari_hrdv2.__main__ import setup_viewer
-    from napari_hrdv2.core.atomic import write_bytes
+    from napari_hrdv2.core.files.atomic import write_bytes
     from napari_hrdv2.testing import save_random_vits14
 
     with tempfile.TemporaryDirectory() as tmp:

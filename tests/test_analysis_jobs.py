@@ -8,7 +8,7 @@ import pytest
 import napari_hrdv2 as hr
 from conftest import two_texture_image
 from napari_hrdv2._analysis_jobs import match_job, pca_apply_job, pca_fit_job, similarity_search_job
-from napari_hrdv2.core.cache import EncodingCache
+from napari_hrdv2.core.features.cache import EncodingCache
 from napari_hrdv2.core.progress import run_steps
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_hrdv2.core import atomic
 from napari_hrdv2.core.errors import InputError, OutputError
+from napari_hrdv2.core.files import atomic
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -135,7 +135,7 @@ def test_check_output_folder(tmp_path, monkeypatch):
 # A process that is killed (SIGKILL, nothing runs after it) in the middle of writing a file.
 _KILLED_WRITER = """
 import os, signal, sys
-from napari_hrdv2.core import atomic
+from napari_hrdv2.core.files import atomic
 with atomic.atomic_path(sys.argv[1]) as temporary:
     temporary.write_bytes(b"half of a result")
     print(temporary, flush=True)

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import napari_hrdv2 as hr
-from napari_hrdv2.core.backbones import load_backbone
-from napari_hrdv2.core.preprocess import to_rgb01
-from napari_hrdv2.core.vit import forward_tokens, rope_cos_sin
+from napari_hrdv2.core.backbone.loading import load_backbone
+from napari_hrdv2.core.backbone.vit import forward_tokens, rope_cos_sin
+from napari_hrdv2.core.features.preprocess import to_rgb01
 from test_encoding import reference_hrdv2
 
 
@@ -178,7 +178,7 @@ def test_patch_16_padding_and_token_centres(tiny_dinov3):
     )
     featurizer = hr.Featurizer(config)
     backbone = featurizer.backbone
-    from napari_hrdv2.core.encoding import pad_to_grid
+    from napari_hrdv2.core.features.encoding import pad_to_grid
 
     padded = pad_to_grid(_pixels(backbone, image), patch_size=16, stride=16)
     assert padded.shape[-2:] == (48, 64)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import napari_hrdv2 as hr
-from napari_hrdv2.core.backbones import find_spec, load_backbone, sha256_of
+from napari_hrdv2.core.backbone.loading import find_spec, load_backbone, sha256_of
 
 
 def transformers_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

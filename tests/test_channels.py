@@ -13,7 +13,7 @@ import napari_hrdv2 as hr
 from conftest import two_texture_image
 from napari_hrdv2.cli import main
 from napari_hrdv2.core.errors import InputError
-from napari_hrdv2.core.io import parse_channels, read_image
+from napari_hrdv2.core.files.images import parse_channels, read_image
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def multichannel_files(folder, height: int = 70, width: int = 84) -> tuple[np.nd
 def test_streamed_inputs_use_the_chosen_channels(tmp_path, channel_model, monkeypatch):
     """OME-TIFF, .npy and OME-Zarr inputs segmented tile by tile (and a small .npy read whole) with the model's
     channel 1, or with --channels 3,1: the labels equal the in-memory run on read_image(channels=)."""
-    from napari_hrdv2.core import streaming
+    from napari_hrdv2.core.scale import streaming
 
     model, config = channel_model
     data, paths = multichannel_files(tmp_path / "in")
@@ -206,7 +206,7 @@ def test_streamed_channel_errors_are_clear(tmp_path, channel_model):
     finally:
         model.channels = (1,)
     # A partial output made from other channels is not resumed.
-    from napari_hrdv2.core.streaming import StreamJob
+    from napari_hrdv2.core.scale.streaming import StreamJob
 
     outputs = {"labels": tmp_path / "j.zarr"}
     one = StreamJob.create(model, paths["zarr"], outputs, config=config, channels=1)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import napari_hrdv2 as hr
-from napari_hrdv2.core.backbones import load_backbone
-from napari_hrdv2.core.vit import forward_tokens
+from napari_hrdv2.core.backbone.loading import load_backbone
+from napari_hrdv2.core.backbone.vit import forward_tokens
 from vit_reference import random_timm_tensors, timm_vit_forward
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_hrdv2.core.devices import choose_dtype, resolve_storage_dtype
 from napari_hrdv2.core.errors import InputError
+from napari_hrdv2.core.runtime.devices import choose_dtype, resolve_storage_dtype
 
 
 def test_named_dtypes_and_the_option_named_in_their_errors():

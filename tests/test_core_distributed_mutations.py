@@ -13,7 +13,7 @@ import tifffile
 
 import napari_hrdv2 as hr
 from conftest import two_texture_image
-from napari_hrdv2.core.distributed import segment_file_task
+from napari_hrdv2.core.scale.distributed import segment_file_task
 
 
 def test_worker_task_reports_labels_and_uncertainty(tmp_path, tiny_config):

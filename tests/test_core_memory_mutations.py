@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from napari_hrdv2.core.memory import encoding_bytes
+from napari_hrdv2.core.runtime.memory import encoding_bytes
 
 
 def test_encoding_bytes_has_known_answers():

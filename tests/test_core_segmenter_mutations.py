@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import napari_hrdv2 as hr
-from napari_hrdv2.core.labels import clean_labels
+from napari_hrdv2.core.segmentation.labels import clean_labels
 
 
 def _speck_features() -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import torch
 
-from napari_hrdv2.core.vit import _position_table
+from napari_hrdv2.core.backbone.vit import _position_table
 
 
 def _backbone_with_positions(table: torch.Tensor) -> SimpleNamespace:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import napari_hrdv2 as hr
-from napari_hrdv2.core import devices
-from napari_hrdv2.core.devices import Bfloat16Support, choose_dtype, detect_cpu_bfloat16
+from napari_hrdv2.core.runtime import devices
+from napari_hrdv2.core.runtime.devices import Bfloat16Support, choose_dtype, detect_cpu_bfloat16
 
 X86_AVX2 = {"architecture": "x86_64", "avx2": True, "avx512_f": False, "avx512_bf16": False, "amx_bf16": False}
 X86_AVX512 = {**X86_AVX2, "avx512_f": True}

@@ -17,8 +17,8 @@ import zarr
 
 import napari_hrdv2 as hr
 from conftest import two_texture_image
-from napari_hrdv2.core.distributed import file_sha256, parse_scheduler, segment_files_distributed
 from napari_hrdv2.core.errors import InputError
+from napari_hrdv2.core.scale.distributed import file_sha256, parse_scheduler, segment_files_distributed
 
 distributed = pytest.importorskip("distributed")
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]
@@ -87,7 +87,7 @@ def test_two_workers_equal_single_process(client, batch):
     same_outputs(out, batch["single"])
     assert seen[-1].fraction == 1.0
     # each worker process loaded the model once (keyed by the file's sha256) and kept it
-    loaded = client.run(lambda: sorted(__import__("napari_hrdv2.core.distributed").core.distributed._WORKER_MODELS))
+    loaded = client.run(lambda: sorted(__import__("napari_hrdv2.core.scale.distributed").core.scale.distributed._WORKER_MODELS))
     assert all(keys in ([], [file_sha256(batch["model_path"])]) for keys in loaded.values())
 
     # a rerun after a crash redoes only what is missing
@@ -179,8 +179,8 @@ def test_parse_scheduler():
 
 def test_outputs_of_a_killed_attempt_count_as_written(tmp_path):
     """A worker killed after writing but before reporting: its retry reports "skipped"; the run wrote them."""
-    from napari_hrdv2.core.batch import BatchReport
-    from napari_hrdv2.core.distributed import _add_task_report, _candidate_outputs
+    from napari_hrdv2.core.scale.batch import BatchReport
+    from napari_hrdv2.core.scale.distributed import _add_task_report, _candidate_outputs
 
     source = tmp_path / "a.tif"
     candidates = _candidate_outputs(source, tmp_path / "out", ".tif", uncertainty=True)

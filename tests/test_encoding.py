@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import napari_hrdv2 as hr
-from napari_hrdv2.core.encoding import pad_to_grid
-from napari_hrdv2.core.preprocess import to_rgb01
-from napari_hrdv2.core.vit import forward_tokens
+from napari_hrdv2.core.backbone.vit import forward_tokens
+from napari_hrdv2.core.features.encoding import pad_to_grid
+from napari_hrdv2.core.features.preprocess import to_rgb01
 
 
 def _interp_axis(values: np.ndarray, centres: np.ndarray, n_pixels: int, axis: int, nearest: bool) -> np.ndarray:
@@ -132,7 +132,7 @@ def test_sample_gathers_only_used_tokens_with_the_same_values(tiny_backbone, odd
     Two tiles, so pixels in the overlap add up; pixels cluster in one corner, so most tokens are unused.
     Mutation killed: renumbering the used tokens out of order (wrong features, same shapes).
     """
-    from napari_hrdv2.core.encoding import _sampling_matrix
+    from napari_hrdv2.core.features.encoding import _sampling_matrix
 
     config = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shift_distances=(3,), tile_size=42, tile_overlap=14)
     encoding = hr.Featurizer(config).encode(odd_image)
@@ -264,7 +264,7 @@ def test_automatic_batch_size_is_one_on_the_cpu(tiny_config, two_textures):
 
 
 def test_out_of_memory_halves_batch_and_retries(tiny_config, two_textures, monkeypatch):
-    import napari_hrdv2.core.encoding as encoding_module
+    import napari_hrdv2.core.features.encoding as encoding_module
 
     image, _ = two_textures
     expected = hr.Featurizer(tiny_config).encode(image).features()

@@ -25,7 +25,7 @@ import tifffile
 
 from conftest import two_texture_image
 from napari_hrdv2.cli import main
-from napari_hrdv2.core import atomic
+from napari_hrdv2.core.files import atomic
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -67,7 +67,7 @@ _KILL_WHILE_WRITING = textwrap.dedent(
     import os, signal, sys
     import numpy as np
     import tifffile
-    import napari_hrdv2.core.atomic as atomic
+    import napari_hrdv2.core.files.atomic as atomic
 
     how = signal.SIGKILL if os.environ["FAULT_SIGNAL"] == "KILL" else signal.SIGINT
     # Ctrl-C must raise KeyboardInterrupt here even when the test runner was started with SIGINT ignored
@@ -292,7 +292,7 @@ def read_only_folder(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("command", ["segment", "features", "train"])
 def test_read_only_output_folder_is_refused_before_any_work(read_only_folder, data, capsys, opts, command, monkeypatch):
-    import napari_hrdv2.core.encoding as encoding
+    import napari_hrdv2.core.features.encoding as encoding
 
     def no_encoding(*_args, **_kwargs):
         raise AssertionError("encoded although the output folder is read-only")
@@ -321,8 +321,8 @@ def free_bytes(monkeypatch):
 
 
 def test_segment_refuses_clearly_insufficient_room_before_any_work(data, tmp_path, capsys, monkeypatch, free_bytes):
-    import napari_hrdv2.core.encoding as encoding
-    from napari_hrdv2.core.batch import estimate_output_bytes
+    import napari_hrdv2.core.features.encoding as encoding
+    from napari_hrdv2.core.scale.batch import estimate_output_bytes
 
     out = tmp_path / "out"
     # Known answer: 3 planes of 56x56 = 9408 pixels; uint8 labels at 1/256, float32 uncertainty at 1/2.
@@ -360,9 +360,9 @@ class _NoCluster:
 def test_cluster_run_checks_the_room_before_submitting(data, tmp_path, capsys, monkeypatch, free_bytes):
     """--scheduler: the same estimate as the single-process run refuses, in one line, before any task or encoding."""
     import napari_hrdv2 as hr
-    from napari_hrdv2.core import distributed
-    from napari_hrdv2.core.batch import estimate_output_bytes
     from napari_hrdv2.core.errors import OutputError
+    from napari_hrdv2.core.scale import distributed
+    from napari_hrdv2.core.scale.batch import estimate_output_bytes
 
     out = tmp_path / "out"
     model = hr.LinearSegmenter.load(data["model"])

@@ -114,7 +114,7 @@ def test_yes_downloads_and_is_remembered(viewer, qtbot, online):
 
 def test_loading_a_model_that_names_a_hub_repo_asks(viewer, qtbot, online, tmp_path):
     import napari_hrdv2 as hr
-    from napari_hrdv2.core.segmenter import LinearSegmenter
+    from napari_hrdv2.core.segmentation.segmenter import LinearSegmenter
 
     rng = np.random.default_rng(0)
     features = rng.normal(size=(4, 20, 20)).astype(np.float32)
@@ -156,7 +156,7 @@ def test_the_question_is_a_message_box_answered_no_by_default(qtbot, button):
 
 def test_a_folder_named_like_a_preset_does_not_hide_the_download(tmp_path, monkeypatch):
     """load_backbone reads the preset 'small' even when ./small exists, so that name still needs a download."""
-    from napari_hrdv2.core.backbone_identity import download_needed
+    from napari_hrdv2.core.backbone.identity import download_needed
 
     (tmp_path / "small").mkdir()
     monkeypatch.chdir(tmp_path)

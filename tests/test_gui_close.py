@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
 
     phase, backbone = sys.argv[1], sys.argv[2]
     if phase == "load":  # a slow disk: the backbone takes 3 s to load
-        import napari_hrdv2.core.backbones as backbones
+        import napari_hrdv2.core.backbone.loading as backbones
 
         load = backbones._load_uncached
         backbones._load_uncached = lambda *a, **k: (time.sleep(3), load(*a, **k))[1]

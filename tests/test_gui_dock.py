@@ -41,8 +41,8 @@ def test_default_state_uses_the_preset_and_the_open_image(viewer, notifications,
     assert "Select weights..." in features.help_text and "--backbone" in features.help_text
     assert "huggingface-cli" not in features.help_text
     assert features._tabs.currentIndex() == 0
-    from napari_hrdv2.core.backbones import _missing_weights_message as cli_text
-    from napari_hrdv2.core.backbones import find_spec
+    from napari_hrdv2.core.backbone.loading import _missing_weights_message as cli_text
+    from napari_hrdv2.core.backbone.loading import find_spec
 
     reference = cli_text("facebook/dinov2-small", find_spec("dinov2_vits14"), "REASON").split("(REASON). ")[1]
     assert reference in features.help_text, "the dock shows the CLI's text (one source)"
@@ -166,7 +166,7 @@ def test_scribbles_stay_selected_after_train_and_classes_are_named(viewer, qtbot
     assert seg.contour == 2 and seg.opacity == pytest.approx(0.8)
 
     saved = segmentation.save_model(tmp_path / "model.hrdv2")
-    from napari_hrdv2.core.segmenter import LinearSegmenter
+    from napari_hrdv2.core.segmentation.segmenter import LinearSegmenter
 
     assert LinearSegmenter.load(saved).class_names == {2: "matrix"}
     segmentation.export_segmentation(tmp_path / "tex.tif", image)

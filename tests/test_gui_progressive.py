@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import napari_hrdv2 as hr
-from napari_hrdv2.core.encoding import PartialEncoding, pad_to_grid
-from napari_hrdv2.core.preprocess import to_rgb01
+from napari_hrdv2.core.backbone.vit import forward_tokens
+from napari_hrdv2.core.features.encoding import PartialEncoding, pad_to_grid
+from napari_hrdv2.core.features.preprocess import to_rgb01
 from napari_hrdv2.core.progress import Progress
-from napari_hrdv2.core.vit import forward_tokens
 
 
 def reference_average(featurizer: hr.Featurizer, image: np.ndarray, transforms) -> np.ndarray:

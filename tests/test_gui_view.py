@@ -197,7 +197,7 @@ def test_train_on_a_huge_lazy_image_encodes_only_the_scribbled_tiles(
 
     import napari_hrdv2 as hr
     from napari_hrdv2._widgets import _segmentation
-    from napari_hrdv2.core import streaming
+    from napari_hrdv2.core.scale import streaming
 
     monkeypatch.setattr(_segmentation, "LAZY_TRAIN_PIXELS", 100 * 100)  # 224 x 224 counts as huge here
     encoded = []

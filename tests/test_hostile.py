@@ -21,8 +21,8 @@ import napari_hrdv2 as hr
 from conftest import two_texture_image
 from napari_hrdv2.cli import main
 from napari_hrdv2.core.errors import InputError, ModelFileError
-from napari_hrdv2.core.io import read_image, read_labels
-from napari_hrdv2.core.segmenter import LinearSegmenter
+from napari_hrdv2.core.files.images import read_image, read_labels
+from napari_hrdv2.core.segmentation.segmenter import LinearSegmenter
 
 
 # ---------------------------------------------------------------------------------------------- model files
@@ -136,8 +136,8 @@ def trained(tmp_path_factory, tiny_backbone) -> tuple[Path, Path]:
 
 
 def test_model_records_its_backbone_weights(trained, tiny_backbone):
-    from napari_hrdv2.core.backbone_identity import backbone_fingerprint, same_weights
-    from napari_hrdv2.core.backbones import load_backbone
+    from napari_hrdv2.core.backbone.identity import backbone_fingerprint, same_weights
+    from napari_hrdv2.core.backbone.loading import load_backbone
 
     model = LinearSegmenter.load(trained[0])
     assert model.backbone_fingerprint_ is not None
@@ -164,7 +164,7 @@ def test_other_weights_of_the_same_width_are_refused(trained, other_weights, cap
     assert code == 2 and len(err) == 1 and "other backbone weights" in err[0]
     assert not (tmp_path / "img_labels.tif").exists()
     model = LinearSegmenter.load(model_path)
-    from napari_hrdv2.core.backbones import load_backbone
+    from napari_hrdv2.core.backbone.loading import load_backbone
 
     other = hr.Featurizer(model.feature_config, backbone=load_backbone(other_weights))
     with pytest.raises(InputError, match="other backbone weights"):
@@ -172,8 +172,8 @@ def test_other_weights_of_the_same_width_are_refused(trained, other_weights, cap
 
 
 def test_model_records_its_backbone_family(trained, tiny_backbone_registers, tmp_path):
-    from napari_hrdv2.core.backbone_identity import backbone_family_of
-    from napari_hrdv2.core.backbones import load_backbone
+    from napari_hrdv2.core.backbone.identity import backbone_family_of
+    from napari_hrdv2.core.backbone.loading import load_backbone
 
     model = LinearSegmenter.load(trained[0])
     assert model.backbone_family_ == "dinov2"
@@ -191,7 +191,7 @@ def test_model_records_its_backbone_family(trained, tiny_backbone_registers, tmp
 
 def test_features_of_another_family_are_refused_naming_both(trained, tiny_dinov3, capsys, tmp_path):
     """tiny-dinov3 has the width of tiny-dinov2 (128): the shapes fit, the family does not."""
-    from napari_hrdv2.core.backbones import load_backbone
+    from napari_hrdv2.core.backbone.loading import load_backbone
 
     model_path, image = trained
     model = LinearSegmenter.load(model_path)
@@ -207,7 +207,7 @@ def test_features_of_another_family_are_refused_naming_both(trained, tiny_dinov3
     assert code == 2 and len(err) == 1 and "DINOv3" in err[0] and "DINOv2" in err[0], err
     assert not (tmp_path / "img_labels.tif").exists()
     # The tile-by-tile path (huge images) checks the same way.
-    from napari_hrdv2.core.streaming import _weights
+    from napari_hrdv2.core.scale.streaming import _weights
 
     with pytest.raises(InputError, match="DINOv3"):
         _weights(model, other)
@@ -225,7 +225,7 @@ def test_model_files_without_a_family_still_load_and_apply(tmp_path, saved_model
 def test_hugging_face_backbone_is_never_downloaded_silently(tmp_path, saved_model, capsys, monkeypatch):
     import huggingface_hub
 
-    from napari_hrdv2.core.backbone_identity import download_needed
+    from napari_hrdv2.core.backbone.identity import download_needed
 
     calls = []
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: calls.append(a) or 1 / 0)
@@ -270,7 +270,7 @@ def test_a_preset_in_the_local_cache_needs_no_option(tmp_path, tiny_backbone, mo
 
     import huggingface_hub
 
-    from napari_hrdv2.core.backbone_identity import download_needed
+    from napari_hrdv2.core.backbone.identity import download_needed
 
     cache = tmp_path / "hub"
     repo = cache / "models--facebook--dinov2-small"
@@ -386,10 +386,10 @@ LONG = "n" * 300  # longer than any file system's name limit (255 bytes)
     ["backbone", "backbone .pth", "image", "labels", "model", "PCA basis", "output", "output folder", "input folder"],
 )
 def test_names_too_long_for_the_file_system_give_a_clear_error(tmp_path, what):
-    from napari_hrdv2.core import atomic
-    from napari_hrdv2.core.backbones import load_backbone
-    from napari_hrdv2.core.io import expand_inputs
-    from napari_hrdv2.core.pca import PCABasis
+    from napari_hrdv2.core.analysis.pca import PCABasis
+    from napari_hrdv2.core.backbone.loading import load_backbone
+    from napari_hrdv2.core.files import atomic
+    from napari_hrdv2.core.files.images import expand_inputs
 
     long = tmp_path / LONG
     call, kind = {
@@ -409,7 +409,7 @@ def test_names_too_long_for_the_file_system_give_a_clear_error(tmp_path, what):
 
 
 def test_long_names_on_the_command_line(tmp_path, trained, capsys):
-    from napari_hrdv2.core.backbone_identity import download_needed
+    from napari_hrdv2.core.backbone.identity import download_needed
 
     assert download_needed(str(tmp_path / LONG)) is None  # not a download: loading gives the clear error
     model, image = trained

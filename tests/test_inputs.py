@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import napari_hrdv2 as hr
-from napari_hrdv2.core.preprocess import scale_intensities, to_rgb01
+from napari_hrdv2.core.features.preprocess import scale_intensities, to_rgb01
 
 
 @pytest.fixture(scope="module")

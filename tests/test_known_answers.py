@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import napari_hrdv2 as hr
-from napari_hrdv2.core.cache import EncodingCache
-from napari_hrdv2.core.encoding import pad_to_grid
-from napari_hrdv2.core.solver import class_weights, fold_scaler, standardize
-from napari_hrdv2.core.tiling import plan_tiles
+from napari_hrdv2.core.features.cache import EncodingCache
+from napari_hrdv2.core.features.encoding import pad_to_grid
+from napari_hrdv2.core.features.tiling import plan_tiles
+from napari_hrdv2.core.segmentation.solver import class_weights, fold_scaler, standardize
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import napari_hrdv2 as hr
-from napari_hrdv2.core.io import write_labels
-from napari_hrdv2.core.labels import MAX_LABEL, as_label_image, label_dtype
+from napari_hrdv2.core.files.images import write_labels
+from napari_hrdv2.core.segmentation.labels import MAX_LABEL, as_label_image, label_dtype
 
 
 @pytest.mark.parametrize(("value", "dtype"), [(0, np.uint8), (255, np.uint8), (256, np.uint16), (65535, np.uint16)])
@@ -34,7 +34,7 @@ def test_png_labels_keep_their_values(tmp_path):
 
 def test_clean_labels_filter_sizes_have_known_answers():
     """Known answers that tell the filter sizes apart (each size matters, 0/1 mean off)."""
-    from napari_hrdv2.core.labels import clean_labels
+    from napari_hrdv2.core.segmentation.labels import clean_labels
 
     field = np.ones((15, 15), dtype=np.uint8)
     field[6:9, 6:9] = 2  # a 3x3 block

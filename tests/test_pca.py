@@ -82,7 +82,7 @@ def test_collection_basis_is_the_pca_of_all_images_pixels(encoding, other_encodi
 
 
 def test_memory_is_bounded_by_a_uniform_reservoir(encoding, other_encoding):
-    from napari_hrdv2.core.pca import _Reservoir
+    from napari_hrdv2.core.analysis.pca import _Reservoir
 
     basis = hr.fit_pca([encoding, other_encoding, encoding], n_pixels=1000, max_pixels=700)
     assert basis.metadata["n_pixels_sampled"] == 3000 and basis.metadata["n_pixels_fitted"] == 700

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import napari_hrdv2 as hr
-import napari_hrdv2.core.encoding as encoding_module
+import napari_hrdv2.core.features.encoding as encoding_module
 
 
 def test_uneven_channel_blocks_over_several_tiles_equal_exact_samples(tiny_backbone, monkeypatch):

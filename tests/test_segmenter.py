@@ -7,9 +7,9 @@ import pytest
 
 import napari_hrdv2 as hr
 from conftest import two_texture_image
-from napari_hrdv2.core.labels import check_labels, clean_labels
-from napari_hrdv2.core.segmenter import normalized_entropy
-from napari_hrdv2.core.solver import GRADIENT_TOLERANCE
+from napari_hrdv2.core.segmentation.labels import check_labels, clean_labels
+from napari_hrdv2.core.segmentation.segmenter import normalized_entropy
+from napari_hrdv2.core.segmentation.solver import GRADIENT_TOLERANCE
 
 
 def strokes(truth: np.ndarray, values=(1, 2), width: int = 3) -> np.ndarray:
@@ -207,7 +207,7 @@ def test_fit_logistic_reaches_the_minimum_of_its_objective(n_pixels):
     """At the returned solution the autograd gradient of the weighted, L2-penalised cross-entropy vanishes."""
     import torch
 
-    from napari_hrdv2.core.solver import fit_logistic
+    from napari_hrdv2.core.segmentation.solver import fit_logistic
 
     rng = np.random.default_rng(0)
     z = torch.from_numpy(rng.standard_normal((n_pixels, 7)).astype(np.float32))
@@ -247,7 +247,7 @@ def test_coarse_start_reaches_the_same_minimum_in_fewer_full_iterations():
     """
     import torch
 
-    from napari_hrdv2.core.solver import COARSE_MIN_ROWS, fit_logistic
+    from napari_hrdv2.core.segmentation.solver import COARSE_MIN_ROWS, fit_logistic
 
     rng = np.random.default_rng(1)
     n_rows = COARSE_MIN_ROWS + 808

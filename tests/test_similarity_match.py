@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import napari_hrdv2 as hr
-from napari_hrdv2.core import similarity
-from napari_hrdv2.core.match import MATCH_COLUMNS, match_patches, matches_to_csv_text, read_matches_csv
+from napari_hrdv2.core.analysis import similarity
+from napari_hrdv2.core.analysis.match import MATCH_COLUMNS, match_patches, matches_to_csv_text, read_matches_csv
 
 
 def smooth_noise(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -74,7 +74,7 @@ def test_one_reference_vector_over_many_planes_never_builds_dense_features(featu
         return result
 
     monkeypatch.setattr(hr.Encoding, "features", counting)
-    import napari_hrdv2.core.encoding as encoding_module
+    import napari_hrdv2.core.features.encoding as encoding_module
 
     monkeypatch.setattr(encoding_module, "_NORM_BLOCK_ELEMENTS", 16 * 84 * 84)  # the norm's channel-block budget
     found = similarity.similarity_maps(np.stack(planes), vector, featurizer=featurizer)
@@ -87,8 +87,8 @@ def test_one_reference_vector_over_many_planes_never_builds_dense_features(featu
 def test_cls_token_is_the_backbone_cls_output(featurizer, textures):
     import torch
 
-    from napari_hrdv2.core.encoding import pad_to_grid
-    from napari_hrdv2.core.preprocess import to_rgb01
+    from napari_hrdv2.core.features.encoding import pad_to_grid
+    from napari_hrdv2.core.features.preprocess import to_rgb01
 
     image, _, encoding = textures
     cls = similarity.cls_vector(image, featurizer=featurizer)

@@ -9,9 +9,9 @@ import pytest
 
 import napari_hrdv2 as hr
 from conftest import two_texture_image
-from napari_hrdv2.core.cache import EncodingCache
+from napari_hrdv2.core.features.cache import EncodingCache
 from napari_hrdv2.core.progress import run_steps
-from napari_hrdv2.core.stack import (
+from napari_hrdv2.core.segmentation.stack import (
     StackEncoder,
     fit_stack,
     iter_fit_stack,

@@ -11,10 +11,10 @@ import zarr
 
 import napari_hrdv2 as hr
 from conftest import two_texture_image
-from napari_hrdv2.core import streaming
 from napari_hrdv2.core.errors import Cancelled, InputError
-from napari_hrdv2.core.lazy_io import intensity_range, lazy_planes, open_lazy, zarr_output_info
-from napari_hrdv2.core.preprocess import scale_intensities
+from napari_hrdv2.core.features.preprocess import scale_intensities
+from napari_hrdv2.core.files.lazy import intensity_range, lazy_planes, open_lazy, zarr_output_info
+from napari_hrdv2.core.scale import streaming
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -142,7 +142,7 @@ def test_fit_on_labelled_tiles_only(tiled, model):
     labels[:112] = strokes((112, 336))
     featurizer = hr.Featurizer(tiled)
     in_memory = hr.LinearSegmenter().fit(featurizer.encode(image, with_attention=False), labels)
-    encodings, crops = hr.core.streaming.run_steps(streaming.iter_encode_labelled(featurizer, image, labels))
+    encodings, crops = hr.core.scale.streaming.run_steps(streaming.iter_encode_labelled(featurizer, image, labels))
     assert sum(len(e.tiles) for e in encodings) == 2 * 2  # the 2 x 2 tiles covering rows 0..111, cols 0..111
     lazy = hr.fit_lazy(hr.LinearSegmenter(), image, labels, featurizer)
     np.testing.assert_allclose(lazy.coef_, in_memory.coef_, rtol=1e-4, atol=1e-5)
@@ -241,7 +241,7 @@ def _count_tile_encodes(monkeypatch) -> list[int]:
 def test_views_reuse_cached_tiles_and_scaling(tmp_path, tiled, model, monkeypatch):
     """A second overlapping view (or the same view after retraining) encodes only the tiles not seen before."""
     from napari_hrdv2._workers import EncodingCache, predict_region_job
-    from napari_hrdv2.core import lazy_io
+    from napari_hrdv2.core.files import lazy as lazy_io
     from napari_hrdv2.core.progress import run_steps
 
     image = big_image(300)[:, :260]
@@ -375,7 +375,7 @@ def test_cli_segment_zarr_folder(tmp_path, tiled, model, capsys):
 
 def test_a_zarr_image_named_as_an_input_is_segmented(tmp_path):
     """``segment a.zarr b.tif``: the Zarr image is an input (it was taken for a folder of images and silently left out)."""
-    from napari_hrdv2.core.batch import collect_inputs
+    from napari_hrdv2.core.scale.batch import collect_inputs
 
     zarr.create_array(str(tmp_path / "a.zarr"), shape=(20, 20), chunks=(8, 8), dtype="uint8")
     tifffile.imwrite(tmp_path / "b.tif", np.zeros((20, 20), np.uint8))

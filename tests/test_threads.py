@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from napari_hrdv2.core import threads
-from napari_hrdv2.core.threads import available_cores, interactive_thread_count, interactive_threads
+from napari_hrdv2.core.runtime import threads
+from napari_hrdv2.core.runtime.threads import available_cores, interactive_thread_count, interactive_threads
 
 
 @pytest.mark.parametrize(("elsewhere", "expected"), [(0, 2), (1, 1), (2, 1), (7, 1), (None, 2)])
@@ -96,7 +96,7 @@ def test_passive_waits_keep_the_default_count(monkeypatch):
 def test_prefer_passive_openmp_only_before_torch_loads(code, env, expected):
     import os
 
-    script = f"{code}from napari_hrdv2.core.threads import prefer_passive_openmp as p; import os; "
+    script = f"{code}from napari_hrdv2.core.runtime.threads import prefer_passive_openmp as p; import os; "
     script += "print(p(), os.environ.get('OMP_WAIT_POLICY'))"
     child_env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | env
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env, check=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import napari_hrdv2 as hr
-from napari_hrdv2.core.tiling import plan_tiles
+from napari_hrdv2.core.features.tiling import plan_tiles
 
 
 @pytest.mark.parametrize(

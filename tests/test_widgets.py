@@ -409,7 +409,7 @@ def test_apply_to_folder(qtbot, viewer, segmentation_widget, tmp_path):
     wait_idle(qtbot, segmentation_widget)
     outputs = sorted(folder_out.iterdir())
     assert len(outputs) == 2
-    from napari_hrdv2.core.io import read_image
+    from napari_hrdv2.core.files.images import read_image
 
     assert np.mean(read_image(outputs[0]) == truth) >= 0.9
 

@@ -14,36 +14,36 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "FeatureConfig": "core.config",
     "PRESETS": "core.config",
-    "Featurizer": "core.encoding",
-    "Encoding": "core.encoding",
+    "Featurizer": "core.features.encoding",
+    "Encoding": "core.features.encoding",
     "Progress": "core.progress",
-    "encode": "core.encoding",
-    "PCABasis": "core.pca",
-    "fit_pca": "core.pca",
-    "pca_rgb": "core.pca",
-    "feature_norm": "core.pca",
-    "cosine_similarity_map": "core.pca",
-    "similarity_maps": "core.similarity",
-    "similarity_to": "core.similarity",
-    "region_vector": "core.similarity",
-    "pixel_vector": "core.similarity",
-    "cls_vector": "core.similarity",
-    "match_patches": "core.match",
-    "BackboneSpec": "core.backbones",
-    "BACKBONES": "core.backbones",
-    "load_backbone": "core.backbones",
-    "Transform": "core.transforms",
-    "make_transforms": "core.transforms",
-    "LinearSegmenter": "core.segmenter",
-    "EncodingCache": "core.cache",
-    "StackEncoder": "core.stack",
-    "fit_stack": "core.stack",
-    "predict_stack": "core.stack",
-    "segment_files": "core.batch",
-    "open_lazy": "core.lazy_io",
-    "segment_region": "core.streaming",
-    "stream_segment": "core.streaming",
-    "fit_lazy": "core.streaming",
+    "encode": "core.features.encoding",
+    "PCABasis": "core.analysis.pca",
+    "fit_pca": "core.analysis.pca",
+    "pca_rgb": "core.analysis.pca",
+    "feature_norm": "core.analysis.pca",
+    "cosine_similarity_map": "core.analysis.pca",
+    "similarity_maps": "core.analysis.similarity",
+    "similarity_to": "core.analysis.similarity",
+    "region_vector": "core.analysis.similarity",
+    "pixel_vector": "core.analysis.similarity",
+    "cls_vector": "core.analysis.similarity",
+    "match_patches": "core.analysis.match",
+    "BackboneSpec": "core.backbone.loading",
+    "BACKBONES": "core.backbone.loading",
+    "load_backbone": "core.backbone.loading",
+    "Transform": "core.features.transforms",
+    "make_transforms": "core.features.transforms",
+    "LinearSegmenter": "core.segmentation.segmenter",
+    "EncodingCache": "core.features.cache",
+    "StackEncoder": "core.segmentation.stack",
+    "fit_stack": "core.segmentation.stack",
+    "predict_stack": "core.segmentation.stack",
+    "segment_files": "core.scale.batch",
+    "open_lazy": "core.files.lazy",
+    "segment_region": "core.scale.streaming",
+    "stream_segment": "core.scale.streaming",
+    "fit_lazy": "core.scale.streaming",
     "HRDv2Error": "core.errors",
     "InputError": "core.errors",
     "WeightsNotFoundError": "core.errors",
@@ -54,21 +54,21 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .core.backbones import BACKBONES, BackboneSpec, load_backbone
-    from .core.batch import segment_files
-    from .core.cache import EncodingCache
+    from .core.analysis.match import match_patches
+    from .core.analysis.pca import PCABasis, cosine_similarity_map, feature_norm, fit_pca, pca_rgb
+    from .core.analysis.similarity import cls_vector, pixel_vector, region_vector, similarity_maps, similarity_to
+    from .core.backbone.loading import BACKBONES, BackboneSpec, load_backbone
     from .core.config import PRESETS, FeatureConfig
-    from .core.encoding import Encoding, Featurizer, encode
     from .core.errors import Cancelled, HRDv2Error, InputError, ModelFileError, WeightsNotFoundError
-    from .core.lazy_io import open_lazy
-    from .core.match import match_patches
-    from .core.pca import PCABasis, cosine_similarity_map, feature_norm, fit_pca, pca_rgb
+    from .core.features.cache import EncodingCache
+    from .core.features.encoding import Encoding, Featurizer, encode
+    from .core.features.transforms import Transform, make_transforms
+    from .core.files.lazy import open_lazy
     from .core.progress import Progress
-    from .core.segmenter import LinearSegmenter
-    from .core.similarity import cls_vector, pixel_vector, region_vector, similarity_maps, similarity_to
-    from .core.stack import StackEncoder, fit_stack, predict_stack
-    from .core.streaming import fit_lazy, segment_region, stream_segment
-    from .core.transforms import Transform, make_transforms
+    from .core.scale.batch import segment_files
+    from .core.scale.streaming import fit_lazy, segment_region, stream_segment
+    from .core.segmentation.segmenter import LinearSegmenter
+    from .core.segmentation.stack import StackEncoder, fit_stack, predict_stack
 
 
 def __getattr__(name: str) -> Any:

@@ -61,7 +61,7 @@ def setup_viewer(
     Returns (features widget, segmentation widget).
     """
     from .core.config import PRESETS
-    from .core.io import read_image
+    from .core.files.images import read_image
 
     _ensure_registered()
     _, features = viewer.window.add_plugin_dock_widget(PLUGIN, FEATURES_WIDGET)

@@ -17,8 +17,8 @@ from .core.errors import InputError
 from .core.progress import Progress, within
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .core.cache import EncodingCache
-    from .core.pca import PCABasis
+    from .core.analysis.pca import PCABasis
+    from .core.features.cache import EncodingCache
 
 
 class _Planes(Sequence):
@@ -46,8 +46,8 @@ def pca_fit_job(
     foreground_cue: str = "pca",
 ) -> Generator[Progress, None, PCABasis]:
     """Fit one PCA basis on random pixels of planes ``indices`` (each encoded, sampled and released)."""
-    from .core.devices import inference_mode
-    from .core.pca import iter_fit_pca
+    from .core.analysis.pca import iter_fit_pca
+    from .core.runtime.devices import inference_mode
 
     if not indices:
         raise InputError("No planes to fit a PCA basis on.")
@@ -78,7 +78,7 @@ def pca_apply_job(
     components: Sequence[int] | int = (0, 1, 2),
 ) -> Generator[Progress, None, dict[int, np.ndarray]]:
     """(H, W, 3) float32 PCA views of planes ``indices`` with one basis (fixed colours: no flicker)."""
-    from .core.devices import inference_mode
+    from .core.runtime.devices import inference_mode
 
     basis._check_components((components,) if isinstance(components, int) else tuple(components))
     views: dict[int, np.ndarray] = {}
@@ -110,8 +110,8 @@ def similarity_search_job(
     The reference is the feature at ``pixel``, the mean feature of the region ``mask`` (H, W), or
     (``use_cls``) the plane's CLS token. Each plane costs one projected channel plus its feature norm.
     """
-    from .core.devices import inference_mode
-    from .core.similarity import cls_vector, pixel_vector, region_vector, similarity_to
+    from .core.analysis.similarity import cls_vector, pixel_vector, region_vector, similarity_to
+    from .core.runtime.devices import inference_mode
 
     if sum(x is not None and x is not False for x in (pixel, mask, use_cls or None)) != 1:
         raise InputError("Give exactly one reference: a pixel, a region, or the CLS token.")
@@ -147,8 +147,8 @@ def match_job(
     refine: bool = False,
 ) -> Generator[Progress, None, np.ndarray]:
     """Patch matches (M, 5) ``(row_a, col_a, row_b, col_b, score)`` between two planes."""
-    from .core.devices import inference_mode
-    from .core.match import match_patches
+    from .core.analysis.match import match_patches
+    from .core.runtime.devices import inference_mode
 
     with inference_mode():
         enc_a = yield from within(cache.iter_encode(image_a, config), 0.0, 0.45, message="Encoding image A")

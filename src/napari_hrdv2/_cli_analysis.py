@@ -174,8 +174,8 @@ def _bar_progress(args: argparse.Namespace, unit: str) -> tuple[Any, Any]:
 def run_pca_fit(args: argparse.Namespace) -> int:
     """``napari-hrdv2 pca fit``."""
     from .cli import EXIT_OK, _check_output, _say, build_config, make_featurizer
-    from .core.io import expand_inputs
-    from .core.pca import fit_pca
+    from .core.analysis.pca import fit_pca
+    from .core.files.images import expand_inputs
 
     output = _check_output(args.output, BASIS_SUFFIXES, "-o", args.overwrite)
     paths = expand_inputs(args.inputs)
@@ -214,11 +214,11 @@ def run_pca_fit(args: argparse.Namespace) -> int:
 def run_pca_apply(args: argparse.Namespace) -> int:
     """``napari-hrdv2 pca apply``."""
     from .cli import EXIT_FAILED_INPUTS, EXIT_OK, PROG, _say, make_featurizer
-    from .core.atomic import check_output_folder
+    from .core.analysis.basis_files import iter_apply_pca_files
+    from .core.analysis.pca import PCABasis
     from .core.config import RUNTIME_FIELDS, FeatureConfig
     from .core.errors import InputError
-    from .core.pca import PCABasis
-    from .core.pca_files import iter_apply_pca_files
+    from .core.files.atomic import check_output_folder
     from .core.progress import run_steps
 
     basis = PCABasis.load(args.basis)
@@ -263,10 +263,10 @@ def run_pca_apply(args: argparse.Namespace) -> int:
 def run_match(args: argparse.Namespace) -> int:
     """``napari-hrdv2 match``."""
     from .cli import EXIT_OK, _check_output, _encode, _say, build_config, make_featurizer
-    from .core.atomic import write_png, write_text
+    from .core.analysis.match import draw_matches, match_patches, matches_to_csv_text
     from .core.errors import InputError
-    from .core.io import is_stack, read_image
-    from .core.match import draw_matches, match_patches, matches_to_csv_text
+    from .core.files.atomic import write_png, write_text
+    from .core.files.images import is_stack, read_image
 
     csv_path = _check_output(args.output, (".csv",), "-o", args.overwrite)
     png_path = _check_output(args.png, (".png",), "--png", args.overwrite) if args.png else None

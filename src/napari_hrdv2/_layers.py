@@ -21,7 +21,7 @@ from .core.errors import InputError
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-    from .core.encoding import Encoding
+    from .core.features.encoding import Encoding
 
 #: Key of the metadata entry that marks a layer as made by this plugin.
 PLUGIN_KEY = "napari_hrdv2"
@@ -326,7 +326,7 @@ def segmentation_layer_data(
     ``contour`` > 0 draws class outlines of that width instead of filled regions (napari sets it after
     creating the layer: :func:`upsert_layer` applies ``metadata[...]["contour"]``).
     """
-    from .core.labels import as_label_image
+    from .core.segmentation.labels import as_label_image
 
     return (
         as_label_image(labels) if isinstance(labels, np.ndarray) else labels,

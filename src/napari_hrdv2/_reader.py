@@ -41,7 +41,7 @@ def _levels(path: Path) -> list[Any]:
     """The resolution levels of a Zarr / OME-Zarr / TIFF image, full resolution first (lazy arrays)."""
     import zarr
 
-    from .core.lazy_io import _zarr_image_array, open_lazy
+    from .core.files.lazy import _zarr_image_array, open_lazy
 
     if path.suffix.lower() == ".npy":
         return [open_lazy(path)]
@@ -94,7 +94,7 @@ def get_reader(path: str | list[str]) -> Any:
         if suffix not in (".tif", ".tiff"):
             return None
         try:
-            from .core.lazy_io import lazy_planes
+            from .core.files.lazy import lazy_planes
 
             planes, _ = lazy_planes(item)
         except Exception:

@@ -17,7 +17,7 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 def load_superalloy_image() -> np.ndarray:
     """The bundled 512x512 uint8 SEM micrograph of a Ni-based superalloy."""
-    from .core.io import read_image
+    from .core.files.images import read_image
 
     return read_image(SUPERALLOY_FILE)
 
@@ -39,7 +39,7 @@ def superalloy_sample() -> list[LayerData]:
 
 def tcell_sample() -> list[LayerData]:
     """napari sample: 6 T-cell TEM micrographs with brush scribbles (tldr-group/HR-Dv2, MIT licence)."""
-    from .core.io import read_image
+    from .core.files.images import read_image
 
     images = read_image(TCELL_IMAGES_FILE)
     scribbles = grey_levels_to_classes(read_image(TCELL_SCRIBBLES_FILE))

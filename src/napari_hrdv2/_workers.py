@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .core.batch import BatchReport as _CoreBatchReport
-from .core.batch import output_path  # noqa: F401  (re-exported for the widgets)
-from .core.cache import EncodingCache  # noqa: F401  (re-exported for the widgets)
 from .core.config import FeatureConfig
 from .core.errors import InputError
+from .core.features.cache import EncodingCache  # noqa: F401  (re-exported for the widgets)
 from .core.progress import Progress, within
+from .core.scale.batch import BatchReport as _CoreBatchReport
+from .core.scale.batch import output_path  # noqa: F401  (re-exported for the widgets)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .core.encoding import Encoding, PartialEncoding
-    from .core.pca import PCABasis
+    from .core.analysis.pca import PCABasis
+    from .core.features.encoding import Encoding, PartialEncoding
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -95,7 +95,7 @@ class BackboneInfo:
 
 def load_backbone_info(cache: EncodingCache, config: FeatureConfig) -> BackboneInfo:
     """Load the backbone of ``config`` in this thread (errors surface here) and describe it."""
-    from .core.backbones import find_spec
+    from .core.backbone.loading import find_spec
 
     featurizer = cache.featurizer(config)
     backbone = featurizer.backbone
@@ -166,7 +166,7 @@ def _with_partials(
     steps: Generator[Any, None, Encoding], convert: Callable[[PartialEncoding], Any]
 ) -> Generator[Any, None, Encoding]:
     """Re-yield ``steps``, turning its PartialEncoding items into ``convert(item)`` (skipped when it returns None)."""
-    from .core.encoding import PartialEncoding  # noqa: F811 - the runtime class
+    from .core.features.encoding import PartialEncoding  # noqa: F811 - the runtime class
 
     try:
         while True:
@@ -221,8 +221,8 @@ def features_job(
     other passes run (throttled so that they cost a small share of the run).
     """
     from ._layers import with_mean_head
-    from .core.devices import inference_mode
-    from .core.pca import fit_pca
+    from .core.analysis.pca import fit_pca
+    from .core.runtime.devices import inference_mode
 
     if not indices:
         raise InputError("No planes selected to compute.")
@@ -266,8 +266,8 @@ def similarity_job(
     plane: np.ndarray, row: int, col: int, config: FeatureConfig, cache: EncodingCache
 ) -> Generator[Progress, None, np.ndarray]:
     """Cosine similarity (H, W) of every pixel's HR feature to the one at ``(row, col)``."""
-    from .core.devices import inference_mode
-    from .core.pca import cosine_similarity_map
+    from .core.analysis.pca import cosine_similarity_map
+    from .core.runtime.devices import inference_mode
 
     with inference_mode():
         encoding = yield from within(cache.iter_encode(plane, config), 0.0, 0.9, message="Encoding")
@@ -335,7 +335,7 @@ def train_job(
     encoding yields a :class:`PartialPrediction` after the identity pass (and refined ones while the other
     passes run), long before the final result.
     """
-    from .core.devices import inference_mode
+    from .core.runtime.devices import inference_mode
 
     if not labels:
         raise InputError("The scribbles layer is empty: paint a few strokes of at least two classes, then Train.")
@@ -408,7 +408,7 @@ def predict_job(
     probabilities: bool = False,
 ) -> Generator[Progress | BackboneInfo, None, PredictionResult]:
     """Predict planes ``indices`` of ``data`` with a trained segmenter."""
-    from .core.devices import inference_mode
+    from .core.runtime.devices import inference_mode
 
     if not indices:
         raise InputError("No planes selected to predict.")
@@ -449,10 +449,10 @@ def train_lazy_job(
     nothing: the dock segments the view afterwards ("Predict current view"). ``cache`` keeps the tiles'
     encodings for retraining and for the views.
     """
-    from .core.devices import inference_mode
-    from .core.encoding import Featurizer
-    from .core.lazy_io import LazyPlane
-    from .core.streaming import iter_encode_labelled
+    from .core.features.encoding import Featurizer
+    from .core.files.lazy import LazyPlane
+    from .core.runtime.devices import inference_mode
+    from .core.scale.streaming import iter_encode_labelled
 
     if not labels:
         raise InputError("The scribbles layer is empty: paint a few strokes of at least two classes, then Train.")
@@ -519,9 +519,9 @@ def predict_region_job(
     With ``cache`` (the dock's), a plane encoded whole before (Compute, Predict plane) is projected
     instead, and tiles and intensity ranges computed for earlier views are reused.
     """
-    from .core.devices import inference_mode
-    from .core.lazy_io import LazyPlane
-    from .core.streaming import _outputs_of_logits, iter_segment_region
+    from .core.files.lazy import LazyPlane
+    from .core.runtime.devices import inference_mode
+    from .core.scale.streaming import _outputs_of_logits, iter_segment_region
 
     source = LazyPlane(data, (int(plane),)) if is_stack else LazyPlane(data)
     outputs = ("labels", *(("uncertainty",) if uncertainty else ()), *(("probabilities",) if probabilities else ()))
@@ -572,7 +572,7 @@ def folder_job(
     A thin wrapper over :func:`core.batch.iter_segment_files`: stacks become multi-page TIFFs, a bad
     file is recorded in the report and skipped, the rest are still processed.
     """
-    from .core.batch import iter_segment_files
+    from .core.scale.batch import iter_segment_files
 
     yield Progress(0.0, 1, "Loading the backbone")
     steps = iter_segment_files(inputs, outdir, segmenter, config, suffix=suffix, overwrite=overwrite)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .core.backbone.registry import backbone_names
+
 # Torch-free (the choices and field lists are read before any heavy import, so --help stays instant).
 from .core.config import (
     DTYPE_OPTIONS,
@@ -33,14 +35,13 @@ from .core.config import (
     RUNTIME_FIELDS,
     SHIFT_PATTERNS,
 )
-from .core.preprocess import NORMALIZE_OPTIONS
-from .core.registry import backbone_names
-from .core.resample import RESIZE_OPTIONS
+from .core.features.preprocess import NORMALIZE_OPTIONS
+from .core.features.resample import RESIZE_OPTIONS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .core.atomic import ArrayStreamWriter
     from .core.config import FeatureConfig
-    from .core.encoding import Encoding, Featurizer
+    from .core.features.encoding import Encoding, Featurizer
+    from .core.files.atomic import ArrayStreamWriter
     from .core.progress import Progress
 
 PROG = "napari-hrdv2"
@@ -114,7 +115,7 @@ def _positive_int(text: str) -> int:
 
 def _channel_list(text: str) -> tuple[int, ...]:
     from .core.errors import InputError
-    from .core.io import parse_channels
+    from .core.files.images import parse_channels
 
     try:
         channels = parse_channels(text)
@@ -454,7 +455,7 @@ def build_config(args: argparse.Namespace) -> FeatureConfig:
 
 
 def _same_backbone(a: str, b: str) -> bool:
-    from .core.backbones import find_spec
+    from .core.backbone.loading import find_spec
 
     if a == b:
         return True
@@ -511,7 +512,7 @@ def check_download(args: argparse.Namespace, source: str, *, hint: str = "") -> 
     A local folder or file, or a preset / Hugging Face id already in the local Hugging Face cache, needs
     no option. ``hint`` is appended to the message (e.g. how to point at weights elsewhere).
     """
-    from .core.backbone_identity import download_needed
+    from .core.backbone.identity import download_needed
     from .core.errors import WeightsNotFoundError
 
     if getattr(args, "allow_download", False):
@@ -535,11 +536,11 @@ def make_featurizer(
     """The Featurizer of ``config`` (its backbone loaded from ``backbone_path`` if given), downloads refused
     unless ``--allow-download`` (:func:`check_download`). ``load``: load the weights now, before any work
     (otherwise when first needed, e.g. not at all when a batch skips every input)."""
-    from .core.encoding import Featurizer
+    from .core.features.encoding import Featurizer
 
     if backbone_path:
-        from .core.backbones import load_backbone
-        from .core.devices import resolve_device, resolve_dtype
+        from .core.backbone.loading import load_backbone
+        from .core.runtime.devices import resolve_device, resolve_dtype
 
         check_download(args, backbone_path, hint=hint)
         device = resolve_device(config.device)
@@ -611,8 +612,8 @@ def _encode(
 
 
 def _check_output(path: str | Path, suffixes: Sequence[str], option: str, overwrite: bool) -> Path:
-    from .core.atomic import check_target
     from .core.errors import InputError
+    from .core.files.atomic import check_target
 
     path = Path(path)
     if path.suffix.lower() not in suffixes:
@@ -623,11 +624,11 @@ def _check_output(path: str | Path, suffixes: Sequence[str], option: str, overwr
 # ---------------------------------------------------------------------------------------------- features
 def run_features(args: argparse.Namespace) -> int:
     """``napari-hrdv2 features``."""
-    from .core.atomic import ArrayStreamWriter, check_not_an_input
-    from .core.devices import inference_mode
+    from .core.analysis.pca import fit_pca, pca_rgb
     from .core.errors import InputError
-    from .core.io import is_stack, read_image
-    from .core.pca import fit_pca, pca_rgb
+    from .core.files.atomic import ArrayStreamWriter, check_not_an_input
+    from .core.files.images import is_stack, read_image
+    from .core.runtime.devices import inference_mode
 
     if not (args.output or args.pca or args.attention):
         raise InputError("Nothing to write: give -o features.npy, --pca pca.png and/or --attention attention.tif.")
@@ -720,7 +721,7 @@ def run_features(args: argparse.Namespace) -> int:
 
 def _check_folders(needed: dict[Any, int]) -> None:
     """Pre-flight: the folder of every output path (``None`` keys ignored) is writable and has room for it."""
-    from .core.atomic import check_output_folder
+    from .core.files.atomic import check_output_folder
 
     totals: dict[Path, int] = {}
     for path, n_bytes in needed.items():
@@ -742,7 +743,7 @@ def _write_features(encoding: Encoding, out: ArrayStreamWriter) -> None:
 
 
 def _write_rgb(path: Path, rgb: np.ndarray, overwrite: bool) -> Path:
-    from .core.atomic import write_png, write_tif
+    from .core.files.atomic import write_png, write_tif
 
     if path.suffix.lower() == ".png":
         return write_png(path, rgb, overwrite=overwrite)
@@ -755,8 +756,8 @@ def _training_planes(
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(description, plane, labels) for every labelled plane; checks shapes before any encoding."""
     from .core.errors import InputError
-    from .core.io import is_stack, read_image, read_labels
-    from .core.labels import check_labels
+    from .core.files.images import is_stack, read_image, read_labels
+    from .core.segmentation.labels import check_labels
 
     if len(images) != len(labels):
         raise InputError(f"Got {len(images)} image(s) but {len(labels)} label file(s): give one label file per image.")
@@ -794,11 +795,11 @@ def _training_planes(
 
 def run_train(args: argparse.Namespace) -> int:
     """``napari-hrdv2 train``."""
-    from .core.atomic import check_not_an_input, check_output_folder
-    from .core.devices import inference_mode
     from .core.errors import InputError
-    from .core.paths import check_path
-    from .core.segmenter import LinearSegmenter
+    from .core.files.atomic import check_not_an_input, check_output_folder
+    from .core.files.paths import check_path
+    from .core.runtime.devices import inference_mode
+    from .core.segmentation.segmenter import LinearSegmenter
 
     output = check_path(args.output, "model file")
     check_not_an_input(output, [*args.images, *args.labels])
@@ -838,10 +839,10 @@ def run_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- segment
 def run_segment(args: argparse.Namespace) -> int:
     """``napari-hrdv2 segment``."""
-    from .core.batch import segment_files
     from .core.errors import InputError, WeightsNotFoundError
-    from .core.paths import check_path
-    from .core.segmenter import LinearSegmenter
+    from .core.files.paths import check_path
+    from .core.scale.batch import segment_files
+    from .core.segmentation.segmenter import LinearSegmenter
 
     segmenter = LinearSegmenter.load(args.model)
     if segmenter.feature_config is None:
@@ -876,7 +877,7 @@ def run_segment(args: argparse.Namespace) -> int:
     client = cluster = None
     cluster_options: dict[str, Any] = {}
     if args.scheduler:
-        from .core.distributed import make_client
+        from .core.scale.distributed import make_client
 
         client, cluster = make_client(args.scheduler)
         cluster_options = {"model_path": args.model, "backbone_path": args.backbone_path}

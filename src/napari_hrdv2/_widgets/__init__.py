@@ -1,6 +1,6 @@
 """napari dock widgets (Qt/magicgui only): they gather inputs, start workers and turn results into layers."""
 
-from ..core.threads import prefer_passive_openmp
+from ..core.runtime.threads import prefer_passive_openmp
 
 # Before anything loads torch: idle OpenMP threads sleep instead of spinning in the napari process, where
 # other work always runs (benchmarks/bench_cpu.py threads: retrain + predict 8x faster on a busy machine).

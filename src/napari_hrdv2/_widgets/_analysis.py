@@ -32,7 +32,7 @@ from ._runner import notify_error
 if TYPE_CHECKING:  # pragma: no cover
     from napari.qt.threading import GeneratorWorker
 
-    from ..core.pca import PCABasis
+    from ..core.analysis.pca import PCABasis
 
 REFERENCES = ("region", "CLS token")
 BASIS_FILTER = "PCA basis (*.safetensors)"
@@ -249,7 +249,7 @@ class AnalysisControls(Container):
 
     def load_basis(self, path: str | Path) -> PCABasis | None:
         """Read a basis file (from the dock or ``napari-hrdv2 pca fit``) and show it."""
-        from ..core.pca import PCABasis
+        from ..core.analysis.pca import PCABasis
 
         try:
             basis = PCABasis.load(path)
@@ -336,7 +336,7 @@ class AnalysisControls(Container):
 
     def _show_matches(self, name_a: str, name_b: str, image_a: np.ndarray, image_b: np.ndarray, matches: Any) -> None:
         """Layers: "<A> | <B>" (side by side), "<A> | <B> matches" (Shapes lines) and "... ends" (Points)."""
-        from ..core.match import side_by_side
+        from ..core.analysis.match import side_by_side
 
         canvas, offset = side_by_side(image_a, image_b)
         matches = np.asarray(matches).reshape(-1, 5)

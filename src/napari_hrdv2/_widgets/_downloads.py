@@ -18,14 +18,14 @@ logger = logging.getLogger(__name__)
 
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` is set: loading only reads the local cache, nothing can be downloaded."""
-    from ..core.backbones import _offline
+    from ..core.backbone.loading import _offline
 
     return _offline()
 
 
 def repo_to_download(backbone: str) -> str | None:
     """The Hugging Face repository loading ``backbone`` would download, or None (local files, cached, offline)."""
-    from ..core.backbone_identity import download_needed
+    from ..core.backbone.identity import download_needed
 
     if hub_offline():
         return None  # the loader reads the cache only and says what to download if the weights are missing
@@ -38,7 +38,7 @@ def repo_to_download(backbone: str) -> str | None:
 
 def download_size(repo: str) -> str | None:
     """Rough size of a known preset's float32 weights, e.g. 'about 90 MB' (12 x depth x width^2 parameters)."""
-    from ..core.backbones import find_spec
+    from ..core.backbone.loading import find_spec
 
     spec = find_spec(repo)
     if spec is None:

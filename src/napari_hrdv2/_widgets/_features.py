@@ -28,7 +28,7 @@ from .._layers import (
     upsert_layer,
 )
 from .._workers import BackboneInfo, FeaturesResult, PartialFeatures, features_job, similarity_job
-from ..core.backbones import backbone_names, find_spec
+from ..core.backbone.loading import backbone_names, find_spec
 from ..core.config import FACETS, PRESETS, FeatureConfig
 from ..core.errors import HRDv2Error, InputError, WeightsNotFoundError
 from ._common import image_layer_choices, wrap_label
@@ -358,7 +358,7 @@ class FeaturesWidget(DockFrame, Container):
 
     def _show_precision(self) -> None:
         """Show which device and compute dtype the selected device gives here (e.g. bfloat16 on an AMX CPU)."""
-        from ..core.devices import describe_precision
+        from ..core.runtime.devices import describe_precision
 
         try:
             self._precision.value = describe_precision(self._device.value, self._session.config.dtype)

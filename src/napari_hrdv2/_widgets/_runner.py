@@ -59,7 +59,7 @@ def user_message(error: BaseException) -> str:
     """What to tell the user about ``error``: our messages as they are, others with a hint."""
     if isinstance(error, HRDv2Error):
         return str(error)
-    from ..core.devices import is_out_of_memory
+    from ..core.runtime.devices import is_out_of_memory
 
     if is_out_of_memory(error):
         return (

@@ -57,7 +57,7 @@ from .._workers import (
 )
 from ..core.config import FeatureConfig
 from ..core.errors import HRDv2Error, InputError, WeightsNotFoundError
-from ..core.labels import label_dtype
+from ..core.segmentation.labels import label_dtype
 from ._classes import ClassTable
 from ._common import image_layer_choices, labels_layer_choices, scribbles_for, wrap_label
 from ._dock import DockFrame, tab_page
@@ -88,7 +88,7 @@ MODEL_FILTER = "HR-Dv2 model (*.hrdv2 *.npz *.safetensors);;All files (*)"
 
 def new_segmenter(*, hybrid: bool = False) -> Any:
     """A LinearSegmenter with its documented default hyper-parameters (plus classical filters if ``hybrid``)."""
-    from ..core.segmenter import LinearSegmenter
+    from ..core.segmentation.segmenter import LinearSegmenter
 
     return LinearSegmenter(hybrid=hybrid)
 
@@ -723,7 +723,7 @@ class SegmentationWidget(DockFrame, Container):
 
     def load_model(self, path: str | Path) -> Any:
         """Load a model file; the feature settings switch to the ones it was trained with."""
-        from ..core.segmenter import LinearSegmenter
+        from ..core.segmentation.segmenter import LinearSegmenter
 
         segmenter = LinearSegmenter.load(path)
         trained_with = segmenter_config(segmenter)
@@ -772,8 +772,8 @@ class SegmentationWidget(DockFrame, Container):
         one file per plane (``<stem>_000.png``...). Existing files are only replaced with ``overwrite``
         (the Export button asks first); otherwise nothing is written and an InputError names them.
         """
-        from ..core.atomic import write_json
-        from ..core.io import write_labels
+        from ..core.files.atomic import write_json
+        from ..core.files.images import write_labels
 
         image_layer = image_layer if image_layer is not None else self._image.value
         if image_layer is None:

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .errors import InputError
-from .preprocess import NORMALIZE_OPTIONS, Normalize
-from .resample import RESIZE_OPTIONS, Resize
+from .features.preprocess import NORMALIZE_OPTIONS, Normalize
+from .features.resample import RESIZE_OPTIONS, Resize
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .transforms import Transform
+    from .features.transforms import Transform
 
 ShiftPattern = Literal["none", "neumann", "moore"]
 #: Accepted values of ``FeatureConfig.shifts``.
@@ -202,7 +202,7 @@ class FeatureConfig:
     @property
     def transforms(self) -> tuple[Transform, ...]:
         """The transform set, identity first."""
-        from .transforms import make_transforms
+        from .features.transforms import make_transforms
 
         distances = self.shift_distances if self.shifts != "none" else ()
         return make_transforms(self.shifts, distances, self.flips, self.rotations)

@@ -1,0 +1,107 @@
+"""Applying a saved PCA basis to image files, stacks and folders (one colour basis for all of them).
+
+Used by ``napari-hrdv2 pca apply``. Every output is written atomically
+(:mod:`.atomic`): ``<stem>_pca.png`` per image, a multi-page RGB ``<stem>_pca.tif`` per stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import HRDv2Error, InputError
+from ..files.images import expand_inputs, is_stack, read_image
+from ..progress import Progress, within
+from ..scale.batch import BatchReport, output_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..features.encoding import Featurizer
+    from .pca import PCABasis
+
+#: Name part between an input's stem and the suffix: ``cells.tif`` -> ``cells_pca.png``.
+PCA_TAG = "_pca"
+#: Black columns between the input and its PCA view in side-by-side outputs.
+SIDE_BY_SIDE_GAP = 4
+
+
+def pca_view(
+    basis: PCABasis,
+    features: object,
+    *,
+    components: Sequence[int] | int = (0, 1, 2),
+    image: np.ndarray | None = None,
+    normalize: str = "percentile",
+) -> np.ndarray:
+    """uint8 (H, W, 3) PCA view with the basis' fixed colours; with ``image``, (H, 2W + gap, 3) input | PCA."""
+    rgb = np.round(basis.to_rgb(features, components) * 255).astype(np.uint8)
+    if image is None:
+        return rgb
+    from ..features.preprocess import to_rgb01
+
+    left = np.round(to_rgb01(image, normalize=normalize) * 255).astype(np.uint8)
+    gap = np.zeros((rgb.shape[0], SIDE_BY_SIDE_GAP, 3), dtype=np.uint8)
+    return np.concatenate([left, gap, rgb], axis=1)
+
+
+def iter_apply_pca_files(
+    inputs: Iterable[str | Path],
+    outdir: str | Path | None,
+    basis: PCABasis,
+    featurizer: Featurizer,
+    *,
+    components: Sequence[int] | int = (0, 1, 2),
+    side_by_side: bool = False,
+    overwrite: bool = False,
+    channels: Sequence[int] | str | None = None,
+) -> Generator[Progress, None, BatchReport]:
+    """Write the PCA view of every image (``<stem>_pca.png``) and stack (``<stem>_pca.tif``) of ``inputs``.
+
+    Yields :class:`Progress` in input files (fractional while one is encoded); stop iterating to
+    cancel. Existing outputs are skipped unless ``overwrite``; a file that fails is recorded in
+    the report and the others are still processed.
+    """
+    from ..files.atomic import write_png, write_tif
+
+    picked = (components,) if isinstance(components, (int, np.integer)) else tuple(components)
+    basis._check_components(picked)  # a bad choice fails before any encoding
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise InputError("No input images found.")
+    report = BatchReport()
+    n_files = len(paths)
+    yield Progress(0, n_files, "Loading the backbone")
+    featurizer.backbone  # noqa: B018  (weights errors before any work)
+    for index, path in enumerate(paths):
+        try:
+            image = read_image(path, channels=channels)
+            stack = is_stack(image)
+            target = output_path(path, outdir, ".tif" if stack else ".png", tag=PCA_TAG)
+            if target.exists() and not overwrite:
+                report.skipped.append(target)
+                continue
+            planes = list(image) if stack else [image]
+            pages = []
+            for number, plane in enumerate(planes):
+                label = f"{path.name} plane {number + 1}/{len(planes)}" if stack else path.name
+                steps = featurizer.iter_encode(plane, with_attention=basis.foreground_cue == "attention")
+                start = index + number / len(planes)
+                encoding = yield from within(steps, start, 1.0 / len(planes), total=n_files, message=label)
+                shown = plane if side_by_side else None
+                pages.append(
+                    pca_view(basis, encoding, components=picked, image=shown, normalize=featurizer.config.normalize)
+                )
+                del encoding
+            if stack:
+                write_tif(target, np.stack(pages), photometric="rgb", compression="zlib", overwrite=overwrite)
+            else:
+                write_png(target, pages[0], overwrite=overwrite)
+            report.written.append(target)
+        except HRDv2Error as err:
+            if "fitted on other features" in str(err) or "-channel features" in str(err):
+                raise  # the basis does not fit these features at all: every file would fail the same way
+            report.failed.append((path, str(err)))
+        yield Progress(index + 1, n_files, f"Finished {path.name}")
+    return report

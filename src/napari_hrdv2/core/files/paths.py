@@ -1,0 +1,56 @@
+"""Paths given by the user: names the file system cannot hold give a clear error, never a raw ``OSError``.
+
+``Path.exists()`` / ``is_file()`` / ``is_dir()`` raise ``OSError(ENAMETOOLONG)`` for a name longer than
+the file system allows (255 bytes per name, 4096 per path on Linux) instead of answering False;
+:func:`check_path` catches such paths where they enter (images, labels, models, backbones, outputs).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import HRDv2Error, InputError
+
+#: Longest file or folder name most file systems accept (bytes).
+NAME_MAX = 255
+#: Longest path Linux accepts (bytes).
+PATH_MAX = 4096
+
+
+def _shortened(text: str, keep: int = 60) -> str:
+    return text if len(text) <= 2 * keep else f"{text[:keep]}...{text[-keep // 2 :]}"
+
+
+def check_path(path: str | Path, what: str = "path", *, error: type[HRDv2Error] = InputError) -> Path:
+    """``path`` as a Path, or ``error`` (default :class:`InputError`) if no file system can hold it.
+
+    Parameters
+    ----------
+    path : a file or folder name given by the user
+    what : what it is, for the message (e.g. ``"image"``, ``"model file"``)
+    error : the exception class raised
+
+    Raises
+    ------
+    error
+        A name in ``path`` is longer than :data:`NAME_MAX` bytes, the whole path longer than
+        :data:`PATH_MAX`, or it contains a NUL character.
+    """
+    path = Path(path)
+    text = str(path)
+    if "\0" in text:
+        raise error(f"The {what} path {_shortened(text)!r} contains a NUL character; no file can have that name.")
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise error(
+                f"The {what} path '{_shortened(text)}' has a name of {size} bytes ('{_shortened(part, 20)}'); "
+                f"file systems allow at most {NAME_MAX} bytes per file or folder name. Use a shorter name."
+            )
+    size = len(os.fsencode(text))
+    if size > PATH_MAX:
+        raise error(
+            f"The {what} path '{_shortened(text)}' is {size} bytes long; paths may have at most {PATH_MAX} bytes."
+        )
+    return path

@@ -1,0 +1,486 @@
+"""``LinearSegmenter``: weakly supervised segmentation from brush labels on HR-Dv2 features.
+
+A multinomial logistic regression (class-balanced, L2) is trained on the exact
+HR-Dv2 features of the labelled pixels only (:meth:`Encoding.sample`). The
+standardisation of the features is folded into the weights, so prediction is
+one linear map: :meth:`Encoding.project` applies it to the low-resolution
+per-transform maps and upsamples only ``n_classes`` logit channels; a dense
+``(C, H, W)`` feature map is never built.
+
+Optional *hybrid* features append classical multiscale filters of the image
+(:mod:`.classical`); they are computed at full resolution, so their logit
+contribution is accumulated one filter at a time and the trick stays exact.
+
+Axis convention: label images ``(H, W)`` integers (0 = unlabelled); feature
+maps ``(C, H, W)``; probabilities ``(n_classes, H, W)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from ..config import RUNTIME_FIELDS, FeatureConfig, check_same_features
+from ..errors import InputError
+from ..features.classical import (
+    DEFAULT_SIGMAS,
+    check_sigmas,
+    classical_features,
+    iter_classical_features,
+    n_classical_features,
+    sample_classical_features,
+)
+from .labels import check_labels, clean_labels, label_dtype, labelled_classes, training_pixels, warn_if_image_like
+from .solver import class_weights, fit_logistic, fold_scaler, standardize
+
+FeatureSource = Union["Encoding", np.ndarray]  # noqa: F821  (Encoding is imported lazily)
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """What :meth:`LinearSegmenter.fit` saw and did."""
+
+    n_images: int
+    pixels_per_class: dict[int, int]
+    pixels_used: int
+    iterations: int
+    final_loss: float
+    training_accuracy: float
+
+
+def _is_encoding(features: object) -> bool:
+    return hasattr(features, "project") and hasattr(features, "sample")
+
+
+def _source_shape(features: FeatureSource) -> tuple[int, int]:
+    if _is_encoding(features):
+        return tuple(features.shape)
+    dense = np.asarray(features)
+    if dense.ndim != 3:
+        raise InputError(f"Dense features must be (C, H, W), got shape {dense.shape}.")
+    return dense.shape[1:]
+
+
+def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """Entropy of ``(n_classes, H, W)`` probabilities divided by ``log(n_classes)``: (H, W) in [0, 1]."""
+    p = np.clip(probabilities, 1e-12, 1.0)
+    entropy = -(p * np.log(p)).sum(axis=0)
+    return np.clip(entropy / math.log(max(probabilities.shape[0], 2)), 0.0, 1.0).astype(np.float32)
+
+
+class LinearSegmenter:
+    """Multinomial logistic regression on HR-Dv2 (optionally hybrid) features, trained from scribbles.
+
+    Parameters
+    ----------
+    l2 : float
+        L2 penalty on the weights (standardised features), added to the mean
+        class-balanced cross-entropy as ``l2 / 2 * ||W||^2``. Independent of the
+        number of labelled pixels.
+    class_balanced : bool
+        Weight every class equally however many pixels were painted.
+    hybrid : bool
+        Append classical multiscale filters of the image (intensity, edges,
+        blobs, ridges, texture) to the HR-Dv2 features.
+    classical_sigmas : sequence of float
+        Gaussian scales of the classical filters (hybrid only).
+    max_pixels_per_class : int
+        Training uses at most this many labelled pixels per class (a seeded random
+        subset); more add time, not accuracy (bench_cpu's 1022 x 1022 retrain, 2 label sets x 3
+        seeds: 5000 instead of 10000 halves every L-BFGS step; accuracy on the unlabelled pixels
+        changed by less than the seed alone, ~0.1 %).
+    max_iter : int
+        L-BFGS iterations at most (fewer once the gradient is below
+        :data:`~.solver.GRADIENT_TOLERANCE`; see :func:`~.solver.fit_logistic`).
+    majority_size, min_object_size : int
+        Optional clean-up of :meth:`predict` (see :func:`clean_labels`); 0 = off.
+    warm_start : bool
+        Start :meth:`fit` from the previous solution when the classes are unchanged
+        (fewer iterations when retraining after every brush stroke).
+    seed : int
+        Seed of the pixel subsampling.
+
+    Attributes (after :meth:`fit` or :meth:`load`)
+    ----------------------------------------------
+    classes_ : (n_classes,) int array
+        The label values seen, ascending; predictions use them.
+    coef_ : (n_classes, n_features) float32
+        Weights on the raw (unstandardised) features; the scaler is folded in.
+    intercept_ : (n_classes,) float32
+    feature_config : FeatureConfig or None
+        The feature pipeline the model was trained with (None if trained on dense arrays).
+    summary_ : TrainingSummary
+    """
+
+    def __init__(
+        self,
+        *,
+        l2: float = 1e-3,
+        class_balanced: bool = True,
+        hybrid: bool = False,
+        classical_sigmas: Sequence[float] = DEFAULT_SIGMAS,
+        max_pixels_per_class: int = 5_000,
+        max_iter: int = 100,
+        majority_size: int = 0,
+        min_object_size: int = 0,
+        warm_start: bool = False,
+        seed: int = 0,
+    ):
+        if not (l2 >= 0 and math.isfinite(l2)):
+            raise InputError(f"l2 must be a non-negative number, got {l2}.")
+        if max_pixels_per_class < 1 or max_iter < 1:
+            raise InputError("max_pixels_per_class and max_iter must be at least 1.")
+        if majority_size < 0 or min_object_size < 0:
+            raise InputError("majority_size and min_object_size must be >= 0.")
+        self.l2 = float(l2)
+        self.class_balanced = bool(class_balanced)
+        self.hybrid = bool(hybrid)
+        self.classical_sigmas = check_sigmas(classical_sigmas)
+        self.max_pixels_per_class = int(max_pixels_per_class)
+        self.max_iter = int(max_iter)
+        self.majority_size = int(majority_size)
+        self.min_object_size = int(min_object_size)
+        self.warm_start = bool(warm_start)
+        self.seed = int(seed)
+        self._standardized: tuple[Any, Any] | None = None
+        self.classes_: np.ndarray | None = None
+        self.coef_: np.ndarray | None = None
+        self.intercept_: np.ndarray | None = None
+        self.feature_config: FeatureConfig | None = None
+        self.n_hr_features_: int | None = None
+        #: Fingerprint of the backbone weights the model was trained with (:mod:`.backbone_identity`).
+        self.backbone_fingerprint_: np.ndarray | None = None
+        #: Family of that backbone ("dinov2", "dinov2_reg", "dinov3"); None if unknown (old model files).
+        self.backbone_family_: str | None = None
+        self.summary_: TrainingSummary | None = None
+        #: Optional names of the classes (label -> name), saved in the model file and used for exported metadata.
+        self.class_names: dict[int, str] = {}
+        #: Channels of multichannel image files the model was trained on (``io.read_image(channels=)``), saved
+        #: in the model file; batch segmentation reads files with them. None: images as stored.
+        self.channels: tuple[int, ...] | None = None
+
+    # ------------------------------------------------------------------ parameters
+    def get_params(self) -> dict[str, Any]:
+        """Hyper-parameters, as passed to ``__init__`` (JSON-safe)."""
+        return {
+            "l2": self.l2,
+            "class_balanced": self.class_balanced,
+            "hybrid": self.hybrid,
+            "classical_sigmas": list(self.classical_sigmas),
+            "max_pixels_per_class": self.max_pixels_per_class,
+            "max_iter": self.max_iter,
+            "majority_size": self.majority_size,
+            "min_object_size": self.min_object_size,
+            "warm_start": self.warm_start,
+            "seed": self.seed,
+        }
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.coef_ is not None
+
+    @property
+    def n_classes(self) -> int:
+        return 0 if self.classes_ is None else int(self.classes_.size)
+
+    @property
+    def n_classical(self) -> int:
+        return n_classical_features(self.classical_sigmas) if self.hybrid else 0
+
+    def __repr__(self) -> str:
+        state = f"classes={self.classes_.tolist()}" if self.is_fitted else "not fitted"
+        return f"LinearSegmenter({'hybrid, ' if self.hybrid else ''}{state})"
+
+    # ------------------------------------------------------------------ features
+    def _image_of(self, features: FeatureSource) -> np.ndarray:
+        image = getattr(features, "image", None)
+        if image is None:
+            raise InputError(
+                "Hybrid features need the image: pass an Encoding made by Featurizer.encode (it keeps the image)."
+            )
+        return image
+
+    def _sample(self, features: FeatureSource, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Training vectors (N, n_features) at pixels: HR features, then classical filters if hybrid."""
+        if _is_encoding(features):
+            vectors = features.sample(rows, cols)
+            if self.hybrid:
+                classical = sample_classical_features(self._image_of(features), rows, cols, **self._cl())
+                vectors = np.concatenate([vectors, classical], axis=1)
+            return vectors.astype(np.float32, copy=False)
+        dense = np.asarray(features)
+        return np.ascontiguousarray(dense[:, rows, cols].T, dtype=np.float32)
+
+    def _cl(self) -> dict[str, Any]:
+        normalize = self.feature_config.normalize if self.feature_config is not None else "minmax"
+        return {"sigmas": self.classical_sigmas, "normalize": normalize}
+
+    def _n_features_of(self, features: FeatureSource) -> int:
+        if _is_encoding(features):
+            return int(features.n_features) + self.n_classical
+        return int(np.asarray(features).shape[0])
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        features: Sequence[FeatureSource] | FeatureSource,
+        labels: Sequence[np.ndarray] | np.ndarray,
+    ) -> LinearSegmenter:
+        """Train on the labelled pixels of one or several images.
+
+        Parameters
+        ----------
+        features : Encoding or (C, H, W) array, or a sequence of them
+            All with the same feature definition (the same FeatureConfig for encodings).
+            With ``hybrid=True``, dense arrays must already hold the classical channels
+            (see :meth:`dense_features`).
+        labels : (H, W) int array or a sequence of them, one per image
+            0 = unlabelled; any positive values name the classes. Never modified.
+
+        Returns
+        -------
+        self
+        """
+        import torch
+
+        sources = [features] if _is_encoding(features) or np.asarray(features).ndim == 3 else list(features)
+        label_list = [labels] if isinstance(labels, np.ndarray) and labels.ndim == 2 else list(labels)
+        if len(sources) != len(label_list):
+            raise InputError(f"Got {len(sources)} images but {len(label_list)} label images; give one per image.")
+        if not sources:
+            raise InputError("Nothing to train on: give at least one image and its labels.")
+        self.feature_config = self._common_config(sources)
+        n_features = {self._n_features_of(s) for s in sources}
+        if len(n_features) > 1:
+            raise InputError(f"The images have different numbers of features {sorted(n_features)}.")
+
+        checked = [
+            check_labels(lab, _source_shape(src), name=f"labels of image {i + 1}")
+            for i, (src, lab) in enumerate(zip(sources, label_list))
+        ]
+        classes = labelled_classes(checked)
+        warn_if_image_like(checked, int(classes.size))
+        counts, picked = training_pixels(checked, classes, max_per_class=self.max_pixels_per_class, seed=self.seed)
+        vectors, targets = [], []
+        for image_index, rows, cols, target in picked:
+            x = self._sample(sources[image_index], rows, cols)
+            if not np.isfinite(x).all():
+                raise InputError(
+                    f"The features of image {image_index + 1} contain NaN or infinite values; "
+                    "check the image and the backbone."
+                )
+            vectors.append(x)
+            targets.append(target)
+        x = torch.from_numpy(np.concatenate(vectors))
+        y = torch.from_numpy(np.concatenate(targets))
+
+        z, mean, std = standardize(x)
+        sample_weight = class_weights(y, classes.size, balanced=self.class_balanced)
+        start = None
+        if self.warm_start and self._standardized is not None and np.array_equal(self.classes_, classes):
+            start = self._standardized if self._standardized[0].shape[1] == z.shape[1] else None
+        weight, bias, iterations, final_loss = fit_logistic(
+            z, y, sample_weight, l2=self.l2, max_iter=self.max_iter, start=start
+        )
+        accuracy = float(((z @ weight.T + bias).argmax(1) == y).float().mean())
+        self._standardized = (weight, bias)
+        coef, intercept = fold_scaler(weight, bias, mean, std)
+
+        self.classes_ = classes.astype(np.int64)
+        self.coef_ = coef.numpy().astype(np.float32)
+        self.intercept_ = intercept.numpy().astype(np.float32)
+        self.n_hr_features_ = self.coef_.shape[1] - self.n_classical
+        fingerprints = [getattr(s, "backbone_fingerprint", None) for s in sources if _is_encoding(s)]
+        self.backbone_fingerprint_ = next((f for f in fingerprints if f is not None), None)
+        families = [getattr(s, "backbone_family", None) for s in sources if _is_encoding(s)]
+        self.backbone_family_ = next((f for f in families if f is not None), None)
+        self.summary_ = TrainingSummary(
+            n_images=len(sources),
+            pixels_per_class=counts,
+            pixels_used=int(y.numel()),
+            iterations=iterations,
+            final_loss=final_loss,
+            training_accuracy=accuracy,
+        )
+        return self
+
+    @staticmethod
+    def _common_config(sources: Sequence[FeatureSource]) -> FeatureConfig | None:
+        configs = [getattr(s, "config", None) for s in sources if _is_encoding(s)]
+        if not configs:
+            return None
+        for config in configs[1:]:
+            differences = configs[0].feature_differences(config)
+            if differences:
+                raise InputError(
+                    f"The encodings were computed with different feature settings ({', '.join(differences)}); "
+                    "use one FeatureConfig."
+                )
+        return configs[0]
+
+    # ------------------------------------------------------------------ prediction
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise InputError("This LinearSegmenter is not trained yet: call fit(...) or LinearSegmenter.load(path).")
+
+    def check_compatible_config(self, config: FeatureConfig | None) -> None:
+        """Raise :class:`InputError` if ``config`` defines other features than the training features."""
+        self._check_fitted()
+        if self.feature_config is not None and config is not None:
+            check_same_features(self.feature_config, config)
+
+    def check_backbone_family(self, family: str | None, *, source: str | None = None) -> None:
+        """Raise :class:`InputError` if ``family`` (of the backbone of some features) is not the model's.
+
+        A DINOv2 and a DINOv3 backbone of the same width give features of the same shape that mean
+        different things. Unknown families (old model files, plain arrays) pass.
+        """
+        if family is None or self.backbone_family_ is None or family == self.backbone_family_:
+            return
+        from ..backbone.identity import family_title
+
+        trained = self.feature_config.backbone if self.feature_config is not None else "?"
+        where = f" ('{source}')" if source else ""
+        raise InputError(
+            f"These features come from a {family_title(family)} backbone{where}, but the model was trained on "
+            f"{family_title(self.backbone_family_)} features ('{trained}'): use a {family_title(self.backbone_family_)} "
+            "backbone (the one the model was trained with), or retrain the model."
+        )
+
+    def check_backbone(self, backbone: Any) -> None:
+        """Raise :class:`InputError` if a loaded ``backbone`` cannot give the features the model was trained on:
+        another family, another width or other weights (:meth:`check_backbone_family`, :meth:`check_backbone_weights`).
+        """
+        from ..backbone.identity import backbone_family_of, backbone_fingerprint
+
+        self._check_fitted()
+        self.check_backbone_family(backbone_family_of(backbone), source=str(backbone.source))
+        expected = self.n_hr_features_
+        if expected is not None and int(backbone.embed_dim) != int(expected):
+            raise InputError(
+                f"The backbone '{backbone.source}' gives {backbone.embed_dim} features per pixel but the model was "
+                f"trained on {expected}: use the backbone the model was trained with."
+            )
+        self.check_backbone_weights(backbone_fingerprint(backbone.model))
+
+    def check_backbone_weights(self, fingerprint: np.ndarray | None) -> None:
+        """Raise :class:`InputError` if ``fingerprint`` (of a backbone) is not the one the model was trained with.
+
+        Backbones of the same width give features of the same shape, so without this check a model would
+        predict silently wrong labels with other weights. Unknown fingerprints (old model files) pass.
+        """
+        from ..backbone.identity import fingerprint_hash, same_weights
+
+        if not same_weights(self.backbone_fingerprint_, fingerprint):
+            trained = self.feature_config.backbone if self.feature_config is not None else "?"
+            raise InputError(
+                f"These features come from other backbone weights (fingerprint {fingerprint_hash(fingerprint)}) "
+                f"than the model was trained with ('{trained}', fingerprint "
+                f"{fingerprint_hash(self.backbone_fingerprint_)}): use the same weights, or retrain the model."
+            )
+
+    def check_compatible(self, features: FeatureSource) -> None:
+        """Raise :class:`InputError` if ``features`` were not made like the training features."""
+        self._check_fitted()
+        if _is_encoding(features):
+            self.check_compatible_config(getattr(features, "config", None))
+            self.check_backbone_family(getattr(features, "backbone_family", None))
+            self.check_backbone_weights(getattr(features, "backbone_fingerprint", None))
+        n = self._n_features_of(features)
+        if n != self.coef_.shape[1]:
+            raise InputError(
+                f"The features have {n} channels but the model expects {self.coef_.shape[1]} "
+                f"({self.n_hr_features_} HR-Dv2 + {self.n_classical} classical): wrong backbone or feature setting?"
+            )
+
+    def decision_function(self, features: FeatureSource) -> np.ndarray:
+        """Class logits ``(n_classes, H, W)`` float32, computed without materialising the features."""
+        self.check_compatible(features)
+        if not _is_encoding(features):
+            dense = np.asarray(features, dtype=np.float32)
+            if not np.isfinite(dense).all():
+                raise InputError("The features contain NaN or infinite values.")
+            logits = np.einsum("oc,chw->ohw", self.coef_, dense, optimize=True)
+            return (logits + self.intercept_[:, None, None]).astype(np.float32)
+        n_hr = self.n_hr_features_
+        logits = features.project(self.coef_[:, :n_hr], self.intercept_)
+        if self.hybrid:
+            for g, response in enumerate(iter_classical_features(self._image_of(features), **self._cl())):
+                logits += self.coef_[:, n_hr + g, None, None] * response[None]
+        return logits
+
+    def predict_proba(self, features: FeatureSource) -> np.ndarray:
+        """Class probabilities ``(n_classes, H, W)`` float32 (softmax of the logits; sums to 1)."""
+        logits = self.decision_function(features)
+        logits -= logits.max(axis=0, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=0, keepdims=True)
+        return logits
+
+    def predict(self, features: FeatureSource) -> np.ndarray:
+        """Label image ``(H, W)`` with the class values of :attr:`classes_`: uint8, or uint16 above 255."""
+        labels = self.labels_from_logits(self.decision_function(features))
+        if self.majority_size > 1 or self.min_object_size > 0:
+            labels = clean_labels(labels, majority_size=self.majority_size, min_object_size=self.min_object_size)
+        return labels
+
+    def labels_from_logits(self, logits: np.ndarray) -> np.ndarray:
+        """The class value of the largest logit ``(n_classes, H, W)`` per pixel: ``(H, W)`` in :func:`label_dtype`.
+
+        No clean-up (:meth:`predict` adds it when ``majority_size`` or ``min_object_size`` is set).
+        """
+        return self.classes_.astype(label_dtype(int(self.classes_.max())))[np.argmax(logits, axis=0)]
+
+    def uncertainty(self, features: FeatureSource) -> np.ndarray:
+        """Normalised entropy of the class probabilities: (H, W) float32, 0 = certain, 1 = uniform."""
+        return normalized_entropy(self.predict_proba(features))
+
+    def dense_features(self, encoding: Any) -> np.ndarray:
+        """The full feature array this model works on, ``(n_features, H, W)``: for small images and tests."""
+        dense = encoding.features()
+        if self.hybrid:
+            dense = np.concatenate([dense, classical_features(self._image_of(encoding), **self._cl())])
+        return dense
+
+    def featurizer(self, **runtime: Any) -> Any:
+        """A :class:`Featurizer` that computes the features this model was trained on.
+
+        ``runtime`` may change how they are computed (``device``, ``dtype``, ``storage_dtype``,
+        ``tile_size``, ``tile_overlap``, ``batch_size``), not what they are.
+        """
+        from ..features.encoding import Featurizer
+
+        self._check_fitted()
+        if self.feature_config is None:
+            raise InputError("This model was trained on dense arrays and does not know its feature pipeline.")
+        defining = sorted(set(runtime) - set(RUNTIME_FIELDS))
+        if defining:
+            raise InputError(
+                f"{defining} are not runtime settings ({', '.join(RUNTIME_FIELDS)}); "
+                "a trained model computes its features with its own values."
+            )
+        return Featurizer(self.feature_config.replace(**runtime))
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the model to one safetensors file (no pickle): weights, classes, config, version.
+
+        Refuses to replace an existing file unless ``overwrite=True``. The layout is defined in
+        :mod:`.model_file`.
+        """
+        from .model_file import save_model
+
+        self._check_fitted()
+        return save_model(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LinearSegmenter:
+        """Read a model written by :meth:`save`; raises :class:`ModelFileError` for anything else."""
+        from .model_file import load_model
+
+        return load_model(path, cls)
