@@ -87,7 +87,9 @@ def test_two_workers_equal_single_process(client, batch):
     same_outputs(out, batch["single"])
     assert seen[-1].fraction == 1.0
     # each worker process loaded the model once (keyed by the file's sha256) and kept it
-    loaded = client.run(lambda: sorted(__import__("napari_hrdv2.core.scale.distributed").core.scale.distributed._WORKER_MODELS))
+    loaded = client.run(
+        lambda: sorted(__import__("napari_hrdv2.core.scale.distributed").core.scale.distributed._WORKER_MODELS)
+    )
     assert all(keys in ([], [file_sha256(batch["model_path"])]) for keys in loaded.values())
 
     # a rerun after a crash redoes only what is missing

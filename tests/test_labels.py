@@ -5,7 +5,7 @@ import pytest
 
 import napari_hrdv2 as hr
 from napari_hrdv2.core.files.images import write_labels
-from napari_hrdv2.core.segmentation.labels import MAX_LABEL, as_label_image, label_dtype
+from napari_hrdv2.core.files.label_images import MAX_LABEL, as_label_image, label_dtype
 
 
 @pytest.mark.parametrize(("value", "dtype"), [(0, np.uint8), (255, np.uint8), (256, np.uint16), (65535, np.uint16)])

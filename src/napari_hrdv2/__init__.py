@@ -32,8 +32,8 @@ _EXPORTS = {
     "BackboneSpec": "core.backbone.loading",
     "BACKBONES": "core.backbone.loading",
     "load_backbone": "core.backbone.loading",
-    "Transform": "core.features.transforms",
-    "make_transforms": "core.features.transforms",
+    "Transform": "core.transforms",
+    "make_transforms": "core.transforms",
     "LinearSegmenter": "core.segmentation.segmenter",
     "EncodingCache": "core.features.cache",
     "StackEncoder": "core.segmentation.stack",
@@ -62,13 +62,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.errors import Cancelled, HRDv2Error, InputError, ModelFileError, WeightsNotFoundError
     from .core.features.cache import EncodingCache
     from .core.features.encoding import Encoding, Featurizer, encode
-    from .core.features.transforms import Transform, make_transforms
     from .core.files.lazy import open_lazy
     from .core.progress import Progress
     from .core.scale.batch import segment_files
     from .core.scale.streaming import fit_lazy, segment_region, stream_segment
     from .core.segmentation.segmenter import LinearSegmenter
     from .core.segmentation.stack import StackEncoder, fit_stack, predict_stack
+    from .core.transforms import Transform, make_transforms
 
 
 def __getattr__(name: str) -> Any:

@@ -326,7 +326,7 @@ def segmentation_layer_data(
     ``contour`` > 0 draws class outlines of that width instead of filled regions (napari sets it after
     creating the layer: :func:`upsert_layer` applies ``metadata[...]["contour"]``).
     """
-    from .core.segmentation.labels import as_label_image
+    from .core.files.label_images import as_label_image
 
     return (
         as_label_image(labels) if isinstance(labels, np.ndarray) else labels,

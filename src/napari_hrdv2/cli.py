@@ -31,12 +31,12 @@ from .core.config import (
     DTYPE_OPTIONS,
     FACETS,
     FEATURE_DEFINING_FIELDS,
+    NORMALIZE_OPTIONS,
     PRESETS,
+    RESIZE_OPTIONS,
     RUNTIME_FIELDS,
     SHIFT_PATTERNS,
 )
-from .core.features.preprocess import NORMALIZE_OPTIONS
-from .core.features.resample import RESIZE_OPTIONS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core.config import FeatureConfig

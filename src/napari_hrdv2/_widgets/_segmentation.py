@@ -57,7 +57,7 @@ from .._workers import (
 )
 from ..core.config import FeatureConfig
 from ..core.errors import HRDv2Error, InputError, WeightsNotFoundError
-from ..core.segmentation.labels import label_dtype
+from ..core.files.label_images import label_dtype
 from ._classes import ClassTable
 from ._common import image_layer_choices, labels_layer_choices, scribbles_for, wrap_label
 from ._dock import DockFrame, tab_page

@@ -12,20 +12,21 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from .errors import InputError
-from .features.preprocess import NORMALIZE_OPTIONS, Normalize
-from .features.resample import RESIZE_OPTIONS, Resize
+from .transforms import SHIFT_PATTERNS, ShiftPattern, Transform, make_transforms
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .features.transforms import Transform
-
-ShiftPattern = Literal["none", "neumann", "moore"]
-#: Accepted values of ``FeatureConfig.shifts``.
-SHIFT_PATTERNS: tuple[str, ...] = ("none", "neumann", "moore")
+Normalize = Literal["minmax", "percentile", "dtype"]
+#: Accepted values of ``FeatureConfig.normalize`` (how intensities are scaled to [0, 1]).
+NORMALIZE_OPTIONS: tuple[str, ...] = ("minmax", "percentile", "dtype")
+#: Percentiles used by ``normalize="percentile"`` (robust to a few hot or dead pixels).
+ROBUST_PERCENTILES = (0.5, 99.5)
+Resize = Literal["bilinear", "nearest"]
+#: Accepted values of ``FeatureConfig.resize`` (how low-resolution maps are brought to full size).
+RESIZE_OPTIONS: tuple[str, ...] = ("bilinear", "nearest")
 #: Accepted values of ``FeatureConfig.dtype`` and ``FeatureConfig.storage_dtype`` (torch dtype names, or auto).
 DTYPE_OPTIONS: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
 
@@ -202,8 +203,6 @@ class FeatureConfig:
     @property
     def transforms(self) -> tuple[Transform, ...]:
         """The transform set, identity first."""
-        from .features.transforms import make_transforms
-
         distances = self.shift_distances if self.shifts != "none" else ()
         return make_transforms(self.shifts, distances, self.flips, self.rotations)
 

@@ -33,10 +33,10 @@ from ..progress import Progress, run_steps
 from ..runtime.devices import choose_dtype, empty_cache, is_out_of_memory, resolve_device, resolve_storage_dtype
 from ..runtime.memory import check_encoding_memory, encoding_bytes
 from ..runtime.threads import interactive_threads, restore_usual_threads
+from ..transforms import Transform
 from .preprocess import scale_intensities, validate_image
 from .resample import AxisTaps, token_axis_taps
 from .tiling import Tile, plan_tiles
-from .transforms import Transform
 
 #: Budget (in float32 elements, 256 MB) of the temporary buffers of one channel block during reconstruction.
 #: Few large blocks matter on a busy CPU: every torch op is a parallel region whose threads wait for each

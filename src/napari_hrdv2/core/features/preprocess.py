@@ -8,16 +8,11 @@ maps are ``(C, H, W)``, and stacks are plane-first ``(N, H, W[, C])``.
 from __future__ import annotations
 
 import warnings
-from typing import Literal
 
 import numpy as np
 
+from ..config import NORMALIZE_OPTIONS, ROBUST_PERCENTILES, Normalize
 from ..errors import InputError
-
-Normalize = Literal["minmax", "percentile", "dtype"]
-NORMALIZE_OPTIONS: tuple[str, ...] = ("minmax", "percentile", "dtype")
-#: Percentiles used by ``normalize="percentile"`` (robust to a few hot or dead pixels).
-ROBUST_PERCENTILES = (0.5, 99.5)
 
 
 def validate_image(image: np.ndarray, *, min_side: int = 1) -> np.ndarray:

@@ -17,12 +17,10 @@ size, followed by a crop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-Resize = Literal["bilinear", "nearest"]
-RESIZE_OPTIONS: tuple[str, ...] = ("bilinear", "nearest")
+from ..config import RESIZE_OPTIONS, Resize
 
 
 @dataclass(frozen=True)

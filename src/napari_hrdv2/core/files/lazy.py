@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config import NORMALIZE_OPTIONS, ROBUST_PERCENTILES, Normalize
 from ..errors import InputError
-from ..features.preprocess import NORMALIZE_OPTIONS, ROBUST_PERCENTILES, Normalize
 from .atomic import write_text, write_tif
 
 #: Suffixes of inputs that are read lazily (whole folders for Zarr).

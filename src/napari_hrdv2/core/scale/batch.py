@@ -340,7 +340,7 @@ def estimate_output_bytes(
     into ``.tif`` count twice (an intermediate Zarr is converted). Inputs whose size cannot be read
     from their header are left out.
     """
-    from ..segmentation.labels import label_dtype
+    from ..files.label_images import label_dtype
     from .streaming import STREAM_PIXELS
 
     suffix = _check_suffix(suffix)

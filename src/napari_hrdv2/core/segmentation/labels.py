@@ -1,4 +1,6 @@
-"""Label images: validation, output dtype and clean-up (numpy/scipy only).
+"""Scribbles and label images for training and prediction: validation, sampling and clean-up (numpy/scipy only).
+
+Their storage dtype and value range live with the files (:mod:`..files.label_images`).
 
 Axis convention: label images ``(H, W)`` (or stacks ``(N, H, W)``) of integers, 0 = unlabelled,
 class values 1..:data:`MAX_LABEL`.
@@ -11,24 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import InputError
-
-#: Largest class value: label images are written as uint16 at most.
-MAX_LABEL = int(np.iinfo(np.uint16).max)
-
-
-def label_dtype(max_value: int) -> np.dtype:
-    """The dtype of label images whose largest value is ``max_value``: uint8 up to 255, else uint16."""
-    if max_value > MAX_LABEL:
-        raise InputError(f"Label value {max_value} does not fit in uint16 (at most {MAX_LABEL}).")
-    return np.dtype(np.uint8) if max_value <= np.iinfo(np.uint8).max else np.dtype(np.uint16)
-
-
-def as_label_image(labels: np.ndarray) -> np.ndarray:
-    """``labels`` in :func:`label_dtype` of its largest value (no copy when it already is)."""
-    labels = np.asarray(labels)
-    if labels.size and labels.min() < 0:
-        raise InputError(f"Label images hold values 0..{MAX_LABEL}, got {labels.min()}.")
-    return labels.astype(label_dtype(int(labels.max()) if labels.size else 0), copy=False)
+from ..files.label_images import MAX_LABEL
 
 
 def check_labels(labels: np.ndarray, shape: tuple[int, int], *, name: str = "labels") -> np.ndarray:

@@ -129,7 +129,7 @@ def model_from_contents(
 
 def _check_contents(model: LinearSegmenter, tensors: dict[str, np.ndarray], name: str) -> None:
     """Shapes, dtypes and values a model needs to predict valid labels; :class:`ModelFileError` otherwise."""
-    from .labels import MAX_LABEL
+    from ..files.label_images import MAX_LABEL
 
     for key, kinds in (("coef", "f"), ("intercept", "f"), ("classes", "iu")):
         if np.asarray(tensors[key]).dtype.kind not in kinds:

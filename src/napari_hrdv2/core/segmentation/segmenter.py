@@ -35,7 +35,8 @@ from ..features.classical import (
     n_classical_features,
     sample_classical_features,
 )
-from .labels import check_labels, clean_labels, label_dtype, labelled_classes, training_pixels, warn_if_image_like
+from ..files.label_images import label_dtype
+from .labels import check_labels, clean_labels, labelled_classes, training_pixels, warn_if_image_like
 from .solver import class_weights, fit_logistic, fold_scaler, standardize
 
 FeatureSource = Union["Encoding", np.ndarray]  # noqa: F821  (Encoding is imported lazily)

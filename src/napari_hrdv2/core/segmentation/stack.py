@@ -19,8 +19,8 @@ from ..config import FeatureConfig
 from ..errors import InputError
 from ..features.cache import DEFAULT_CACHE_BYTES, EncodingCache
 from ..files.images import is_stack
+from ..files.label_images import label_dtype
 from ..progress import Progress, relabel, run_steps, within
-from .labels import label_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..features.encoding import Encoding

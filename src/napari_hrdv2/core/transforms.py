@@ -5,6 +5,9 @@ and is undone by ``T^-1(y) = roll(flip(rot90(y, -k)), -shift)``: the steps are u
 in reverse order (upstream HR-Dv2 undoes the shift first, which is wrong when a
 shift is combined with a flip).
 
+This module sits on the ground floor beside :mod:`.config` (which lists the transform set of a
+configuration): a transform is plain data, and torch is imported only when one is applied.
+
 A rotation by 90 or 270 degrees swaps the axes: the transformed copy of an
 ``H x W`` image is ``W x H``. Its inverse still reads every output axis from one
 axis of the transformed copy (:meth:`Transform.inverse_source_index`), so the
@@ -15,15 +18,19 @@ a copy transposed, and the per-axis taps carry the index reversal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
-from ..config import SHIFT_PATTERNS, ShiftPattern
-from ..errors import InputError
+from .errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 Flip = Literal["none", "horizontal", "vertical"]
+ShiftPattern = Literal["none", "neumann", "moore"]
+#: Accepted values of ``FeatureConfig.shifts``.
+SHIFT_PATTERNS: tuple[str, ...] = ("none", "neumann", "moore")
 
 _NEUMANN = ((-1, 0), (1, 0), (0, -1), (0, 1))
 _MOORE = _NEUMANN + ((-1, -1), (-1, 1), (1, -1), (1, 1))
@@ -51,17 +58,23 @@ class Transform:
 
     def apply(self, image: torch.Tensor) -> torch.Tensor:
         """``T(x)`` for ``image`` of shape (..., H, W); (..., W, H) when :attr:`transposes`."""
+        import torch
+
         out = torch.roll(image, shifts=self.shift, dims=(-2, -1)) if any(self.shift) else image
         out = self._flip(out)
         return torch.rot90(out, self.rotation, dims=(-2, -1)) if self.rotation else out
 
     def invert(self, image: torch.Tensor) -> torch.Tensor:
         """``T^-1(y)`` for ``image`` of shape (..., H', W'): unrotate, unflip, then unshift."""
+        import torch
+
         out = torch.rot90(image, -self.rotation, dims=(-2, -1)) if self.rotation else image
         out = self._flip(out)
         return torch.roll(out, shifts=(-self.shift[0], -self.shift[1]), dims=(-2, -1)) if any(self.shift) else out
 
     def _flip(self, image: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self.flip == "horizontal":
             return torch.flip(image, dims=(-1,))
         if self.flip == "vertical":
