@@ -100,22 +100,12 @@ def cls_vector(
     mean = torch.tensor(backbone.mean).view(3, 1, 1)
     std = torch.tensor(backbone.std).view(3, 1, 1)
     padded = pad_to_grid((pixels - mean) / std, patch_size=patch, stride=patch)
-    from ..backbone.vit import _embed, rope_cos_sin
+    from ..backbone.vit import forward_cls
 
-    parts = backbone.parts
     with torch.inference_mode():
         batch = padded[None].to(device=featurizer.device, dtype=featurizer.dtype)
-        hidden, grid = _embed(backbone, batch, patch)
-        options: dict[str, Any] = {}
-        if parts.rope_inv_freq is not None:  # DINOv3
-            options["position_embeddings"] = rope_cos_sin(
-                parts.rope_inv_freq, grid, patch_size=patch, stride=patch, dtype=hidden.dtype
-            )
-        for block in parts.blocks:
-            hidden = block.layer(hidden, **options)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-        cls = parts.final_norm(hidden[:, :1])
-    return cls[0, 0].float().cpu().numpy()
+        cls = forward_cls(backbone, batch)
+    return cls[0].float().cpu().numpy()
 
 
 def similarity_to(features: Any, vector: np.ndarray) -> np.ndarray:

@@ -402,7 +402,7 @@ def empty_model(arch: Architecture) -> torch.nn.Module:
 
 def _targets(model: torch.nn.Module, arch: Architecture) -> dict[str, torch.nn.Parameter]:
     """Canonical name -> the model's parameter with that role."""
-    from .vit import vit_parts
+    from .structure import vit_parts
 
     parts = vit_parts(model)
     embeddings = parts.embeddings

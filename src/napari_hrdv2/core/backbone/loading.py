@@ -37,7 +37,7 @@ from ..errors import InputError, WeightsNotFoundError
 from ..files.paths import check_path
 
 if TYPE_CHECKING:
-    from .vit import ViTParts
+    from .structure import ViTParts
 from .registry import (  # noqa: F401  (re-exported: the registry is torch-free for the CLI)
     BACKBONES,
     DINOV3_ACCESS,
@@ -76,7 +76,7 @@ class Backbone:
     parts: ViTParts = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from .vit import vit_parts
+        from .structure import vit_parts
 
         object.__setattr__(self, "parts", vit_parts(self.model))
 

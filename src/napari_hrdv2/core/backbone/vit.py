@@ -13,16 +13,12 @@ tables (DINOv2) are interpolated to the real token grid, and RoPE coordinates
 (DINOv3) are computed for the real token centres, ``(i * stride + P / 2) / H``
 of the padded image, which equals transformers' grid when ``stride == P``.
 
-Module names differ between transformers versions (``q_proj`` / ``query``,
-``o_proj`` / ``output.dense``...): :func:`vit_parts` looks them up by role
-with fallbacks, and everything else (loaders included) goes through it.
+The model's submodules are found by role in :mod:`.structure` (:func:`vit_parts`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,91 +29,7 @@ from ..config import FACETS, Facet
 if TYPE_CHECKING:
     from .loading import Backbone
 
-__all__ = ["FACETS", "Facet", "BlockParts", "ViTParts", "vit_parts", "forward_tokens", "rope_cos_sin", "token_grid"]
-
-
-# ---------------------------------------------------------------- module lookup
-
-
-def _find(module: torch.nn.Module, paths: Sequence[str], what: str) -> torch.nn.Module:
-    for path in paths:
-        found: torch.nn.Module | None = module
-        for name in path.split("."):
-            found = getattr(found, name, None) if found is not None else None
-        if isinstance(found, torch.nn.Module):
-            return found
-    raise RuntimeError(
-        f"This transformers version names the {what} differently (looked for {list(paths)} in "
-        f"{type(module).__name__}); napari-hrdv2 does not know its layout."
-    )
-
-
-@dataclass(frozen=True)
-class BlockParts:
-    """The submodules of one transformer block, by role."""
-
-    layer: torch.nn.Module
-    norm1: torch.nn.Module
-    query: torch.nn.Linear
-    key: torch.nn.Linear
-    value: torch.nn.Linear
-    output: torch.nn.Linear
-    layer_scale1: torch.nn.Parameter
-    norm2: torch.nn.Module
-    mlp: torch.nn.Module
-    layer_scale2: torch.nn.Parameter
-
-
-@dataclass(frozen=True)
-class ViTParts:
-    """The submodules of a transformers DINOv2 / DINOv3 model, by role."""
-
-    embeddings: torch.nn.Module
-    patch_projection: torch.nn.Conv2d
-    blocks: tuple[BlockParts, ...]
-    final_norm: torch.nn.Module
-    rope_inv_freq: torch.Tensor | None  # (head_dim / 4,) for RoPE models, None for learned positions
-
-
-def _layer_scale(module: torch.nn.Module) -> torch.nn.Parameter:
-    for name in ("lambda1", "gamma", "weight"):
-        value = getattr(module, name, None)
-        if isinstance(value, torch.nn.Parameter):
-            return value
-    raise RuntimeError(f"Unknown layer scale layout {type(module).__name__}.")
-
-
-def block_parts(layer: torch.nn.Module) -> BlockParts:
-    """The roles of one transformers ViT block (transformers 4.x and 5.x names)."""
-    attention = _find(layer, ("attention",), "attention")
-    return BlockParts(
-        layer=layer,
-        norm1=_find(layer, ("norm1", "layernorm_before"), "first norm"),
-        query=_find(attention, ("q_proj", "attention.query", "query"), "query projection"),  # type: ignore[arg-type]
-        key=_find(attention, ("k_proj", "attention.key", "key"), "key projection"),  # type: ignore[arg-type]
-        value=_find(attention, ("v_proj", "attention.value", "value"), "value projection"),  # type: ignore[arg-type]
-        output=_find(attention, ("o_proj", "output.dense", "proj"), "attention output"),  # type: ignore[arg-type]
-        layer_scale1=_layer_scale(_find(layer, ("layer_scale1", "ls1"), "layer scale")),
-        norm2=_find(layer, ("norm2", "layernorm_after"), "second norm"),
-        mlp=_find(layer, ("mlp",), "MLP"),
-        layer_scale2=_layer_scale(_find(layer, ("layer_scale2", "ls2"), "layer scale")),
-    )
-
-
-def vit_parts(model: torch.nn.Module) -> ViTParts:
-    """Resolve the roles of a transformers DINOv2 / DINOv3 model once (cached on the Backbone)."""
-    embeddings = _find(model, ("embeddings",), "embeddings")
-    projection = _find(embeddings, ("patch_embeddings.projection", "patch_embeddings"), "patch projection")
-    layers = _find(model, ("encoder.layer", "model.layer", "layer"), "block list")
-    rope = getattr(model, "rope_embeddings", None)
-    inv_freq = getattr(rope, "inv_freq", None) if rope is not None else None
-    return ViTParts(
-        embeddings=embeddings,
-        patch_projection=projection,  # type: ignore[arg-type]
-        blocks=tuple(block_parts(layer) for layer in layers),  # type: ignore[union-attr]
-        final_norm=_find(model, ("layernorm", "norm"), "final norm"),
-        rope_inv_freq=inv_freq,
-    )
+__all__ = ["FACETS", "Facet", "forward_cls", "forward_tokens", "rope_cos_sin", "token_grid"]
 
 
 # ---------------------------------------------------------------- embeddings
@@ -198,6 +110,34 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(batch, tokens, heads, channels // heads).transpose(1, 2)
 
 
+def _run_blocks(
+    backbone: Backbone, pixels: torch.Tensor, *, stride: int, n_blocks: int
+) -> tuple[torch.Tensor, tuple[int, int], dict]:
+    """Hidden tokens (B, N, C) after the first ``n_blocks`` blocks, the patch grid and the block options (RoPE)."""
+    parts = backbone.parts
+    hidden, grid = _embed(backbone, pixels, stride)
+    options: dict = {}
+    if parts.rope_inv_freq is not None:
+        options["position_embeddings"] = rope_cos_sin(
+            parts.rope_inv_freq, grid, patch_size=backbone.patch_size, stride=stride, dtype=hidden.dtype
+        )
+    for block in parts.blocks[:n_blocks]:
+        hidden = block.layer(hidden, **options)
+        if isinstance(hidden, tuple):  # transformers 4.x blocks return tuples
+            hidden = hidden[0]
+    return hidden, grid, options
+
+
+def forward_cls(backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor:
+    """The CLS token (B, C) of normalised, padded pixels (B, 3, Hp, Wp) after all blocks and the final norm.
+
+    The sides of ``pixels`` are multiples of the patch size; the CLS token leaves the same final layer
+    norm as the patch tokens of :func:`forward_tokens`, so the two compare.
+    """
+    hidden, _, _ = _run_blocks(backbone, pixels, stride=backbone.patch_size, n_blocks=len(backbone.parts.blocks))
+    return backbone.parts.final_norm(hidden[:, :1])[:, 0]
+
+
 def forward_tokens(
     backbone: Backbone,
     pixels: torch.Tensor,
@@ -238,16 +178,8 @@ def forward_tokens(
     if not -depth <= index < depth:
         raise ValueError(f"layer={layer} is outside this backbone's {depth} blocks (0..{depth - 1}).")
     index %= depth
-    hidden, grid = _embed(backbone, pixels, stride)
-    options: dict = {}
-    cos_sin = None
-    if parts.rope_inv_freq is not None:
-        cos_sin = rope_cos_sin(parts.rope_inv_freq, grid, patch_size=patch, stride=stride, dtype=hidden.dtype)
-        options["position_embeddings"] = cos_sin
-    for block in parts.blocks[:index]:
-        hidden = block.layer(hidden, **options)
-        if isinstance(hidden, tuple):  # transformers 4.x blocks return tuples
-            hidden = hidden[0]
+    hidden, grid, options = _run_blocks(backbone, pixels, stride=stride, n_blocks=index)
+    cos_sin = options.get("position_embeddings")
     block = parts.blocks[index]
     first_patch = 1 + backbone.num_registers
     normed = block.norm1(hidden) if facet != "token" or with_attention else None
