@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .pca import _is_encoding, _sample_at, _shape
+from ..features.sources import is_encoding, sample_at, source_shape
 
 #: Column names of a match table (and of the CLI's CSV header).
 MATCH_COLUMNS = ("row_a", "col_a", "row_b", "col_b", "score")
@@ -98,22 +98,22 @@ def match_patches(
     from scipy.optimize import linear_sum_assignment
 
     for name, enc in (("enc_a", enc_a), ("enc_b", enc_b)):
-        if not _is_encoding(enc) and np.asarray(enc).ndim != 3:
+        if not is_encoding(enc) and np.asarray(enc).ndim != 3:
             raise InputError(f"{name} must be an Encoding or (C, H, W) features, got shape {np.asarray(enc).shape}.")
-    width_a = enc_a.n_features if _is_encoding(enc_a) else np.asarray(enc_a).shape[0]
-    width_b = enc_b.n_features if _is_encoding(enc_b) else np.asarray(enc_b).shape[0]
+    width_a = enc_a.n_features if is_encoding(enc_a) else np.asarray(enc_a).shape[0]
+    width_b = enc_b.n_features if is_encoding(enc_b) else np.asarray(enc_b).shape[0]
     if width_a != width_b:
         raise InputError(f"The two images have {width_a}- and {width_b}-channel features: use one backbone.")
     if top_k is not None and top_k < 1:
         raise InputError(f"top_k must be a positive number of matches, got {top_k}.")
     step = int(patch_size or patch_size_of(enc_a))
-    shapes = (_shape(enc_a), _shape(enc_b))
+    shapes = (source_shape(enc_a), source_shape(enc_b))
     while max((h // step) * (w // step) for h, w in shapes) > max_patches:
         step += max(1, step // 2)
     rows_a, cols_a = patch_centres(*shapes[0], step)
     rows_b, cols_b = patch_centres(*shapes[1], step)
-    vectors_a = _sample_at(enc_a, rows_a, cols_a)
-    vectors_b = _sample_at(enc_b, rows_b, cols_b)
+    vectors_a = sample_at(enc_a, rows_a, cols_a)
+    vectors_b = sample_at(enc_b, rows_b, cols_b)
     similarity = _unit(vectors_a.astype(np.float64)) @ _unit(vectors_b.astype(np.float64)).T
     a_is_query = rows_a.size <= rows_b.size  # the smaller image's patches are assigned to the larger's
     if a_is_query:
@@ -145,7 +145,7 @@ def _lookup(rows: np.ndarray, cols: np.ndarray, want_rows: np.ndarray, want_cols
 
 def _refine(matches: np.ndarray, queries: np.ndarray, target: Any, column: int, step: int) -> np.ndarray:
     """Move ``matches[:, column:column+2]`` to the target pixel within half a patch most similar to ``queries``."""
-    height, width = _shape(target)
+    height, width = source_shape(target)
     radius = step
     offsets = np.arange(-radius, radius + 1)
     d_rows, d_cols = (a.ravel() for a in np.meshgrid(offsets, offsets, indexing="ij"))
@@ -156,7 +156,7 @@ def _refine(matches: np.ndarray, queries: np.ndarray, target: Any, column: int, 
         rows = matches[block, column].astype(np.int64)[:, None] + d_rows[None, :]
         cols = matches[block, column + 1].astype(np.int64)[:, None] + d_cols[None, :]
         rows, cols = np.clip(rows, 0, height - 1), np.clip(cols, 0, width - 1)
-        window = _unit(_sample_at(target, rows.ravel(), cols.ravel()).astype(np.float64))
+        window = _unit(sample_at(target, rows.ravel(), cols.ravel()).astype(np.float64))
         scores = np.einsum("mwc,mc->mw", window.reshape(rows.shape[0], rows.shape[1], -1), unit_queries[block])
         best = scores.argmax(axis=1)
         picked = np.arange(rows.shape[0])

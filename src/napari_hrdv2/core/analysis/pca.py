@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime
 import json
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,6 +30,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..errors import InputError, ModelFileError
+from ..features.sources import (
+    FeatureSource,
+    apply_linear,
+    check_dense,
+    count_sources,
+    is_encoding,
+    iter_sources,
+    sample_at,
+    source_shape,
+)
 from ..progress import Progress, run_steps, within
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,8 +60,6 @@ ForegroundCue = Literal["pca", "attention"]
 #: Written into saved bases; a newer major version is refused.
 FILE_FORMAT = "napari-hrdv2 PCA basis"
 FILE_VERSION = 1
-
-FeatureSource = Any  # an Encoding or a dense (C, H, W) array
 
 
 # ---------------------------------------------------------------------------------------------- basis
@@ -112,7 +120,7 @@ class PCABasis:
     # ------------------------------------------------------------ checks
     def check_features(self, features: FeatureSource) -> None:
         """Refuse features of another width or from another feature configuration (names the difference)."""
-        n_features = features.n_features if _is_encoding(features) else _check_dense(features).shape[0]
+        n_features = features.n_features if is_encoding(features) else check_dense(features).shape[0]
         if n_features != self.n_features:
             raise InputError(
                 f"The PCA basis was fitted on {self.n_features}-channel features but these have {n_features} "
@@ -145,7 +153,7 @@ class PCABasis:
         self.check_features(features)
         picked = list(range(self.n_components)) if components is None else self._check_components(components)
         weight = self.components[picked]
-        return _apply_linear(features, weight, -weight @ self.mean)
+        return apply_linear(features, weight, -weight @ self.mean)
 
     def scale(self, scores: np.ndarray, components: Sequence[int]) -> np.ndarray:
         """Scores ``(k, H, W)`` of ``components`` mapped to [0, 1] with the fixed range of the fit."""
@@ -192,7 +200,7 @@ class PCABasis:
             return attention_foreground(features, invert=side == "low")
         self.check_features(features)
         assert self.foreground_weight is not None
-        score = _apply_linear(features, self.foreground_weight[None, :], np.array([self.foreground_bias]))[0]
+        score = apply_linear(features, self.foreground_weight[None, :], np.array([self.foreground_bias]))[0]
         return score > 0
 
     # ------------------------------------------------------------ files
@@ -301,35 +309,6 @@ def signature_difference(basis: dict[str, Any], features: dict[str, Any]) -> str
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _is_encoding(features: object) -> bool:
-    return hasattr(features, "project") and hasattr(features, "sample")
-
-
-def _apply_linear(features: FeatureSource, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    if _is_encoding(features):
-        return features.project(weight.astype(np.float32), bias.astype(np.float32))
-    dense = _check_dense(features)
-    out = np.einsum("oc,chw->ohw", weight.astype(np.float32), dense) + bias[:, None, None]
-    return out.astype(np.float32)
-
-
-def _check_dense(features: Any) -> np.ndarray:
-    dense = np.asarray(features)
-    if dense.ndim != 3:
-        raise InputError(f"Dense features must be (C, H, W), got shape {dense.shape}.")
-    return dense
-
-
-def _shape(features: FeatureSource) -> tuple[int, int]:
-    return tuple(features.shape) if _is_encoding(features) else _check_dense(features).shape[1:]
-
-
-def _sample_at(features: FeatureSource, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    if _is_encoding(features):
-        return features.sample(rows, cols)
-    return _check_dense(features)[:, rows, cols].T.astype(np.float32)
-
-
 def sample_vectors(
     features: FeatureSource,
     *,
@@ -338,7 +317,7 @@ def sample_vectors(
     seed: int | np.random.Generator = 0,
 ) -> np.ndarray:
     """Feature vectors (N, C) float32 at up to ``n_pixels`` random pixels (inside ``mask`` if given)."""
-    height, width = _shape(features)
+    height, width = source_shape(features)
     if mask is None:
         candidates = np.arange(height * width)
     else:
@@ -351,7 +330,7 @@ def sample_vectors(
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     chosen = np.sort(rng.choice(candidates, size=min(n_pixels, candidates.size), replace=False))
     rows, cols = np.divmod(chosen, width)
-    return _sample_at(features, rows, cols)
+    return sample_at(features, rows, cols)
 
 
 def border_pixels(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -375,7 +354,7 @@ def otsu_threshold(values: np.ndarray) -> float:
 
 def attention_foreground(features: FeatureSource, *, invert: bool = False) -> np.ndarray:
     """(H, W) bool: Otsu threshold of the head-averaged CLS attention, high attention = foreground."""
-    if not _is_encoding(features):
+    if not is_encoding(features):
         raise InputError("The attention cue needs an Encoding (with attention maps), not a bare feature array.")
     attention = features.attention().mean(axis=0)
     mask = attention > otsu_threshold(attention)
@@ -473,54 +452,6 @@ def _basis_from(vectors: np.ndarray, n_components: int) -> PCABasis:
 
 
 # ---------------------------------------------------------------------------------------------- sources
-def _looks_like_input_list(inputs: Any) -> bool:
-    if _is_encoding(inputs) or isinstance(inputs, (np.ndarray, str, Path)):
-        return False
-    return isinstance(inputs, Iterable)
-
-
-def _iter_sources(inputs: Any, config: FeatureConfig | None, channels: Any = None) -> Iterator[tuple[str, Any]]:
-    """(name, item) per image: an Encoding, a dense (C, H, W) array, or an image plane to encode."""
-    from ..files.images import expand_inputs, is_stack, read_image
-
-    items = [inputs] if not _looks_like_input_list(inputs) else inputs
-    for position, item in enumerate(items):
-        if _is_encoding(item):
-            yield f"encoding {position}", item
-        elif isinstance(item, (str, Path)):
-            if config is None:
-                raise InputError(f"'{item}' is a file or folder: pass config=FeatureConfig(...) to encode images.")
-            for path in expand_inputs([item]):
-                image = read_image(path, channels=channels)
-                if is_stack(image):
-                    for index in range(len(image)):
-                        yield f"{path.name} plane {index}", image[index]
-                else:
-                    yield path.name, image
-        else:
-            array = np.asarray(item)
-            if config is None:
-                if array.ndim != 3:
-                    raise InputError(
-                        f"Input {position} has shape {array.shape}: give (C, H, W) features or Encodings, or pass "
-                        "config=FeatureConfig(...) to encode images."
-                    )
-                yield f"features {position}", array
-            elif is_stack(array):
-                for index in range(len(array)):
-                    yield f"image {position} plane {index}", array[index]
-            else:
-                yield f"image {position}", array
-
-
-def _count_sources(inputs: Any) -> int | None:
-    if not _looks_like_input_list(inputs):
-        return 1
-    if not isinstance(inputs, Sequence) or any(isinstance(item, (str, Path)) for item in inputs):
-        return None
-    return len(inputs)
-
-
 # ---------------------------------------------------------------------------------------------- fit
 def iter_fit_pca(
     inputs: Any,
@@ -556,7 +487,7 @@ def iter_fit_pca(
     if featurizer is not None:
         config = featurizer.config
     use_attention = foreground and foreground_cue == "attention"
-    total = _count_sources(inputs)
+    total = count_sources(inputs)
     rng = np.random.default_rng(seed)
     reservoir = _Reservoir(max_pixels, np.random.default_rng((seed, 1)))
     border = _Reservoir(MAX_BORDER_PIXELS, np.random.default_rng((seed, 2)))
@@ -566,9 +497,9 @@ def iter_fit_pca(
     n_sampled = 0
     n_images = 0
     yield Progress(0, total or 0, "Fitting a PCA basis")
-    for name, item in _iter_sources(inputs, config, channels):
+    for name, item in iter_sources(inputs, config, channels):
         label = f"Encoding {name} ({n_images + 1}/{total})" if total else f"Encoding {name}"
-        if _is_encoding(item) or config is None:
+        if is_encoding(item) or config is None:
             features = item
         else:
             if featurizer is None:
@@ -597,9 +528,9 @@ def iter_fit_pca(
         reservoir.add(vectors)
         n_sampled += vectors.shape[0]
         if foreground and foreground_cue == "pca":
-            rows, cols = border_pixels(*_shape(features))
+            rows, cols = border_pixels(*source_shape(features))
             pick = np.sort(rng.choice(rows.size, size=min(BORDER_PIXELS, rows.size), replace=False))
-            border.add(_sample_at(features, rows[pick], cols[pick]))
+            border.add(sample_at(features, rows[pick], cols[pick]))
         del features
         n_images += 1
         if len(sources) < 1000:
@@ -798,20 +729,20 @@ def pca_rgb(
 # ---------------------------------------------------------------------------------------------- maps
 def feature_norm(features: FeatureSource) -> np.ndarray:
     """Per-pixel L2 norm of the features: (H, W) float32."""
-    if _is_encoding(features):
+    if is_encoding(features):
         return features.feature_norm()
-    dense = _check_dense(features)
+    dense = check_dense(features)
     return np.sqrt(np.einsum("chw,chw->hw", dense, dense)).astype(np.float32)
 
 
 def cosine_similarity_map(features: FeatureSource, row: int, col: int) -> np.ndarray:
     """Cosine similarity of every pixel's feature to the one at ``(row, col)``: (H, W) in [-1, 1]."""
-    height, width = _shape(features)
+    height, width = source_shape(features)
     if not (0 <= row < height and 0 <= col < width):
         raise InputError(f"Pixel ({row}, {col}) lies outside the {height}x{width} image.")
-    if _is_encoding(features):
+    if is_encoding(features):
         return features.cosine_similarity(row, col)
-    dense = _check_dense(features).astype(np.float32)
+    dense = check_dense(features).astype(np.float32)
     reference = dense[:, row, col]
     dots = np.einsum("c,chw->hw", reference, dense)
     denominator = feature_norm(dense) * max(float(np.linalg.norm(reference)), 1e-12)

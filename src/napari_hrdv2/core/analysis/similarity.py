@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
+from ..features.sources import check_dense, is_encoding, iter_sources, sample_at, source_shape
 from ..progress import Progress, run_steps, within
-from .pca import _check_dense, _is_encoding, _iter_sources, _sample_at, _shape, feature_norm
+from .pca import feature_norm
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import FeatureConfig
@@ -29,10 +30,10 @@ MAX_REGION_PIXELS = 200_000
 
 def pixel_vector(features: Any, row: int, col: int) -> np.ndarray:
     """The HR feature (C,) float32 at pixel ``(row, col)``."""
-    height, width = _shape(features)
+    height, width = source_shape(features)
     if not (0 <= row < height and 0 <= col < width):
         raise InputError(f"Pixel ({row}, {col}) lies outside the {height}x{width} image.")
-    return _sample_at(features, np.array([row]), np.array([col]))[0]
+    return sample_at(features, np.array([row]), np.array([col]))[0]
 
 
 def region_vector(
@@ -48,7 +49,7 @@ def region_vector(
 
     Regions larger than ``max_pixels`` are averaged over a random subset of that many pixels.
     """
-    height, width = _shape(features)
+    height, width = source_shape(features)
     if mask is None:
         if labels is None or value is None:
             raise InputError("Give a region: mask=(H, W) bool array, or labels=(H, W) array and value=label.")
@@ -66,7 +67,7 @@ def region_vector(
     if inside.size > max_pixels:
         inside = np.sort(np.random.default_rng(seed).choice(inside, size=max_pixels, replace=False))
     rows, cols = np.divmod(inside, width)
-    return _sample_at(features, rows, cols).mean(axis=0).astype(np.float32)
+    return sample_at(features, rows, cols).mean(axis=0).astype(np.float32)
 
 
 def cls_vector(
@@ -111,17 +112,17 @@ def cls_vector(
 def similarity_to(features: Any, vector: np.ndarray) -> np.ndarray:
     """Cosine similarity (H, W) float32 in [-1, 1] of every pixel's feature to ``vector`` (C,)."""
     vector = np.asarray(vector, dtype=np.float32).reshape(-1)
-    n_features = features.n_features if _is_encoding(features) else _check_dense(features).shape[0]
+    n_features = features.n_features if is_encoding(features) else check_dense(features).shape[0]
     if vector.shape[0] != n_features:
         raise InputError(
             f"The reference vector has {vector.shape[0]} values but the features have {n_features} channels: "
             "take the reference from features of the same backbone."
         )
     unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
-    if _is_encoding(features):
+    if is_encoding(features):
         dots = features.project(unit[None, :])[0]
     else:
-        dots = np.einsum("c,chw->hw", unit, _check_dense(features).astype(np.float32))
+        dots = np.einsum("c,chw->hw", unit, check_dense(features).astype(np.float32))
     return np.clip(dots / np.maximum(feature_norm(features), 1e-12), -1.0, 1.0).astype(np.float32)
 
 
@@ -135,12 +136,12 @@ def iter_similarity_maps(
     """Generator form of :func:`similarity_maps` (yields :class:`Progress`; stop iterating to cancel)."""
     if featurizer is not None:
         config = featurizer.config
-    items = list(_iter_sources(inputs, config))
+    items = list(iter_sources(inputs, config))
     maps: list[np.ndarray] = []
     yield Progress(0, len(items), "Similarity")
     for index, (name, item) in enumerate(items):
         features = item
-        if not _is_encoding(item) and config is not None:
+        if not is_encoding(item) and config is not None:
             if featurizer is None:
                 from ..features.encoding import Featurizer
 
