@@ -19,6 +19,7 @@ is the alternative cue. Bases are saved as safetensors with JSON metadata (no pi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import threading
@@ -453,6 +454,144 @@ def _basis_from(vectors: np.ndarray, n_components: int) -> PCABasis:
 
 # ---------------------------------------------------------------------------------------------- sources
 # ---------------------------------------------------------------------------------------------- fit
+@dataclass
+class _CollectionSample:
+    """What sampling a collection gathered: pixel vectors, border vectors and what the images were."""
+
+    reservoir: _Reservoir
+    border: _Reservoir
+    signature: dict[str, Any] | None = None
+    config_dict: dict[str, Any] | None = None
+    sources: list[str] = field(default_factory=list)
+    n_sampled: int = 0
+    n_images: int = 0
+
+    def check_same_features(self, name: str, features: FeatureSource) -> None:
+        """Record the first input's feature settings; refuse a later input with other ones."""
+        item_config = getattr(features, "config", None)
+        if item_config is None:
+            return
+        if self.signature is None:
+            self.signature, self.config_dict = item_config.feature_signature(), item_config.to_dict()
+            return
+        difference = signature_difference(self.signature, item_config.feature_signature())
+        if difference:
+            raise InputError(f"{name} has other features than the first input: {difference}.")
+
+
+def _check_fit_options(
+    n_components: int, n_pixels: int, max_pixels: int, foreground_cue: str, foreground_threshold: float | None
+) -> None:
+    if n_components < 1:
+        raise InputError(f"n_components must be at least 1, got {n_components}.")
+    if n_pixels < 2 or max_pixels < 2:
+        raise InputError(f"n_pixels and max_pixels must be at least 2, got {n_pixels} and {max_pixels}.")
+    if foreground_cue not in FOREGROUND_CUES:
+        raise InputError(f"foreground_cue={foreground_cue!r} is not one of {FOREGROUND_CUES}.")
+    if foreground_threshold is not None and not 0.0 < float(foreground_threshold) < 1.0:
+        raise InputError(
+            f"foreground_threshold is a fraction of the first component's colour range, in (0, 1); got "
+            f"{foreground_threshold}. Leave it None for Otsu's automatic threshold."
+        )
+
+
+def _iter_sample_collection(
+    inputs: Any,
+    *,
+    config: FeatureConfig | None,
+    featurizer: Featurizer | None,
+    foreground: bool,
+    foreground_cue: ForegroundCue,
+    invert_foreground: bool,
+    mask: np.ndarray | None,
+    n_pixels: int,
+    max_pixels: int,
+    seed: int,
+    channels: Any,
+) -> Generator[Progress, None, _CollectionSample]:
+    """Encode (when needed) and sample each image of ``inputs`` in turn; yields progress, returns the sample."""
+    use_attention = foreground and foreground_cue == "attention"
+    total = count_sources(inputs)
+    rng = np.random.default_rng(seed)
+    sample = _CollectionSample(
+        _Reservoir(max_pixels, np.random.default_rng((seed, 1))),
+        _Reservoir(MAX_BORDER_PIXELS, np.random.default_rng((seed, 2))),
+    )
+    yield Progress(0, total or 0, "Fitting a PCA basis")
+    for name, item in iter_sources(inputs, config, channels):
+        label = f"Encoding {name} ({sample.n_images + 1}/{total})" if total else f"Encoding {name}"
+        if is_encoding(item) or config is None:
+            features = item
+        else:
+            if featurizer is None:
+                from ..features.encoding import Featurizer
+
+                featurizer = Featurizer(config)
+            encoding_steps = featurizer.iter_encode(item, with_attention=use_attention)
+            done = sample.n_images
+            features = yield from within(encoding_steps, done, 1.0, total=total or done + 1, message=label)
+        sample.check_same_features(name, features)
+        if mask is not None and sample.n_images:
+            raise InputError("mask= applies to a single image; fit several images without it.")
+        image_mask = attention_foreground(features, invert=invert_foreground) if use_attention else mask
+        if image_mask is not None and int(np.count_nonzero(image_mask)) < 2:
+            if use_attention:
+                image_mask = None  # no foreground found: the whole image counts rather than none of it
+            else:
+                raise InputError("The mask selects fewer than 2 pixels; nothing to fit a PCA on.")
+        vectors = sample_vectors(features, mask=image_mask, n_pixels=n_pixels, seed=rng)
+        sample.reservoir.add(vectors)
+        sample.n_sampled += vectors.shape[0]
+        if foreground and foreground_cue == "pca":
+            rows, cols = border_pixels(*source_shape(features))
+            pick = np.sort(rng.choice(rows.size, size=min(BORDER_PIXELS, rows.size), replace=False))
+            sample.border.add(sample_at(features, rows[pick], cols[pick]))
+        del features
+        sample.n_images += 1
+        if len(sample.sources) < 1000:
+            sample.sources.append(name)
+        yield Progress(sample.n_images, total or sample.n_images, f"Sampled {name}")
+    if sample.n_images == 0:
+        raise InputError("No images to fit a PCA basis on (empty list or folder).")
+    return sample
+
+
+def _pca_foreground(
+    sample: _CollectionSample, *, n_components: int, threshold_fraction: float | None, invert: bool
+) -> tuple[np.ndarray, np.ndarray, float, dict[str, Any]]:
+    """Two-step PCA foreground: (selected rows, foreground weight (C,), bias, description)."""
+    rows = sample.reservoir.rows
+    assert rows is not None
+    first = _basis_from(rows, 1)
+    axis, centre = first.components[0].astype(np.float64), first.mean.astype(np.float64)
+    scores = project_rows(rows, centre, axis)[:, 0]
+    span = max(float(first.high[0] - first.low[0]), 1e-12)
+    if threshold_fraction is None:
+        threshold, how = otsu_threshold(scores), "Otsu threshold on PC1"
+    else:
+        threshold, how = float(first.low[0]) + float(threshold_fraction) * span, "manual threshold on PC1"
+    border = sample.border
+    border_high = float(np.mean(project_rows(border.rows, centre, axis)[:, 0] > threshold)) if border.size else 0.0
+    side = 1.0 if border_high <= 0.5 else -1.0  # the side holding fewer of the border pixels
+    if invert:
+        side = -side
+    selected = rows[side * (scores - threshold) > 0]
+    if selected.shape[0] < max(2, n_components + 1):
+        raise InputError(
+            f"The foreground holds only {selected.shape[0]} of {sample.reservoir.size} sampled pixels; "
+            "set a manual foreground_threshold or invert_foreground."
+        )
+    info = {
+        "cue": "pca",
+        "rule": f"{how}; foreground = the side holding fewer image-border pixels" + (", inverted" if invert else ""),
+        "threshold": (threshold - float(first.low[0])) / span,  # as a fraction of PC1's colour range
+        "side": "high" if side > 0 else "low",
+        "border_fraction_high": border_high,
+        "foreground_fraction": selected.shape[0] / sample.reservoir.size,
+    }
+    return selected, (side * axis).astype(np.float32), float(-side * (axis @ centre + threshold)), info
+
+
 def iter_fit_pca(
     inputs: Any,
     *,
@@ -473,141 +612,55 @@ def iter_fit_pca(
 
     Stop iterating (or ``close()``) to cancel.
     """
-    if n_components < 1:
-        raise InputError(f"n_components must be at least 1, got {n_components}.")
-    if n_pixels < 2 or max_pixels < 2:
-        raise InputError(f"n_pixels and max_pixels must be at least 2, got {n_pixels} and {max_pixels}.")
-    if foreground_cue not in FOREGROUND_CUES:
-        raise InputError(f"foreground_cue={foreground_cue!r} is not one of {FOREGROUND_CUES}.")
-    if foreground_threshold is not None and not 0.0 < float(foreground_threshold) < 1.0:
-        raise InputError(
-            f"foreground_threshold is a fraction of the first component's colour range, in (0, 1); got "
-            f"{foreground_threshold}. Leave it None for Otsu's automatic threshold."
-        )
+    _check_fit_options(n_components, n_pixels, max_pixels, foreground_cue, foreground_threshold)
     if featurizer is not None:
         config = featurizer.config
-    use_attention = foreground and foreground_cue == "attention"
-    total = count_sources(inputs)
-    rng = np.random.default_rng(seed)
-    reservoir = _Reservoir(max_pixels, np.random.default_rng((seed, 1)))
-    border = _Reservoir(MAX_BORDER_PIXELS, np.random.default_rng((seed, 2)))
-    signature: dict[str, Any] | None = None
-    config_dict: dict[str, Any] | None = None
-    sources: list[str] = []
-    n_sampled = 0
-    n_images = 0
-    yield Progress(0, total or 0, "Fitting a PCA basis")
-    for name, item in iter_sources(inputs, config, channels):
-        label = f"Encoding {name} ({n_images + 1}/{total})" if total else f"Encoding {name}"
-        if is_encoding(item) or config is None:
-            features = item
-        else:
-            if featurizer is None:
-                from ..features.encoding import Featurizer
-
-                featurizer = Featurizer(config)
-            encoding_steps = featurizer.iter_encode(item, with_attention=use_attention)
-            features = yield from within(encoding_steps, n_images, 1.0, total=total or n_images + 1, message=label)
-        item_config = getattr(features, "config", None)
-        if item_config is not None:
-            if signature is None:
-                signature, config_dict = item_config.feature_signature(), item_config.to_dict()
-            else:
-                difference = signature_difference(signature, item_config.feature_signature())
-                if difference:
-                    raise InputError(f"{name} has other features than the first input: {difference}.")
-        if mask is not None and n_images:
-            raise InputError("mask= applies to a single image; fit several images without it.")
-        image_mask = attention_foreground(features, invert=invert_foreground) if use_attention else mask
-        if image_mask is not None and int(np.count_nonzero(image_mask)) < 2:
-            if use_attention:
-                image_mask = None  # no foreground found: the whole image counts rather than none of it
-            else:
-                raise InputError("The mask selects fewer than 2 pixels; nothing to fit a PCA on.")
-        vectors = sample_vectors(features, mask=image_mask, n_pixels=n_pixels, seed=rng)
-        reservoir.add(vectors)
-        n_sampled += vectors.shape[0]
-        if foreground and foreground_cue == "pca":
-            rows, cols = border_pixels(*source_shape(features))
-            pick = np.sort(rng.choice(rows.size, size=min(BORDER_PIXELS, rows.size), replace=False))
-            border.add(sample_at(features, rows[pick], cols[pick]))
-        del features
-        n_images += 1
-        if len(sources) < 1000:
-            sources.append(name)
-        yield Progress(n_images, total or n_images, f"Sampled {name}")
-    if n_images == 0:
-        raise InputError("No images to fit a PCA basis on (empty list or folder).")
-    assert reservoir.rows is not None
+    sample = yield from _iter_sample_collection(
+        inputs,
+        config=config,
+        featurizer=featurizer,
+        foreground=foreground,
+        foreground_cue=foreground_cue,
+        invert_foreground=invert_foreground,
+        mask=mask,
+        n_pixels=n_pixels,
+        max_pixels=max_pixels,
+        seed=seed,
+        channels=channels,
+    )
+    assert sample.reservoir.rows is not None
     fg_info: dict[str, Any] | None = None
     fg_weight, fg_bias = None, 0.0
+    selected = sample.reservoir.rows
     if foreground and foreground_cue == "pca":
-        first = _basis_from(reservoir.rows, 1)
-        axis, centre = first.components[0].astype(np.float64), first.mean.astype(np.float64)
-        scores = project_rows(reservoir.rows, centre, axis)[:, 0]
-        span = max(float(first.high[0] - first.low[0]), 1e-12)
-        if foreground_threshold is None:
-            threshold, how = otsu_threshold(scores), "Otsu threshold on PC1"
-        else:
-            threshold, how = float(first.low[0]) + float(foreground_threshold) * span, "manual threshold on PC1"
-        border_high = float(np.mean(project_rows(border.rows, centre, axis)[:, 0] > threshold)) if border.size else 0.0
-        side = 1.0 if border_high <= 0.5 else -1.0  # the side holding fewer of the border pixels
-        if invert_foreground:
-            side = -side
-        selected = reservoir.rows[side * (scores - threshold) > 0]
-        if selected.shape[0] < max(2, n_components + 1):
-            raise InputError(
-                f"The foreground holds only {selected.shape[0]} of {reservoir.size} sampled pixels; "
-                "set a manual foreground_threshold or invert_foreground."
-            )
-        fg_weight = (side * axis).astype(np.float32)
-        fg_bias = float(-side * (axis @ centre + threshold))
+        selected, fg_weight, fg_bias, fg_info = _pca_foreground(
+            sample, n_components=n_components, threshold_fraction=foreground_threshold, invert=invert_foreground
+        )
+    elif foreground and foreground_cue == "attention":
         fg_info = {
-            "cue": "pca",
-            "rule": f"{how}; foreground = the side holding fewer image-border pixels"
+            "cue": "attention",
+            "rule": "Otsu threshold on the head-averaged CLS attention of each image, high = foreground"
             + (", inverted" if invert_foreground else ""),
-            "threshold": (threshold - float(first.low[0])) / span,  # as a fraction of PC1's colour range
-            "side": "high" if side > 0 else "low",
-            "border_fraction_high": border_high,
-            "foreground_fraction": selected.shape[0] / reservoir.size,
+            "side": "low" if invert_foreground else "high",
         }
-    else:
-        selected = reservoir.rows
-        if use_attention:
-            fg_info = {
-                "cue": "attention",
-                "rule": "Otsu threshold on the head-averaged CLS attention of each image, high = foreground"
-                + (", inverted" if invert_foreground else ""),
-                "side": "low" if invert_foreground else "high",
-            }
     basis = _basis_from(selected, n_components)
     metadata = {
-        "config": config_dict,
-        "backbone": None if config_dict is None else config_dict.get("backbone"),
-        "feature_signature": signature,
+        "config": sample.config_dict,
+        "backbone": None if sample.config_dict is None else sample.config_dict.get("backbone"),
+        "feature_signature": sample.signature,
         "n_components": basis.n_components,
-        "n_images": n_images,
-        "n_pixels_sampled": n_sampled,
+        "n_images": sample.n_images,
+        "n_pixels_sampled": sample.n_sampled,
         "n_pixels_fitted": int(selected.shape[0]),
         "pixels_per_image": int(n_pixels),
         "max_pixels": int(max_pixels),
         "seed": int(seed),
-        "sources": sources,
+        "sources": sample.sources,
         "foreground": fg_info,
         "explained_variance_ratio": [float(v) for v in basis.explained_variance_ratio],
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    return PCABasis(
-        basis.mean,
-        basis.components,
-        basis.low,
-        basis.high,
-        basis.explained_variance,
-        basis.explained_variance_ratio,
-        fg_weight,
-        fg_bias,
-        metadata,
-    )
+    return dataclasses.replace(basis, foreground_weight=fg_weight, foreground_bias=fg_bias, metadata=metadata)
 
 
 def fit_pca(
