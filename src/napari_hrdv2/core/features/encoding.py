@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -711,27 +711,8 @@ class Featurizer:
         mean = torch.tensor(backbone.mean, device=self.device).view(3, 1, 1)
         std = torch.tensor(backbone.std, device=self.device).view(3, 1, 1)
         source = torch.from_numpy(scaled)  # normalised per tile, never as a whole (3, H, W) copy
-        all_maps = torch.empty(n_tokens * backbone.embed_dim, dtype=self.storage_dtype, device=self.device)
-        all_attention = (
-            torch.empty(n_tokens * backbone.num_heads, dtype=torch.float32, device=self.device)
-            if with_attention
-            else None
-        )
 
-        tile_maps: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # per tile: (K, C, h, w), (K, heads, h, w)
-        offset = 0
-        for grid in grids:
-            size = len(transforms) * grid[0] * grid[1]
-            maps = all_maps[offset * backbone.embed_dim : (offset + size) * backbone.embed_dim]
-            attention = (
-                None
-                if all_attention is None
-                else all_attention[offset * backbone.num_heads : (offset + size) * backbone.num_heads].view(
-                    len(transforms), backbone.num_heads, *grid
-                )
-            )
-            tile_maps.append((maps.view(len(transforms), backbone.embed_dim, *grid), attention))
-            offset += size
+        tile_maps = self._tile_map_views(grids, len(transforms), with_attention)
 
         def crop_of(tile: Tile) -> torch.Tensor:
             part = source[tile.rows, tile.cols]
@@ -740,29 +721,10 @@ class Featurizer:
             return (part.to(self.device).permute(2, 0, 1) - mean) / std
 
         single_crop = crop_of(tiles[0]) if len(tiles) == 1 else None
-        fingerprint = backbone_fingerprint(backbone.model)
-        family = backbone_family_of(backbone)
+        identity = (backbone_fingerprint(backbone.model), backbone_family_of(backbone))
 
         def encoding_of(n_done: int) -> Encoding:
-            done_transforms = transforms[:n_done]
-            parts = []
-            for tile, grid, (maps, attention) in zip(tiles, grids, tile_maps):
-                rows, cols = _fused_taps(
-                    tile, done_transforms, grid, patch_size=patch, stride=stride, resize=self.config.resize
-                )
-                parts.append(
-                    TileMaps(tile, maps[:n_done], None if attention is None else attention[:n_done], rows, cols)
-                )
-            encoding = Encoding(
-                config=self.config,
-                image_shape=(height, width),
-                tiles=parts,
-                transforms=done_transforms,
-                image=np.asarray(image),
-            )
-            encoding.backbone_fingerprint = fingerprint
-            encoding.backbone_family = family
-            return encoding
+            return self._assemble(image, tiles, grids, tile_maps, transforms[:n_done], identity)
 
         done = n_done = 0
         while n_done < len(transforms):
@@ -772,33 +734,106 @@ class Featurizer:
             )
             for tile, (maps, attention) in zip(tiles, tile_maps):
                 crop = single_crop if single_crop is not None else crop_of(tile)
-                start = group.start
-                while start < group.stop:
-                    stop = start + 1  # a batch holds copies of one shape (90/270-degree copies are W x H)
-                    while stop < min(start + self._batch_size, group.stop) and (
-                        transforms[stop].transposes == transforms[start].transposes
-                    ):
-                        stop += 1
-                    batch = range(start, stop)
-                    copies = torch.stack(
-                        [pad_to_grid(transforms[k].apply(crop), patch_size=patch, stride=stride) for k in batch]
-                    )
-                    tokens, cls_attention = self._forward(copies.to(self.dtype), stride, with_attention)
-                    if tokens is None:  # out of memory: retry this batch with the (now smaller) batch size
-                        continue
-                    if transforms[start].transposes:  # stored transposed: the inverse taps read it like any other
-                        tokens = tokens.transpose(-2, -1)
-                        cls_attention = None if cls_attention is None else cls_attention.transpose(-2, -1)
-                    maps[batch.start : batch.stop] = tokens
-                    if attention is not None:
-                        attention[batch.start : batch.stop] = cls_attention
-                    start = batch.stop
+                for batch in self._iter_batches(crop, group, maps, attention, with_attention):
                     done += len(batch)
                     yield Progress(done, total, "encoding")
             n_done = group.stop
             if progressive and n_done < len(transforms):
                 yield PartialEncoding(encoding_of(n_done), len(transforms))
         return encoding_of(len(transforms))
+
+    def _tile_map_views(
+        self, grids: list[tuple[int, int]], n_transforms: int, with_attention: bool
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per tile, views (K, C, h, w) of the token maps and (K, heads, h, w) of the attention (or None).
+
+        One buffer holds the maps of all tiles (and one the attention): the long-lived maps then never
+        interleave with the forward passes' temporaries, which fragmented the heap by ~0.3 GB on 100 tiles
+        (4096 x 4096) when each tile's maps were allocated on their own.
+        """
+        embed_dim, heads = self.backbone.embed_dim, self.backbone.num_heads
+        n_tokens = sum(grid_h * grid_w for grid_h, grid_w in grids) * n_transforms
+        all_maps = torch.empty(n_tokens * embed_dim, dtype=self.storage_dtype, device=self.device)
+        all_attention = (
+            torch.empty(n_tokens * heads, dtype=torch.float32, device=self.device) if with_attention else None
+        )
+        views: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        offset = 0
+        for grid in grids:
+            size = n_transforms * grid[0] * grid[1]
+            maps = all_maps[offset * embed_dim : (offset + size) * embed_dim].view(n_transforms, embed_dim, *grid)
+            attention = (
+                None
+                if all_attention is None
+                else all_attention[offset * heads : (offset + size) * heads].view(n_transforms, heads, *grid)
+            )
+            views.append((maps, attention))
+            offset += size
+        return views
+
+    def _iter_batches(
+        self,
+        crop: torch.Tensor,
+        group: range,
+        maps: torch.Tensor,
+        attention: torch.Tensor | None,
+        with_attention: bool,
+    ) -> Iterator[range]:
+        """Encode the transformed copies ``group`` of one normalised tile crop (3, h, w) into its map views.
+
+        Yields each batch of transform indices once its maps are stored. A batch holds copies of one
+        shape (90/270-degree copies are W x H); after running out of memory the batch is retried with the
+        (now smaller) batch size.
+        """
+        transforms = self.config.transforms
+        patch, stride = self.backbone.patch_size, self.stride
+        start = group.start
+        while start < group.stop:
+            stop = start + 1
+            while stop < min(start + self._batch_size, group.stop) and (
+                transforms[stop].transposes == transforms[start].transposes
+            ):
+                stop += 1
+            batch = range(start, stop)
+            copies = torch.stack(
+                [pad_to_grid(transforms[k].apply(crop), patch_size=patch, stride=stride) for k in batch]
+            )
+            tokens, cls_attention = self._forward(copies.to(self.dtype), stride, with_attention)
+            if tokens is None:  # out of memory: retry this batch with the (now smaller) batch size
+                continue
+            if transforms[start].transposes:  # stored transposed: the inverse taps read it like any other
+                tokens = tokens.transpose(-2, -1)
+                cls_attention = None if cls_attention is None else cls_attention.transpose(-2, -1)
+            maps[batch.start : batch.stop] = tokens
+            if attention is not None:
+                attention[batch.start : batch.stop] = cls_attention
+            start = batch.stop
+            yield batch
+
+    def _assemble(
+        self,
+        image: np.ndarray,
+        tiles: list[Tile],
+        grids: list[tuple[int, int]],
+        tile_maps: list[tuple[torch.Tensor, torch.Tensor | None]],
+        done_transforms: tuple[Transform, ...],
+        identity: tuple[np.ndarray, str | None],
+    ) -> Encoding:
+        """The :class:`Encoding` of the transforms done so far (views of the maps, no copy)."""
+        n_done = len(done_transforms)
+        patch, stride = self.backbone.patch_size, self.stride
+        parts = []
+        for tile, grid, (maps, attention) in zip(tiles, grids, tile_maps):
+            rows, cols = _fused_taps(
+                tile, done_transforms, grid, patch_size=patch, stride=stride, resize=self.config.resize
+            )
+            parts.append(TileMaps(tile, maps[:n_done], None if attention is None else attention[:n_done], rows, cols))
+        image = np.asarray(image)
+        encoding = Encoding(
+            config=self.config, image_shape=image.shape[:2], tiles=parts, transforms=done_transforms, image=image
+        )
+        encoding.backbone_fingerprint, encoding.backbone_family = identity
+        return encoding
 
     def _forward(
         self, copies: torch.Tensor, stride: int, with_attention: bool
