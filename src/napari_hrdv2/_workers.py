@@ -22,7 +22,7 @@ import numpy as np
 from .core.config import FeatureConfig
 from .core.errors import InputError
 from .core.features.cache import EncodingCache  # noqa: F401  (re-exported for the widgets)
-from .core.progress import Progress, within
+from .core.progress import Progress, map_steps, within
 from .core.scale.batch import BatchReport as _CoreBatchReport
 from .core.scale.batch import output_path  # noqa: F401  (re-exported for the widgets)
 
@@ -168,20 +168,7 @@ def _with_partials(
     """Re-yield ``steps``, turning its PartialEncoding items into ``convert(item)`` (skipped when it returns None)."""
     from .core.features.encoding import PartialEncoding  # noqa: F811 - the runtime class
 
-    try:
-        while True:
-            try:
-                item = next(steps)
-            except StopIteration as finished:
-                return finished.value
-            if isinstance(item, PartialEncoding):
-                converted = convert(item)
-                if converted is not None:
-                    yield converted
-            else:
-                yield item
-    finally:
-        steps.close()
+    return (yield from map_steps(steps, lambda item: convert(item) if isinstance(item, PartialEncoding) else item))
 
 
 # ---------------------------------------------------------------------------------------------- features

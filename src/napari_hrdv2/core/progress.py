@@ -40,6 +40,26 @@ class Progress:
         return min(max(self.done / self.total, 0.0), 1.0) if self.total else 1.0
 
 
+def map_steps(steps: Generator[Any, None, Result], convert: Callable[[Any], Any]) -> Generator[Any, None, Result]:
+    """Re-yield every item of ``steps`` as ``convert(item)``, dropping items converted to None.
+
+    Returns what ``steps`` returns. This is the one place where a generator of steps is driven by
+    hand: closing the returned generator, an error in ``convert`` or a cancellation raised by it
+    closes ``steps`` (nothing is left running).
+    """
+    try:
+        while True:
+            try:
+                item = next(steps)
+            except StopIteration as finished:
+                return finished.value
+            converted = convert(item)
+            if converted is not None:
+                yield converted
+    finally:
+        steps.close()
+
+
 def relabel(
     steps: Generator[Any, None, Result], convert: Callable[[Any], Progress]
 ) -> Generator[Progress, None, Result]:
@@ -48,15 +68,7 @@ def relabel(
     Other items (partial results, e.g. a progressive encode's ``PartialEncoding``) pass through
     unchanged. Closing the returned generator closes ``steps`` (nothing is left running).
     """
-    try:
-        while True:
-            try:
-                update = next(steps)
-            except StopIteration as finished:
-                return finished.value
-            yield convert(update) if isinstance(update, Progress) else update
-    finally:
-        steps.close()
+    return (yield from map_steps(steps, lambda item: convert(item) if isinstance(item, Progress) else item))
 
 
 def within(
@@ -94,15 +106,18 @@ def run_steps(
     Raises :class:`Cancelled` as soon as ``cancel`` is set. The generator is closed on every way
     out (cancel, or an error in ``progress``), so nothing keeps running.
     """
+
+    def observe(update: Any) -> None:
+        if progress is not None:
+            progress(update)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Cancelled.")
+
+    # Every item is consumed by ``observe`` (converted to None), so the driver yields nothing: its first
+    # step runs ``steps`` to the end and stops with the result.
+    driver = map_steps(steps, observe)
     try:
-        while True:
-            try:
-                update = next(steps)
-            except StopIteration as finished:
-                return finished.value
-            if progress is not None:
-                progress(update)
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("Cancelled.")
-    finally:
-        steps.close()
+        next(driver)
+    except StopIteration as finished:
+        return finished.value
+    raise AssertionError("unreachable: map_steps yielded an item that observe consumed")  # pragma: no cover
