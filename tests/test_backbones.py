@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import napari_hrdv2 as hr
-from napari_hrdv2.core.backbone.loading import find_spec, load_backbone, sha256_of
+from napari_hrdv2.core.backbone.loading import find_spec, load_backbone
+from napari_hrdv2.core.files.checksums import file_sha256
 
 
 def transformers_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -64,7 +65,7 @@ def test_sha256_is_checked(tiny_backbone, tmp_path):
 
     checkpoint = tmp_path / "weights.pth"
     torch.save(transformers_to_official(AutoModel.from_pretrained(tiny_backbone).state_dict()), checkpoint)
-    good = sha256_of(checkpoint)
+    good = file_sha256(checkpoint)
     assert load_backbone(str(checkpoint), sha256=good, cache=False).embed_dim == 128
     with pytest.raises(hr.WeightsNotFoundError, match="Checksum mismatch"):
         load_backbone(str(checkpoint), sha256="0" * 64, cache=False)

@@ -41,7 +41,7 @@ def _levels(path: Path) -> list[Any]:
     """The resolution levels of a Zarr / OME-Zarr / TIFF image, full resolution first (lazy arrays)."""
     import zarr
 
-    from .core.files.lazy import _zarr_image_array, open_lazy
+    from .core.files.lazy import open_lazy, zarr_image_array
 
     if path.suffix.lower() == ".npy":
         return [open_lazy(path)]
@@ -58,7 +58,7 @@ def _levels(path: Path) -> list[Any]:
     if isinstance(node, zarr.Group) and "0" in node and isinstance(node["0"], zarr.Array):  # e.g. a TIFF pyramid
         keys = sorted((k for k in node.array_keys() if k.isdigit()), key=int)
         return [node[k] for k in keys]
-    return [_zarr_image_array(node, path)]
+    return [zarr_image_array(node, path)]
 
 
 def read_lazy(path: str | list[str]) -> list[tuple[Any, dict[str, Any], str]]:

@@ -18,9 +18,9 @@ logger = logging.getLogger(__name__)
 
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` is set: loading only reads the local cache, nothing can be downloaded."""
-    from ..core.backbone.loading import _offline
+    from ..core.backbone import loading  # torch: imported when first asked, not with the dock
 
-    return _offline()
+    return loading.hub_offline()
 
 
 def repo_to_download(backbone: str) -> str | None:

@@ -22,7 +22,6 @@ tensors is refused with the tensor's name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import InputError, WeightsNotFoundError
+from ..files.checksums import file_sha256
 from ..files.paths import check_path
 
 if TYPE_CHECKING:
@@ -94,22 +94,15 @@ class Backbone:
         return next(self.model.parameters()).dtype
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """True when the Hugging Face Hub is switched off (``HF_HUB_OFFLINE``): nothing may be downloaded."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_sha256(path: Path, expected: str | None) -> None:
     if expected is None:
         return
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if actual.lower() != expected.strip().lower():
         raise WeightsNotFoundError(
             f"Checksum mismatch for {path}: expected sha256 {expected}, got {actual}. "
@@ -229,10 +222,10 @@ def _download(hub_id: str, spec: BackboneSpec | None) -> Path:
         folder = snapshot_download(
             hub_id,
             allow_patterns=["config.json", "model.safetensors", "preprocessor_config.json"],
-            local_files_only=_offline(),
+            local_files_only=hub_offline(),
         )
     except Exception as err:  # the hub raises many types for "no network", "not cached", "no such repo", "gated"
-        reason = "offline (HF_HUB_OFFLINE is set) and not in the local cache" if _offline() else type(err).__name__
+        reason = "offline (HF_HUB_OFFLINE is set) and not in the local cache" if hub_offline() else type(err).__name__
         raise WeightsNotFoundError(_missing_weights_message(hub_id, spec, reason)) from err
     if not (Path(folder) / "config.json").exists():
         raise WeightsNotFoundError(_missing_weights_message(hub_id, spec, "the download holds no config.json"))

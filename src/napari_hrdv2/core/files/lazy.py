@@ -61,10 +61,10 @@ def _open_zarr(path: Path) -> Any:
         node = zarr.open(str(path), mode="r")
     except Exception as err:
         raise InputError(f"Could not open '{path}' as Zarr: {err}") from err
-    return _zarr_image_array(node, path)
+    return zarr_image_array(node, path)
 
 
-def _zarr_image_array(node: Any, path: Path) -> Any:
+def zarr_image_array(node: Any, path: Path) -> Any:
     """The full-resolution array of a Zarr array, an OME-Zarr image group, or a group holding one array."""
     import zarr
 
@@ -84,7 +84,7 @@ def _zarr_image_array(node: Any, path: Path) -> Any:
         return arrays[0]
     groups = [value for _, value in node.groups()]
     if not arrays and len(groups) == 1:  # e.g. a TIFF pyramid's store
-        return _zarr_image_array(groups[0], path)
+        return zarr_image_array(groups[0], path)
     if arrays and "0" in node:
         return node["0"]
     raise InputError(
@@ -161,7 +161,7 @@ def open_lazy(source: Any) -> Any:
 
         try:
             store = tifffile.imread(str(path), aszarr=True)
-            array = _zarr_image_array(zarr.open(store, mode="r"), path)
+            array = zarr_image_array(zarr.open(store, mode="r"), path)
         except InputError:
             raise
         except Exception as err:
