@@ -14,8 +14,8 @@ import numpy as np
 
 from ..errors import HRDv2Error, InputError
 from ..files.images import expand_inputs, is_stack, read_image
+from ..files.outputs import BatchReport, output_path
 from ..progress import Progress, within
-from ..scale.batch import BatchReport, output_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..features.encoding import Featurizer
