@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
-from ..config import RUNTIME_FIELDS, FeatureConfig, check_same_features
+from ..config import RUNTIME_FIELDS, FeatureConfig
 from ..errors import InputError
 from ..features.classical import (
     DEFAULT_SIGMAS,
@@ -35,7 +35,10 @@ from ..features.classical import (
     n_classical_features,
     sample_classical_features,
 )
+from . import compatibility
+from .compatibility import common_feature_config
 from .labels import check_labels, clean_labels, label_dtype, labelled_classes, training_pixels, warn_if_image_like
+from .model_file import ModelRecord, check_record, damaged, read_model_file, write_model_file
 from .solver import class_weights, fit_logistic, fold_scaler, standardize
 
 FeatureSource = Union["Encoding", np.ndarray]  # noqa: F821  (Encoding is imported lazily)
@@ -311,78 +314,32 @@ class LinearSegmenter:
 
     @staticmethod
     def _common_config(sources: Sequence[FeatureSource]) -> FeatureConfig | None:
-        configs = [getattr(s, "config", None) for s in sources if _is_encoding(s)]
-        if not configs:
-            return None
-        for config in configs[1:]:
-            differences = configs[0].feature_differences(config)
-            if differences:
-                raise InputError(
-                    f"The encodings were computed with different feature settings ({', '.join(differences)}); "
-                    "use one FeatureConfig."
-                )
-        return configs[0]
+        return common_feature_config([getattr(s, "config", None) for s in sources if _is_encoding(s)])
 
     # ------------------------------------------------------------------ prediction
     def _check_fitted(self) -> None:
-        if not self.is_fitted:
-            raise InputError("This LinearSegmenter is not trained yet: call fit(...) or LinearSegmenter.load(path).")
+        compatibility.check_fitted(self)
 
     def check_compatible_config(self, config: FeatureConfig | None) -> None:
-        """Raise :class:`InputError` if ``config`` defines other features than the training features."""
-        self._check_fitted()
-        if self.feature_config is not None and config is not None:
-            check_same_features(self.feature_config, config)
+        """Raise :class:`InputError` if ``config`` defines other features than the training features
+        (:func:`.compatibility.check_model_features`)."""
+        compatibility.check_model_features(self, config)
 
     def check_backbone_family(self, family: str | None, *, source: str | None = None) -> None:
-        """Raise :class:`InputError` if ``family`` (of the backbone of some features) is not the model's.
-
-        A DINOv2 and a DINOv3 backbone of the same width give features of the same shape that mean
-        different things. Unknown families (old model files, plain arrays) pass.
-        """
-        if family is None or self.backbone_family_ is None or family == self.backbone_family_:
-            return
-        from ..backbone.identity import family_title
-
-        trained = self.feature_config.backbone if self.feature_config is not None else "?"
-        where = f" ('{source}')" if source else ""
-        raise InputError(
-            f"These features come from a {family_title(family)} backbone{where}, but the model was trained on "
-            f"{family_title(self.backbone_family_)} features ('{trained}'): use a {family_title(self.backbone_family_)} "
-            "backbone (the one the model was trained with), or retrain the model."
-        )
+        """Raise :class:`InputError` if ``family`` (of the backbone of some features) is not the model's
+        (:func:`.compatibility.check_backbone_family`; unknown families pass)."""
+        compatibility.check_backbone_family(self, family, source=source)
 
     def check_backbone(self, backbone: Any) -> None:
         """Raise :class:`InputError` if a loaded ``backbone`` cannot give the features the model was trained on:
-        another family, another width or other weights (:meth:`check_backbone_family`, :meth:`check_backbone_weights`).
+        another family, another width or other weights (:func:`.compatibility.check_backbone`).
         """
-        from ..backbone.identity import backbone_family_of, backbone_fingerprint
-
-        self._check_fitted()
-        self.check_backbone_family(backbone_family_of(backbone), source=str(backbone.source))
-        expected = self.n_hr_features_
-        if expected is not None and int(backbone.embed_dim) != int(expected):
-            raise InputError(
-                f"The backbone '{backbone.source}' gives {backbone.embed_dim} features per pixel but the model was "
-                f"trained on {expected}: use the backbone the model was trained with."
-            )
-        self.check_backbone_weights(backbone_fingerprint(backbone.model))
+        compatibility.check_backbone(self, backbone)
 
     def check_backbone_weights(self, fingerprint: np.ndarray | None) -> None:
-        """Raise :class:`InputError` if ``fingerprint`` (of a backbone) is not the one the model was trained with.
-
-        Backbones of the same width give features of the same shape, so without this check a model would
-        predict silently wrong labels with other weights. Unknown fingerprints (old model files) pass.
-        """
-        from ..backbone.identity import fingerprint_hash, same_weights
-
-        if not same_weights(self.backbone_fingerprint_, fingerprint):
-            trained = self.feature_config.backbone if self.feature_config is not None else "?"
-            raise InputError(
-                f"These features come from other backbone weights (fingerprint {fingerprint_hash(fingerprint)}) "
-                f"than the model was trained with ('{trained}', fingerprint "
-                f"{fingerprint_hash(self.backbone_fingerprint_)}): use the same weights, or retrain the model."
-            )
+        """Raise :class:`InputError` if ``fingerprint`` (of a backbone) is not the one the model was trained with
+        (:func:`.compatibility.check_backbone_weights`; unknown fingerprints pass)."""
+        compatibility.check_backbone_weights(self, fingerprint)
 
     def check_compatible(self, features: FeatureSource) -> None:
         """Raise :class:`InputError` if ``features`` were not made like the training features."""
@@ -467,20 +424,67 @@ class LinearSegmenter:
         return Featurizer(self.feature_config.replace(**runtime))
 
     # ------------------------------------------------------------------ files
+    def to_record(self) -> ModelRecord:
+        """The trained model as the plain values of its file (:class:`.model_file.ModelRecord`)."""
+        self._check_fitted()
+        return ModelRecord(
+            params=self.get_params(),
+            coef=self.coef_,
+            intercept=self.intercept_,
+            classes=self.classes_,
+            n_hr_features=int(self.n_hr_features_),
+            feature_config=self.feature_config,
+            summary=asdict(self.summary_) if self.summary_ else None,
+            class_names=dict(self.class_names or {}),
+            backbone_fingerprint=self.backbone_fingerprint_,
+            backbone_family=self.backbone_family_,
+            channels=self.channels,
+        )
+
+    @classmethod
+    def from_record(
+        cls, record: ModelRecord, tensors: dict[str, np.ndarray] | None = None, *, name: str = "model"
+    ) -> LinearSegmenter:
+        """The model of a file's ``record`` (``tensors``: the file's raw tensors, for the dtype checks).
+
+        Raises
+        ------
+        ModelFileError
+            Parameters or arrays that cannot make a model that predicts valid labels (``name`` in the message).
+        """
+        try:
+            model = cls(**record.params)
+            summary = TrainingSummary(**record.summary) if record.summary else None
+        except (KeyError, TypeError, ValueError) as err:
+            raise damaged(name, err) from err
+        raw = (
+            tensors
+            if tensors is not None
+            else {"coef": record.coef, "intercept": record.intercept, "classes": record.classes}
+        )
+        check_record(record, raw, n_classical=model.n_classical, name=name)
+        model.feature_config = record.feature_config
+        model.coef_ = record.coef
+        model.intercept_ = record.intercept
+        model.classes_ = record.classes
+        model.n_hr_features_ = record.n_hr_features
+        model.class_names = dict(record.class_names)
+        model.backbone_family_ = record.backbone_family
+        model.backbone_fingerprint_ = record.backbone_fingerprint
+        model.channels = record.channels
+        model.summary_ = summary
+        return model
+
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the model to one safetensors file (no pickle): weights, classes, config, version.
 
         Refuses to replace an existing file unless ``overwrite=True``. The layout is defined in
         :mod:`.model_file`.
         """
-        from .model_file import save_model
-
-        self._check_fitted()
-        return save_model(self, path, overwrite=overwrite)
+        return write_model_file(self.to_record(), path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> LinearSegmenter:
         """Read a model written by :meth:`save`; raises :class:`ModelFileError` for anything else."""
-        from .model_file import load_model
-
-        return load_model(path, cls)
+        record, tensors, name = read_model_file(path)
+        return cls.from_record(record, tensors, name=name)
