@@ -87,7 +87,9 @@ def test_two_workers_equal_single_process(client, batch):
     same_outputs(out, batch["single"])
     assert seen[-1].fraction == 1.0
     # each worker process loaded the model once (keyed by the file's sha256) and kept it
-    loaded = client.run(lambda: sorted(__import__("napari_hrdv2.core.scale.distributed").core.scale.distributed._WORKER_MODELS))
+    loaded = client.run(
+        lambda: sorted(__import__("napari_hrdv2.core.scale.distributed").core.scale.distributed._WORKER_MODELS)
+    )
     assert all(keys in ([], [file_sha256(batch["model_path"])]) for keys in loaded.values())
 
     # a rerun after a crash redoes only what is missing
@@ -179,8 +181,9 @@ def test_parse_scheduler():
 
 def test_outputs_of_a_killed_attempt_count_as_written(tmp_path):
     """A worker killed after writing but before reporting: its retry reports "skipped"; the run wrote them."""
-    from napari_hrdv2.core.scale.batch import BatchReport
-    from napari_hrdv2.core.scale.distributed import _add_task_report, _candidate_outputs
+    from napari_hrdv2.core.files.outputs import BatchReport
+    from napari_hrdv2.core.scale.distributed import _add_task_report
+    from napari_hrdv2.core.scale.plan import candidate_outputs as _candidate_outputs
 
     source = tmp_path / "a.tif"
     candidates = _candidate_outputs(source, tmp_path / "out", ".tif", uncertainty=True)

@@ -22,9 +22,9 @@ import numpy as np
 from .core.config import FeatureConfig
 from .core.errors import InputError
 from .core.features.cache import EncodingCache  # noqa: F401  (re-exported for the widgets)
+from .core.files.outputs import BatchReport as _CoreBatchReport
+from .core.files.outputs import output_path  # noqa: F401  (re-exported for the widgets)
 from .core.progress import Progress, within
-from .core.scale.batch import BatchReport as _CoreBatchReport
-from .core.scale.batch import output_path  # noqa: F401  (re-exported for the widgets)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core.analysis.pca import PCABasis
@@ -521,7 +521,7 @@ def predict_region_job(
     """
     from .core.files.lazy import LazyPlane
     from .core.runtime.devices import inference_mode
-    from .core.scale.streaming import _outputs_of_logits, iter_segment_region
+    from .core.scale.streaming import iter_segment_region, outputs_of_logits
 
     source = LazyPlane(data, (int(plane),)) if is_stack else LazyPlane(data)
     outputs = ("labels", *(("uncertainty",) if uncertainty else ()), *(("probabilities",) if probabilities else ()))
@@ -537,7 +537,7 @@ def predict_region_job(
             whole = cache.cached(data[int(plane)] if is_stack else data, featurizer.config)
         if whole is not None:
             logits = np.ascontiguousarray(segmenter.decision_function(whole)[:, r0:r1, c0:c1])
-            result = _outputs_of_logits(segmenter, logits, outputs)
+            result = outputs_of_logits(segmenter, logits, outputs)
         else:
             featurizer.backbone  # noqa: B018
             steps = iter_segment_region(
@@ -569,10 +569,10 @@ def folder_job(
 ) -> Generator[Progress, None, BatchReport]:
     """Segment every image in ``inputs`` (files or folders) and write one label image per input.
 
-    A thin wrapper over :func:`core.batch.iter_segment_files`: stacks become multi-page TIFFs, a bad
+    A thin wrapper over :func:`core.scale.in_process.iter_segment_files`: stacks become multi-page TIFFs, a bad
     file is recorded in the report and skipped, the rest are still processed.
     """
-    from .core.scale.batch import iter_segment_files
+    from .core.scale.in_process import iter_segment_files
 
     yield Progress(0.0, 1, "Loading the backbone")
     steps = iter_segment_files(inputs, outdir, segmenter, config, suffix=suffix, overwrite=overwrite)

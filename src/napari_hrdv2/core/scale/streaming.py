@@ -173,7 +173,7 @@ class TileEncoder:
         ``in_place`` sets the place and taps on ``encoding`` itself (a fresh encoding); otherwise a new
         encoding shares the maps, unless the tile already sits there.
         """
-        from ..features.encoding import Encoding, TileMaps, _fused_taps
+        from ..features.encoding import Encoding, TileMaps, fused_taps
 
         tile_maps = encoding.tiles[0]
         placed = Tile(
@@ -181,7 +181,7 @@ class TileEncoder:
         )
         if not in_place and (tile_maps.tile.top, tile_maps.tile.left) == (placed.top, placed.left):
             return encoding
-        row_taps, col_taps = _fused_taps(
+        row_taps, col_taps = fused_taps(
             placed,
             encoding.transforms,
             tuple(tile_maps.maps.shape[2:]),
@@ -267,7 +267,7 @@ def _iter_region_logits(
             acc_top += n_finished
 
 
-def _outputs_of_logits(segmenter: LinearSegmenter, logits: np.ndarray, kinds: Sequence[str]) -> dict[str, np.ndarray]:
+def outputs_of_logits(segmenter: LinearSegmenter, logits: np.ndarray, kinds: Sequence[str]) -> dict[str, np.ndarray]:
     """Labels, probabilities and/or uncertainty of logits ``(n, h, w)``, computed as the segmenter does."""
     from ..segmentation.segmenter import normalized_entropy
 
@@ -360,7 +360,7 @@ def iter_segment_region(
         if isinstance(item, Progress):
             yield item
             continue
-        for kind, values in _outputs_of_logits(segmenter, item.logits, kinds).items():
+        for kind, values in outputs_of_logits(segmenter, item.logits, kinds).items():
             if kind not in result:
                 shape = (*values.shape[:-2], r1 - r0, c1 - c0)
                 result[kind] = np.zeros(shape, dtype=values.dtype)
@@ -525,7 +525,7 @@ class StreamJob:
                 if isinstance(item, Progress):
                     yield item
                     continue
-                for kind, values in _outputs_of_logits(segmenter, item.logits, kinds).items():
+                for kind, values in outputs_of_logits(segmenter, item.logits, kinds).items():
                     pending[kind].append(values)
                 n_pending = sum(v.shape[-2] for v in pending[kinds[0]])
                 end_row = pending_top + n_pending
