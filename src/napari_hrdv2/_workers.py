@@ -29,6 +29,8 @@ from .core.progress import Progress, within
 if TYPE_CHECKING:  # pragma: no cover
     from .core.analysis.pca import PCABasis
     from .core.features.encoding import Encoding, PartialEncoding
+    from .core.segmentation.protocol import Segmenter
+    from .core.segmentation.segmenter import LinearSegmenter
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -42,7 +44,7 @@ def merge_runtime(model_config: FeatureConfig, runtime: FeatureConfig) -> Featur
     return model_config.with_runtime_of(runtime)
 
 
-def segmenter_config(segmenter: Any) -> FeatureConfig | None:
+def segmenter_config(segmenter: Segmenter) -> FeatureConfig | None:
     """The FeatureConfig a trained segmenter was trained with, if it records one."""
     for name in ("feature_config", "config_", "config"):
         value = getattr(segmenter, name, None)
@@ -280,7 +282,7 @@ def similarity_job(
 class PredictionResult:
     """Per-plane predictions (plane index -> array) and the segmenter that made them."""
 
-    segmenter: Any
+    segmenter: Segmenter
     config: FeatureConfig
     labels: dict[int, np.ndarray] = field(default_factory=dict)
     uncertainty: dict[int, np.ndarray] = field(default_factory=dict)
@@ -292,7 +294,7 @@ class PredictionResult:
 
 
 def _predict_planes(
-    segmenter: Any,
+    segmenter: Segmenter,
     encode: Callable[[int], Generator[Progress, None, Encoding]],
     indices: Sequence[int],
     result: PredictionResult,
@@ -322,7 +324,7 @@ def train_job(
     cache: EncodingCache,
     *,
     is_stack: bool,
-    make_segmenter: Callable[[], Any],
+    make_segmenter: Callable[[], LinearSegmenter],
     predict_indices: Sequence[int] | None = None,
     uncertainty: bool = False,
     probabilities: bool = False,
@@ -399,7 +401,7 @@ def train_job(
 def predict_job(
     data: Any,
     indices: Sequence[int],
-    segmenter: Any,
+    segmenter: Segmenter,
     config: FeatureConfig,
     cache: EncodingCache,
     *,
@@ -439,7 +441,7 @@ def train_lazy_job(
     config: FeatureConfig,
     *,
     is_stack: bool,
-    make_segmenter: Callable[[], Any],
+    make_segmenter: Callable[[], LinearSegmenter],
     cache: EncodingCache | None = None,
 ) -> Generator[Progress, None, PredictionResult]:
     """Train on a huge (lazily read) image, encoding only the tiles that hold scribbles (core ``fit_lazy``).
@@ -481,7 +483,7 @@ def train_lazy_job(
 class RegionResult:
     """A prediction of one rectangle of a (possibly huge, lazily read) plane: paste it at ``(top, left)``."""
 
-    segmenter: Any
+    segmenter: Segmenter
     plane: int
     top: int
     left: int
@@ -503,7 +505,7 @@ def predict_region_job(
     plane: int,
     rows: tuple[int, int],
     cols: tuple[int, int],
-    segmenter: Any,
+    segmenter: Segmenter,
     config: FeatureConfig,
     *,
     is_stack: bool,
@@ -561,7 +563,7 @@ class BatchReport(_CoreBatchReport):
 def folder_job(
     inputs: Sequence[str | Path],
     outdir: str | Path,
-    segmenter: Any,
+    segmenter: Segmenter,
     config: FeatureConfig,
     *,
     suffix: str = ".tif",
