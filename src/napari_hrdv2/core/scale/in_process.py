@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import FeatureConfig
 from ..errors import InputError
+from ..files.atomic import is_kept
 from ..files.images import write_labels
 from ..files.outputs import BatchReport, path_key
 from ..progress import Progress, within
@@ -185,7 +186,7 @@ def _iter_in_memory(
                 uncertain.append(np.asarray(segmenter.uncertainty(encoding), dtype=np.float32))
             del encoding
         labels = predicted[0] if job.single else np.stack(predicted)
-        if overwrite or not job.target.exists():
+        if not is_kept(job.target, overwrite=overwrite):
             report.written.append(write_labels(job.target, labels, overwrite=overwrite))
         else:  # only the uncertainty map was missing
             report.skipped.append(job.target)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import FeatureConfig
 from ..errors import HRDv2Error, InputError
-from ..files.atomic import check_output_folder
+from ..files.atomic import check_output_folder, is_kept
 from ..files.images import IMAGE_SUFFIXES, expand_inputs, planes, read_image
 from ..files.outputs import LABELS_TAG, UNCERTAINTY_TAG, label_suffix, output_path, path_key
 from ..files.paths import check_path
@@ -168,7 +168,7 @@ def estimate_output_bytes(
             )
         for target, per_pixel in outputs:
             try:
-                if target.exists() and not overwrite:
+                if is_kept(target, overwrite=overwrite):
                     continue
             except OSError:  # e.g. a name too long: that input fails later with its reason
                 continue
@@ -302,8 +302,8 @@ class BatchPlan:
         if streamed is not None:
             return streamed
         extra = self.output(path, ".tif", UNCERTAINTY_TAG) if self.uncertainty else None
-        done = not self.overwrite and (extra is None or extra.exists())
-        if done and self.suffix == ".tif" and self.output(path).exists():
+        extra_kept = not self.overwrite if extra is None else is_kept(extra, overwrite=self.overwrite)
+        if extra_kept and self.suffix == ".tif" and is_kept(self.output(path), overwrite=self.overwrite):
             return FileJob(self.output(path), skip=True)  # no need to read the image
         note = None
         if lazy:
@@ -313,7 +313,9 @@ class BatchPlan:
         stack = planes(image)
         single = len(stack) == 1 and image.ndim == stack[0].ndim
         target = self.output(path, self.suffix if single else ".tif")
-        return FileJob(target, extra, stack, single, skip=done and target.exists(), note=note)
+        return FileJob(
+            target, extra, stack, single, skip=extra_kept and is_kept(target, overwrite=self.overwrite), note=note
+        )
 
     def prepare_streamed(self, path: Path) -> FileJob | None:
         """The job of an input segmented tile by tile (Zarr output, or planes above ``STREAM_PIXELS``), else None."""
@@ -338,8 +340,8 @@ class BatchPlan:
         out_suffix = suffix if suffix == ".zarr" else ".tif"
         target = self.output(path, out_suffix)
         extra = self.output(path, out_suffix, UNCERTAINTY_TAG) if self.uncertainty else None
-        labels_done = target.exists() and not self.overwrite
-        extra_done = extra is None or (extra.exists() and not self.overwrite)
+        labels_done = is_kept(target, overwrite=self.overwrite)
+        extra_done = extra is None or is_kept(extra, overwrite=self.overwrite)
         if labels_done and extra_done:
             return FileJob(target, skip=True)
         streamed = streamed_file(path, target, extra if not extra_done else None, self.channels)
