@@ -343,7 +343,7 @@ def test_segment_no_images(tmp_path, capsys, model):
 def test_batch_generator_and_gui_wrapper(tmp_path, model, config):
     from napari_hrdv2._workers import BatchReport, folder_job
     from napari_hrdv2.core.progress import Progress
-    from napari_hrdv2.core.scale.batch import iter_segment_files
+    from napari_hrdv2.core.scale.in_process import iter_segment_files
 
     seg = hr.LinearSegmenter.load(model)
     tifffile.imwrite(tmp_path / "img.tif", two_texture_image(56)[0])

@@ -18,7 +18,8 @@ import zarr
 import napari_hrdv2 as hr
 from conftest import two_texture_image
 from napari_hrdv2.core.errors import InputError
-from napari_hrdv2.core.scale.distributed import file_sha256, parse_scheduler, segment_files_distributed
+from napari_hrdv2.core.files.checksums import file_sha256
+from napari_hrdv2.core.scale.distributed import parse_scheduler, segment_files_distributed
 
 distributed = pytest.importorskip("distributed")
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]
@@ -181,8 +182,9 @@ def test_parse_scheduler():
 
 def test_outputs_of_a_killed_attempt_count_as_written(tmp_path):
     """A worker killed after writing but before reporting: its retry reports "skipped"; the run wrote them."""
-    from napari_hrdv2.core.scale.batch import BatchReport
-    from napari_hrdv2.core.scale.distributed import _add_task_report, _candidate_outputs
+    from napari_hrdv2.core.files.outputs import BatchReport
+    from napari_hrdv2.core.scale.distributed import _add_task_report
+    from napari_hrdv2.core.scale.plan import candidate_outputs as _candidate_outputs
 
     source = tmp_path / "a.tif"
     candidates = _candidate_outputs(source, tmp_path / "out", ".tif", uncertainty=True)

@@ -322,7 +322,7 @@ def free_bytes(monkeypatch):
 
 def test_segment_refuses_clearly_insufficient_room_before_any_work(data, tmp_path, capsys, monkeypatch, free_bytes):
     import napari_hrdv2.core.features.encoding as encoding
-    from napari_hrdv2.core.scale.batch import estimate_output_bytes
+    from napari_hrdv2.core.scale.plan import estimate_output_bytes
 
     out = tmp_path / "out"
     # Known answer: 3 planes of 56x56 = 9408 pixels; uint8 labels at 1/256, float32 uncertainty at 1/2.
@@ -362,7 +362,7 @@ def test_cluster_run_checks_the_room_before_submitting(data, tmp_path, capsys, m
     import napari_hrdv2 as hr
     from napari_hrdv2.core.errors import OutputError
     from napari_hrdv2.core.scale import distributed
-    from napari_hrdv2.core.scale.batch import estimate_output_bytes
+    from napari_hrdv2.core.scale.plan import estimate_output_bytes
 
     out = tmp_path / "out"
     model = hr.LinearSegmenter.load(data["model"])

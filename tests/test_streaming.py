@@ -375,7 +375,7 @@ def test_cli_segment_zarr_folder(tmp_path, tiled, model, capsys):
 
 def test_a_zarr_image_named_as_an_input_is_segmented(tmp_path):
     """``segment a.zarr b.tif``: the Zarr image is an input (it was taken for a folder of images and silently left out)."""
-    from napari_hrdv2.core.scale.batch import collect_inputs
+    from napari_hrdv2.core.scale.plan import collect_inputs
 
     zarr.create_array(str(tmp_path / "a.zarr"), shape=(20, 20), chunks=(8, 8), dtype="uint8")
     tifffile.imwrite(tmp_path / "b.tif", np.zeros((20, 20), np.uint8))

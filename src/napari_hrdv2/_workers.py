@@ -22,13 +22,15 @@ import numpy as np
 from .core.config import FeatureConfig
 from .core.errors import InputError
 from .core.features.cache import EncodingCache  # noqa: F401  (re-exported for the widgets)
+from .core.files.outputs import BatchReport as _CoreBatchReport
+from .core.files.outputs import output_path  # noqa: F401  (re-exported for the widgets)
 from .core.progress import Progress, map_steps, within
-from .core.scale.batch import BatchReport as _CoreBatchReport
-from .core.scale.batch import output_path  # noqa: F401  (re-exported for the widgets)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core.analysis.pca import PCABasis
     from .core.features.encoding import Encoding, PartialEncoding
+    from .core.segmentation.protocol import Segmenter
+    from .core.segmentation.segmenter import LinearSegmenter
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -42,7 +44,7 @@ def merge_runtime(model_config: FeatureConfig, runtime: FeatureConfig) -> Featur
     return model_config.with_runtime_of(runtime)
 
 
-def segmenter_config(segmenter: Any) -> FeatureConfig | None:
+def segmenter_config(segmenter: Segmenter) -> FeatureConfig | None:
     """The FeatureConfig a trained segmenter was trained with, if it records one."""
     for name in ("feature_config", "config_", "config"):
         value = getattr(segmenter, name, None)
@@ -267,7 +269,7 @@ def similarity_job(
 class PredictionResult:
     """Per-plane predictions (plane index -> array) and the segmenter that made them."""
 
-    segmenter: Any
+    segmenter: Segmenter
     config: FeatureConfig
     labels: dict[int, np.ndarray] = field(default_factory=dict)
     uncertainty: dict[int, np.ndarray] = field(default_factory=dict)
@@ -279,7 +281,7 @@ class PredictionResult:
 
 
 def _predict_planes(
-    segmenter: Any,
+    segmenter: Segmenter,
     encode: Callable[[int], Generator[Progress, None, Encoding]],
     indices: Sequence[int],
     result: PredictionResult,
@@ -309,7 +311,7 @@ def train_job(
     cache: EncodingCache,
     *,
     is_stack: bool,
-    make_segmenter: Callable[[], Any],
+    make_segmenter: Callable[[], LinearSegmenter],
     predict_indices: Sequence[int] | None = None,
     uncertainty: bool = False,
     probabilities: bool = False,
@@ -386,7 +388,7 @@ def train_job(
 def predict_job(
     data: Any,
     indices: Sequence[int],
-    segmenter: Any,
+    segmenter: Segmenter,
     config: FeatureConfig,
     cache: EncodingCache,
     *,
@@ -426,7 +428,7 @@ def train_lazy_job(
     config: FeatureConfig,
     *,
     is_stack: bool,
-    make_segmenter: Callable[[], Any],
+    make_segmenter: Callable[[], LinearSegmenter],
     cache: EncodingCache | None = None,
 ) -> Generator[Progress, None, PredictionResult]:
     """Train on a huge (lazily read) image, encoding only the tiles that hold scribbles (core ``fit_lazy``).
@@ -468,7 +470,7 @@ def train_lazy_job(
 class RegionResult:
     """A prediction of one rectangle of a (possibly huge, lazily read) plane: paste it at ``(top, left)``."""
 
-    segmenter: Any
+    segmenter: Segmenter
     plane: int
     top: int
     left: int
@@ -490,7 +492,7 @@ def predict_region_job(
     plane: int,
     rows: tuple[int, int],
     cols: tuple[int, int],
-    segmenter: Any,
+    segmenter: Segmenter,
     config: FeatureConfig,
     *,
     is_stack: bool,
@@ -508,7 +510,7 @@ def predict_region_job(
     """
     from .core.files.lazy import LazyPlane
     from .core.runtime.devices import inference_mode
-    from .core.scale.streaming import _outputs_of_logits, iter_segment_region
+    from .core.scale.streaming import iter_segment_region, outputs_of_logits
 
     source = LazyPlane(data, (int(plane),)) if is_stack else LazyPlane(data)
     outputs = ("labels", *(("uncertainty",) if uncertainty else ()), *(("probabilities",) if probabilities else ()))
@@ -524,7 +526,7 @@ def predict_region_job(
             whole = cache.cached(data[int(plane)] if is_stack else data, featurizer.config)
         if whole is not None:
             logits = np.ascontiguousarray(segmenter.decision_function(whole)[:, r0:r1, c0:c1])
-            result = _outputs_of_logits(segmenter, logits, outputs)
+            result = outputs_of_logits(segmenter, logits, outputs)
         else:
             featurizer.backbone  # noqa: B018
             steps = iter_segment_region(
@@ -548,7 +550,7 @@ class BatchReport(_CoreBatchReport):
 def folder_job(
     inputs: Sequence[str | Path],
     outdir: str | Path,
-    segmenter: Any,
+    segmenter: Segmenter,
     config: FeatureConfig,
     *,
     suffix: str = ".tif",
@@ -556,10 +558,10 @@ def folder_job(
 ) -> Generator[Progress, None, BatchReport]:
     """Segment every image in ``inputs`` (files or folders) and write one label image per input.
 
-    A thin wrapper over :func:`core.batch.iter_segment_files`: stacks become multi-page TIFFs, a bad
+    A thin wrapper over :func:`core.scale.in_process.iter_segment_files`: stacks become multi-page TIFFs, a bad
     file is recorded in the report and skipped, the rest are still processed.
     """
-    from .core.scale.batch import iter_segment_files
+    from .core.scale.in_process import iter_segment_files
 
     yield Progress(0.0, 1, "Loading the backbone")
     steps = iter_segment_files(inputs, outdir, segmenter, config, suffix=suffix, overwrite=overwrite)

@@ -267,17 +267,24 @@ FEATURE_DEFINING_FIELDS: tuple[str, ...] = tuple(
 )
 
 
+def describe_feature_differences(trained: FeatureConfig, used: FeatureConfig, *, used_by: str = "image") -> str:
+    """Every setting where ``used`` computes other features than ``trained``, in words; ``""`` if none.
+
+    E.g. ``"flips: model False vs image True, facet: model 'key' vs Features dock 'token'"`` (``used_by``
+    names where ``used`` comes from). The one wording of feature mismatches.
+    """
+    differences = trained.feature_differences(used)
+    return ", ".join(f"{name}: model {mine!r} vs {used_by} {theirs!r}" for name, (mine, theirs) in differences.items())
+
+
 def check_same_features(trained: FeatureConfig, used: FeatureConfig) -> None:
     """Raise :class:`InputError` naming every setting where ``used`` computes other features than ``trained``.
 
     The one compatibility check between a model (``trained``: its ``feature_config``) and the
     features it is applied to or trained on together with (``used``).
     """
-    differences = trained.feature_differences(used)
-    if differences:
-        listed = ", ".join(
-            f"{name}: model {mine!r} vs image {theirs!r}" for name, (mine, theirs) in differences.items()
-        )
+    listed = describe_feature_differences(trained, used)
+    if listed:
         raise InputError(
             f"This model was trained with different feature settings ({listed}). Encode the image with "
             "the model's settings (segmenter.feature_config) or retrain."

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import HRDv2Error, InputError
+from ..files.atomic import is_kept
 from ..files.images import expand_inputs, is_stack, read_image
+from ..files.outputs import BatchReport, output_path
 from ..progress import Progress, within
-from ..scale.batch import BatchReport, output_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..features.encoding import Featurizer
@@ -79,7 +80,7 @@ def iter_apply_pca_files(
             image = read_image(path, channels=channels)
             stack = is_stack(image)
             target = output_path(path, outdir, ".tif" if stack else ".png", tag=PCA_TAG)
-            if target.exists() and not overwrite:
+            if is_kept(target, overwrite=overwrite):
                 report.skipped.append(target)
                 continue
             planes = list(image) if stack else [image]

@@ -221,7 +221,7 @@ def _sparse_times_dense(matrix: torch.Tensor, dense: torch.Tensor, out: torch.Te
     out.copy_(torch.sparse.mm(matrix.cpu(), dense.cpu()).to(out.device))
 
 
-def _fused_taps(
+def fused_taps(
     tile: Tile, transforms: Sequence[Transform], grid: tuple[int, int], *, patch_size: int, stride: int, resize: str
 ) -> tuple[list[AxisTaps], list[AxisTaps]]:
     base_rows = token_axis_taps(tile.height, grid[0], stride=stride, patch_size=patch_size, resize=resize)
@@ -824,7 +824,7 @@ class Featurizer:
         patch, stride = self.backbone.patch_size, self.stride
         parts = []
         for tile, grid, (maps, attention) in zip(tiles, grids, tile_maps):
-            rows, cols = _fused_taps(
+            rows, cols = fused_taps(
                 tile, done_transforms, grid, patch_size=patch, stride=stride, resize=self.config.resize
             )
             parts.append(TileMaps(tile, maps[:n_done], None if attention is None else attention[:n_done], rows, cols))

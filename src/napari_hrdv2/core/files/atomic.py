@@ -155,12 +155,20 @@ def output_error(err: OSError, path: str | Path) -> OutputError:
     return OutputError(f"{_describe(err, path)}; nothing was written there (an existing file is unchanged).")
 
 
+def is_kept(path: str | Path, *, overwrite: bool) -> bool:
+    """True when ``path`` exists and may not be replaced (no ``overwrite``): the one overwrite rule.
+
+    A batch skips the inputs whose outputs are kept; a single write refuses them (:func:`check_target`).
+    """
+    return not overwrite and Path(path).exists()
+
+
 def check_target(path: str | Path, *, overwrite: bool = False, what: str = "output") -> Path:
-    """Refuse a target that is a folder, or that exists without ``overwrite``; returns it as a Path."""
+    """Refuse a target that is a folder, or that exists without ``overwrite`` (:func:`is_kept`); returns it as a Path."""
     path = check_path(path, what)
     if path.is_dir():
         raise InputError(f"The {what} '{path}' is a folder; give a file name.")
-    if path.exists() and not overwrite:
+    if is_kept(path, overwrite=overwrite):
         raise InputError(f"'{path}' already exists; pass overwrite=True (--overwrite) to replace it.")
     return path
 
@@ -270,7 +278,7 @@ def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
             if not temporary.exists():
                 raise OutputError(f"Nothing was written for '{path}'.")
             _fsync_file(temporary)
-            if path.exists() and not overwrite:  # appeared meanwhile (another process)
+            if is_kept(path, overwrite=overwrite):  # appeared meanwhile (another process)
                 raise InputError(f"'{path}' already exists; pass overwrite=True (--overwrite) to replace it.")
             os.replace(temporary, path)
         except OSError as err:

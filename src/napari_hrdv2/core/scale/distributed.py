@@ -8,7 +8,7 @@ through dask-jobqueue, or on one worker per GPU.
 - The model goes to the workers as a file path plus its sha256 (or, for a model that only exists in
   memory, as its file bytes, scattered once); each worker process keeps one copy of the model and one
   backbone (``load_backbone`` caches it) for all its tasks.
-- A task runs exactly the single-process code (:func:`~.batch.iter_segment_files` on one input, or a
+- A task runs exactly the single-process code (:func:`~.in_process.iter_segment_files` on one input, or a
   band of :class:`~.streaming.StreamJob`), so the outputs are identical to a run without a cluster.
 - Outputs are written atomically under deterministic names, so a task that is retried after its worker
   died (``retries``) or a rerun after a crash only redoes what is missing; streamed images resume from
@@ -26,17 +26,22 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import FeatureConfig
 from ..errors import Cancelled, InputError, ModelFileError, WeightsNotFoundError
+from ..files.checksums import file_sha256
+from ..files.outputs import BatchReport, path_key
 from ..progress import Progress
+from .plan import BatchPlan, per_file_reason, plan_batch
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..features.encoding import Featurizer
+    from ..segmentation.protocol import Segmenter
     from ..segmentation.segmenter import LinearSegmenter
-    from .batch import BatchReport
+    from .streaming import StreamedFile
 
 #: Retries of a task whose worker died (every task is idempotent: outputs are atomic and named per input).
 DEFAULT_RETRIES = 3
@@ -52,15 +57,6 @@ def _import_distributed() -> Any:
     except ImportError as err:  # pragma: no cover (installed in the test environment)
         raise InputError(f"Running on a cluster needs dask.distributed: {EXTRA_HINT}.") from err
     return distributed
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's content (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- clients
@@ -195,7 +191,7 @@ def segment_file_task(
     backbone_path: str | None = None,
     channels: list[int] | None = None,
 ) -> dict[str, list]:
-    """One input on a worker: exactly :func:`~.batch.iter_segment_files` on ``[path]``; returns its report.
+    """One input on a worker: exactly :func:`~.in_process.iter_segment_files` on ``[path]``; returns its report.
 
     The report's ``notes`` are the warnings of the run (which channels were used, alpha dropped), for the
     client to tell the user.
@@ -204,7 +200,7 @@ def segment_file_task(
 
     from ..progress import run_steps
     from ..runtime.devices import inference_mode
-    from .batch import iter_segment_files
+    from .in_process import iter_segment_files
 
     segmenter = _model_on_worker(model_ref)
     featurizer = _featurizer_on_worker(model_ref[0], config, backbone_path)
@@ -270,16 +266,6 @@ def _channels(channels: Sequence[int] | None) -> tuple[int, ...] | None:
 
 
 # ---------------------------------------------------------------------------------------------- client side
-def _candidate_outputs(path: Path, outdir: str | Path | None, suffix: str, uncertainty: bool) -> list[Path]:
-    """The outputs an in-memory input may get: labels (as ``suffix``, or TIFF for a stack), then uncertainty."""
-    from .batch import UNCERTAINTY_TAG, output_path
-
-    names = [output_path(path, outdir, suffix), output_path(path, outdir, ".tif")]
-    if uncertainty:
-        names.append(output_path(path, outdir, ".tif", UNCERTAINTY_TAG))
-    return names
-
-
 def _add_task_report(
     report: BatchReport, result: dict[str, list], preexisting: set[Path], candidates: list[Path]
 ) -> None:
@@ -310,7 +296,7 @@ def _gpu_resources(client: Any) -> dict[str, float] | None:
     return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
 
 
-def _model_reference(client: Any, segmenter: LinearSegmenter, model_path: str | Path | None) -> tuple[str, Any]:
+def _model_reference(client: Any, segmenter: Segmenter, model_path: str | Path | None) -> tuple[str, Any]:
     """(sha256, path) of the model file, or (sha256, scattered bytes) for a model that only exists in memory."""
     if model_path is not None:
         path = Path(model_path).resolve()
@@ -318,13 +304,166 @@ def _model_reference(client: Any, segmenter: LinearSegmenter, model_path: str | 
     with tempfile.TemporaryDirectory() as folder:
         path = segmenter.save(Path(folder) / "model.hrdv2")
         data = path.read_bytes()
-    return hashlib.sha256(data).hexdigest(), data
+    return hashlib.sha256(data).hexdigest(), client.scatter(data, broadcast=True, hash=False)
+
+
+@dataclass
+class _Submission:
+    """What the client submits, and what it knows of each input before its task reports back.
+
+    ``futures`` maps each task's future to its input's index; ``early`` holds the inputs that failed before
+    any task (index -> (input, reason)); ``streamed`` the label target of inputs segmented tile by tile;
+    ``preexisting`` the outputs of in-memory inputs that existed before this run.
+    """
+
+    client: Any
+    plan: BatchPlan
+    segmenter: Segmenter
+    config: FeatureConfig
+    model_ref: tuple[str, Any]
+    options: dict[str, Any]
+    backbone_path: str | None
+    band_chunk_rows: int
+    chunk: int
+    futures: dict[Any, int] = field(default_factory=dict)
+    early: dict[int, tuple[Path, str]] = field(default_factory=dict)
+    streamed: dict[int, Path] = field(default_factory=dict)
+    preexisting: dict[int, set[Path]] = field(default_factory=dict)
+
+    @property
+    def channel_list(self) -> list[int] | None:
+        return None if self.plan.channels is None else list(self.plan.channels)
+
+    def submit_all(self) -> None:
+        """One task per input (a band task per chunk rows and a finishing task for streamed inputs)."""
+        plan = self.plan
+        claimed: dict[Path, Path] = {}  # output -> input, as the single-process batch refuses same-name outputs
+        for i, path in enumerate(plan.paths):
+            target = path_key(plan.output(path))
+            as_tif = path_key(plan.output(path, ".tif"))
+            other = claimed.get(as_tif, claimed.get(target))
+            if other is not None:
+                self.early[i] = (
+                    path,
+                    f"its output '{plan.output(path).name}' would replace the one written for "
+                    f"'{other.name}'; rename one of the inputs or segment them separately.",
+                )
+                continue
+            claimed[target] = claimed[as_tif] = path
+            try:
+                job = plan.prepare_streamed(path)
+            except Exception as err:
+                self.early[i] = (path, per_file_reason(err))
+                continue
+            if job is not None and job.streamed is not None:
+                if job.note:  # which channels are used: said here, the workers' warnings are not seen
+                    warnings.warn(job.note, UserWarning, stacklevel=3)
+                self.futures[self._submit_streamed(path, job.streamed)] = i
+                self.streamed[i] = job.target
+            else:
+                self.preexisting[i] = {candidate for candidate in plan.candidate_outputs(path) if candidate.exists()}
+                self.futures[self._submit_in_memory(path)] = i
+
+    def _submit_streamed(self, path: Path, streamed: StreamedFile) -> Any:
+        """The band tasks of an input segmented tile by tile, and the task that finishes it (its future)."""
+        config_dict = self.config.to_dict()
+        finals = {k: str(v) for k, v in streamed.finals.items()}
+        stream_job = streamed.job(self.segmenter, self.config, chunk=self.chunk)
+        if not streamed.intermediate_done(stream_job):
+            stream_job.open()  # the partial outputs exist before any band writes into them
+        bands = [
+            self.client.submit(
+                stream_band_task,
+                str(path),
+                finals,
+                self.model_ref,
+                config_dict,
+                p,
+                (a, b),
+                self.chunk,
+                self.backbone_path,
+                self.channel_list,
+                **self.options,
+            )  # fmt: skip
+            for p, a, b in stream_job.bands(self.band_chunk_rows)
+        ]
+        return self.client.submit(
+            finish_stream_task, str(path), finals, self.model_ref, config_dict, self.chunk, self.channel_list,
+            *bands, **self.options,
+        )  # fmt: skip
+
+    def _submit_in_memory(self, path: Path) -> Any:
+        plan = self.plan
+        outdir = None if plan.outdir is None else str(plan.outdir)
+        return self.client.submit(
+            segment_file_task, str(path), outdir, self.model_ref, self.config.to_dict(), plan.suffix, plan.overwrite,
+            plan.uncertainty, self.backbone_path, self.channel_list, **self.options,
+        )  # fmt: skip
+
+    def gather(self, progress: Callable[[Progress], None] | None, cancel: threading.Event | None) -> dict[int, Any]:
+        """Wait for every task: input index -> its result, or the exception it raised."""
+        distributed = _import_distributed()
+        n = len(self.plan.paths)
+        results: dict[int, Any] = {}
+        finished = len(self.early)
+        if progress is not None:
+            progress(Progress(finished, n, f"{len(self.futures)} task(s) submitted"))
+        try:
+            for future in distributed.as_completed(list(self.futures)):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("Cancelled.")
+                i = self.futures[future]
+                try:
+                    results[i] = future.result()
+                except Exception as err:
+                    results[i] = err
+                finished += 1
+                if progress is not None:
+                    progress(Progress(finished, n, f"{self.plan.paths[i].name} ({finished}/{n})"))
+        except BaseException:
+            self.client.cancel(list(self.futures))
+            raise
+        return results
+
+    def report(self, results: dict[int, Any]) -> BatchReport:
+        """The report of the whole run, in the order of the inputs, as the single-process run makes it."""
+        report = BatchReport()
+        for i, path in enumerate(self.plan.paths):
+            if i in self.early:
+                report.failed.append(self.early[i])
+                continue
+            result = results[i]
+            if isinstance(result, Exception):
+                report.failed.append((path, _task_failure(result)))
+            elif i in self.streamed:
+                files = {kind: Path(p) for kind, p in result.items()}
+                if "labels" in files:
+                    report.written.append(files["labels"])
+                else:
+                    report.skipped.append(self.streamed[i])
+                if "uncertainty" in files:
+                    report.extra.append(files["uncertainty"])
+            else:
+                for note in result.get("notes", []):
+                    warnings.warn(note, UserWarning, stacklevel=3)
+                _add_task_report(report, result, self.preexisting[i], self.plan.candidate_outputs(path))
+        return report
+
+
+def _task_failure(error: Exception) -> str:
+    """The reason recorded for an input whose task failed; errors that concern the whole batch are re-raised."""
+    try:
+        return per_file_reason(error)
+    except (Cancelled, ModelFileError, WeightsNotFoundError):
+        raise
+    except Exception:  # e.g. KilledWorker after all retries: this input failed, the others are done
+        return f"{type(error).__name__}: {error}"
 
 
 def segment_files_distributed(
     inputs: Sequence[str | Path],
     outdir: str | Path | None,
-    segmenter: LinearSegmenter,
+    segmenter: Segmenter,
     featurizer_or_config: Featurizer | FeatureConfig,
     *,
     client: Any,
@@ -352,153 +491,26 @@ def segment_files_distributed(
     chunk : chunk side of streamed outputs (default ``streaming.DEFAULT_CHUNK``).
     channels : the inputs' channels to use (default: the model's), as the single-process run reads them.
 
-    Before any task is submitted, every output folder is checked to be writable and to roughly have room for
-    the outputs (:func:`~.batch.check_room`, sizes from the inputs' headers), as the client sees it.
+    Before any task is submitted, the batch is planned as the single-process run plans it
+    (:func:`~.plan.plan_batch`): every output folder is checked to be writable and to roughly have room for
+    the outputs (sizes from the inputs' headers), as the client sees it.
 
-    Returns the same :class:`~.batch.BatchReport` as the single-process run (same files, same order).
+    Returns the same :class:`~..files.outputs.BatchReport` as the single-process run (same files, same order).
     """
-    from ..files.images import IMAGE_SUFFIXES
-    from .batch import (
-        BatchReport,
-        _check_channels,
-        _check_suffix,
-        _key,
-        _per_file_reason,
-        _prepare_streamed,
-        check_model_config,
-        check_room,
-        collect_inputs,
-        output_path,
-    )
     from .streaming import DEFAULT_CHUNK
 
-    chunk = int(chunk or DEFAULT_CHUNK)
-
-    suffix = _check_suffix(suffix)
-    chosen = _check_channels(segmenter, channels)
-    channel_list = None if chosen is None else list(chosen)
     config = featurizer_or_config if isinstance(featurizer_or_config, FeatureConfig) else featurizer_or_config.config
-    check_model_config(segmenter, config)
-    paths = collect_inputs(inputs, outdir, suffix=suffix)
-    if not paths:
-        where = ", ".join(str(p) for p in inputs) or "(no inputs)"
-        raise InputError(f"No images found in {where} (looked for {', '.join(IMAGE_SUFFIXES)}, .zarr, .npy).")
-    check_room(paths, outdir, segmenter, suffix=suffix, uncertainty=uncertainty, overwrite=overwrite, channels=chosen)
-    n = len(paths)
-    model_ref = _model_reference(client, segmenter, model_path)
-    if isinstance(model_ref[1], bytes):
-        model_ref = (model_ref[0], client.scatter(model_ref[1], broadcast=True, hash=False))
-    resources = _gpu_resources(client)
-    options = {"retries": retries, "resources": resources, "pure": False}
-    config_dict = config.to_dict()
-    outdir_text = None if outdir is None else str(outdir)
-
-    futures: dict[Any, int] = {}  # future -> input index
-    outcomes: list[dict[str, list] | None] = [None] * n
-    claimed: dict[Path, Path] = {}  # output -> input, as the single-process batch refuses same-name outputs
-    early: dict[int, tuple[Path, str]] = {}
-    preexisting: dict[int, set[Path]] = {}  # outputs already there before this run (in-memory inputs)
-    for i, path in enumerate(paths):
-        target = _key(output_path(path, outdir, suffix))
-        other = claimed.get(_key(output_path(path, outdir, ".tif")), claimed.get(target))
-        if other is not None:
-            early[i] = (
-                path,
-                f"its output '{output_path(path, outdir, suffix).name}' would replace the one written for "
-                f"'{other.name}'; rename one of the inputs or segment them separately.",
-            )
-            continue
-        claimed[target] = claimed[_key(output_path(path, outdir, ".tif"))] = path
-        try:
-            job = _prepare_streamed(path, outdir, suffix, overwrite=overwrite, uncertainty=uncertainty, channels=chosen)
-        except Exception as err:
-            early[i] = (path, _per_file_reason(err))
-            continue
-        if job is not None and job.streamed is not None:
-            if job.note:  # which channels are used: said here, the workers' warnings are not seen
-                warnings.warn(job.note, UserWarning, stacklevel=2)
-            plan = job.streamed
-            finals = {k: str(v) for k, v in plan.finals.items()}
-            stream_job = plan.job(segmenter, config, chunk=chunk)
-            if not plan.intermediate_done(stream_job):
-                stream_job.open()  # the partial outputs exist before any band writes into them
-            bands = [
-                client.submit(
-                    stream_band_task,
-                    str(path),
-                    finals,
-                    model_ref,
-                    config_dict,
-                    p,
-                    (a, b),
-                    chunk,
-                    backbone_path,
-                    channel_list,
-                    **options,
-                )  # fmt: skip
-                for p, a, b in stream_job.bands(band_chunk_rows)
-            ]
-            future = client.submit(
-                finish_stream_task, str(path), finals, model_ref, config_dict, chunk, channel_list, *bands, **options
-            )
-            outcomes[i] = {"streamed": [str(job.target)], "finals": finals}  # filled in when done
-        else:
-            preexisting[i] = {
-                candidate for candidate in _candidate_outputs(path, outdir, suffix, uncertainty) if candidate.exists()
-            }
-            future = client.submit(
-                segment_file_task, str(path), outdir_text, model_ref, config_dict, suffix, overwrite, uncertainty,
-                backbone_path, channel_list, **options,
-            )  # fmt: skip
-        futures[future] = i
-
-    distributed = _import_distributed()
-    results: dict[int, Any] = {}
-    finished = len(early)
+    plan = plan_batch(
+        inputs, outdir, segmenter, config, suffix=suffix, overwrite=overwrite, uncertainty=uncertainty,
+        channels=channels, distinct_outputs=False,
+    )  # fmt: skip
+    submission = _Submission(
+        client, plan, segmenter, config, _model_reference(client, segmenter, model_path),
+        {"retries": retries, "resources": _gpu_resources(client), "pure": False}, backbone_path, band_chunk_rows,
+        int(chunk or DEFAULT_CHUNK),
+    )  # fmt: skip
+    submission.submit_all()
+    report = submission.report(submission.gather(progress, cancel))
     if progress is not None:
-        progress(Progress(finished, n, f"{len(futures)} task(s) submitted"))
-    try:
-        for future in distributed.as_completed(list(futures)):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("Cancelled.")
-            i = futures[future]
-            try:
-                results[i] = future.result()
-            except Exception as err:
-                results[i] = err
-            finished += 1
-            if progress is not None:
-                progress(Progress(finished, n, f"{paths[i].name} ({finished}/{n})"))
-    except BaseException:
-        client.cancel(list(futures))
-        raise
-
-    report = BatchReport()
-    for i, path in enumerate(paths):
-        if i in early:
-            report.failed.append(early[i])
-            continue
-        result = results[i]
-        if isinstance(result, Exception):
-            try:
-                reason = _per_file_reason(result)
-            except (Cancelled, ModelFileError, WeightsNotFoundError):
-                raise
-            except Exception:  # e.g. KilledWorker after all retries: this input failed, the others are done
-                reason = f"{type(result).__name__}: {result}"
-            report.failed.append((path, reason))
-        elif outcomes[i] is not None and "streamed" in outcomes[i]:
-            files = {kind: Path(p) for kind, p in result.items()}
-            if "labels" in files:
-                report.written.append(files["labels"])
-            else:
-                report.skipped.append(Path(outcomes[i]["streamed"][0]))
-            if "uncertainty" in files:
-                report.extra.append(files["uncertainty"])
-        else:
-            for note in result.get("notes", []):
-                warnings.warn(note, UserWarning, stacklevel=2)
-            _add_task_report(report, result, preexisting[i], _candidate_outputs(path, outdir, suffix, uncertainty))
-    if progress is not None:
-        progress(Progress(n, n, report.summary()))
+        progress(Progress(len(plan.paths), len(plan.paths), report.summary()))
     return report

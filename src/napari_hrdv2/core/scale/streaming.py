@@ -44,9 +44,11 @@ from ..features.cache import EncodingCache, fingerprint
 from ..features.tiling import Tile, plan_tiles
 from ..files.lazy import IntensityRange, LazyPlane, ZarrOutput, intensity_range, lazy_planes, open_lazy
 from ..progress import Progress, run_steps, within
+from ..segmentation.compatibility import check_backbone, check_fitted, check_model_features
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..features.encoding import Encoding, Featurizer
+    from ..segmentation.protocol import LinearModel
     from ..segmentation.segmenter import LinearSegmenter
 
 #: Side of the square chunks of streamed Zarr outputs.
@@ -56,13 +58,13 @@ OUTPUT_KINDS = ("labels", "probabilities", "uncertainty")
 
 
 # ---------------------------------------------------------------------------------------------- model identity
-def model_digest(segmenter: LinearSegmenter) -> str:
+def model_digest(segmenter: LinearModel) -> str:
     """sha256 of what a trained model computes (weights, classes, hyper-parameters, feature settings).
 
     Independent of the file it was loaded from: outputs record it, so a complete output made by the same
     model is recognised (and skipped) on a rerun, on any machine.
     """
-    segmenter._check_fitted()
+    check_fitted(segmenter)
     digest = hashlib.sha256()
     for array in (segmenter.coef_, segmenter.intercept_, segmenter.classes_):
         digest.update(np.ascontiguousarray(array).tobytes())
@@ -71,8 +73,8 @@ def model_digest(segmenter: LinearSegmenter) -> str:
     return digest.hexdigest()
 
 
-def _check_streamable(segmenter: LinearSegmenter) -> None:
-    segmenter._check_fitted()
+def _check_streamable(segmenter: LinearModel) -> None:
+    check_fitted(segmenter)
     if segmenter.hybrid:
         raise InputError(
             "Hybrid models (classical filters) cannot segment images tile by tile yet; segment this image in memory "
@@ -173,7 +175,7 @@ class TileEncoder:
         ``in_place`` sets the place and taps on ``encoding`` itself (a fresh encoding); otherwise a new
         encoding shares the maps, unless the tile already sits there.
         """
-        from ..features.encoding import Encoding, TileMaps, _fused_taps
+        from ..features.encoding import Encoding, TileMaps, fused_taps
 
         tile_maps = encoding.tiles[0]
         placed = Tile(
@@ -181,7 +183,7 @@ class TileEncoder:
         )
         if not in_place and (tile_maps.tile.top, tile_maps.tile.left) == (placed.top, placed.left):
             return encoding
-        row_taps, col_taps = _fused_taps(
+        row_taps, col_taps = fused_taps(
             placed,
             encoding.transforms,
             tuple(tile_maps.maps.shape[2:]),
@@ -267,7 +269,7 @@ def _iter_region_logits(
             acc_top += n_finished
 
 
-def _outputs_of_logits(segmenter: LinearSegmenter, logits: np.ndarray, kinds: Sequence[str]) -> dict[str, np.ndarray]:
+def outputs_of_logits(segmenter: LinearModel, logits: np.ndarray, kinds: Sequence[str]) -> dict[str, np.ndarray]:
     """Labels, probabilities and/or uncertainty of logits ``(n, h, w)``, computed as the segmenter does."""
     from ..segmentation.segmenter import normalized_entropy
 
@@ -294,25 +296,25 @@ def _check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
     return kinds
 
 
-def _featurizer_for(segmenter: LinearSegmenter, featurizer: Featurizer | FeatureConfig | None) -> Featurizer:
+def _featurizer_for(segmenter: LinearModel, featurizer: Featurizer | FeatureConfig | None) -> Featurizer:
     from ..features.encoding import Featurizer
 
     if featurizer is None:
         return segmenter.featurizer()
     if isinstance(featurizer, FeatureConfig):
         featurizer = Featurizer(featurizer)
-    segmenter.check_compatible_config(featurizer.config)
+    check_model_features(segmenter, featurizer.config)
     return featurizer
 
 
-def _weights(segmenter: LinearSegmenter, featurizer: Featurizer) -> tuple[np.ndarray, np.ndarray]:
-    segmenter.check_backbone(featurizer.backbone)  # family, width and weights the model was trained on
+def _weights(segmenter: LinearModel, featurizer: Featurizer) -> tuple[np.ndarray, np.ndarray]:
+    check_backbone(segmenter, featurizer.backbone)  # family, width and weights the model was trained on
     return segmenter.coef_, segmenter.intercept_
 
 
 # ---------------------------------------------------------------------------------------------- regions
 def iter_segment_region(
-    segmenter: LinearSegmenter,
+    segmenter: LinearModel,
     image: Any,
     rows: tuple[int, int] | None = None,
     cols: tuple[int, int] | None = None,
@@ -360,7 +362,7 @@ def iter_segment_region(
         if isinstance(item, Progress):
             yield item
             continue
-        for kind, values in _outputs_of_logits(segmenter, item.logits, kinds).items():
+        for kind, values in outputs_of_logits(segmenter, item.logits, kinds).items():
             if kind not in result:
                 shape = (*values.shape[:-2], r1 - r0, c1 - c0)
                 result[kind] = np.zeros(shape, dtype=values.dtype)
@@ -369,7 +371,7 @@ def iter_segment_region(
 
 
 def segment_region(
-    segmenter: LinearSegmenter,
+    segmenter: LinearModel,
     image: Any,
     rows: tuple[int, int] | None = None,
     cols: tuple[int, int] | None = None,
@@ -407,7 +409,7 @@ class StreamJob:
     @classmethod
     def create(
         cls,
-        segmenter: LinearSegmenter,
+        segmenter: LinearModel,
         source: Any,
         outputs: dict[str, str | Path],
         *,
@@ -487,7 +489,7 @@ class StreamJob:
 
     def iter_band(
         self,
-        segmenter: LinearSegmenter,
+        segmenter: LinearModel,
         featurizer: Featurizer,
         plane_index: int = 0,
         chunk_rows: tuple[int, int] | None = None,
@@ -525,7 +527,7 @@ class StreamJob:
                 if isinstance(item, Progress):
                     yield item
                     continue
-                for kind, values in _outputs_of_logits(segmenter, item.logits, kinds).items():
+                for kind, values in outputs_of_logits(segmenter, item.logits, kinds).items():
                     pending[kind].append(values)
                 n_pending = sum(v.shape[-2] for v in pending[kinds[0]])
                 end_row = pending_top + n_pending
@@ -555,7 +557,7 @@ class StreamJob:
 
 
 def iter_stream_segment(
-    segmenter: LinearSegmenter,
+    segmenter: LinearModel,
     source: Any,
     outputs: dict[str, str | Path],
     *,
@@ -599,7 +601,7 @@ def iter_stream_segment(
 
 
 def stream_segment(
-    segmenter: LinearSegmenter,
+    segmenter: LinearModel,
     source: Any,
     outputs: dict[str, str | Path],
     *,
@@ -738,7 +740,7 @@ class StreamedFile:
         }
 
     def iter_run(
-        self, segmenter: LinearSegmenter, featurizer: Featurizer, *, chunk: int = DEFAULT_CHUNK
+        self, segmenter: LinearModel, featurizer: Featurizer, *, chunk: int = DEFAULT_CHUNK
     ) -> Generator[Progress, None, dict[str, Path]]:
         """Stream the segmentation (resuming a partial one) and write the final files; returns kind -> path."""
         job = self.job(segmenter, featurizer.config, chunk=chunk)
@@ -750,7 +752,7 @@ class StreamedFile:
             job.finish()
         return self.convert()
 
-    def job(self, segmenter: LinearSegmenter, config: FeatureConfig, *, chunk: int = DEFAULT_CHUNK) -> StreamJob:
+    def job(self, segmenter: LinearModel, config: FeatureConfig, *, chunk: int = DEFAULT_CHUNK) -> StreamJob:
         return StreamJob.create(
             segmenter, self.source, self.zarr_outputs, config=config, chunk=chunk, channels=self.channels
         )

@@ -1,4 +1,4 @@
-"""The model file of :class:`~.segmenter.LinearSegmenter`: one safetensors file, no pickle.
+"""The model file of a linear segmenter: one safetensors file, no pickle.
 
 Layout (format version :data:`FORMAT_VERSION`):
 
@@ -14,78 +14,109 @@ metadata (strings)
     (``dinov2``, ``dinov2_reg``, ``dinov3``); files without them load and are not checked for them;
     optional ``channels`` (JSON list of the image channels used for training, ``io.read_image(channels=)``).
 
-:func:`model_to_contents` / :func:`model_from_contents` are the (de)serialisation;
-:func:`save_model` / :func:`load_model` add the file handling.
+:class:`ModelRecord` is what a file holds, as plain values: this module knows no segmenter class
+(:meth:`~.segmenter.LinearSegmenter.save` / ``load`` convert it). :func:`record_to_contents` /
+:func:`record_from_contents` are the (de)serialisation, :func:`check_record` the checks a record must
+pass to predict valid labels; :func:`write_model_file` / :func:`read_model_file` add the file handling.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from ..config import FeatureConfig
 from ..errors import ModelFileError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .segmenter import LinearSegmenter
-
-#: Version of the model file layout written by :func:`save_model`.
+#: Version of the model file layout written by :func:`write_model_file`.
 FORMAT_VERSION = 1
 #: Identifies our files among other safetensors files.
 FORMAT_NAME = "napari-hrdv2-linear-segmenter"
 
 
-def model_to_contents(model: LinearSegmenter) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """The tensors and string metadata that represent a trained ``model`` in a file."""
+@dataclass
+class ModelRecord:
+    """What a model file holds.
+
+    Attributes
+    ----------
+    params : dict
+        The segmenter's hyper-parameters (``get_params()``, JSON-safe).
+    coef : (n_classes, n_features) float32
+        Weights on the raw features (scaler folded in).
+    intercept : (n_classes,) float32
+    classes : (n_classes,) int64
+        The label values predicted.
+    n_hr_features : int
+        Backbone features per pixel (``n_features`` minus the classical ones).
+    feature_config : FeatureConfig or None
+        The feature settings of the training features (None: trained on plain arrays).
+    summary : dict or None
+        The training summary's fields (``pixels_per_class`` with int keys).
+    class_names : dict of int to str
+    backbone_fingerprint : (k,) float32 or None
+    backbone_family : str or None
+    channels : tuple of int or None
+        The channels of the image files trained on.
+    """
+
+    params: dict[str, Any]
+    coef: np.ndarray
+    intercept: np.ndarray
+    classes: np.ndarray
+    n_hr_features: int
+    feature_config: FeatureConfig | None = None
+    summary: dict[str, Any] | None = None
+    class_names: dict[int, str] = field(default_factory=dict)
+    backbone_fingerprint: np.ndarray | None = None
+    backbone_family: str | None = None
+    channels: tuple[int, ...] | None = None
+
+
+def record_to_contents(record: ModelRecord) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors and string metadata that represent ``record`` in a file."""
     meta = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
-        "params": json.dumps(model.get_params()),
-        "feature_config": json.dumps(model.feature_config.to_dict() if model.feature_config else None),
-        "n_hr_features": str(model.n_hr_features_),
-        "summary": json.dumps(asdict(model.summary_) if model.summary_ else None),
+        "params": json.dumps(record.params),
+        "feature_config": json.dumps(record.feature_config.to_dict() if record.feature_config else None),
+        "n_hr_features": str(record.n_hr_features),
+        "summary": json.dumps(record.summary if record.summary else None),
     }
-    names = getattr(model, "class_names", None)
-    if names:
-        meta["class_names"] = json.dumps({str(int(label)): str(name) for label, name in names.items()})
+    if record.class_names:
+        meta["class_names"] = json.dumps({str(int(label)): str(name) for label, name in record.class_names.items()})
     tensors = {
-        "coef": np.ascontiguousarray(model.coef_, dtype=np.float32),
-        "intercept": np.ascontiguousarray(model.intercept_, dtype=np.float32),
-        "classes": np.ascontiguousarray(model.classes_, dtype=np.int64),
+        "coef": np.ascontiguousarray(record.coef, dtype=np.float32),
+        "intercept": np.ascontiguousarray(record.intercept, dtype=np.float32),
+        "classes": np.ascontiguousarray(record.classes, dtype=np.int64),
     }
-    fingerprint = getattr(model, "backbone_fingerprint_", None)
-    if fingerprint is not None:
+    if record.backbone_fingerprint is not None:
         from ..backbone.identity import fingerprint_hash
 
-        tensors["backbone_fingerprint"] = np.ascontiguousarray(fingerprint, dtype=np.float32)
-        meta["backbone_weights"] = fingerprint_hash(fingerprint)
-    family = getattr(model, "backbone_family_", None)
-    if family is not None:
-        meta["backbone_family"] = str(family)
-    channels = getattr(model, "channels", None)
-    if channels is not None:
-        meta["channels"] = json.dumps([int(c) for c in channels])
+        tensors["backbone_fingerprint"] = np.ascontiguousarray(record.backbone_fingerprint, dtype=np.float32)
+        meta["backbone_weights"] = fingerprint_hash(record.backbone_fingerprint)
+    if record.backbone_family is not None:
+        meta["backbone_family"] = str(record.backbone_family)
+    if record.channels is not None:
+        meta["channels"] = json.dumps([int(c) for c in record.channels])
     return tensors, meta
 
 
-def model_from_contents(
-    tensors: dict[str, np.ndarray], meta: dict[str, str], *, name: str, cls: type[LinearSegmenter] | None = None
-) -> LinearSegmenter:
-    """Inverse of :func:`model_to_contents`; ``name`` (the file name) appears in the errors.
+def record_from_contents(tensors: dict[str, np.ndarray], meta: dict[str, str], *, name: str) -> ModelRecord:
+    """Inverse of :func:`record_to_contents`; ``name`` (the file name) appears in the errors.
+
+    The arrays are not checked yet (:func:`check_record`).
 
     Raises
     ------
     ModelFileError
         Not one of our files, written by a newer version, or damaged.
     """
-    from .segmenter import LinearSegmenter, TrainingSummary
-
-    cls = cls or LinearSegmenter
     if meta.get("format") != FORMAT_NAME:
         raise ModelFileError(f"'{name}' is a safetensors file but not a napari-hrdv2 segmentation model.")
     version_text = str(meta.get("format_version", "")).strip()
@@ -97,56 +128,69 @@ def model_from_contents(
             f"'{name}' was written by a newer napari-hrdv2 (format {version}); please upgrade the plugin."
         )
     try:
-        model = cls(**json.loads(meta["params"]))
+        params = json.loads(meta["params"])
         config = json.loads(meta["feature_config"])
-        model.feature_config = FeatureConfig.from_dict(config) if config else None
-        model.coef_ = np.asarray(tensors["coef"], dtype=np.float32)
-        model.intercept_ = np.asarray(tensors["intercept"], dtype=np.float32)
-        model.classes_ = np.asarray(tensors["classes"], dtype=np.int64)
-        model.n_hr_features_ = int(meta["n_hr_features"])
-        model.class_names = {int(k): str(v) for k, v in json.loads(meta.get("class_names", "{}")).items()}
+        record = ModelRecord(
+            params=params,
+            coef=np.asarray(tensors["coef"], dtype=np.float32),
+            intercept=np.asarray(tensors["intercept"], dtype=np.float32),
+            classes=np.asarray(tensors["classes"], dtype=np.int64),
+            n_hr_features=int(meta["n_hr_features"]),
+            feature_config=FeatureConfig.from_dict(config) if config else None,
+            class_names={int(k): str(v) for k, v in json.loads(meta.get("class_names", "{}")).items()},
+            backbone_fingerprint=tensors.get("backbone_fingerprint"),
+        )
         family = meta.get("backbone_family")  # optional: files written before it was recorded have none
         if family is not None and re.fullmatch(r"[a-z0-9_]{1,32}", family) is None:
             raise ValueError(f"backbone_family {family[:40]!r}")
-        model.backbone_family_ = family
+        record.backbone_family = family
         if "channels" in meta:  # optional: the channels of image files the model was trained on
             from ..errors import InputError
             from ..files.images import parse_channels
 
             try:
-                model.channels = parse_channels(json.loads(meta["channels"]))
+                record.channels = parse_channels(json.loads(meta["channels"]))
             except InputError as err:
                 raise ValueError(f"channels: {err}") from None
         summary = json.loads(meta.get("summary", "null"))
         if summary:
             summary["pixels_per_class"] = {int(k): v for k, v in summary["pixels_per_class"].items()}
-            model.summary_ = TrainingSummary(**summary)
+            record.summary = summary
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"'{name}' is damaged (missing or invalid entry: {err}).") from err
-    _check_contents(model, tensors, name)
-    return model
+        raise damaged(name, err) from err
+    return record
 
 
-def _check_contents(model: LinearSegmenter, tensors: dict[str, np.ndarray], name: str) -> None:
-    """Shapes, dtypes and values a model needs to predict valid labels; :class:`ModelFileError` otherwise."""
+def damaged(name: str, err: Exception) -> ModelFileError:
+    """The error of a file whose entries cannot make a model (``err``: what was invalid)."""
+    return ModelFileError(f"'{name}' is damaged (missing or invalid entry: {err}).")
+
+
+def check_record(record: ModelRecord, tensors: dict[str, np.ndarray], *, n_classical: int, name: str) -> None:
+    """Shapes, dtypes and values a model needs to predict valid labels; :class:`ModelFileError` otherwise.
+
+    ``tensors`` are the file's raw tensors (their stored dtypes are checked); ``n_classical`` is the number of
+    classical features the model's parameters append to the ``n_hr_features`` backbone features. A valid
+    fingerprint is stored in ``record`` as float32.
+    """
     from ..files.label_images import MAX_LABEL
 
     for key, kinds in (("coef", "f"), ("intercept", "f"), ("classes", "iu")):
         if np.asarray(tensors[key]).dtype.kind not in kinds:
             raise ModelFileError(f"'{name}' is damaged: '{key}' has dtype {np.asarray(tensors[key]).dtype}.")
-    n_classes, n_features = model.coef_.shape if model.coef_.ndim == 2 else (-1, -1)
+    n_classes, n_features = record.coef.shape if record.coef.ndim == 2 else (-1, -1)
     if (
-        model.intercept_.shape != (n_classes,)
-        or model.classes_.shape != (n_classes,)
-        or model.n_hr_features_ < 1
-        or n_features != model.n_hr_features_ + model.n_classical
+        record.intercept.shape != (n_classes,)
+        or record.classes.shape != (n_classes,)
+        or record.n_hr_features < 1
+        or n_features != record.n_hr_features + n_classical
     ):
         raise ModelFileError(f"'{name}' is damaged (inconsistent array shapes).")
     if n_classes < 2:
         raise ModelFileError(f"'{name}' is damaged: a model needs at least two classes, it has {n_classes}.")
-    if not (np.isfinite(model.coef_).all() and np.isfinite(model.intercept_).all()):
+    if not (np.isfinite(record.coef).all() and np.isfinite(record.intercept).all()):
         raise ModelFileError(f"'{name}' is damaged: its weights contain NaN or infinite values.")
-    classes = model.classes_
+    classes = record.classes
     if classes.min() < 1 or classes.max() > MAX_LABEL:
         raise ModelFileError(
             f"'{name}' is damaged: its class values {classes.tolist()[:8]} must lie in 1..{MAX_LABEL} "
@@ -154,25 +198,31 @@ def _check_contents(model: LinearSegmenter, tensors: dict[str, np.ndarray], name
         )
     if np.unique(classes).size != classes.size:
         raise ModelFileError(f"'{name}' is damaged: its class values {classes.tolist()[:8]} are not distinct.")
-    fingerprint = tensors.get("backbone_fingerprint")
+    fingerprint = record.backbone_fingerprint
     if fingerprint is not None:
         fingerprint = np.asarray(fingerprint)
         if fingerprint.ndim != 1 or fingerprint.dtype.kind != "f" or not np.isfinite(fingerprint).all():
             raise ModelFileError(f"'{name}' is damaged: invalid backbone fingerprint.")
-        model.backbone_fingerprint_ = fingerprint.astype(np.float32)
+        record.backbone_fingerprint = fingerprint.astype(np.float32)
 
 
-def save_model(model: LinearSegmenter, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write a trained ``model`` to ``path`` all-or-nothing (:mod:`.atomic`); refuses to replace a file unless ``overwrite``."""
+def write_model_file(record: ModelRecord, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``record`` to ``path`` all-or-nothing (:mod:`..files.atomic`); refuses to replace a file unless ``overwrite``."""
     from ..files.atomic import check_target, write_safetensors
 
     path = check_target(path, overwrite=overwrite, what="model file")
-    tensors, meta = model_to_contents(model)
+    tensors, meta = record_to_contents(record)
     return write_safetensors(path, tensors, metadata=meta, overwrite=overwrite)
 
 
-def load_model(path: str | Path, cls: type[LinearSegmenter] | None = None) -> LinearSegmenter:
-    """Read a model written by :func:`save_model`; raises :class:`ModelFileError` for anything else."""
+def read_model_file(path: str | Path) -> tuple[ModelRecord, dict[str, np.ndarray], str]:
+    """Read a file written by :func:`write_model_file`: its record, its raw tensors and its name (for errors).
+
+    Raises
+    ------
+    ModelFileError
+        A missing file, or anything but one of our model files.
+    """
     from safetensors import SafetensorError, safe_open
 
     from ..files.paths import check_path
@@ -186,4 +236,4 @@ def load_model(path: str | Path, cls: type[LinearSegmenter] | None = None) -> Li
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelFileError(f"'{path.name}' is not a napari-hrdv2 model file (or it is corrupt): {err}") from err
-    return model_from_contents(tensors, meta, name=path.name, cls=cls)
+    return record_from_contents(tensors, meta, name=path.name), tensors, path.name

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-from ..config import RUNTIME_FIELDS, FeatureConfig, check_same_features
+from ..config import RUNTIME_FIELDS, FeatureConfig
 from ..errors import InputError
 from ..features.classical import (
     DEFAULT_SIGMAS,
@@ -35,11 +35,13 @@ from ..features.classical import (
     n_classical_features,
     sample_classical_features,
 )
+from ..features.sources import FeatureSource, is_encoding, source_shape
 from ..files.label_images import label_dtype
+from . import compatibility
+from .compatibility import common_feature_config
 from .labels import check_labels, clean_labels, labelled_classes, training_pixels, warn_if_image_like
+from .model_file import ModelRecord, check_record, damaged, read_model_file, write_model_file
 from .solver import class_weights, fit_logistic, fold_scaler, standardize
-
-FeatureSource = Union["Encoding", np.ndarray]  # noqa: F821  (Encoding is imported lazily)
 
 
 @dataclass(frozen=True)
@@ -52,19 +54,6 @@ class TrainingSummary:
     iterations: int
     final_loss: float
     training_accuracy: float
-
-
-def _is_encoding(features: object) -> bool:
-    return hasattr(features, "project") and hasattr(features, "sample")
-
-
-def _source_shape(features: FeatureSource) -> tuple[int, int]:
-    if _is_encoding(features):
-        return tuple(features.shape)
-    dense = np.asarray(features)
-    if dense.ndim != 3:
-        raise InputError(f"Dense features must be (C, H, W), got shape {dense.shape}.")
-    return dense.shape[1:]
 
 
 def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
@@ -208,7 +197,7 @@ class LinearSegmenter:
 
     def _sample(self, features: FeatureSource, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Training vectors (N, n_features) at pixels: HR features, then classical filters if hybrid."""
-        if _is_encoding(features):
+        if is_encoding(features):
             vectors = features.sample(rows, cols)
             if self.hybrid:
                 classical = sample_classical_features(self._image_of(features), rows, cols, **self._cl())
@@ -222,7 +211,7 @@ class LinearSegmenter:
         return {"sigmas": self.classical_sigmas, "normalize": normalize}
 
     def _n_features_of(self, features: FeatureSource) -> int:
-        if _is_encoding(features):
+        if is_encoding(features):
             return int(features.n_features) + self.n_classical
         return int(np.asarray(features).shape[0])
 
@@ -249,7 +238,7 @@ class LinearSegmenter:
         """
         import torch
 
-        sources = [features] if _is_encoding(features) or np.asarray(features).ndim == 3 else list(features)
+        sources = [features] if is_encoding(features) or np.asarray(features).ndim == 3 else list(features)
         label_list = [labels] if isinstance(labels, np.ndarray) and labels.ndim == 2 else list(labels)
         if len(sources) != len(label_list):
             raise InputError(f"Got {len(sources)} images but {len(label_list)} label images; give one per image.")
@@ -261,7 +250,7 @@ class LinearSegmenter:
             raise InputError(f"The images have different numbers of features {sorted(n_features)}.")
 
         checked = [
-            check_labels(lab, _source_shape(src), name=f"labels of image {i + 1}")
+            check_labels(lab, source_shape(src), name=f"labels of image {i + 1}")
             for i, (src, lab) in enumerate(zip(sources, label_list))
         ]
         classes = labelled_classes(checked)
@@ -296,9 +285,9 @@ class LinearSegmenter:
         self.coef_ = coef.numpy().astype(np.float32)
         self.intercept_ = intercept.numpy().astype(np.float32)
         self.n_hr_features_ = self.coef_.shape[1] - self.n_classical
-        fingerprints = [getattr(s, "backbone_fingerprint", None) for s in sources if _is_encoding(s)]
+        fingerprints = [getattr(s, "backbone_fingerprint", None) for s in sources if is_encoding(s)]
         self.backbone_fingerprint_ = next((f for f in fingerprints if f is not None), None)
-        families = [getattr(s, "backbone_family", None) for s in sources if _is_encoding(s)]
+        families = [getattr(s, "backbone_family", None) for s in sources if is_encoding(s)]
         self.backbone_family_ = next((f for f in families if f is not None), None)
         self.summary_ = TrainingSummary(
             n_images=len(sources),
@@ -312,83 +301,37 @@ class LinearSegmenter:
 
     @staticmethod
     def _common_config(sources: Sequence[FeatureSource]) -> FeatureConfig | None:
-        configs = [getattr(s, "config", None) for s in sources if _is_encoding(s)]
-        if not configs:
-            return None
-        for config in configs[1:]:
-            differences = configs[0].feature_differences(config)
-            if differences:
-                raise InputError(
-                    f"The encodings were computed with different feature settings ({', '.join(differences)}); "
-                    "use one FeatureConfig."
-                )
-        return configs[0]
+        return common_feature_config([getattr(s, "config", None) for s in sources if is_encoding(s)])
 
     # ------------------------------------------------------------------ prediction
     def _check_fitted(self) -> None:
-        if not self.is_fitted:
-            raise InputError("This LinearSegmenter is not trained yet: call fit(...) or LinearSegmenter.load(path).")
+        compatibility.check_fitted(self)
 
     def check_compatible_config(self, config: FeatureConfig | None) -> None:
-        """Raise :class:`InputError` if ``config`` defines other features than the training features."""
-        self._check_fitted()
-        if self.feature_config is not None and config is not None:
-            check_same_features(self.feature_config, config)
+        """Raise :class:`InputError` if ``config`` defines other features than the training features
+        (:func:`.compatibility.check_model_features`)."""
+        compatibility.check_model_features(self, config)
 
     def check_backbone_family(self, family: str | None, *, source: str | None = None) -> None:
-        """Raise :class:`InputError` if ``family`` (of the backbone of some features) is not the model's.
-
-        A DINOv2 and a DINOv3 backbone of the same width give features of the same shape that mean
-        different things. Unknown families (old model files, plain arrays) pass.
-        """
-        if family is None or self.backbone_family_ is None or family == self.backbone_family_:
-            return
-        from ..backbone.identity import family_title
-
-        trained = self.feature_config.backbone if self.feature_config is not None else "?"
-        where = f" ('{source}')" if source else ""
-        raise InputError(
-            f"These features come from a {family_title(family)} backbone{where}, but the model was trained on "
-            f"{family_title(self.backbone_family_)} features ('{trained}'): use a {family_title(self.backbone_family_)} "
-            "backbone (the one the model was trained with), or retrain the model."
-        )
+        """Raise :class:`InputError` if ``family`` (of the backbone of some features) is not the model's
+        (:func:`.compatibility.check_backbone_family`; unknown families pass)."""
+        compatibility.check_backbone_family(self, family, source=source)
 
     def check_backbone(self, backbone: Any) -> None:
         """Raise :class:`InputError` if a loaded ``backbone`` cannot give the features the model was trained on:
-        another family, another width or other weights (:meth:`check_backbone_family`, :meth:`check_backbone_weights`).
+        another family, another width or other weights (:func:`.compatibility.check_backbone`).
         """
-        from ..backbone.identity import backbone_family_of, backbone_fingerprint
-
-        self._check_fitted()
-        self.check_backbone_family(backbone_family_of(backbone), source=str(backbone.source))
-        expected = self.n_hr_features_
-        if expected is not None and int(backbone.embed_dim) != int(expected):
-            raise InputError(
-                f"The backbone '{backbone.source}' gives {backbone.embed_dim} features per pixel but the model was "
-                f"trained on {expected}: use the backbone the model was trained with."
-            )
-        self.check_backbone_weights(backbone_fingerprint(backbone.model))
+        compatibility.check_backbone(self, backbone)
 
     def check_backbone_weights(self, fingerprint: np.ndarray | None) -> None:
-        """Raise :class:`InputError` if ``fingerprint`` (of a backbone) is not the one the model was trained with.
-
-        Backbones of the same width give features of the same shape, so without this check a model would
-        predict silently wrong labels with other weights. Unknown fingerprints (old model files) pass.
-        """
-        from ..backbone.identity import fingerprint_hash, same_weights
-
-        if not same_weights(self.backbone_fingerprint_, fingerprint):
-            trained = self.feature_config.backbone if self.feature_config is not None else "?"
-            raise InputError(
-                f"These features come from other backbone weights (fingerprint {fingerprint_hash(fingerprint)}) "
-                f"than the model was trained with ('{trained}', fingerprint "
-                f"{fingerprint_hash(self.backbone_fingerprint_)}): use the same weights, or retrain the model."
-            )
+        """Raise :class:`InputError` if ``fingerprint`` (of a backbone) is not the one the model was trained with
+        (:func:`.compatibility.check_backbone_weights`; unknown fingerprints pass)."""
+        compatibility.check_backbone_weights(self, fingerprint)
 
     def check_compatible(self, features: FeatureSource) -> None:
         """Raise :class:`InputError` if ``features`` were not made like the training features."""
         self._check_fitted()
-        if _is_encoding(features):
+        if is_encoding(features):
             self.check_compatible_config(getattr(features, "config", None))
             self.check_backbone_family(getattr(features, "backbone_family", None))
             self.check_backbone_weights(getattr(features, "backbone_fingerprint", None))
@@ -402,7 +345,7 @@ class LinearSegmenter:
     def decision_function(self, features: FeatureSource) -> np.ndarray:
         """Class logits ``(n_classes, H, W)`` float32, computed without materialising the features."""
         self.check_compatible(features)
-        if not _is_encoding(features):
+        if not is_encoding(features):
             dense = np.asarray(features, dtype=np.float32)
             if not np.isfinite(dense).all():
                 raise InputError("The features contain NaN or infinite values.")
@@ -468,20 +411,67 @@ class LinearSegmenter:
         return Featurizer(self.feature_config.replace(**runtime))
 
     # ------------------------------------------------------------------ files
+    def to_record(self) -> ModelRecord:
+        """The trained model as the plain values of its file (:class:`.model_file.ModelRecord`)."""
+        self._check_fitted()
+        return ModelRecord(
+            params=self.get_params(),
+            coef=self.coef_,
+            intercept=self.intercept_,
+            classes=self.classes_,
+            n_hr_features=int(self.n_hr_features_),
+            feature_config=self.feature_config,
+            summary=asdict(self.summary_) if self.summary_ else None,
+            class_names=dict(self.class_names or {}),
+            backbone_fingerprint=self.backbone_fingerprint_,
+            backbone_family=self.backbone_family_,
+            channels=self.channels,
+        )
+
+    @classmethod
+    def from_record(
+        cls, record: ModelRecord, tensors: dict[str, np.ndarray] | None = None, *, name: str = "model"
+    ) -> LinearSegmenter:
+        """The model of a file's ``record`` (``tensors``: the file's raw tensors, for the dtype checks).
+
+        Raises
+        ------
+        ModelFileError
+            Parameters or arrays that cannot make a model that predicts valid labels (``name`` in the message).
+        """
+        try:
+            model = cls(**record.params)
+            summary = TrainingSummary(**record.summary) if record.summary else None
+        except (KeyError, TypeError, ValueError) as err:
+            raise damaged(name, err) from err
+        raw = (
+            tensors
+            if tensors is not None
+            else {"coef": record.coef, "intercept": record.intercept, "classes": record.classes}
+        )
+        check_record(record, raw, n_classical=model.n_classical, name=name)
+        model.feature_config = record.feature_config
+        model.coef_ = record.coef
+        model.intercept_ = record.intercept
+        model.classes_ = record.classes
+        model.n_hr_features_ = record.n_hr_features
+        model.class_names = dict(record.class_names)
+        model.backbone_family_ = record.backbone_family
+        model.backbone_fingerprint_ = record.backbone_fingerprint
+        model.channels = record.channels
+        model.summary_ = summary
+        return model
+
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the model to one safetensors file (no pickle): weights, classes, config, version.
 
         Refuses to replace an existing file unless ``overwrite=True``. The layout is defined in
         :mod:`.model_file`.
         """
-        from .model_file import save_model
-
-        self._check_fitted()
-        return save_model(self, path, overwrite=overwrite)
+        return write_model_file(self.to_record(), path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> LinearSegmenter:
         """Read a model written by :meth:`save`; raises :class:`ModelFileError` for anything else."""
-        from .model_file import load_model
-
-        return load_model(path, cls)
+        record, tensors, name = read_model_file(path)
+        return cls.from_record(record, tensors, name=name)

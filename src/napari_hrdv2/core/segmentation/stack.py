@@ -21,9 +21,11 @@ from ..features.cache import DEFAULT_CACHE_BYTES, EncodingCache
 from ..files.images import is_stack
 from ..files.label_images import label_dtype
 from ..progress import Progress, relabel, run_steps, within
+from .compatibility import check_model_features
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..features.encoding import Encoding
+    from .protocol import Segmenter
     from .segmenter import LinearSegmenter
 
 
@@ -110,11 +112,11 @@ def iter_fit_stack(
 
 
 def iter_predict_stack(
-    segmenter: LinearSegmenter, encoder: StackEncoder, indices: Sequence[int] | None = None
+    segmenter: Segmenter, encoder: StackEncoder, indices: Sequence[int] | None = None
 ) -> Generator[Progress, None, np.ndarray]:
     """Predict planes ``indices`` (default all) plane by plane: ``(len(indices), H, W)`` labels."""
     indices = list(range(len(encoder))) if indices is None else [int(i) for i in indices]
-    segmenter.check_compatible_config(encoder.config)
+    check_model_features(segmenter, encoder.config)
     out: np.ndarray | None = None
     for i, index in enumerate(indices):
         encoding = yield from within(encoder.iter_plane(index), i, 1, total=len(indices))
@@ -144,7 +146,7 @@ def fit_stack(
 
 
 def predict_stack(
-    segmenter: LinearSegmenter,
+    segmenter: Segmenter,
     stack: Any,
     *,
     config: FeatureConfig | None = None,
