@@ -41,3 +41,29 @@ def test_config_module_imports_no_torch():
         "bad = [m for m in ('torch', 'scipy', 'transformers') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_field_specs_declare_every_field_once_and_derive_the_cli_options():
+    import dataclasses
+
+    from napari_hrdv2.cli import OPTION_OF, build_parser
+    from napari_hrdv2.core.config import (
+        RUNTIME_FIELDS,
+        SECTIONS,
+        VALUE_KINDS,
+        WIDGET_KINDS,
+        FeatureConfig,
+        field_spec,
+        field_specs,
+    )
+
+    specs = field_specs()
+    assert [s.name for s in specs] == [f.name for f in dataclasses.fields(FeatureConfig)]
+    assert tuple(s.name for s in specs if s.runtime) == RUNTIME_FIELDS
+    assert all(s.kind in VALUE_KINDS and s.widget in WIDGET_KINDS and s.section in SECTIONS for s in specs)
+    assert all(s.default == getattr(FeatureConfig(), s.name) for s in specs)
+    assert all((s.kind == "choice") == bool(s.choices) for s in specs)
+    assert {s.name: s.flag for s in specs} == OPTION_OF
+    assert field_spec("shift_distances").flag == "--distances" and field_spec("tile_size").minimum == 28
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert all(s.flag in help_text for s in specs)

@@ -5,6 +5,10 @@ heavy import). :class:`FeatureConfig` also owns which of its fields define the f
 (:data:`FEATURE_DEFINING_FIELDS`: a trained model must be applied with the same values) and which
 only say how to compute them (:data:`RUNTIME_FIELDS`, marked ``runtime`` below); and the one check
 that a model's settings match the features (:func:`check_same_features`).
+
+Each user-facing field declares once, as dataclass field metadata, how a user sets it: its
+command-line option, help text, value kind, range and a widget hint. :func:`field_specs` returns
+them as :class:`FieldSpec` objects, from which the CLI options (and the Features dock) are derived.
 """
 
 from __future__ import annotations
@@ -31,9 +35,100 @@ RESIZE_OPTIONS: tuple[str, ...] = ("bilinear", "nearest")
 DTYPE_OPTIONS: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
 
 
-def _runtime(default: Any) -> Any:
-    """A field that says how the features are computed, not what they are (device, precision, tiling...)."""
-    return dataclasses.field(default=default, metadata={"runtime": True})
+#: Value kinds of :attr:`FieldSpec.kind`.
+VALUE_KINDS: tuple[str, ...] = ("backbone", "choice", "bool", "int", "optional_int", "int_list", "text")
+#: Widget hints of :attr:`FieldSpec.widget` ("" = not shown in the Features dock).
+WIDGET_KINDS: tuple[str, ...] = ("combo", "check", "spin", "line", "")
+#: Sections of :attr:`FieldSpec.section`: what the backbone is, how its tokens become features, how it runs.
+SECTIONS: tuple[str, ...] = ("backbone", "features", "computation")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """How a user sets one :class:`FeatureConfig` field: declared once, read by the CLI and the widgets.
+
+    Attributes
+    ----------
+    name : str
+        The field's name.
+    default : Any
+        The field's default value.
+    runtime : bool
+        True for fields that only say how the features are computed (:data:`RUNTIME_FIELDS`).
+    flag : str
+        Command-line option, e.g. ``"--distances"``.
+    label : str
+        Short human name, e.g. ``"Shift distances"`` (a widget's label).
+    help : str
+        One sentence for ``--help`` and tooltips (says the default where it is not obvious).
+    kind : str
+        Value kind (:data:`VALUE_KINDS`): ``"backbone"`` (a preset of the backbone registry, a Hugging
+        Face id or a path), ``"choice"`` (one of :attr:`choices`), ``"bool"``, ``"int"`` (at least
+        :attr:`minimum` where given), ``"optional_int"`` (an int >= :attr:`minimum`, or ``None``,
+        written ``none`` or ``0``), ``"int_list"`` (one or more ints >= :attr:`minimum`), ``"text"``.
+    choices : tuple of str
+        Accepted values of a ``"choice"`` field, else empty.
+    minimum, maximum : int or None
+        Range of an integer value (``None``: unbounded). The CLI checks ``minimum``; ``maximum``
+        (and the rules between fields) are checked by :class:`FeatureConfig`.
+    metavar : str or None
+        Placeholder of the value in ``--help`` (e.g. ``"PX"``).
+    widget : str
+        Widget hint (:data:`WIDGET_KINDS`): ``"combo"``, ``"check"``, ``"spin"``, ``"line"``, or ``""``
+        for a field the Features dock does not show.
+    section : str
+        Where the field belongs (:data:`SECTIONS`): ``"backbone"``, ``"features"`` or ``"computation"``.
+    """
+
+    name: str
+    default: Any
+    runtime: bool
+    flag: str
+    label: str
+    help: str
+    kind: str
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+    metavar: str | None = None
+    widget: str = ""
+    section: str = "features"
+
+
+def _setting(
+    default: Any,
+    *,
+    flag: str,
+    label: str,
+    help: str,  # noqa: A002  (the FieldSpec attribute's name)
+    kind: str,
+    choices: tuple[str, ...] = (),
+    minimum: int | None = None,
+    maximum: int | None = None,
+    metavar: str | None = None,
+    widget: str = "",
+    section: str = "features",
+    runtime: bool = False,
+) -> Any:
+    """A FeatureConfig field with its :class:`FieldSpec` (minus name and default) as metadata.
+
+    ``runtime=True`` marks a field that says how the features are computed, not what they are
+    (device, precision, tiling...).
+    """
+    assert kind in VALUE_KINDS and widget in WIDGET_KINDS and section in SECTIONS
+    spec = {
+        "flag": flag,
+        "label": label,
+        "help": help,
+        "kind": kind,
+        "choices": tuple(choices),
+        "minimum": minimum,
+        "maximum": maximum,
+        "metavar": metavar,
+        "widget": widget,
+        "section": section,
+    }
+    return dataclasses.field(default=default, metadata={"runtime": runtime, "spec": spec})
 
 
 Facet = Literal["token", "key", "query", "value"]
@@ -121,23 +216,172 @@ class FeatureConfig:
         last. The attention maps are those of this block.
     """
 
-    backbone: str = "dinov2_vits14"
-    shifts: ShiftPattern = "moore"
-    shift_distances: tuple[int, ...] = (5,)
-    flips: bool = False
-    rotations: bool = False
-    stride: int | None = None
-    resize: Resize = "bilinear"
-    normalize: Normalize = "minmax"
-    tile_size: int | None = _runtime(518)
-    tile_overlap: int = _runtime(84)
-    device: str = _runtime("auto")
-    dtype: str = _runtime("auto")
-    storage_dtype: str = _runtime("auto")
-    batch_size: int | None = _runtime(None)
-    weights_sha256: str | None = _runtime(None)
-    facet: Facet = "token"
-    layer: int | None = None
+    backbone: str = _setting(
+        "dinov2_vits14",
+        flag="--backbone",
+        label="Backbone",
+        help="preset (default dinov2_vits14; presets win over same-named folders: write ./NAME for a folder), "
+        "Hugging Face id, save_pretrained or timm folder, or a .pth / .safetensors checkpoint (official "
+        "DINOv2/DINOv3 or timm layout)",
+        kind="backbone",
+        widget="combo",
+        section="backbone",
+    )
+    shifts: ShiftPattern = _setting(
+        "moore",
+        flag="--shifts",
+        label="Shifts",
+        help="shift directions: none, 4 axial, 8 axial+diagonal",
+        kind="choice",
+        choices=SHIFT_PATTERNS,
+        widget="combo",
+    )
+    shift_distances: tuple[int, ...] = _setting(
+        (5,),
+        flag="--distances",
+        label="Shift distances",
+        help="shift lengths, e.g. 3 6",
+        kind="int_list",
+        minimum=1,
+        maximum=MAX_SHIFT_DISTANCE,
+        metavar="PX",
+        widget="line",
+    )
+    flips: bool = _setting(
+        False,
+        flag="--flips",
+        label="Flips",
+        help="also flip every shifted copy (3x slower)",
+        kind="bool",
+        widget="check",
+    )
+    rotations: bool = _setting(
+        False,
+        flag="--rotations",
+        label="Rotations",
+        help="also rotate every copy by 90, 180 and 270 degrees (4x slower)",
+        kind="bool",
+        widget="check",
+    )
+    stride: int | None = _setting(
+        None,
+        flag="--stride",
+        label="Stride",
+        help="patch stride (default 'none' = patch size)",
+        kind="optional_int",
+        minimum=1,
+        metavar="PX|none",
+        widget="spin",
+    )
+    resize: Resize = _setting(
+        "bilinear",
+        flag="--resize",
+        label="Resize",
+        help="token maps to pixels (default bilinear)",
+        kind="choice",
+        choices=RESIZE_OPTIONS,
+        widget="combo",
+    )
+    normalize: Normalize = _setting(
+        "minmax",
+        flag="--normalize",
+        label="Normalize",
+        help="intensity scaling (default minmax)",
+        kind="choice",
+        choices=NORMALIZE_OPTIONS,
+    )
+    tile_size: int | None = _setting(
+        518,
+        flag="--tile-size",
+        label="Tile size",
+        help="split large images into tiles of this side (default 518); 0 or 'none' = whole image",
+        kind="optional_int",
+        minimum=28,
+        metavar="PX|none",
+        widget="spin",
+        section="computation",
+        runtime=True,
+    )
+    tile_overlap: int = _setting(
+        84,
+        flag="--tile-overlap",
+        label="Tile overlap",
+        help="overlap of neighbouring tiles (default 84)",
+        kind="int",
+        metavar="PX",
+        section="computation",
+        runtime=True,
+    )
+    device: str = _setting(
+        "auto",
+        flag="--device",
+        label="Device",
+        help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps",
+        kind="text",
+        widget="combo",
+        section="computation",
+        runtime=True,
+    )
+    dtype: str = _setting(
+        "auto",
+        flag="--dtype",
+        label="Compute dtype",
+        help="compute precision (default auto: float16 on CUDA, bfloat16 on CPUs with native bfloat16, else float32)",
+        kind="choice",
+        choices=DTYPE_OPTIONS,
+        section="computation",
+        runtime=True,
+    )
+    storage_dtype: str = _setting(
+        "auto",
+        flag="--storage-dtype",
+        label="Storage dtype",
+        help="precision of the low-resolution maps kept in memory (default auto: float16, half the memory of float32)",
+        kind="choice",
+        choices=DTYPE_OPTIONS,
+        section="computation",
+        runtime=True,
+    )
+    batch_size: int | None = _setting(
+        None,
+        flag="--batch-size",
+        label="Batch size",
+        help="transformed copies per forward pass (default auto: 1 on the CPU, 4 on a GPU)",
+        kind="int",
+        minimum=1,
+        maximum=MAX_BATCH_SIZE,
+        metavar="N",
+        section="computation",
+        runtime=True,
+    )
+    weights_sha256: str | None = _setting(
+        None,
+        flag="--sha256",
+        label="Weights sha256",
+        help="expected sha256 of a local weights file",
+        kind="text",
+        metavar="HEX",
+        section="computation",
+        runtime=True,
+    )
+    facet: Facet = _setting(
+        "token",
+        flag="--facet",
+        label="Facet",
+        help="block output tokens (default) or its key/query/value projections",
+        kind="choice",
+        choices=FACETS,
+        widget="combo",
+    )
+    layer: int | None = _setting(
+        None,
+        flag="--layer",
+        label="Block",
+        help="block to read, 0-based, negative from the end (default: the last)",
+        kind="int",
+        metavar="I",
+        widget="spin",
+    )
 
     def __post_init__(self) -> None:
         distances = self.shift_distances
@@ -275,6 +519,27 @@ def describe_feature_differences(trained: FeatureConfig, used: FeatureConfig, *,
     """
     differences = trained.feature_differences(used)
     return ", ".join(f"{name}: model {mine!r} vs {used_by} {theirs!r}" for name, (mine, theirs) in differences.items())
+
+
+def field_specs() -> tuple[FieldSpec, ...]:
+    """The :class:`FieldSpec` of every user-facing FeatureConfig field, in field order (torch-free).
+
+    The one declaration of each field's option, help, value kind and widget hint: the CLI options
+    and the Features dock's controls are derived from it.
+    """
+    return tuple(
+        FieldSpec(name=f.name, default=f.default, runtime=bool(f.metadata.get("runtime")), **f.metadata["spec"])
+        for f in dataclasses.fields(FeatureConfig)
+        if "spec" in f.metadata
+    )
+
+
+def field_spec(name: str) -> FieldSpec:
+    """The :class:`FieldSpec` of one FeatureConfig field (``KeyError`` for an unknown name)."""
+    for spec in field_specs():
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
 
 
 def check_same_features(trained: FeatureConfig, used: FeatureConfig) -> None:

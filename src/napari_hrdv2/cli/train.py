@@ -1,0 +1,137 @@
+"""``napari-hrdv2 train``: a LinearSegmenter from images and brush labels."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import EPILOG, EXIT_OK, encode_with_progress, say, say_precision
+from .options import SharedOptions, positive_int
+from .settings import build_config, make_featurizer
+
+
+def add_parser(commands: Any, shared: SharedOptions) -> None:
+    """Register ``train`` on the main parser's subcommands."""
+    train = commands.add_parser(
+        "train",
+        parents=[shared.feature, shared.runtime, shared.common],
+        help="train a segmentation model from images and brush labels",
+        description="Train a LinearSegmenter on the labelled pixels of one or more images. Label images hold "
+        "class values (1, 2, ...) and 0 for unlabelled pixels, one label file per image; a TIFF stack takes a "
+        "label stack of as many planes (planes without labels are skipped).",
+        epilog=EPILOG,
+    )
+    train.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    train.add_argument("--labels", nargs="+", required=True, metavar="LABELS", help="label images, one per IMAGE")
+    train.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write (.hrdv2)")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    group = train.add_argument_group("classifier")
+    group.add_argument(
+        "--hybrid", action="store_true", help="add classical multiscale filters (edges, texture...) to the features"
+    )
+    group.add_argument("--l2", type=float, default=1e-3, help="L2 penalty of the logistic regression (default 1e-3)")
+    group.add_argument("--max-iter", type=positive_int, default=100, help="L-BFGS iterations (default 100)")
+    group.add_argument(
+        "--majority-size", type=int, default=0, metavar="PX", help="clean-up of predictions: majority filter side"
+    )
+    group.add_argument(
+        "--min-object-size", type=int, default=0, metavar="PX", help="clean-up: merge regions smaller than this"
+    )
+    train.set_defaults(run=run)
+
+
+def training_planes(
+    images: Sequence[str], labels: Sequence[str], channels: Sequence[int] | None = None
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(description, plane, labels) for every labelled plane; checks shapes before any encoding."""
+    from ..core.errors import InputError
+    from ..core.files.images import is_stack, read_image, read_labels
+    from ..core.segmentation.labels import check_labels
+
+    if len(images) != len(labels):
+        raise InputError(f"Got {len(images)} image(s) but {len(labels)} label file(s): give one label file per image.")
+    pairs = []
+    for image_path, labels_path in zip(images, labels):
+        image, lab = read_image(image_path, channels=channels), read_labels(labels_path)
+        iname, lname = Path(image_path).name, Path(labels_path).name
+        if is_stack(image):
+            n = len(image)
+            if lab.ndim != 3 or len(lab) != n:
+                raise InputError(
+                    f"'{iname}' is a stack of {n} planes {image.shape[1:3]}, so its labels must be a stack of {n} "
+                    f"planes of that size, but '{lname}' has shape {lab.shape}."
+                )
+            planes = [(f"{iname} plane {i}", image[i], lab[i]) for i in range(n)]
+        else:
+            if lab.ndim != 2:
+                raise InputError(
+                    f"Labels '{lname}' have shape {lab.shape}, but '{iname}' is one image {image.shape[:2]}: "
+                    "give one label plane (H, W) of class values (0 = unlabelled)."
+                )
+            planes = [(iname, image, lab)]
+        for desc, plane, plane_labels in planes:
+            checked = check_labels(plane_labels, plane.shape[:2], name=f"Labels '{lname}'")
+            if checked.any():
+                pairs.append((desc, plane, checked))
+    check_two_classes(pairs)
+    return pairs
+
+
+def check_two_classes(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> None:
+    """Raise an InputError unless the labels hold at least two classes (values > 0)."""
+    from ..core.errors import InputError
+
+    classes = np.unique(np.concatenate([np.unique(lab) for _, _, lab in pairs])) if pairs else np.array([], int)
+    classes = classes[classes > 0]
+    if classes.size == 0:
+        raise InputError("No pixels are labelled: the label images must hold class values 1, 2, ... (0 = unlabelled).")
+    if classes.size == 1:
+        raise InputError(f"Only one class (value {classes[0]}) is labelled: label pixels of at least two classes.")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``napari-hrdv2 train``."""
+    from ..core.errors import InputError
+    from ..core.files.atomic import check_not_an_input, check_output_folder
+    from ..core.files.paths import check_path
+    from ..core.runtime.devices import inference_mode
+    from ..core.segmentation.segmenter import LinearSegmenter
+
+    output = check_path(args.output, "model file")
+    check_not_an_input(output, [*args.images, *args.labels])
+    if output.is_dir():
+        raise InputError(f"'{output}' is a folder; give a model file name such as model.hrdv2.")
+    if output.exists() and not args.overwrite:
+        raise InputError(f"'{output}' already exists; pass --overwrite to replace it.")
+    check_output_folder(output.parent)
+    segmenter = LinearSegmenter(
+        hybrid=args.hybrid,
+        l2=args.l2,
+        max_iter=args.max_iter,
+        majority_size=args.majority_size,
+        min_object_size=args.min_object_size,
+    )
+    pairs = training_planes(args.images, args.labels, args.channels)
+    featurizer = make_featurizer(args, build_config(args))
+    say_precision(args, featurizer)
+    encodings = []
+    with inference_mode():
+        for i, (desc, plane, _) in enumerate(pairs):
+            desc = f"{desc} ({i + 1}/{len(pairs)})"
+            encodings.append(encode_with_progress(args, featurizer, plane, desc, with_attention=False))
+    # Outside inference mode: the optimiser needs autograd.
+    segmenter.fit(encodings, [lab for _, _, lab in pairs])
+    segmenter.channels = args.channels  # segment reads its inputs with the same channels
+    segmenter.save(output, overwrite=args.overwrite)
+    summary = segmenter.summary_
+    counts = ", ".join(f"{value}: {count}" for value, count in summary.pixels_per_class.items())
+    say(
+        args,
+        f"Trained on {len(pairs)} labelled plane(s), pixels per class {{{counts}}}, "
+        f"training accuracy {summary.training_accuracy:.3f}. Wrote {output}",
+    )
+    return EXIT_OK
