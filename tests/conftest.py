@@ -1,4 +1,11 @@
-"""Shared fixtures: random-init DINOv2 models (:mod:`napari_hrdv2.testing`; no network, no real weights)."""
+"""Shared fixtures: random-init DINOv2 models (:mod:`napari_hrdv2.testing`; no network, no real weights).
+
+Precision: ``dtype="auto"`` on the CPU is bfloat16 where the processor computes it natively, else float32
+(:func:`napari_hrdv2.core.runtime.devices.choose_dtype`). Tests that compare with float32 arithmetic pin
+``dtype="float32"``; the rest must pass either way. Run the suite as on the other kind of CPU with
+``NAPARI_HRDV2_CPU_BFLOAT16=1 pytest`` (auto = bfloat16) or ``NAPARI_HRDV2_CPU_BFLOAT16=0 pytest`` (auto =
+float32); the header of the run says which applies.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from napari_hrdv2.testing import save_random_dinov2
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_report_header(config) -> str:
+    from napari_hrdv2.core.runtime.devices import choose_dtype
+
+    return f"napari-hrdv2 dtype='auto' on the CPU: {choose_dtype('auto', torch.device('cpu'))}"
 
 
 @pytest.fixture(scope="session")

@@ -174,7 +174,7 @@ def test_patch_16_padding_and_token_centres(tiny_dinov3):
     F.interpolate(align_corners=False) to the padded size, i.e. token (i, j) sits at pixel 16 i + 7.5."""
     image = np.random.default_rng(8).random((35, 50)).astype(np.float32)
     config = hr.FeatureConfig(
-        backbone=tiny_dinov3, device="cpu", shifts="none", tile_size=None, storage_dtype="float32"
+        backbone=tiny_dinov3, device="cpu", shifts="none", tile_size=None, dtype="float32", storage_dtype="float32"
     )
     featurizer = hr.Featurizer(config)
     backbone = featurizer.backbone

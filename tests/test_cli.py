@@ -83,16 +83,30 @@ def test_features_npy_pca_attention(tmp_path, capsys, opts, config):
 def test_features_storage_dtype_option(tmp_path, capsys, opts, config):
     image = two_texture_image(56)[0]
     tifffile.imwrite(tmp_path / "img.tif", image)
-    base = ["features", tmp_path / "img.tif", *opts, "--tile-size", "none"]
+    base = ["features", tmp_path / "img.tif", *opts, "--tile-size", "none", "--dtype", "float32"]
     assert run(capsys, *base, "--storage-dtype", "float32", "-o", tmp_path / "f32.npy")[0] == 0
-    exact = hr.Featurizer(config.replace(storage_dtype="float32")).encode(image).features()
+    exact = hr.Featurizer(config.replace(dtype="float32", storage_dtype="float32")).encode(image).features()
     np.testing.assert_array_equal(np.load(tmp_path / "f32.npy"), exact)
-    assert run(capsys, *base, "-o", tmp_path / "auto.npy")[0] == 0  # default: float16 maps
+    assert run(capsys, *base, "-o", tmp_path / "auto.npy")[0] == 0  # default with float32 compute: float16 maps
     default = np.load(tmp_path / "auto.npy")
     assert not np.array_equal(default, exact)
     np.testing.assert_allclose(default, exact, atol=np.abs(exact).max() * 2**-10)
     code, _, err = run(capsys, *base, "--storage-dtype", "int8", "-o", tmp_path / "x.npy")
     assert code == 2 and "--storage-dtype" in err
+
+
+def test_features_dtype_bfloat16_stores_its_maps_as_computed(tmp_path, capsys, opts, config):
+    """--dtype bfloat16 (what auto picks on bfloat16 CPUs): the default storage keeps the bfloat16 maps, so
+    float32 storage gives the same features, which are the API's."""
+    image = two_texture_image(56)[0]
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    base = ["features", tmp_path / "img.tif", *opts, "--tile-size", "none", "--dtype", "bfloat16"]
+    assert run(capsys, *base, "-o", tmp_path / "auto.npy")[0] == 0
+    assert run(capsys, *base, "--storage-dtype", "float32", "-o", tmp_path / "f32.npy")[0] == 0
+    default = np.load(tmp_path / "auto.npy")
+    assert default.dtype == np.float32
+    np.testing.assert_array_equal(default, np.load(tmp_path / "f32.npy"))
+    np.testing.assert_array_equal(default, hr.Featurizer(config.replace(dtype="bfloat16")).encode(image).features())
 
 
 def test_features_stack_plane_and_float16(tmp_path, capsys, opts, config):

@@ -58,7 +58,16 @@ def test_measured_speedup_is_a_positive_ratio():
     assert 0 < devices.measure_bfloat16_speedup(repeats=1) < 100
 
 
-def test_this_cpu_is_detected_once_and_consistently_with_torch():
+@pytest.fixture
+def fresh_detection():
+    """Forget the cached CPU bfloat16 detection before and after the test (it then follows the restored env)."""
+    devices.cpu_bfloat16_support.cache_clear()
+    yield
+    devices.cpu_bfloat16_support.cache_clear()
+
+
+def test_this_cpu_is_detected_once_and_consistently_with_torch(monkeypatch, fresh_detection):
+    monkeypatch.delenv(devices.CPU_BFLOAT16_ENV, raising=False)  # the real detection, even in a forced run
     support = devices.cpu_bfloat16_support()
     assert devices.cpu_bfloat16_support() is support  # cached per process
     capabilities = torch.cpu.get_capabilities()
@@ -86,6 +95,25 @@ def test_auto_resolves_to_bfloat16_on_the_cpu_exactly_when_native(native_bf16):
     for name in ("float32", "float16", "bfloat16"):
         assert choose_dtype(name, torch.device("cpu")) == devices.DtypeChoice(getattr(torch, name), "given")
     assert devices.resolve_storage_dtype("auto", choice.dtype) == (torch.bfloat16 if native_bf16 else torch.float16)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", torch.bfloat16), ("0", torch.float32)])
+def test_environment_variable_decides_the_cpu_auto_dtype(monkeypatch, fresh_detection, value, expected):
+    """NAPARI_HRDV2_CPU_BFLOAT16=1 / 0 (how the suite is run as on a bfloat16 CPU / a float32 one) replaces the
+    detection; it reaches every process started with that environment (distributed workers included)."""
+    monkeypatch.setenv(devices.CPU_BFLOAT16_ENV, value)
+    monkeypatch.setattr(devices, "detect_cpu_bfloat16", lambda *a, **k: pytest.fail("detected despite the variable"))
+    choice = choose_dtype("auto", torch.device("cpu"))
+    assert choice.dtype == expected and f"{devices.CPU_BFLOAT16_ENV}={value}" in choice.reason
+    assert devices.cpu_bfloat16_support().method == "environment"
+    assert choose_dtype("float32", torch.device("cpu")).dtype == torch.float32  # an explicit dtype is kept
+    assert choose_dtype("auto", torch.device("cuda")).dtype == torch.float16  # CUDA does not look at the CPU
+
+
+def test_environment_variable_with_another_value_is_an_input_error(monkeypatch, fresh_detection):
+    monkeypatch.setenv(devices.CPU_BFLOAT16_ENV, "yes")
+    with pytest.raises(hr.InputError, match="NAPARI_HRDV2_CPU_BFLOAT16='yes'"):
+        choose_dtype("auto", torch.device("cpu"))
 
 
 def test_featurizer_reports_the_chosen_dtype_and_float32_stays_exact(tiny_backbone, native_bf16):

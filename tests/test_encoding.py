@@ -76,7 +76,9 @@ def odd_image():
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_features_equal_reference_loop(tiny_backbone, odd_image, options):
-    config = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", tile_size=None, storage_dtype="float32", **options)
+    config = hr.FeatureConfig(
+        backbone=tiny_backbone, device="cpu", tile_size=None, dtype="float32", storage_dtype="float32", **options
+    )
     featurizer = hr.Featurizer(config)
     encoding = featurizer.encode(odd_image)
     features = encoding.features()
@@ -90,7 +92,7 @@ def test_bilinear_resize_equals_interpolate_align_corners_false(tiny_backbone):
     """With stride == patch size the resize is F.interpolate(align_corners=False) to the padded size, cropped."""
     image = np.random.default_rng(2).random((30, 40)).astype(np.float32)
     config = hr.FeatureConfig(
-        backbone=tiny_backbone, device="cpu", shifts="none", tile_size=None, storage_dtype="float32"
+        backbone=tiny_backbone, device="cpu", shifts="none", tile_size=None, dtype="float32", storage_dtype="float32"
     )
     featurizer = hr.Featurizer(config)
     backbone = featurizer.backbone
@@ -155,7 +157,9 @@ def test_attention_equals_eager_attention(tiny_backbone_registers):
     from transformers import AutoModel
 
     image = np.random.default_rng(5).random((56, 70)).astype(np.float32)
-    config = hr.FeatureConfig(backbone=tiny_backbone_registers, device="cpu", shifts="none", tile_size=None)
+    config = hr.FeatureConfig(
+        backbone=tiny_backbone_registers, device="cpu", shifts="none", tile_size=None, dtype="float32"
+    )  # the eager model below computes in float32
     encoding = hr.Featurizer(config).encode(image)
     eager = AutoModel.from_pretrained(tiny_backbone_registers, attn_implementation="eager").eval()
     backbone = hr.Featurizer(config).backbone
@@ -284,8 +288,9 @@ def test_out_of_memory_halves_batch_and_retries(tiny_config, two_textures, monke
 
 
 def test_float16_storage_halves_memory_and_rounds_like_float16(tiny_backbone, odd_image):
-    """The default storage keeps float16 maps: half the bytes, features within float16 rounding of float32 storage."""
-    base = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shift_distances=(2,), tile_size=None)
+    """With float32 compute the default storage keeps float16 maps: half the bytes, features within float16
+    rounding of float32 storage."""
+    base = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shift_distances=(2,), tile_size=None, dtype="float32")
     assert base.storage_dtype == "auto"
     half = hr.Featurizer(base).encode(odd_image)
     full = hr.Featurizer(base.replace(storage_dtype="float32")).encode(odd_image)
@@ -301,6 +306,56 @@ def test_float16_storage_halves_memory_and_rounds_like_float16(tiny_backbone, od
     np.testing.assert_allclose(
         half.project(weight), np.einsum("oc,chw->ohw", weight, half.features()), atol=1e-4, rtol=1e-4
     )
+
+
+@pytest.mark.parametrize(("storage", "bits"), [("float16", 11), ("bfloat16", 8)])
+def test_16_bit_storage_rounds_within_the_unit_roundoff_of_its_format(tiny_backbone, odd_image, storage, bits):
+    """float32 compute, 16-bit maps: features within scale * 2^-bits of float32 storage, where bits is the format's
+    significand (11 for float16, 8 for bfloat16): rounding to nearest errs by at most 2^-bits relative per stored
+    value, and each output pixel is a convex combination of stored values. The stored maps are the float32 maps
+    rounded to nearest in that format, bit for bit (the format really is the one named)."""
+    base = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shift_distances=(2,), tile_size=None, dtype="float32")
+    rounded = hr.Featurizer(base.replace(storage_dtype=storage))
+    encoding = rounded.encode(odd_image)
+    full = hr.Featurizer(base.replace(storage_dtype="float32"), backbone=rounded.backbone).encode(odd_image)
+    assert encoding.tiles[0].maps.dtype == getattr(torch, storage)
+    for stored, exact in zip(encoding.lowres_maps, full.lowres_maps, strict=True):
+        torch.testing.assert_close(stored, exact.to(stored.dtype), rtol=0, atol=0)
+    scale = np.abs(np.concatenate([m.float().numpy().ravel() for m in full.lowres_maps])).max()
+    error = np.abs(encoding.features() - full.features()).max()
+    assert 0 < error <= scale * 2**-bits, (error / scale, 2**-bits)
+    np.testing.assert_array_equal(encoding.attention(), full.attention())  # attention stays float32
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_compute_keeps_its_tokens_and_resizes_them_in_float32(tiny_backbone, dtype):
+    """bfloat16 / float16 compute (what dtype="auto" picks on bfloat16 CPUs / CUDA): auto storage keeps the
+    backbone's 16-bit tokens bit for bit, the features are their float32 resize (float32 tolerance) and within
+    one rounding of the format (2^-8 bfloat16, 2^-11 float16, relative) of a resize done in that format."""
+    compute = getattr(torch, dtype)
+    image = np.random.default_rng(2).random((30, 40)).astype(np.float32)
+    config = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shifts="none", tile_size=None, dtype=dtype)
+    featurizer = hr.Featurizer(config)
+    assert featurizer.dtype == compute
+    encoding = featurizer.encode(image)
+    backbone = featurizer.backbone
+    rgb = torch.from_numpy(to_rgb01(image)).permute(2, 0, 1)
+    pixels = (rgb - torch.tensor(backbone.mean).view(3, 1, 1)) / torch.tensor(backbone.std).view(3, 1, 1)
+    padded = pad_to_grid(pixels, patch_size=14, stride=14)
+    with torch.no_grad():
+        tokens, attention = forward_tokens(backbone, padded[None].to(compute))
+    assert tokens.dtype == compute and encoding.tiles[0].maps.dtype == compute
+    torch.testing.assert_close(encoding.tiles[0].maps[0], tokens[0], rtol=0, atol=0)
+    size = padded.shape[-2:]
+    expected = F.interpolate(tokens.float(), size=size, mode="bilinear", align_corners=False)[0, :, :30, :40]
+    features = encoding.features()
+    np.testing.assert_allclose(features, expected.numpy(), atol=1e-5)
+    in_format = F.interpolate(tokens, size=size, mode="bilinear", align_corners=False)[0, :, :30, :40].float()
+    bits = 8 if compute == torch.bfloat16 else 11
+    np.testing.assert_allclose(in_format.numpy(), features, rtol=2**-bits, atol=1e-6)
+    assert attention.dtype == torch.float32  # from 16-bit queries and keys, softmax in float32
+    cls = F.interpolate(attention, size=size, mode="bilinear", align_corners=False)[0, :, :30, :40]
+    np.testing.assert_allclose(encoding.attention(), cls.numpy(), atol=1e-6)
 
 
 def test_storage_dtype_follows_a_16_bit_compute_dtype(tiny_backbone):

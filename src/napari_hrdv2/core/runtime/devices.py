@@ -4,11 +4,15 @@
 processor computes it natively (:func:`cpu_bfloat16_support`), float32 elsewhere: where bfloat16 is
 emulated it is slower than float32 (this project's AVX2 AMD EPYC: one ViT-S/14 forward at 518 x 518
 took 1.8x longer in bfloat16, 4.7x longer under CPU autocast; ``benchmarks/bench_cpu.py``).
+The environment variable ``NAPARI_HRDV2_CPU_BFLOAT16`` (``1`` or ``0``) overrides that detection
+(:data:`CPU_BFLOAT16_ENV`): e.g. ``NAPARI_HRDV2_CPU_BFLOAT16=1 pytest`` runs the tests as on a
+bfloat16 CPU, ``=0`` as on a float32 one, in every process they start.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -83,7 +87,7 @@ class Bfloat16Support:
     """Whether this CPU computes bfloat16 natively, how that was decided, and in words."""
 
     native: bool
-    method: str  # "capabilities" (torch's CPU capability flags) or "measured" (a short timing)
+    method: str  # "capabilities" (torch's CPU capability flags), "measured" (a short timing) or "environment"
     detail: str
 
 
@@ -92,6 +96,8 @@ class Bfloat16Support:
 _X86_BF16_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
 _ARM_BF16_FLAGS = {"bf16": "Arm BF16", "sve_bf16": "SVE-BF16"}
 _ARM_NAMES = ("arm64", "aarch64", "arm")
+#: Overrides the detection when set: "1" (bfloat16 is native here) or "0" (it is not).
+CPU_BFLOAT16_ENV = "NAPARI_HRDV2_CPU_BFLOAT16"
 #: The measured fallback picks bfloat16 when its matrix product takes at most this fraction of float32's.
 _MEASURED_SPEEDUP_NEEDED = 0.75
 
@@ -184,8 +190,15 @@ def cpu_bfloat16_support() -> Bfloat16Support:
     From torch's capability checks (``torch.cpu.get_capabilities()``: AMX-BF16 / AVX512-BF16 on x86,
     BF16 on Arm, and ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``), or, when they are inconclusive
     (plain AVX-512, Arm BF16 without oneDNN kernels, unknown architecture), from a ~0.1 s timing of
-    one matrix product in both dtypes (:func:`measure_bfloat16_speedup`).
+    one matrix product in both dtypes (:func:`measure_bfloat16_speedup`). :data:`CPU_BFLOAT16_ENV`
+    (``1`` / ``0``), when set, decides instead.
     """
+    forced = os.environ.get(CPU_BFLOAT16_ENV, "").strip()
+    if forced in ("1", "0"):
+        detail = "CPU" if forced == "1" else "CPU without native bfloat16"
+        return Bfloat16Support(forced == "1", "environment", f"{detail} ({CPU_BFLOAT16_ENV}={forced})")
+    if forced:
+        raise InputError(f"{CPU_BFLOAT16_ENV}={forced!r}: use 1 (bfloat16 is native here) or 0 (it is not).")
     return detect_cpu_bfloat16(_cpu_capabilities(), mkldnn_bf16=_mkldnn_bf16_supported())
 
 
