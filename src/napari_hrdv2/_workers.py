@@ -46,11 +46,7 @@ def merge_runtime(model_config: FeatureConfig, runtime: FeatureConfig) -> Featur
 
 def segmenter_config(segmenter: Segmenter) -> FeatureConfig | None:
     """The FeatureConfig a trained segmenter was trained with, if it records one."""
-    for name in ("feature_config", "config_", "config"):
-        value = getattr(segmenter, name, None)
-        if isinstance(value, FeatureConfig):
-            return value
-    return None
+    return segmenter.feature_config
 
 
 def _feature_range(encoding: Encoding, n_pixels: int = 2000, seed: int = 0) -> tuple[float, float]:

@@ -72,31 +72,27 @@ def model_runtime_config(args: argparse.Namespace, trained: FeatureConfig) -> Fe
     computer); tiling and batching default to the model's values.
     """
     from ..core.errors import InputError
+    from ..core.segmentation.compatibility import feature_mismatch
 
-    requested: dict[str, tuple[Any, str]] = {}  # field -> (value, where it came from)
-    if args.preset:
-        requested.update({name: (value, f"--preset {args.preset}") for name, value in PRESETS[args.preset].items()})
-    requested.update(
-        {name: (value, OPTION_OF[name]) for name, value in config_values(args, FEATURE_DEFINING_FIELDS).items()}
-    )
-    conflicts, backbone_conflict = [], False
-    for name, (value, option) in requested.items():
-        have = getattr(trained, name)
-        if name == "shift_distances":
-            value = tuple(value)
-        same = same_backbone(str(value), str(have)) if name == "backbone" else value == have
-        if not same:
-            conflicts.append(f"{option} gives {name}={value!r} but the model was trained with {have!r}")
-            backbone_conflict |= name == "backbone"
-    if conflicts:
+    given: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
+    option_of = {name: f"--preset {args.preset}" for name in given}
+    explicit = config_values(args, FEATURE_DEFINING_FIELDS)
+    given.update(explicit)
+    option_of.update({name: OPTION_OF[name] for name in explicit})
+    if "backbone" in given and same_backbone(str(given["backbone"]), str(trained.backbone)):
+        given["backbone"] = trained.backbone  # the same backbone, named another way (preset, id or path)
+    mismatch = feature_mismatch(trained, trained.replace(**given), used_by="options")
+    if mismatch:
+        differing = trained.feature_differences(trained.replace(**given))
+        options = sorted({option_of[name] for name in differing if name in option_of})
         hint = (
             " (use --backbone-path to say where the model's backbone weights are on this computer)"
-            if backbone_conflict
+            if "backbone" in differing
             else ""
         )
         raise InputError(
-            f"segment computes the features the model was trained on: {'; '.join(conflicts)}. "
-            f"Leave these options out{hint}."
+            f"segment computes the features the model was trained on, but the options ask for others ({mismatch}). "
+            f"Leave out {', '.join(options)}{hint}."
         )
     return runtime_config(args, trained)
 

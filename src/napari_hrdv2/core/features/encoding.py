@@ -224,6 +224,18 @@ def _sparse_times_dense(matrix: torch.Tensor, dense: torch.Tensor, out: torch.Te
 def fused_taps(
     tile: Tile, transforms: Sequence[Transform], grid: tuple[int, int], *, patch_size: int, stride: int, resize: str
 ) -> tuple[list[AxisTaps], list[AxisTaps]]:
+    """Per transform, the row and column taps that read a tile's token map back to its pixels, undone and weighted.
+
+    Each transform's taps are the tile's resize taps (two tokens per pixel and axis, :mod:`.resample`) read
+    through the transform's inverse (:meth:`~..transforms.Transform.inverse_source_index`), with the tile's
+    blending weights and ``1 / K`` folded into the row weights: summing ``rows[k] @ map_k @ cols[k].T`` over
+    the ``K`` transforms gives the tile's HR-Dv2 average exactly.
+
+    Returns
+    -------
+    rows, cols : lists of K :class:`AxisTaps`
+        Over the tile's ``height`` rows and ``width`` columns.
+    """
     base_rows = token_axis_taps(tile.height, grid[0], stride=stride, patch_size=patch_size, resize=resize)
     base_cols = token_axis_taps(tile.width, grid[1], stride=stride, patch_size=patch_size, resize=resize)
     row_weights = tile.row_weights / len(transforms)
