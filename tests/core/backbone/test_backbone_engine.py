@@ -13,7 +13,7 @@ import napari_hrdv2 as hr
 from napari_hrdv2.core.backbone.loading import load_backbone
 from napari_hrdv2.core.backbone.vit import forward_tokens, rope_cos_sin
 from napari_hrdv2.core.features.preprocess import to_rgb01
-from test_encoding import reference_hrdv2
+from references import reference_hrdv2
 
 
 def _pixels(backbone, image):

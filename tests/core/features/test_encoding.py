@@ -13,46 +13,7 @@ import napari_hrdv2 as hr
 from napari_hrdv2.core.backbone.vit import forward_tokens
 from napari_hrdv2.core.features.encoding import pad_to_grid
 from napari_hrdv2.core.features.preprocess import to_rgb01
-
-
-def _interp_axis(values: np.ndarray, centres: np.ndarray, n_pixels: int, axis: int, nearest: bool) -> np.ndarray:
-    """Independent 1D resize: linear interpolation between token centres (edges clamped) via np.interp."""
-    pixels = np.arange(n_pixels, dtype=np.float64)
-    moved = np.moveaxis(values, axis, -1)
-    if nearest:
-        spacing = centres[1] - centres[0] if len(centres) > 1 else 1.0
-        index = np.clip(np.floor((pixels - centres[0]) / spacing + 0.5), 0, len(centres) - 1).astype(int)
-        out = moved[..., index]
-    else:
-        flat = moved.reshape(-1, moved.shape[-1])
-        out = np.stack([np.interp(pixels, centres, row) for row in flat]).reshape(*moved.shape[:-1], n_pixels)
-    return np.moveaxis(out, -1, axis)
-
-
-def reference_hrdv2(featurizer: hr.Featurizer, image: np.ndarray, *, attention: bool = False) -> np.ndarray:
-    """The issue's definition, literally: mean over T of T^-1(resize(features(T(x)))), full-res maps."""
-    config = featurizer.config
-    backbone = featurizer.backbone
-    patch, stride = backbone.patch_size, featurizer.stride
-    rgb = torch.from_numpy(to_rgb01(image, normalize=config.normalize))
-    pixels = (rgb.permute(2, 0, 1) - torch.tensor(backbone.mean).view(3, 1, 1)) / torch.tensor(backbone.std).view(
-        3, 1, 1
-    )
-    total = 0.0
-    for transform in config.transforms:
-        copy = transform.apply(pixels)
-        height, width = copy.shape[-2:]  # W x H for 90/270-degree rotations
-        padded = pad_to_grid(copy, patch_size=patch, stride=stride)
-        with torch.no_grad():
-            tokens, cls_attention = forward_tokens(backbone, padded[None], stride=stride)
-        low = (cls_attention if attention else tokens)[0].double().numpy()
-        rows = np.arange(low.shape[1]) * stride + (patch - 1) / 2
-        cols = np.arange(low.shape[2]) * stride + (patch - 1) / 2
-        nearest = config.resize == "nearest"
-        full = _interp_axis(_interp_axis(low, rows, height, 1, nearest), cols, width, 2, nearest)
-        total = total + transform.invert(torch.from_numpy(full)).numpy()
-    return (total / len(config.transforms)).astype(np.float32)
-
+from references import reference_hrdv2
 
 OPTIONS = [
     dict(shifts="none"),

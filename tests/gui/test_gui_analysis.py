@@ -7,7 +7,7 @@ import pytest
 
 import napari_hrdv2 as hr
 from conftest import PLUGIN, TIMEOUT_MS, two_texture_image
-from test_similarity_match import smooth_noise
+from references import smooth_noise
 
 pytestmark = pytest.mark.gui
 

@@ -129,7 +129,7 @@ def test_transformers_state_dict_file_loads(tiny_dinov3, tiny_backbone_registers
 def official_dinov2(tiny_backbone):
     from transformers import AutoModel
 
-    from test_backbones import transformers_to_official
+    from references import transformers_to_official
 
     return transformers_to_official(AutoModel.from_pretrained(tiny_backbone).state_dict())
 

@@ -10,7 +10,7 @@ from skimage.io import imread, imsave
 import napari_hrdv2 as hr
 from conftest import two_texture_image
 from napari_hrdv2.cli import main
-from test_similarity_match import smooth_noise
+from references import smooth_noise
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -9,35 +9,7 @@ import torch
 import napari_hrdv2 as hr
 from napari_hrdv2.core.backbone.loading import find_spec, load_backbone
 from napari_hrdv2.core.files.checksums import file_sha256
-
-
-def transformers_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Write a transformers DINOv2 state dict in the official torch.hub layout (test-only inverse)."""
-    out = {
-        "cls_token": state["embeddings.cls_token"],
-        "pos_embed": state["embeddings.position_embeddings"],
-        "mask_token": state["embeddings.mask_token"],
-        "patch_embed.proj.weight": state["embeddings.patch_embeddings.projection.weight"],
-        "patch_embed.proj.bias": state["embeddings.patch_embeddings.projection.bias"],
-        "norm.weight": state["layernorm.weight"],
-        "norm.bias": state["layernorm.bias"],
-    }
-    if "embeddings.register_tokens" in state:
-        out["register_tokens"] = state["embeddings.register_tokens"]
-    depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layer."))
-    for i in range(depth):
-        layer, block = f"encoder.layer.{i}.", f"blocks.{i}."
-        for suffix in ("weight", "bias"):
-            out[f"{block}attn.qkv.{suffix}"] = torch.cat(
-                [state[f"{layer}attention.{n}_proj.{suffix}"] for n in ("q", "k", "v")]
-            )
-            out[f"{block}attn.proj.{suffix}"] = state[f"{layer}attention.o_proj.{suffix}"]
-            for part in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
-                out[f"{block}{part}.{suffix}"] = state[f"{layer}{part}.{suffix}"]
-        out[f"{block}ls1.gamma"] = state[f"{layer}layer_scale1.lambda1"]
-        out[f"{block}ls2.gamma"] = state[f"{layer}layer_scale2.lambda1"]
-    out["head.weight"] = torch.zeros(3)  # extra keys in real checkpoints are ignored
-    return out
+from references import transformers_to_official
 
 
 @pytest.mark.parametrize("fixture", ["tiny_backbone", "tiny_backbone_registers"])

@@ -8,14 +8,7 @@ import pytest
 import napari_hrdv2 as hr
 from napari_hrdv2.core.analysis import similarity
 from napari_hrdv2.core.analysis.match import MATCH_COLUMNS, match_patches, matches_to_csv_text, read_matches_csv
-
-
-def smooth_noise(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """A textured image with structure at every position (so each patch is distinctive)."""
-    from scipy import ndimage
-
-    image = ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), 1.5)
-    return np.round((image - image.min()) / (image.max() - image.min()) * 255).astype(np.uint8)
+from references import smooth_noise
 
 
 @pytest.fixture(scope="module")
