@@ -211,3 +211,39 @@ def test_shortcuts_act_when_the_dock_has_focus(make_napari_viewer_proxy, qtbot):
     qtbot.keyClick(target, Qt.Key.Key_L, Qt.KeyboardModifier.ShiftModifier)
     assert segmentation._live.value
     segmentation._live.value = False
+
+
+# ---------------------------------------------------------------------------------------------- mouse wheel
+def test_the_wheel_over_an_unfocused_control_changes_no_setting(viewer, qtbot):
+    """Scrolling the dock over the Quality box (not focused) leaves it as it was; the box takes focus on click only."""
+    from qtpy.QtCore import QPoint, QPointF, Qt
+    from qtpy.QtGui import QWheelEvent
+    from qtpy.QtWidgets import QApplication
+
+    features = dock(viewer, "HR-Dv2 Features")
+    quality = features._preset.native
+    before = features._preset.value
+    assert not quality.hasFocus() and quality.focusPolicy() == Qt.FocusPolicy.StrongFocus
+    for delta in (-120, 120, -120):
+        centre = QPointF(quality.rect().center())
+        wheel = QWheelEvent(
+            centre, QPointF(quality.mapToGlobal(centre.toPoint())), QPoint(0, 0), QPoint(0, delta),
+            Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False,
+        )  # fmt: skip
+        QApplication.sendEvent(quality, wheel)
+    assert features._preset.value == before == "balanced"
+    assert features.settings == features._session.config
+    segmentation = dock(viewer, "HR-Dv2 Segmentation")
+    assert segmentation._contour.native.focusPolicy() == Qt.FocusPolicy.StrongFocus
+
+
+def test_progress_text_shows_one_percent_sign(qtbot):
+    """'Encoding image: 53%, about 11 s left' (Qt has no '%%' escape); a '%p' in a name is shown as typed."""
+    from napari_hrdv2._widgets._common import ProgressRow
+
+    row = ProgressRow(lambda: None)
+    qtbot.addWidget(row)
+    row.show_progress(0.53, 11.0, "Encoding image")
+    assert row.bar.text() == "Encoding image: 53%, about 11 s left" and row.text == row.bar.text()
+    row.show_progress(0.5, None, "Encoding 100%pure")
+    assert row.bar.text().replace("\u2060", "") == "Encoding 100%pure: 50%"

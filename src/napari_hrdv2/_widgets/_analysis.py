@@ -49,6 +49,16 @@ def parse_components(text: str) -> tuple[int, ...]:
     return values
 
 
+def check_components(basis: PCABasis, components: tuple[int, ...]) -> None:
+    """Fail (InputError) before any encoding when ``basis`` lacks one of ``components``."""
+    bad = [c for c in components if not 0 <= c < basis.n_components]
+    if bad:
+        raise InputError(
+            f"Components {tuple(components)} requested but the basis has {basis.n_components} "
+            f"(0..{basis.n_components - 1}); fit it with more components."
+        )
+
+
 def region_mask(layer: Any, plane: int, shape: tuple[int, int], value: int) -> np.ndarray:
     """(H, W) bool region of a Labels layer (pixels equal to ``value``, 0 = any label) or a Shapes layer."""
     kind = type(layer).__name__
@@ -216,7 +226,7 @@ class AnalysisControls(Container):
             layer, geometry, settings = self._source()
             components = parse_components(self._components.value)
             picked = components[0] if len(components) == 1 else components
-            self.basis._check_components(components)
+            check_components(self.basis, components)
             config = self._basis_config(settings)
         except HRDv2Error as err:
             self._fail(err)

@@ -8,7 +8,20 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
+from qtpy.QtWidgets import (
+    QAbstractScrollArea,
+    QAbstractSlider,
+    QAbstractSpinBox,
+    QApplication,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollBar,
+    QSizePolicy,
+    QWidget,
+)
 
 from .._layers import plugin_tag
 
@@ -128,6 +141,17 @@ def set_wrapped_text(label: QLabel, text: str) -> None:
     label.setToolTip(text if shown != text else "")
 
 
+def literal_format(text: str) -> str:
+    """``text`` as a QProgressBar format that shows it as it is.
+
+    Qt replaces ``%p``, ``%v`` and ``%m`` in a format and has no escape for a literal ``%`` (``%%`` stays two
+    signs), so a word joiner (U+2060, invisible) goes between a ``%`` and such a letter.
+    """
+    for placeholder in ("%p", "%v", "%m"):
+        text = text.replace(placeholder, f"%\u2060{placeholder[1]}")
+    return text
+
+
 class ProgressRow(QWidget):
     """A progress bar with percent and remaining time, and a Cancel button (hidden while idle)."""
 
@@ -172,7 +196,7 @@ class ProgressRow(QWidget):
         text += f"{value / 10:.0f}%"
         if remaining is not None:
             text += f", about {format_duration(remaining)} left"
-        self.bar.setFormat(text.replace("%", "%%"))
+        self.bar.setFormat(literal_format(text))
         self.bar.setToolTip(text)
 
     @property
@@ -228,3 +252,36 @@ class CloseWatcher(QObject):
         elif obj is self._window and kind == QEvent.Type.Hide and not event.spontaneous():
             self._fire()  # the window was closed (a minimised window gets a spontaneous hide event)
         return False
+
+
+class WheelGuard(QObject):
+    """Keeps the mouse wheel from changing settings: combo boxes, spin boxes and sliders take it only when focused.
+
+    Installed once per dock (:meth:`guard`): every such control inside gets ``Qt.FocusPolicy.StrongFocus`` (a
+    click or Tab focuses it, the wheel does not) and this event filter, which passes the wheel of an unfocused
+    control on to the scroll area around it, so scrolling over the dock scrolls the page instead.
+    """
+
+    def guard(self, root: QWidget) -> int:
+        """Guard every combo box, spin box and slider under ``root``; returns how many were guarded."""
+        guarded = 0
+        for control in root.findChildren(QWidget):
+            if isinstance(control, (QComboBox, QAbstractSpinBox, QAbstractSlider)) and not isinstance(
+                control, QScrollBar
+            ):
+                control.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+                control.removeEventFilter(self)  # guarding twice installs the filter once
+                control.installEventFilter(self)
+                guarded += 1
+        return guarded
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        if event.type() != QEvent.Type.Wheel or not isinstance(obj, QWidget) or obj.hasFocus():
+            return False
+        area = obj.parentWidget()
+        while area is not None and not isinstance(area, QAbstractScrollArea):
+            area = area.parentWidget()
+        if area is not None:
+            QApplication.sendEvent(area.verticalScrollBar(), event)  # scroll the page under the pointer
+        event.ignore()
+        return True

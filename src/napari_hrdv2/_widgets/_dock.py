@@ -13,6 +13,7 @@ from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QTabWidget, QVBoxLayout,
 from ._common import (
     CloseWatcher,
     ProgressRow,
+    WheelGuard,
     connect_layer_list,
     disconnect_layer_list,
     preferred_image,
@@ -79,6 +80,8 @@ class DockFrame:
             layout.addStretch(1)
         native.setMaximumWidth(DOCK_MAX_WIDTH * 2)
         self._close_watcher = CloseWatcher(native, self._on_dock_closed)
+        self._wheel_guard = WheelGuard(native)
+        self._wheel_guard.guard(native)  # every combo/spin box and slider of the dock: the wheel needs focus
 
     def _make_runner(self, **kwargs: Any) -> JobRunner:
         runner = JobRunner(

@@ -10,6 +10,7 @@ saying what to do instead.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,9 +19,7 @@ logger = logging.getLogger(__name__)
 
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` is set: loading only reads the local cache, nothing can be downloaded."""
-    from ..core.backbone.loading import _offline
-
-    return _offline()
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def repo_to_download(backbone: str) -> str | None:
