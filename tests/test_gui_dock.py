@@ -247,3 +247,27 @@ def test_progress_text_shows_one_percent_sign(qtbot):
     assert row.bar.text() == "Encoding image: 53%, about 11 s left" and row.text == row.bar.text()
     row.show_progress(0.5, None, "Encoding 100%pure")
     assert row.bar.text().replace("\u2060", "") == "Encoding 100%pure: 50%"
+
+
+# ---------------------------------------------------------------------------------------------- similarity picks
+def test_a_similarity_pick_paints_nothing_into_the_scribbles(viewer, qtbot, tiny_config):
+    """While 'Similarity: click a pixel' is on, the scribbles take no paint (pan/zoom); their mode comes back after."""
+    from types import SimpleNamespace
+
+    image = viewer.add_image(two_texture_image()[0], name="tex")
+    features = dock(viewer, "HR-Dv2 Features")
+    features.set_settings(tiny_config)
+    segmentation = dock(viewer, "HR-Dv2 Segmentation")
+    scribbles = segmentation.new_scribbles_layer(image)
+    paint_two_classes(scribbles)
+    before = np.array(scribbles.data)
+    assert scribbles.mode == "paint"
+    features._similarity_mode.value = True
+    assert scribbles.mode == "pan_zoom", "a click on the canvas must not paint while it picks a pixel"
+    click = SimpleNamespace(type="mouse_press", button=1, position=(40.0, 50.0))
+    viewer.mouse_drag_callbacks[-1](viewer, click)
+    wait_idle(qtbot, features)
+    assert "tex similarity" in viewer.layers
+    np.testing.assert_array_equal(scribbles.data, before)
+    features._similarity_mode.value = False
+    assert scribbles.mode == "paint" and features._on_click not in viewer.mouse_drag_callbacks

@@ -4,7 +4,8 @@ the progress row (bar, remaining time, Cancel), and closing hooks."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QEvent, QObject, Qt
@@ -24,6 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import plugin_tag
+from ._runner import format_duration
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +122,30 @@ def disconnect_layer_list(viewer: napari.Viewer, callback: Any) -> None:
             emitter.disconnect(callback)
 
 
+def refining_message(name: str, item: Any, remaining: float | None, backbone: Any) -> str:
+    """Status after a partial result, e.g. 'First view of cells (1 of 9 passes); refining. About 2 min left ...'."""
+    text = f"{'First view' if item.n_transforms == 1 else 'Refined view'} of {name} "
+    text += f"({item.n_transforms} of {item.total} passes); refining."
+    if remaining is not None:
+        text += f" About {format_duration(remaining)} left"
+        on_cpu = backbone is None or str(backbone[1].device).startswith("cpu")
+        if remaining > 30 and on_cpu:
+            text += " on the CPU (the 'fast' quality or a GPU is quicker)"
+        text += "."
+    return text
+
+
+@contextmanager
+def keep_active_layer(viewer: Any) -> Iterator[None]:
+    """Restore the selected layer after adding result layers (the user keeps painting the scribbles)."""
+    active = viewer.layers.selection.active
+    try:
+        yield
+    finally:
+        if active is not None and active in viewer.layers and viewer.layers.selection.active is not active:
+            viewer.layers.selection.active = active
+
+
 # ---------------------------------------------------------------------------------------------- Qt pieces
 def wrap_label(label: QLabel, *, selectable: bool = False) -> QLabel:
     """Make a QLabel wrap its text and never ask for more width than the dock has."""
@@ -187,8 +213,6 @@ class ProgressRow(QWidget):
 
     def show_progress(self, fraction: float, remaining: float | None, message: str = "") -> None:
         """'Encoding image: 45%, about 1 min left' in the bar."""
-        from ._runner import format_duration
-
         self.remaining = remaining
         value = int(round(min(max(fraction, 0.0), 1.0) * 1000))
         self.bar.setValue(value)
