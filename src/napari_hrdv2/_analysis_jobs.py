@@ -80,7 +80,7 @@ def pca_apply_job(
     """(H, W, 3) float32 PCA views of planes ``indices`` with one basis (fixed colours: no flicker)."""
     from .core.runtime.devices import inference_mode
 
-    basis._check_components((components,) if isinstance(components, int) else tuple(components))
+    basis.check_components((components,) if isinstance(components, int) else tuple(components))
     views: dict[int, np.ndarray] = {}
     n = max(len(indices), 1)
     with inference_mode():

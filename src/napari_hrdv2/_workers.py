@@ -44,11 +44,6 @@ def merge_runtime(model_config: FeatureConfig, runtime: FeatureConfig) -> Featur
     return model_config.with_runtime_of(runtime)
 
 
-def segmenter_config(segmenter: Segmenter) -> FeatureConfig | None:
-    """The FeatureConfig a trained segmenter was trained with, if it records one."""
-    return segmenter.feature_config
-
-
 def _feature_range(encoding: Encoding, n_pixels: int = 2000, seed: int = 0) -> tuple[float, float]:
     height, width = encoding.shape
     rng = np.random.default_rng(seed)

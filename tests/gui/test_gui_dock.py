@@ -211,3 +211,63 @@ def test_shortcuts_act_when_the_dock_has_focus(make_napari_viewer_proxy, qtbot):
     qtbot.keyClick(target, Qt.Key.Key_L, Qt.KeyboardModifier.ShiftModifier)
     assert segmentation._live.value
     segmentation._live.value = False
+
+
+# ---------------------------------------------------------------------------------------------- mouse wheel
+def test_the_wheel_over_an_unfocused_control_changes_no_setting(viewer, qtbot):
+    """Scrolling the dock over the Quality box (not focused) leaves it as it was; the box takes focus on click only."""
+    from qtpy.QtCore import QPoint, QPointF, Qt
+    from qtpy.QtGui import QWheelEvent
+    from qtpy.QtWidgets import QApplication
+
+    features = dock(viewer, "HR-Dv2 Features")
+    quality = features._preset.native
+    before = features._preset.value
+    assert not quality.hasFocus() and quality.focusPolicy() == Qt.FocusPolicy.StrongFocus
+    for delta in (-120, 120, -120):
+        centre = QPointF(quality.rect().center())
+        wheel = QWheelEvent(
+            centre, QPointF(quality.mapToGlobal(centre.toPoint())), QPoint(0, 0), QPoint(0, delta),
+            Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False,
+        )  # fmt: skip
+        QApplication.sendEvent(quality, wheel)
+    assert features._preset.value == before == "balanced"
+    assert features.settings == features._session.config
+    segmentation = dock(viewer, "HR-Dv2 Segmentation")
+    assert segmentation._contour.native.focusPolicy() == Qt.FocusPolicy.StrongFocus
+
+
+def test_progress_text_shows_one_percent_sign(qtbot):
+    """'Encoding image: 53%, about 11 s left' (Qt has no '%%' escape); a '%p' in a name is shown as typed."""
+    from napari_hrdv2._widgets._common import ProgressRow
+
+    row = ProgressRow(lambda: None)
+    qtbot.addWidget(row)
+    row.show_progress(0.53, 11.0, "Encoding image")
+    assert row.bar.text() == "Encoding image: 53%, about 11 s left" and row.text == row.bar.text()
+    row.show_progress(0.5, None, "Encoding 100%pure")
+    assert row.bar.text().replace("\u2060", "") == "Encoding 100%pure: 50%"
+
+
+# ---------------------------------------------------------------------------------------------- similarity picks
+def test_a_similarity_pick_paints_nothing_into_the_scribbles(viewer, qtbot, tiny_config):
+    """While 'Similarity: click a pixel' is on, the scribbles take no paint (pan/zoom); their mode comes back after."""
+    from types import SimpleNamespace
+
+    image = viewer.add_image(two_texture_image()[0], name="tex")
+    features = dock(viewer, "HR-Dv2 Features")
+    features.set_settings(tiny_config)
+    segmentation = dock(viewer, "HR-Dv2 Segmentation")
+    scribbles = segmentation.new_scribbles_layer(image)
+    paint_two_classes(scribbles)
+    before = np.array(scribbles.data)
+    assert scribbles.mode == "paint"
+    features._similarity_mode.value = True
+    assert scribbles.mode == "pan_zoom", "a click on the canvas must not paint while it picks a pixel"
+    click = SimpleNamespace(type="mouse_press", button=1, position=(40.0, 50.0))
+    viewer.mouse_drag_callbacks[-1](viewer, click)
+    wait_idle(qtbot, features)
+    assert "tex similarity" in viewer.layers
+    np.testing.assert_array_equal(scribbles.data, before)
+    features._similarity_mode.value = False
+    assert scribbles.mode == "paint" and features._on_click not in viewer.mouse_drag_callbacks

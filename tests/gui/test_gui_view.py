@@ -196,10 +196,10 @@ def test_train_on_a_huge_lazy_image_encodes_only_the_scribbled_tiles(
     import dask.array as da
 
     import napari_hrdv2 as hr
-    from napari_hrdv2._widgets import _segmentation
+    from napari_hrdv2._widgets import _segmentation_jobs
     from napari_hrdv2.core.scale import streaming
 
-    monkeypatch.setattr(_segmentation, "LAZY_TRAIN_PIXELS", 100 * 100)  # 224 x 224 counts as huge here
+    monkeypatch.setattr(_segmentation_jobs, "LAZY_TRAIN_PIXELS", 100 * 100)  # 224 x 224 counts as huge here
     encoded = []
     iter_encode = streaming.TileEncoder.iter_encode
     monkeypatch.setattr(

@@ -437,7 +437,7 @@ def test_main_loads_sample_without_images(viewer):
 
 
 def test_buttons_ask_before_replacing_files(qtbot, viewer, segmentation_widget, tmp_path, monkeypatch):
-    import napari_hrdv2._widgets._segmentation as module
+    import napari_hrdv2._widgets._segmentation_files as module
 
     image, _ = two_texture_image()
     layer = viewer.add_image(image, name="tex")

@@ -9,6 +9,7 @@ Pinned API (tests and scripts): :meth:`AnalysisControls.fit_basis`, :meth:`apply
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,8 @@ from .._layers import (
 )
 from ..core.config import FeatureConfig
 from ..core.errors import HRDv2Error, InputError
-from ._runner import notify_error
+from ._common import image_layer_choices, wrap_label
+from ._runner import JobRunner, notify_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari.qt.threading import GeneratorWorker
@@ -70,12 +72,39 @@ def region_mask(layer: Any, plane: int, shape: tuple[int, int], value: int) -> n
 
 
 class AnalysisControls(Container):
-    """PCA basis (fit on all planes, apply, save, load, components), region/CLS similarity and matching."""
+    """PCA basis (fit on all planes, apply, save, load, components), region/CLS similarity and matching.
 
-    def __init__(self, owner: Any):
+    Parameters
+    ----------
+    viewer, session
+        The viewer and its shared HR-Dv2 session (cache, PCA bases).
+    runner : JobRunner
+        The Features dock's job runner.
+    messages : DockMessages
+        The Features dock's download question.
+    image : callable
+        Returns the image chosen in the Features dock.
+    settings : callable
+        Returns the Features dock's FeatureConfig (InputError if a field is invalid).
+    """
+
+    def __init__(
+        self,
+        viewer: Any,
+        session: Any,
+        *,
+        runner: JobRunner,
+        messages: Any,
+        image: Callable[[], Any],
+        settings: Callable[[], FeatureConfig],
+    ):
         super().__init__(labels=True)
-        self._owner = owner
-        self._viewer = owner._viewer
+        self._viewer = viewer
+        self._session = session
+        self._runner = runner
+        self._messages = messages
+        self._image = image
+        self._settings = settings
         self.basis: PCABasis | None = None
         # ---- PCA basis
         self._components = LineEdit(
@@ -99,8 +128,6 @@ class AnalysisControls(Container):
         for row in (fit_row, file_row):
             row.native.layout().setContentsMargins(0, 0, 0, 0)
         self._basis_info = Label(label="Basis", value="none")
-        from ._common import wrap_label
-
         wrap_label(self._basis_info.native, selectable=True)  # a long description never widens the dock
         # ---- similarity
         self._reference = ComboBox(label="Similar to", choices=list(REFERENCES))
@@ -144,8 +171,6 @@ class AnalysisControls(Container):
 
     # ------------------------------------------------------------------ helpers
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        from ._common import image_layer_choices
-
         return image_layer_choices(self._viewer)
 
     def _region_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
@@ -156,16 +181,16 @@ class AnalysisControls(Container):
         self._match_with.reset_choices()
 
     def _source(self) -> tuple[Any, SourceGeometry, FeatureConfig]:
-        layer = self._owner._image.value
+        layer = self._image()
         if layer is None:
             raise InputError("Choose an image layer first.")
-        return layer, SourceGeometry.from_layer(layer), self._owner.settings
+        return layer, SourceGeometry.from_layer(layer), self._settings()
 
     def _start(self, job: Any, *args: Any, **kwargs: Any) -> GeneratorWorker | None:
         config = next((arg for arg in args if isinstance(arg, FeatureConfig)), None)
-        if config is not None and not self._owner._may_download(config.backbone):
+        if config is not None and not self._messages.may_download(config.backbone):
             return None
-        return self._owner._runner.start(job, *args, **kwargs)
+        return self._runner.start(job, *args, **kwargs)
 
     def _fail(self, err: HRDv2Error) -> None:
         notify_error(err)
@@ -190,7 +215,7 @@ class AnalysisControls(Container):
             layer.data,
             geometry.plane_indices,
             config,
-            self._owner._session.cache,
+            self._session.cache,
             is_stack=geometry.is_stack,
             n_components=max(3, n_components),
             foreground=bool(self._foreground.value),
@@ -200,12 +225,12 @@ class AnalysisControls(Container):
 
     def _fitted(self, basis: PCABasis, geometry: SourceGeometry, config: FeatureConfig) -> None:
         self.set_basis(basis)
-        self._owner._session.pca_bases[(geometry.name, config)] = basis
+        self._session.pca_bases[(geometry.name, config)] = basis
         self.apply_basis()
 
     def set_basis(self, basis: PCABasis | None) -> None:
         self.basis = basis
-        self._basis_info.value = "none" if basis is None else _short(basis)
+        self._basis_info.value = "none" if basis is None else describe_basis(basis)
         self._basis_info.tooltip = "" if basis is None else basis.describe()
 
     def apply_basis(self) -> GeneratorWorker | None:
@@ -216,7 +241,7 @@ class AnalysisControls(Container):
             layer, geometry, settings = self._source()
             components = parse_components(self._components.value)
             picked = components[0] if len(components) == 1 else components
-            self.basis._check_components(components)
+            self.basis.check_components(components)
             config = self._basis_config(settings)
         except HRDv2Error as err:
             self._fail(err)
@@ -227,7 +252,7 @@ class AnalysisControls(Container):
             geometry.plane_indices,
             self.basis,
             config,
-            self._owner._session.cache,
+            self._session.cache,
             is_stack=geometry.is_stack,
             components=picked,
             description=f"PCA view of {geometry.name}",
@@ -294,7 +319,7 @@ class AnalysisControls(Container):
             layer.data,
             geometry.plane_indices,
             config,
-            self._owner._session.cache,
+            self._session.cache,
             is_stack=geometry.is_stack,
             reference_plane=plane,
             mask=mask,
@@ -327,52 +352,58 @@ class AnalysisControls(Container):
             image_a,
             image_b,
             config,
-            self._owner._session.cache,
+            self._session.cache,
             top_k=top_k,
             refine=bool(self._refine.value),
             description=f"Matching {layer_a.name} and {layer_b.name}",
-            on_returned=lambda matches: self._show_matches(layer_a.name, layer_b.name, image_a, image_b, matches),
+            on_returned=lambda matches: add_match_layers(
+                self._viewer, layer_a.name, layer_b.name, image_a, image_b, matches
+            ),
         )
 
-    def _show_matches(self, name_a: str, name_b: str, image_a: np.ndarray, image_b: np.ndarray, matches: Any) -> None:
-        """Layers: "<A> | <B>" (side by side), "<A> | <B> matches" (Shapes lines) and "... ends" (Points)."""
-        from ..core.analysis.match import side_by_side
 
-        canvas, offset = side_by_side(image_a, image_b)
-        matches = np.asarray(matches).reshape(-1, 5)
-        base = f"{name_a} | {name_b}"
-        start = matches[:, 0:2]
-        end = matches[:, 2:4] + np.array([0.0, offset])
-        scores = matches[:, 4]
-        tag = {"napari-hrdv2": {"kind": "matches", "source": name_a, "other": name_b}}
-        layers = self._viewer.layers
-        for name in (base, f"{base} matches", f"{base} ends"):
-            if name in layers:
-                layers.remove(name)
-        self._viewer.add_image(canvas, name=base, rgb=True, metadata=tag)
-        if len(matches):
-            lines = [np.stack([a, b]) for a, b in zip(start, end)]
-            self._viewer.add_shapes(
-                lines,
-                shape_type="line",
-                edge_color="score",
-                edge_colormap="viridis",
-                edge_width=1.5,
-                features={"score": scores},
-                name=f"{base} matches",
-                metadata=tag,
-            )
-            self._viewer.add_points(
-                np.concatenate([start, end]),
-                size=5,
-                face_color="yellow",
-                features={"score": np.concatenate([scores, scores])},
-                name=f"{base} ends",
-                metadata=tag,
-            )
+def add_match_layers(
+    viewer: Any, name_a: str, name_b: str, image_a: np.ndarray, image_b: np.ndarray, matches: Any
+) -> None:
+    """Layers: "<A> | <B>" (side by side), "<A> | <B> matches" (Shapes lines) and "... ends" (Points)."""
+    from ..core.analysis.match import side_by_side
+
+    canvas, offset = side_by_side(image_a, image_b)
+    matches = np.asarray(matches).reshape(-1, 5)
+    base = f"{name_a} | {name_b}"
+    start = matches[:, 0:2]
+    end = matches[:, 2:4] + np.array([0.0, offset])
+    scores = matches[:, 4]
+    tag = {"napari-hrdv2": {"kind": "matches", "source": name_a, "other": name_b}}
+    layers = viewer.layers
+    for name in (base, f"{base} matches", f"{base} ends"):
+        if name in layers:
+            layers.remove(name)
+    viewer.add_image(canvas, name=base, rgb=True, metadata=tag)
+    if len(matches):
+        lines = [np.stack([a, b]) for a, b in zip(start, end)]
+        viewer.add_shapes(
+            lines,
+            shape_type="line",
+            edge_color="score",
+            edge_colormap="viridis",
+            edge_width=1.5,
+            features={"score": scores},
+            name=f"{base} matches",
+            metadata=tag,
+        )
+        viewer.add_points(
+            np.concatenate([start, end]),
+            size=5,
+            face_color="yellow",
+            features={"score": np.concatenate([scores, scores])},
+            name=f"{base} ends",
+            metadata=tag,
+        )
 
 
-def _short(basis: PCABasis) -> str:
+def describe_basis(basis: PCABasis) -> str:
+    """The Basis line, e.g. '3 components, 6 plane(s), foreground'."""
     meta = basis.metadata
     fg = ", foreground" if basis.foreground_cue else ""
     return f"{basis.n_components} components, {meta.get('n_images', '?')} plane(s){fg}"

@@ -4,13 +4,28 @@ the progress row (bar, remaining time, Cancel), and closing hooks."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
+from qtpy.QtWidgets import (
+    QAbstractScrollArea,
+    QAbstractSlider,
+    QAbstractSpinBox,
+    QApplication,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollBar,
+    QSizePolicy,
+    QWidget,
+)
 
 from .._layers import plugin_tag
+from ._runner import format_duration
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +122,30 @@ def disconnect_layer_list(viewer: napari.Viewer, callback: Any) -> None:
             emitter.disconnect(callback)
 
 
+def refining_message(name: str, item: Any, remaining: float | None, backbone: Any) -> str:
+    """Status after a partial result, e.g. 'First view of cells (1 of 9 passes); refining. About 2 min left ...'."""
+    text = f"{'First view' if item.n_transforms == 1 else 'Refined view'} of {name} "
+    text += f"({item.n_transforms} of {item.total} passes); refining."
+    if remaining is not None:
+        text += f" About {format_duration(remaining)} left"
+        on_cpu = backbone is None or str(backbone[1].device).startswith("cpu")
+        if remaining > 30 and on_cpu:
+            text += " on the CPU (the 'fast' quality or a GPU is quicker)"
+        text += "."
+    return text
+
+
+@contextmanager
+def keep_active_layer(viewer: Any) -> Iterator[None]:
+    """Restore the selected layer after adding result layers (the user keeps painting the scribbles)."""
+    active = viewer.layers.selection.active
+    try:
+        yield
+    finally:
+        if active is not None and active in viewer.layers and viewer.layers.selection.active is not active:
+            viewer.layers.selection.active = active
+
+
 # ---------------------------------------------------------------------------------------------- Qt pieces
 def wrap_label(label: QLabel, *, selectable: bool = False) -> QLabel:
     """Make a QLabel wrap its text and never ask for more width than the dock has."""
@@ -126,6 +165,17 @@ def set_wrapped_text(label: QLabel, text: str) -> None:
     shown = text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 1] + "…"
     label.setText(shown)
     label.setToolTip(text if shown != text else "")
+
+
+def literal_format(text: str) -> str:
+    """``text`` as a QProgressBar format that shows it as it is.
+
+    Qt replaces ``%p``, ``%v`` and ``%m`` in a format and has no escape for a literal ``%`` (``%%`` stays two
+    signs), so a word joiner (U+2060, invisible) goes between a ``%`` and such a letter.
+    """
+    for placeholder in ("%p", "%v", "%m"):
+        text = text.replace(placeholder, f"%\u2060{placeholder[1]}")
+    return text
 
 
 class ProgressRow(QWidget):
@@ -163,8 +213,6 @@ class ProgressRow(QWidget):
 
     def show_progress(self, fraction: float, remaining: float | None, message: str = "") -> None:
         """'Encoding image: 45%, about 1 min left' in the bar."""
-        from ._runner import format_duration
-
         self.remaining = remaining
         value = int(round(min(max(fraction, 0.0), 1.0) * 1000))
         self.bar.setValue(value)
@@ -172,7 +220,7 @@ class ProgressRow(QWidget):
         text += f"{value / 10:.0f}%"
         if remaining is not None:
             text += f", about {format_duration(remaining)} left"
-        self.bar.setFormat(text.replace("%", "%%"))
+        self.bar.setFormat(literal_format(text))
         self.bar.setToolTip(text)
 
     @property
@@ -228,3 +276,36 @@ class CloseWatcher(QObject):
         elif obj is self._window and kind == QEvent.Type.Hide and not event.spontaneous():
             self._fire()  # the window was closed (a minimised window gets a spontaneous hide event)
         return False
+
+
+class WheelGuard(QObject):
+    """Keeps the mouse wheel from changing settings: combo boxes, spin boxes and sliders take it only when focused.
+
+    Installed once per dock (:meth:`guard`): every such control inside gets ``Qt.FocusPolicy.StrongFocus`` (a
+    click or Tab focuses it, the wheel does not) and this event filter, which passes the wheel of an unfocused
+    control on to the scroll area around it, so scrolling over the dock scrolls the page instead.
+    """
+
+    def guard(self, root: QWidget) -> int:
+        """Guard every combo box, spin box and slider under ``root``; returns how many were guarded."""
+        guarded = 0
+        for control in root.findChildren(QWidget):
+            if isinstance(control, (QComboBox, QAbstractSpinBox, QAbstractSlider)) and not isinstance(
+                control, QScrollBar
+            ):
+                control.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+                control.removeEventFilter(self)  # guarding twice installs the filter once
+                control.installEventFilter(self)
+                guarded += 1
+        return guarded
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        if event.type() != QEvent.Type.Wheel or not isinstance(obj, QWidget) or obj.hasFocus():
+            return False
+        area = obj.parentWidget()
+        while area is not None and not isinstance(area, QAbstractScrollArea):
+            area = area.parentWidget()
+        if area is not None:
+            QApplication.sendEvent(area.verticalScrollBar(), event)  # scroll the page under the pointer
+        event.ignore()
+        return True

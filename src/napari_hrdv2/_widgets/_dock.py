@@ -13,6 +13,7 @@ from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QTabWidget, QVBoxLayout,
 from ._common import (
     CloseWatcher,
     ProgressRow,
+    WheelGuard,
     connect_layer_list,
     disconnect_layer_list,
     preferred_image,
@@ -21,7 +22,7 @@ from ._common import (
     wrap_label,
 )
 from ._downloads import declined_message
-from ._runner import JobRunner
+from ._runner import JobRunner, notify_error
 
 #: Widest the docks ask to be (pixels); messages wrap instead of widening them.
 DOCK_MAX_WIDTH = 420
@@ -35,6 +36,67 @@ def tab_page(*widgets: Any) -> Container:
     page = Container(widgets=list(widgets), labels=True)
     page.native.layout().setContentsMargins(4, 4, 4, 4)
     return page
+
+
+class DockMessages:
+    """What a dock tells the user: its status line, the help box, errors as notifications, and the question
+    before a backbone download.
+
+    Parameters
+    ----------
+    status_label, help_label : QLabel
+        The wrapping status line and the (hidden while empty) help box.
+    downloads : DownloadGate
+        The viewer session's record of the downloads the user agreed to.
+    parent : QWidget
+        The dock (parent of the download question).
+    """
+
+    def __init__(self, status_label: QLabel, help_label: QLabel, downloads: Any, parent: QWidget):
+        self._status_label = status_label
+        self._help = help_label
+        self._downloads = downloads
+        self._parent = parent
+
+    def set_status(self, text: str) -> None:
+        """Show ``text`` in the status line (cut when very long; the whole text in its tooltip)."""
+        set_wrapped_text(self._status_label, text)
+
+    @property
+    def status(self) -> str:
+        """The status line (its full text)."""
+        return self._status_label.toolTip() or self._status_label.text()
+
+    def show_help(self, text: str | None) -> None:
+        """Show (or hide, with None) the help box under the status line."""
+        if text:
+            set_wrapped_text(self._help, text)
+        self._help.setVisible(bool(text))
+
+    @property
+    def help_text(self) -> str:
+        """The help box's text ('' while hidden)."""
+        return "" if self._help.isHidden() else (self._help.toolTip() or self._help.text())
+
+    def report(self, error: BaseException, *, quiet: bool = False) -> None:
+        """Show ``error`` in the status line and, unless ``quiet``, as a notification."""
+        self.set_status(str(error))
+        if not quiet:
+            notify_error(error)
+
+    def may_download(self, backbone: str, *, interactive: bool = True, for_model: bool = False) -> bool:
+        """Whether a job loading ``backbone`` may start: True unless it would download a Hugging Face repository
+        the user has not agreed to (asked here when ``interactive``). A refusal is explained in the dock."""
+        ok, repo = self._downloads.allowed(backbone, self._parent, interactive=interactive)
+        if not ok and repo is not None:
+            message = declined_message(repo, for_model=for_model)
+            self.set_status(message)
+            self.show_help(message)
+            if interactive:
+                from napari.utils.notifications import show_info
+
+                show_info(f"HR-Dv2: {message}")
+        return ok
 
 
 class DockFrame:
@@ -69,16 +131,26 @@ class DockFrame:
         layout.addWidget(self._tabs)
         self._progress = ProgressRow(on_cancel)
         layout.addWidget(self._progress)
-        self._status_label = wrap_label(QLabel(""), selectable=True)
+        self._init_messages()
         layout.addWidget(self._status_label)
-        self._help = wrap_label(QLabel(""), selectable=True)
-        self._help.setStyleSheet(HELP_STYLE)
-        self._help.setVisible(False)
         layout.addWidget(self._help)
         if isinstance(layout, QVBoxLayout):
             layout.addStretch(1)
         native.setMaximumWidth(DOCK_MAX_WIDTH * 2)
         self._close_watcher = CloseWatcher(native, self._on_dock_closed)
+        self._wheel_guard = WheelGuard(native)
+        self._wheel_guard.guard(native)  # every combo/spin box and slider of the dock: the wheel needs focus
+
+    def _init_messages(self) -> DockMessages:
+        """The status line, the help box and :attr:`messages` that writes them (made once; placed by the frame)."""
+        if getattr(self, "messages", None) is None:
+            self._status_label = wrap_label(QLabel(""), selectable=True)
+            self._help = wrap_label(QLabel(""), selectable=True)
+            self._help.setStyleSheet(HELP_STYLE)
+            self._help.setVisible(False)
+            native: QWidget = self.native  # type: ignore[attr-defined]
+            self.messages = DockMessages(self._status_label, self._help, self._session.downloads, native)
+        return self.messages
 
     def _make_runner(self, **kwargs: Any) -> JobRunner:
         runner = JobRunner(
@@ -94,36 +166,24 @@ class DockFrame:
 
     # ------------------------------------------------------------------ status
     def _set_status(self, text: str) -> None:
-        set_wrapped_text(self._status_label, text)
+        self.messages.set_status(text)
 
     @property
     def status(self) -> str:
         """The dock's status line (its full text)."""
-        return self._status_label.toolTip() or self._status_label.text()
+        return self.messages.status
 
     def _show_help(self, text: str | None) -> None:
         """Show (or hide, with None) the help box under the status line."""
-        if text:
-            set_wrapped_text(self._help, text)
-        self._help.setVisible(bool(text))
+        self.messages.show_help(text)
 
     @property
     def help_text(self) -> str:
-        return "" if self._help.isHidden() else (self._help.toolTip() or self._help.text())
+        return self.messages.help_text
 
     def _may_download(self, backbone: str, *, interactive: bool = True, for_model: bool = False) -> bool:
-        """Whether a job loading ``backbone`` may start: True unless it would download a Hugging Face repository
-        the user has not agreed to (asked here when ``interactive``). A refusal is explained in the dock."""
-        ok, repo = self._session.downloads.allowed(backbone, self.native, interactive=interactive)  # type: ignore[attr-defined]
-        if not ok and repo is not None:
-            message = declined_message(repo, for_model=for_model)
-            self._set_status(message)
-            self._show_help(message)
-            if interactive:
-                from napari.utils.notifications import show_info
-
-                show_info(f"HR-Dv2: {message}")
-        return ok
+        """Whether a job loading ``backbone`` may start (see :meth:`DockMessages.may_download`)."""
+        return self.messages.may_download(backbone, interactive=interactive, for_model=for_model)
 
     def _show_progress(self, fraction: float, message: str, remaining: float | None) -> None:
         self._progress.show_progress(fraction, remaining, message)

@@ -7,7 +7,7 @@ from typing import Any
 
 from psygnal import Signal
 
-from .._workers import EncodingCache, merge_runtime, segmenter_config
+from .._workers import EncodingCache, merge_runtime
 from ..core.config import FeatureConfig
 from ._downloads import DownloadGate
 
@@ -75,7 +75,7 @@ class ViewerSession:
 
     def prediction_config(self) -> FeatureConfig:
         """Features for the current model: its own feature definition with this session's device/tiling."""
-        trained_with = segmenter_config(self._segmenter) if self._segmenter is not None else None
+        trained_with = self._segmenter.feature_config if self._segmenter is not None else None
         return self._config if trained_with is None else merge_runtime(trained_with, self._config)
 
     def forget_layer(self, name: str) -> None:

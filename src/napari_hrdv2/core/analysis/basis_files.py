@@ -67,7 +67,7 @@ def iter_apply_pca_files(
     from ..files.atomic import write_png, write_tif
 
     picked = (components,) if isinstance(components, (int, np.integer)) else tuple(components)
-    basis._check_components(picked)  # a bad choice fails before any encoding
+    basis.check_components(picked)  # a bad choice fails before any encoding
     paths = expand_inputs(inputs)
     if not paths:
         raise InputError("No input images found.")

@@ -138,7 +138,8 @@ class PCABasis:
                 "with the basis' settings, or fit a new basis."
             )
 
-    def _check_components(self, components: Sequence[int]) -> list[int]:
+    def check_components(self, components: Sequence[int]) -> list[int]:
+        """``components`` as ints, or :class:`InputError` (before any encoding) when the basis lacks one."""
         picked = [int(c) for c in components]
         bad = [c for c in picked if not 0 <= c < self.n_components]
         if bad:
@@ -152,13 +153,13 @@ class PCABasis:
     def project(self, features: FeatureSource, components: Sequence[int] | None = None) -> np.ndarray:
         """Scores ``(len(components), H, W)`` float32 of an image's features on the chosen axes."""
         self.check_features(features)
-        picked = list(range(self.n_components)) if components is None else self._check_components(components)
+        picked = list(range(self.n_components)) if components is None else self.check_components(components)
         weight = self.components[picked]
         return apply_linear(features, weight, -weight @ self.mean)
 
     def scale(self, scores: np.ndarray, components: Sequence[int]) -> np.ndarray:
         """Scores ``(k, H, W)`` of ``components`` mapped to [0, 1] with the fixed range of the fit."""
-        picked = self._check_components(components)
+        picked = self.check_components(components)
         low = self.low[picked][:, None, None]
         high = self.high[picked][:, None, None]
         return np.clip((scores - low) / np.maximum(high - low, 1e-12), 0.0, 1.0).astype(np.float32)
@@ -178,7 +179,7 @@ class PCABasis:
         components = (components,) if isinstance(components, (int, np.integer)) else tuple(components)
         if len(components) not in (1, 3):
             raise InputError(f"Pick exactly three components for RGB (or one for grey), got {components}.")
-        self._check_components(components)
+        self.check_components(components)
         scaled = self.scale(self.project(features, components), components)
         if len(components) == 1:
             scaled = np.repeat(scaled, 3, axis=0)
