@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +35,13 @@ from ..features.classical import (
     n_classical_features,
     sample_classical_features,
 )
-from ..features.sources import FeatureSource, is_encoding, source_shape
+from ..features.sources import FeatureSource, is_encoding
 from ..files.label_images import label_dtype
 from . import compatibility
 from .compatibility import common_feature_config
-from .labels import check_labels, clean_labels, labelled_classes, training_pixels, warn_if_image_like
+from .labels import clean_labels
 from .model_file import ModelRecord, check_record, damaged, read_model_file, write_model_file
-from .solver import class_weights, fit_logistic, fold_scaler, standardize
-
-
-@dataclass(frozen=True)
-class TrainingSummary:
-    """What :meth:`LinearSegmenter.fit` saw and did."""
-
-    n_images: int
-    pixels_per_class: dict[int, int]
-    pixels_used: int
-    iterations: int
-    final_loss: float
-    training_accuracy: float
+from .training import TrainingSummary, first_known, fit_linear, paired_images, training_set
 
 
 def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
@@ -236,66 +224,31 @@ class LinearSegmenter:
         -------
         self
         """
-        import torch
-
-        sources = [features] if is_encoding(features) or np.asarray(features).ndim == 3 else list(features)
-        label_list = [labels] if isinstance(labels, np.ndarray) and labels.ndim == 2 else list(labels)
-        if len(sources) != len(label_list):
-            raise InputError(f"Got {len(sources)} images but {len(label_list)} label images; give one per image.")
-        if not sources:
-            raise InputError("Nothing to train on: give at least one image and its labels.")
+        sources, label_list = paired_images(features, labels)
         self.feature_config = self._common_config(sources)
         n_features = {self._n_features_of(s) for s in sources}
         if len(n_features) > 1:
             raise InputError(f"The images have different numbers of features {sorted(n_features)}.")
-
-        checked = [
-            check_labels(lab, source_shape(src), name=f"labels of image {i + 1}")
-            for i, (src, lab) in enumerate(zip(sources, label_list))
-        ]
-        classes = labelled_classes(checked)
-        warn_if_image_like(checked, int(classes.size))
-        counts, picked = training_pixels(checked, classes, max_per_class=self.max_pixels_per_class, seed=self.seed)
-        vectors, targets = [], []
-        for image_index, rows, cols, target in picked:
-            x = self._sample(sources[image_index], rows, cols)
-            if not np.isfinite(x).all():
-                raise InputError(
-                    f"The features of image {image_index + 1} contain NaN or infinite values; "
-                    "check the image and the backbone."
-                )
-            vectors.append(x)
-            targets.append(target)
-        x = torch.from_numpy(np.concatenate(vectors))
-        y = torch.from_numpy(np.concatenate(targets))
-
-        z, mean, std = standardize(x)
-        sample_weight = class_weights(y, classes.size, balanced=self.class_balanced)
-        start = None
-        if self.warm_start and self._standardized is not None and np.array_equal(self.classes_, classes):
-            start = self._standardized if self._standardized[0].shape[1] == z.shape[1] else None
-        weight, bias, iterations, final_loss = fit_logistic(
-            z, y, sample_weight, l2=self.l2, max_iter=self.max_iter, start=start
+        pixels = training_set(
+            sources, label_list, sample=self._sample, max_per_class=self.max_pixels_per_class, seed=self.seed
         )
-        accuracy = float(((z @ weight.T + bias).argmax(1) == y).float().mean())
-        self._standardized = (weight, bias)
-        coef, intercept = fold_scaler(weight, bias, mean, std)
-
-        self.classes_ = classes.astype(np.int64)
-        self.coef_ = coef.numpy().astype(np.float32)
-        self.intercept_ = intercept.numpy().astype(np.float32)
+        start = None
+        if self.warm_start and self._standardized is not None and np.array_equal(self.classes_, pixels.classes):
+            start = self._standardized if self._standardized[0].shape[1] == pixels.vectors.shape[1] else None
+        fitted = fit_linear(pixels, l2=self.l2, max_iter=self.max_iter, balanced=self.class_balanced, start=start)
+        self._standardized = fitted.standardized
+        self.classes_ = pixels.classes.astype(np.int64)
+        self.coef_, self.intercept_ = fitted.coef, fitted.intercept
         self.n_hr_features_ = self.coef_.shape[1] - self.n_classical
-        fingerprints = [getattr(s, "backbone_fingerprint", None) for s in sources if is_encoding(s)]
-        self.backbone_fingerprint_ = next((f for f in fingerprints if f is not None), None)
-        families = [getattr(s, "backbone_family", None) for s in sources if is_encoding(s)]
-        self.backbone_family_ = next((f for f in families if f is not None), None)
+        self.backbone_fingerprint_ = first_known(getattr(s, "backbone_fingerprint", None) for s in sources)
+        self.backbone_family_ = first_known(getattr(s, "backbone_family", None) for s in sources)
         self.summary_ = TrainingSummary(
             n_images=len(sources),
-            pixels_per_class=counts,
-            pixels_used=int(y.numel()),
-            iterations=iterations,
-            final_loss=final_loss,
-            training_accuracy=accuracy,
+            pixels_per_class=pixels.counts,
+            pixels_used=int(pixels.targets.shape[0]),
+            iterations=fitted.iterations,
+            final_loss=fitted.final_loss,
+            training_accuracy=fitted.training_accuracy,
         )
         return self
 
