@@ -27,14 +27,13 @@ import numpy as np
 
 from ..config import RUNTIME_FIELDS, FeatureConfig
 from ..errors import InputError
+from ..features import hybrid
 from ..features.classical import (
     DEFAULT_SIGMAS,
     check_sigmas,
-    classical_features,
-    iter_classical_features,
     n_classical_features,
-    sample_classical_features,
 )
+from ..features.hybrid import ClassicalChannels
 from ..features.sources import FeatureSource, is_encoding
 from ..files.label_images import label_dtype
 from . import compatibility
@@ -175,33 +174,17 @@ class LinearSegmenter:
         return f"LinearSegmenter({'hybrid, ' if self.hybrid else ''}{state})"
 
     # ------------------------------------------------------------------ features
-    def _image_of(self, features: FeatureSource) -> np.ndarray:
-        image = getattr(features, "image", None)
-        if image is None:
-            raise InputError(
-                "Hybrid features need the image: pass an Encoding made by Featurizer.encode (it keeps the image)."
-            )
-        return image
+    @property
+    def _classical(self) -> ClassicalChannels | None:
+        """The classical channels a hybrid model appends (scaled like the HR features' image), else None."""
+        if not self.hybrid:
+            return None
+        normalize = self.feature_config.normalize if self.feature_config is not None else "minmax"
+        return ClassicalChannels(self.classical_sigmas, normalize)
 
     def _sample(self, features: FeatureSource, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Training vectors (N, n_features) at pixels: HR features, then classical filters if hybrid."""
-        if is_encoding(features):
-            vectors = features.sample(rows, cols)
-            if self.hybrid:
-                classical = sample_classical_features(self._image_of(features), rows, cols, **self._cl())
-                vectors = np.concatenate([vectors, classical], axis=1)
-            return vectors.astype(np.float32, copy=False)
-        dense = np.asarray(features)
-        return np.ascontiguousarray(dense[:, rows, cols].T, dtype=np.float32)
-
-    def _cl(self) -> dict[str, Any]:
-        normalize = self.feature_config.normalize if self.feature_config is not None else "minmax"
-        return {"sigmas": self.classical_sigmas, "normalize": normalize}
-
-    def _n_features_of(self, features: FeatureSource) -> int:
-        if is_encoding(features):
-            return int(features.n_features) + self.n_classical
-        return int(np.asarray(features).shape[0])
+        return hybrid.sample_vectors(features, rows, cols, self._classical)
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -226,7 +209,7 @@ class LinearSegmenter:
         """
         sources, label_list = paired_images(features, labels)
         self.feature_config = self._common_config(sources)
-        n_features = {self._n_features_of(s) for s in sources}
+        n_features = {hybrid.n_features(s, self._classical) for s in sources}
         if len(n_features) > 1:
             raise InputError(f"The images have different numbers of features {sorted(n_features)}.")
         pixels = training_set(
@@ -288,7 +271,7 @@ class LinearSegmenter:
             self.check_compatible_config(getattr(features, "config", None))
             self.check_backbone_family(getattr(features, "backbone_family", None))
             self.check_backbone_weights(getattr(features, "backbone_fingerprint", None))
-        n = self._n_features_of(features)
+        n = hybrid.n_features(features, self._classical)
         if n != self.coef_.shape[1]:
             raise InputError(
                 f"The features have {n} channels but the model expects {self.coef_.shape[1]} "
@@ -306,9 +289,8 @@ class LinearSegmenter:
             return (logits + self.intercept_[:, None, None]).astype(np.float32)
         n_hr = self.n_hr_features_
         logits = features.project(self.coef_[:, :n_hr], self.intercept_)
-        if self.hybrid:
-            for g, response in enumerate(iter_classical_features(self._image_of(features), **self._cl())):
-                logits += self.coef_[:, n_hr + g, None, None] * response[None]
+        if self._classical is not None:
+            hybrid.add_classical_logits(logits, self.coef_[:, n_hr:], features, self._classical)
         return logits
 
     def predict_proba(self, features: FeatureSource) -> np.ndarray:
@@ -339,10 +321,7 @@ class LinearSegmenter:
 
     def dense_features(self, encoding: Any) -> np.ndarray:
         """The full feature array this model works on, ``(n_features, H, W)``: for small images and tests."""
-        dense = encoding.features()
-        if self.hybrid:
-            dense = np.concatenate([dense, classical_features(self._image_of(encoding), **self._cl())])
-        return dense
+        return hybrid.dense_features(encoding, self._classical)
 
     def featurizer(self, **runtime: Any) -> Any:
         """A :class:`Featurizer` that computes the features this model was trained on.
