@@ -560,3 +560,14 @@ def test_channels_last_tiff_with_channels(tmp_path, trained, tiny_backbone):
     args = ["features", tmp_path / "c5.tif", "-o", tmp_path / "f.npy", "--channels", "0", "--backbone", tiny_backbone]
     assert main([str(a) for a in [*args, *TINY]]) == 0
     assert np.load(tmp_path / "f.npy").shape[-2:] == (112, 112)
+
+
+def test_a_batch_never_writes_into_a_zarr_input(tmp_path, trained, capsys):
+    model, image_path = trained
+    source = zarr_image(tmp_path / "x.zarr", tifffile.imread(image_path))
+    before = sorted(p.relative_to(source) for p in source.rglob("*"))
+    args = ["segment", str(source), "--model", str(model), "-o", str(source), "--format", "zarr", "--overwrite", "-q"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "inside it" in err[0], err
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before

@@ -296,9 +296,6 @@ class BatchPlan:
         lazy = is_lazy_path(path)
         if not (path.is_file() or (lazy and path.exists())):
             raise InputError(f"'{path}' does not exist or is not a file.")
-        for tag in (LABELS_TAG, UNCERTAINTY_TAG):  # never written over an input, overwrite or not
-            for suffix in {self.suffix, ".tif"}:
-                check_not_an_input(self.output(path, suffix, tag), [path], option="output")
         streamed = self.prepare_streamed(path)
         if streamed is not None:
             return streamed
@@ -319,10 +316,16 @@ class BatchPlan:
         )
 
     def prepare_streamed(self, path: Path) -> FileJob | None:
-        """The job of an input segmented tile by tile (Zarr output, or planes above ``STREAM_PIXELS``), else None."""
+        """The job of an input segmented tile by tile (Zarr output, or planes above ``STREAM_PIXELS``), else None.
+
+        Refuses outputs that would be written over (or into) the input, with or without overwrite.
+        """
         from ..files.lazy import open_channels
         from .streaming import STREAM_PIXELS, plane_shape, streamed_file
 
+        for tag in (LABELS_TAG, UNCERTAINTY_TAG):  # never written over an input, overwrite or not
+            for out_suffix in {self.suffix, ".tif"}:
+                check_not_an_input(self.output(path, out_suffix, tag), [path], option="output")
         suffix = self.suffix
         if suffix != ".zarr" and path.suffix.lower() not in (".tif", ".tiff", ".zarr", ".npy"):
             return None  # PNG/JPEG/BMP inputs have no lazy reader: always in memory
