@@ -425,3 +425,149 @@ def test_long_names_on_the_command_line(tmp_path, trained, capsys):
     assert main(["segment", str(fits), "--model", str(model), "-q"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "at most 255 bytes" in err[0] and "Errno" not in err[0], err
+
+
+# ---------------------------------------------------------------------------------------------- inputs and outputs
+TINY = ["--device", "cpu", "--shifts", "none", "--tile-size", "none", "-q"]
+
+
+def zarr_image(path: Path, image: np.ndarray) -> Path:
+    import zarr
+
+    zarr.save_array(str(path), image)
+    return path
+
+
+def broken_ome_zarr(path: Path) -> Path:
+    """An OME-Zarr group whose metadata names a dataset path that is not there."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    group.attrs["multiscales"] = [
+        {"version": "0.4", "axes": [{"name": "y"}, {"name": "x"}], "datasets": [{"path": "0"}]}
+    ]
+    return path
+
+
+def test_match_png_is_never_an_input(tmp_path, tiny_backbone, capsys):
+    from PIL import Image
+
+    image, _ = two_texture_image(56)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(image).save(tmp_path / name)
+    before = (tmp_path / "a.png").read_bytes()
+    args = ["match", tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "m.csv", "--png", tmp_path / "a.png",
+            "--overwrite", "--backbone", tiny_backbone, *TINY]  # fmt: skip
+    assert main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--png" in err[0] and "destroy" in err[0], err
+    assert (tmp_path / "a.png").read_bytes() == before and not (tmp_path / "m.csv").exists()
+
+
+def test_pca_apply_never_reads_its_own_outputs(tmp_path, tiny_backbone):
+    from PIL import Image
+
+    image, _ = two_texture_image(56)
+    folder = tmp_path / "d9"
+    folder.mkdir()
+    Image.fromarray(image).save(folder / "x.png")
+    Image.fromarray(image[::-1]).save(folder / "x_pca.png")  # an earlier run's view (or the user's file)
+    basis = tmp_path / "b.safetensors"
+    fit = ["pca", "fit", folder / "x.png", "-o", basis, "--components", "3", "--backbone", tiny_backbone, *TINY]
+    assert main([str(a) for a in fit]) == 0
+    apply = ["pca", "apply", folder, "--basis", basis, "-o", folder, "--overwrite", "--device", "cpu", "-q"]
+    assert main([str(a) for a in apply]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["x.png", "x_pca.png"]  # no x_pca_pca.png
+
+
+def test_stream_segment_never_writes_over_its_input(tmp_path, trained):
+    model, image_path = trained
+    source = zarr_image(tmp_path / "in.zarr", tifffile.imread(image_path))
+    before = sorted(p.relative_to(source) for p in source.rglob("*"))
+    segmenter = LinearSegmenter.load(model)
+    for target in (source, source / "labels.zarr"):
+        with pytest.raises(InputError, match="is the input"):
+            hr.stream_segment(segmenter, source, {"labels": target}, featurizer=segmenter.feature_config)
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before
+    np.testing.assert_array_equal(hr.open_lazy(source)[...], tifffile.imread(image_path))
+
+
+def test_a_broken_zarr_does_not_stop_the_batch(tmp_path, trained, capsys):
+    model, image_path = trained
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("b.tif", "z.tif"):
+        (folder / name).write_bytes(image_path.read_bytes())
+    broken_ome_zarr(folder / "m.zarr")
+    assert main(["segment", str(folder), "--model", str(model), "-o", str(tmp_path / "out"), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "m.zarr" in err[0] and "dataset path" in err[0], err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b_labels.tif", "z_labels.tif"]
+
+
+def test_open_lazy_names_a_missing_dataset_path(tmp_path):
+    with pytest.raises(InputError, match="dataset path '0'"):
+        hr.open_lazy(broken_ome_zarr(tmp_path / "m.zarr"))
+
+
+def test_features_train_and_match_read_zarr_images(tmp_path, trained, tiny_backbone):
+    _, image_path = trained
+    image = tifffile.imread(image_path)
+    source = zarr_image(tmp_path / "img.zarr", image)
+    strokes = zarr_image(tmp_path / "strokes.zarr", tifffile.imread(image_path.parent / "strokes.tif"))
+    backbone = ["--backbone", tiny_backbone, *TINY]
+    assert main(["features", str(source), "-o", str(tmp_path / "f.npy"), *backbone]) == 0
+    assert np.load(tmp_path / "f.npy").shape[-2:] == image.shape
+    assert main(["train", str(source), "--labels", str(strokes), "-o", str(tmp_path / "m.hrdv2"), *backbone]) == 0
+    assert main(["match", str(source), str(image_path), "-o", str(tmp_path / "m.csv"), *backbone]) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_fifos_folders_and_loops_give_one_line(tmp_path, trained, tiny_backbone, capsys):
+    model, image_path = trained
+    os.mkfifo(tmp_path / "pipe.tif")
+    os.mkfifo(tmp_path / "pipe.hrdv2")
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    (tmp_path / "loop.tif").symlink_to(tmp_path / "loop2.tif")
+    (tmp_path / "loop2.tif").symlink_to(tmp_path / "loop.tif")
+    (tmp_path / "folder.hrdv2").mkdir()
+    out = str(tmp_path / "f.npy")
+    cases = [
+        (["features", str(tmp_path / "pipe.tif"), "-o", out, "--backbone", tiny_backbone], 2, "FIFO"),
+        (["features", str(tmp_path / "loop.tif"), "-o", out, "--backbone", tiny_backbone], 2, "symbolic link loop"),
+        (["train", str(image_path), "--labels", str(tmp_path / "pipe.tif"), "-o", str(tmp_path / "m.hrdv2")], 2, "FIFO"),
+        (["segment", str(image_path), "--model", str(tmp_path / "pipe.hrdv2")], 4, "FIFO"),
+        (["segment", str(image_path), "--model", str(tmp_path / "folder.hrdv2")], 4, "is a folder"),
+        (["segment", str(tmp_path / "loop.tif"), "--model", str(model), "-o", str(tmp_path / "o")], 1, "loop"),
+        (["segment", str(image_path), "--model", str(model), "--scheduler", "udp://x"], 2, "udp"),
+        (["pca", "apply", str(image_path), "--basis", str(tmp_path / "pipe.safetensors"), "-o", str(tmp_path)], 2, "FIFO"),
+        (["features", str(image_path), "-o", out, "--backbone", str(tmp_path / "pipe.safetensors")], 3, "FIFO"),
+    ]  # fmt: skip
+    for args, code, message in cases:
+        assert main([*args, "-q"]) == code, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], (args, err)
+
+
+def test_channels_last_tiff_with_channels(tmp_path, trained, tiny_backbone):
+    image, _ = two_texture_image(112)
+    channels = np.stack([image, 255 - image, image // 2, image, image], axis=-1)  # (112, 112, 5)
+    tifffile.imwrite(tmp_path / "c5.tif", channels)
+    with pytest.warns(UserWarning, match="channel 1 of 5"):
+        np.testing.assert_array_equal(read_image(tmp_path / "c5.tif", channels=1), 255 - image)
+    with pytest.raises(InputError, match="5 channels"):
+        read_image(tmp_path / "c5.tif")
+    args = ["features", tmp_path / "c5.tif", "-o", tmp_path / "f.npy", "--channels", "0", "--backbone", tiny_backbone]
+    assert main([str(a) for a in [*args, *TINY]]) == 0
+    assert np.load(tmp_path / "f.npy").shape[-2:] == (112, 112)
+
+
+def test_a_batch_never_writes_into_a_zarr_input(tmp_path, trained, capsys):
+    model, image_path = trained
+    source = zarr_image(tmp_path / "x.zarr", tifffile.imread(image_path))
+    before = sorted(p.relative_to(source) for p in source.rglob("*"))
+    args = ["segment", str(source), "--model", str(model), "-o", str(source), "--format", "zarr", "--overwrite", "-q"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "inside it" in err[0], err
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before

@@ -70,9 +70,10 @@ def check_outputs(args: argparse.Namespace) -> None:
 def read_planes(args: argparse.Namespace) -> tuple[list[np.ndarray], bool]:
     """The planes to encode (one unless a whole stack) and whether the outputs are stacks."""
     from ..core.errors import InputError
-    from ..core.files.images import is_stack, read_image
+    from ..core.files.images import is_stack
+    from ..core.files.lazy import read_input_image
 
-    image = read_image(args.image, channels=args.channels)
+    image = read_input_image(args.image, channels=args.channels)
     name = Path(args.image).name
     stack = is_stack(image)
     if args.plane is not None:

@@ -42,16 +42,20 @@ def run(args: argparse.Namespace) -> int:
     """``napari-hrdv2 match``."""
     from ..core.analysis.match import draw_matches, match_patches, matches_to_csv_text
     from ..core.errors import InputError
-    from ..core.files.atomic import write_png, write_text
-    from ..core.files.images import is_stack, read_image
+    from ..core.files.atomic import check_not_an_input, write_png, write_text
+    from ..core.files.images import is_stack
+    from ..core.files.lazy import read_input_image
 
     csv_path = check_output(args.output, (".csv",), "-o", args.overwrite)
     png_path = check_output(args.png, (".png",), "--png", args.overwrite) if args.png else None
     if png_path is not None and png_path.resolve() == csv_path.resolve():
         raise InputError("-o and --png must be different files.")
+    for output, option in ((csv_path, "-o"), (png_path, "--png")):
+        if output is not None:
+            check_not_an_input(output, [args.image_a, args.image_b], option=option)
     images = []
     for path in (args.image_a, args.image_b):
-        image = read_image(path, channels=args.channels)
+        image = read_input_image(path, channels=args.channels)
         if is_stack(image):
             raise InputError(f"'{Path(path).name}' is a stack of {len(image)} planes; match two single images.")
         images.append(image)

@@ -112,11 +112,13 @@ def run_fit(args: argparse.Namespace) -> int:
     """``napari-hrdv2 pca fit``."""
     from ..core.analysis.pca import fit_pca
     from ..core.errors import InputError
+    from ..core.files.atomic import check_not_an_input
     from ..core.files.images import expand_inputs
 
     output = check_output(args.output, BASIS_SUFFIXES, "-o", args.overwrite)
     paths = expand_inputs(args.inputs)
-    missing = [str(p) for p in paths if not p.is_file()]
+    check_not_an_input(output, paths)
+    missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise InputError(f"Input file(s) not found: {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}.")
     if not paths:
@@ -152,8 +154,10 @@ def run_apply(args: argparse.Namespace) -> int:
     from ..core.config import FeatureConfig
     from ..core.errors import InputError
     from ..core.files.atomic import check_output_folder
+    from ..core.files.paths import check_input_file
     from ..core.progress import run_steps
 
+    check_input_file(args.basis, "PCA basis file")  # not a folder, FIFO or symlink loop
     basis = PCABasis.load(args.basis)
     saved = basis.metadata.get("config")
     if not saved:

@@ -66,11 +66,16 @@ def add_parser(commands: Any, shared: SharedOptions) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``napari-hrdv2 segment``."""
-    from ..core.errors import InputError, WeightsNotFoundError
-    from ..core.files.paths import check_path
+    from ..core.errors import InputError, ModelFileError, WeightsNotFoundError
+    from ..core.files.paths import check_input_file, check_path
     from ..core.scale.batch import segment_files
     from ..core.segmentation.segmenter import LinearSegmenter
 
+    check_input_file(args.model, "Model file", error=ModelFileError)  # not a folder, FIFO or symlink loop
+    if args.scheduler:
+        from ..core.scale.distributed import parse_scheduler
+
+        parse_scheduler(args.scheduler)  # a wrong address is refused before the model is loaded
     segmenter = LinearSegmenter.load(args.model)
     if segmenter.feature_config is None:
         raise InputError(f"'{args.model}' does not record its feature settings; retrain it from images.")

@@ -127,8 +127,15 @@ def make_featurizer(
     """The Featurizer of ``config`` (its backbone loaded from ``backbone_path`` if given), downloads refused
     unless ``--allow-download`` (:func:`check_download`). ``load``: load the weights now, before any work
     (otherwise when first needed, e.g. not at all when a batch skips every input)."""
-    from ..core.features.encoding import Featurizer
+    import os
 
+    from ..core.errors import WeightsNotFoundError
+    from ..core.features.encoding import Featurizer
+    from ..core.files.paths import check_input_file
+
+    source = backbone_path or config.backbone
+    if source and os.path.lexists(source):  # a local folder or file: not a FIFO, device or symlink loop
+        check_input_file(source, "Backbone", folder=True, error=WeightsNotFoundError)
     if backbone_path:
         from ..core.backbone.loading import load_backbone
         from ..core.runtime.devices import resolve_device, resolve_dtype

@@ -49,14 +49,15 @@ def training_planes(
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(description, plane, labels) for every labelled plane; checks shapes before any encoding."""
     from ..core.errors import InputError
-    from ..core.files.images import is_stack, read_image, read_labels
+    from ..core.files.images import is_stack
+    from ..core.files.lazy import read_input_image, read_input_labels
     from ..core.segmentation.labels import check_labels
 
     if len(images) != len(labels):
         raise InputError(f"Got {len(images)} image(s) but {len(labels)} label file(s): give one label file per image.")
     pairs = []
     for image_path, labels_path in zip(images, labels):
-        image, lab = read_image(image_path, channels=channels), read_labels(labels_path)
+        image, lab = read_input_image(image_path, channels=channels), read_input_labels(labels_path)
         iname, lname = Path(image_path).name, Path(labels_path).name
         if is_stack(image):
             n = len(image)

@@ -208,3 +208,26 @@ def test_json_text_and_npy_without_pickle(tmp_path):
     with pytest.raises(ValueError, match="allow_pickle"):  # object arrays would need pickle: never written
         atomic.write_npy(tmp_path / "o.npy", np.array([{"x": 1}], dtype=object))
     assert leftovers(tmp_path) == [] and not (tmp_path / "o.npy").exists()
+
+
+def test_an_output_never_resolves_to_an_input(tmp_path):
+    source = tmp_path / "in.tif"
+    source.write_bytes(b"x")
+    os.link(source, tmp_path / "hard.tif")
+    (tmp_path / "soft.tif").symlink_to(source)
+    (tmp_path / "in.zarr").mkdir()
+    for output in (source, tmp_path / "hard.tif", tmp_path / "soft.tif", tmp_path / "sub" / ".." / "in.tif"):
+        with pytest.raises(InputError, match="destroy"):
+            atomic.check_not_an_input(output, [source])
+    with pytest.raises(InputError, match="inside it"):
+        atomic.check_not_an_input(tmp_path / "in.zarr" / "labels.zarr", [tmp_path / "in.zarr"])
+    atomic.check_not_an_input(tmp_path / "in_labels.tif", [source, tmp_path / "in.zarr"])  # a neighbour is fine
+
+
+def test_outputs_of_other_inputs_are_not_inputs(tmp_path):
+    from napari_hrdv2.core.files.outputs import PCA_TAG, without_outputs
+
+    paths = [tmp_path / "x.png", tmp_path / "x_pca.png", tmp_path / "y_pca.png"]
+    names = [(PCA_TAG, ".png")]
+    assert without_outputs(paths, None, names) == [tmp_path / "x.png", tmp_path / "y_pca.png"]
+    assert without_outputs(paths, tmp_path / "elsewhere", names) == paths

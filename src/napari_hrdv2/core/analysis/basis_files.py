@@ -1,6 +1,7 @@
 """Applying a saved PCA basis to image files, stacks and folders (one colour basis for all of them).
 
-Used by ``napari-hrdv2 pca apply``. Every output is written atomically
+Used by ``napari-hrdv2 pca apply``. Files named like the outputs of other inputs (``x_pca.png`` next to
+``x.png``) are not inputs, and no output is ever written over an input. Every output is written atomically
 (:mod:`.atomic`): ``<stem>_pca.png`` per image, a multi-page RGB ``<stem>_pca.tif`` per stack.
 """
 
@@ -13,17 +14,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import HRDv2Error, InputError
-from ..files.atomic import is_kept
-from ..files.images import expand_inputs, is_stack, read_image
-from ..files.outputs import BatchReport, output_path
+from ..files.atomic import check_not_an_input, is_kept
+from ..files.images import expand_inputs, is_stack
+from ..files.lazy import read_input_image
+from ..files.outputs import PCA_TAG, BatchReport, output_path, path_key, without_outputs
 from ..progress import Progress, within
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..features.encoding import Featurizer
     from .pca import PCABasis
 
-#: Name part between an input's stem and the suffix: ``cells.tif`` -> ``cells_pca.png``.
-PCA_TAG = "_pca"
 #: Black columns between the input and its PCA view in side-by-side outputs.
 SIDE_BY_SIDE_GAP = 4
 
@@ -68,7 +68,8 @@ def iter_apply_pca_files(
 
     picked = (components,) if isinstance(components, (int, np.integer)) else tuple(components)
     basis.check_components(picked)  # a bad choice fails before any encoding
-    paths = expand_inputs(inputs)
+    # An earlier run's x_pca.png next to x.png is an output, not an input: never read, then overwritten.
+    paths = without_outputs(expand_inputs(inputs), outdir, [(PCA_TAG, ".png"), (PCA_TAG, ".tif")])
     if not paths:
         raise InputError("No input images found.")
     report = BatchReport()
@@ -77,9 +78,10 @@ def iter_apply_pca_files(
     featurizer.backbone  # noqa: B018  (weights errors before any work)
     for index, path in enumerate(paths):
         try:
-            image = read_image(path, channels=channels)
+            image = read_input_image(path, channels=channels)
             stack = is_stack(image)
             target = output_path(path, outdir, ".tif" if stack else ".png", tag=PCA_TAG)
+            check_not_an_input(target, [path, *(p for p in paths if path_key(p) == path_key(target))], option="output")
             if is_kept(target, overwrite=overwrite):
                 report.skipped.append(target)
                 continue

@@ -65,7 +65,8 @@ def looks_like_input_list(inputs: Any) -> bool:
 
 def iter_sources(inputs: Any, config: FeatureConfig | None, channels: Any = None) -> Iterator[tuple[str, Any]]:
     """(name, item) per image: an Encoding, a dense (C, H, W) array, or an image plane to encode."""
-    from ..files.images import expand_inputs, is_stack, read_image
+    from ..files.images import expand_inputs, is_stack
+    from ..files.lazy import read_input_image
 
     items = [inputs] if not looks_like_input_list(inputs) else inputs
     for position, item in enumerate(items):
@@ -75,7 +76,7 @@ def iter_sources(inputs: Any, config: FeatureConfig | None, channels: Any = None
             if config is None:
                 raise InputError(f"'{item}' is a file or folder: pass config=FeatureConfig(...) to encode images.")
             for path in expand_inputs([item]):
-                image = read_image(path, channels=channels)
+                image = read_input_image(path, channels=channels)
                 if is_stack(image):
                     for index in range(len(image)):
                         yield f"{path.name} plane {index}", image[index]

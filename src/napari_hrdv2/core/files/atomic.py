@@ -479,15 +479,47 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         if a.exists() and b.exists():
             return os.path.samefile(a, b)
         return a.resolve() == b.resolve()
-    except OSError:  # pragma: no cover (unresolvable paths compare as given)
+    except (OSError, RuntimeError):  # pragma: no cover (unresolvable paths compare as given)
         return a.absolute() == b.absolute()
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` (resolved) is ``folder`` or lies inside it."""
+    return path == folder or folder in path.parents
+
+
+def resolves_to_input(output: str | Path, source: str | Path) -> bool:
+    """True when writing ``output`` would replace or alter the input ``source``.
+
+    That is: the same file (same resolved path, a hard link or a symlink to it), ``output`` inside an input
+    folder (a file in an OME-Zarr image), or an input inside ``output`` (a Zarr output folder replaced whole).
+    """
+    if same_file(output, source):
+        return True
+    out_key, source_key = _resolved(Path(output)), _resolved(Path(source))
+    return _inside(out_key, source_key) or _inside(source_key, out_key)
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compare as given
+        return path.absolute()
+
+
 def check_not_an_input(output: str | Path, inputs: Iterable[str | Path], *, option: str = "-o") -> None:
-    """Refuse an output path that is one of the inputs (even with overwrite: the input would be destroyed)."""
+    """Refuse an output path that resolves to one of the inputs, even with overwrite (the input would be destroyed).
+
+    The one rule of every writer (CLI, API, docks): see :func:`resolves_to_input`.
+
+    Raises
+    ------
+    InputError
+        ``output`` is an input, a link to one, inside an input folder (Zarr) or a folder holding an input.
+    """
     for source in inputs:
-        if same_file(output, source):
+        if resolves_to_input(output, source):
             raise InputError(
-                f"{option} '{output}' is the input '{source}'; writing there would destroy it (also with "
-                "--overwrite). Choose another output file."
+                f"{option} '{output}' is the input '{source}' (or inside it, or a link to it); writing there would "
+                "destroy it (also with --overwrite). Choose another output file."
             )

@@ -13,6 +13,8 @@ from ..errors import InputError
 from .label_images import MAX_LABEL, as_label_image
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+#: A last axis shorter than this (narrower than any backbone's patch) and than the other two holds channels.
+NARROW_CHANNELS = 14
 
 
 def parse_channels(channels: int | str | Sequence[int] | None) -> tuple[int, ...] | None:
@@ -200,13 +202,9 @@ def read_labels(path: str | Path) -> np.ndarray:
 
 
 def _existing_file(path: str | Path, what: str) -> Path:
-    from .paths import check_path
+    from .paths import check_input_file
 
-    path = check_path(path, what.lower())
-    if not path.exists():
-        raise InputError(f"{what} '{path}' does not exist.")
-    if not path.is_file():
-        raise InputError(f"{what} '{path}' is a folder, not a file.")
+    path = check_input_file(path, what)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(f"'{path.name}' is not a supported image ({', '.join(IMAGE_SUFFIXES)}).")
     if path.stat().st_size == 0:
@@ -266,6 +264,13 @@ def tiff_layout(tif: object) -> TiffLayout:
     shaped = bool(tif.is_shaped)  # type: ignore[attr-defined]
     if len(shape) != len(axes) or "Y" not in axes or "X" not in axes:
         return TiffLayout(axes, shape, None, False, known=False)
+    if (
+        shaped and not described and len(shape) == 3 and axes[1:] == "YX" and photometric != 2
+        and shape[2] < min(NARROW_CHANNELS, shape[0], shape[1])
+    ):  # fmt: skip
+        # A plain (H, W, C) array written by tifffile without axes (pages of C pixels): channels last, as the
+        # lazy readers see a narrow last axis, never H images C pixels wide.
+        return TiffLayout("YXC", shape, "C", False)
     # Which axis holds channels: C (OME/ImageJ), or colour samples S. Samples stored before Y/X in a file
     # without OME/ImageJ axes (tifffile writes (N, H, W) arrays with N = 3 or 4 that way) are planes, as
     # they were written, unless the file is a real planar RGB image.
@@ -330,13 +335,15 @@ def planes(image: np.ndarray) -> np.ndarray:
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files and the image files directly inside folders, sorted, duplicates removed."""
+    """Files and the image files directly inside folders, sorted, duplicates removed; a ``*.zarr`` folder is one image."""
     from .paths import check_path
 
     found: list[Path] = []
     for item in inputs:
         path = check_path(item, "input")
-        if path.is_dir():
+        if path.is_dir() and path.suffix.lower() == ".zarr":
+            found.append(path)  # a Zarr image named as an input, not a folder of images
+        elif path.is_dir():
             found.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
         else:
             found.append(path)

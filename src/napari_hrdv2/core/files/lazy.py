@@ -61,7 +61,13 @@ def _open_zarr(path: Path) -> Any:
         node = zarr.open(str(path), mode="r")
     except Exception as err:
         raise InputError(f"Could not open '{path}' as Zarr: {err}") from err
-    return zarr_image_array(node, path)
+    try:
+        return zarr_image_array(node, path)
+    except InputError:
+        raise
+    except Exception as err:  # damaged metadata can make any lookup fail
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise InputError(f"Could not read '{path}' as an OME-Zarr image (damaged metadata?): {reason}") from err
 
 
 def zarr_image_array(node: Any, path: Path) -> Any:
@@ -76,7 +82,16 @@ def zarr_image_array(node: Any, path: Path) -> Any:
         datasets = multiscales[0].get("datasets") or []
         if not datasets:
             raise InputError(f"'{path}' is an OME-Zarr image without datasets.")
-        array = node[datasets[0]["path"]]
+        first = datasets[0].get("path") if isinstance(datasets[0], dict) else None
+        try:
+            array = node[str(first)] if first is not None else None
+        except KeyError:
+            array = None
+        if array is None or not hasattr(array, "shape"):
+            raise InputError(
+                f"'{path}' is a damaged OME-Zarr image: its metadata names the dataset path {first!r}, which is not "
+                "in the folder (or not an array). Re-export the image, or give the path of one of its arrays."
+            )
         axes = [a["name"] if isinstance(a, dict) else str(a) for a in multiscales[0].get("axes", [])]
         return _AxesView(array, axes) if axes else array
     arrays = [value for _, value in node.arrays()]
@@ -400,6 +415,63 @@ def open_channels(source: Any, channels: Any = None) -> tuple[Any, str | None]:
     spatial = len(full) - (3 if channel is not None else 2)
     view = ChannelView(array, y=spatial, x=spatial + 1, channel=channel, choice=choice)
     return view, choice.note if choice is not None else None
+
+
+def read_input(path: str | Path, *, channels: Any = None) -> tuple[np.ndarray, str | None]:
+    """Any image input read into memory, and the note on its channels (None when :func:`read_image` warned).
+
+    Image files go through :func:`~.images.read_image` (which warns itself); Zarr images (``*.zarr``) and
+    ``.npy`` arrays are read whole through :func:`open_channels`, with the same channel rules. The result is
+    ``(H, W[, 3])`` or a stack ``(N, H, W[, 3])``.
+
+    Raises
+    ------
+    InputError
+        As :func:`~.images.read_image` and :func:`open_lazy`.
+    """
+    from .images import read_image
+    from .paths import check_input_file
+
+    if not is_lazy_path(path):
+        return read_image(path, channels=channels), None
+    check_input_file(path, "Image", folder=True)
+    array, note = open_channels(path, channels)
+    lazy, stack = planes_of(array)
+    arrays = [plane.read(slice(None), slice(None)) for plane in lazy]
+    return (np.stack(arrays) if stack else arrays[0]), note
+
+
+def read_input_image(path: str | Path, *, channels: Any = None) -> np.ndarray:
+    """:func:`read_input` that warns its channel note (a :class:`UserWarning`), as :func:`~.images.read_image` does."""
+    image, note = read_input(path, channels=channels)
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return image
+
+
+def read_input_labels(path: str | Path) -> np.ndarray:
+    """A label image or stack: files through :func:`~.images.read_labels`, Zarr images and ``.npy`` arrays whole.
+
+    Raises
+    ------
+    InputError
+        As :func:`~.images.read_labels`; a Zarr / ``.npy`` array that is not ``(H, W)`` or ``(N, H, W)`` of integers.
+    """
+    from .images import read_labels
+    from .paths import check_input_file
+
+    if not is_lazy_path(path):
+        return read_labels(path)
+    check_input_file(path, "Labels file", folder=True)
+    data = np.asarray(open_lazy(path)[...])
+    while data.ndim > 2 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim not in (2, 3) or not (np.issubdtype(data.dtype, np.integer) or data.dtype == bool):
+        raise InputError(
+            f"Labels '{Path(path).name}' have shape {data.shape} and dtype {data.dtype}; a label image holds one "
+            "whole class value per pixel, (H, W) or (N, H, W)."
+        )
+    return data
 
 
 # ---------------------------------------------------------------------------------------------- intensities

@@ -7,6 +7,7 @@ Used by batch segmentation (:mod:`..scale`) and by applying a PCA basis to files
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from ..errors import InputError
 LABELS_TAG = "_labels"
 #: Name part of the optional uncertainty maps: ``cells.tif`` -> ``cells_uncertainty.tif``.
 UNCERTAINTY_TAG = "_uncertainty"
+#: Name part of PCA views: ``cells.tif`` -> ``cells_pca.png`` (``cells_pca.tif`` for a stack).
+PCA_TAG = "_pca"
 #: Output formats of label images (``.zarr``: an OME-Zarr image, written tile by tile and resumable).
 LABEL_SUFFIXES = (".tif", ".png", ".zarr")
 
@@ -76,5 +79,22 @@ def path_key(path: Path) -> Path:
     """``path`` resolved, to compare file names (``a/../b.tif`` is ``b.tif``); as given when it cannot be resolved."""
     try:
         return path.resolve()
-    except OSError:  # pragma: no cover (unresolvable paths are compared as given)
+    except (OSError, RuntimeError):  # a symlink loop, or unresolvable: compared as given
         return path.absolute()
+
+
+def without_outputs(paths: Sequence[Path], outdir: str | Path | None, names: Iterable[tuple[str, str]]) -> list[Path]:
+    """``paths`` less the files that are outputs of another of them: ``a_labels.tif`` next to ``a.tif``.
+
+    A run over a folder whose outputs go to that folder (``outdir`` None, or the folder itself) would
+    otherwise read its own earlier outputs as inputs and, with overwrite, replace them while they are read.
+
+    Parameters
+    ----------
+    paths : the inputs found
+    outdir : where the outputs go (None: next to each input)
+    names : the ``(tag, suffix)`` pairs of the outputs an input gets, e.g. ``[("_pca", ".png")]``
+    """
+    names = list(names)
+    outputs = {path_key(output_path(path, outdir, suffix, tag)) for path in paths for tag, suffix in names}
+    return [path for path in paths if path_key(path) not in outputs]

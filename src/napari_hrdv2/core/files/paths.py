@@ -7,7 +7,9 @@ the file system allows (255 bytes per name, 4096 per path on Linux) instead of a
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 from ..errors import HRDv2Error, InputError
@@ -53,4 +55,48 @@ def check_path(path: str | Path, what: str = "path", *, error: type[HRDv2Error] 
         raise error(
             f"The {what} path '{_shortened(text)}' is {size} bytes long; paths may have at most {PATH_MAX} bytes."
         )
+    return path
+
+
+def check_input_file(
+    path: str | Path, what: str = "file", *, folder: bool = False, error: type[HRDv2Error] = InputError
+) -> Path:
+    """``path`` as a Path, if it names an existing regular file (or, with ``folder``, a folder) that can be read.
+
+    Parameters
+    ----------
+    path : a file given by the user as an input (image, labels, model, basis, backbone weights)
+    what : what it is, for the message (e.g. ``"Image"``, ``"Model file"``)
+    folder : a folder is accepted too (a Zarr image, a backbone folder)
+    error : the exception class raised
+
+    Raises
+    ------
+    error
+        A name no file system can hold (:func:`check_path`), a path that does not exist, a symlink loop, a
+        folder (unless ``folder``), or something that is not a regular file: a FIFO (reading it would wait
+        forever), a socket or a device.
+    """
+    path = check_path(path, what.lower(), error=error)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise error(
+                f"{what} '{path}' is a symbolic link to a missing file; fix the link or give the file."
+            ) from None
+        raise error(f"{what} '{path}' does not exist.") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise error(
+                f"{what} '{path}' is a symbolic link loop (it points back to itself); give the file it should name."
+            ) from None
+        raise error(f"Cannot read {what.lower()} '{path}': {err.strerror or err}.") from None
+    if stat.S_ISDIR(mode):
+        if folder:
+            return path
+        raise error(f"{what} '{path}' is a folder, not a file; give a file.")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise error(f"{what} '{path}' is {kind}, not a regular file; save the data to a file and give that.")
     return path

@@ -60,6 +60,10 @@ def _import_distributed() -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- clients
+#: Address schemes a dask scheduler can be reached with.
+SCHEDULER_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")
+
+
 def parse_scheduler(spec: str) -> tuple[str, int | None]:
     """``"local"`` / ``"local:N"`` -> ("local", N or None); anything else is a scheduler address."""
     text = spec.strip()
@@ -72,6 +76,12 @@ def parse_scheduler(spec: str) -> tuple[str, int | None]:
         return "local", int(count)
     if not text:
         raise InputError("--scheduler needs 'local', 'local:N' or a scheduler address such as tcp://host:8786.")
+    scheme = text.partition("://")[0].lower() if "://" in text else None
+    if scheme is not None and scheme not in SCHEDULER_SCHEMES:
+        raise InputError(
+            f"--scheduler {spec!r}: dask does not speak '{scheme}://'; give 'local', 'local:N' or an address "
+            f"such as tcp://host:8786 (schemes: {', '.join(SCHEDULER_SCHEMES)})."
+        )
     return text, None
 
 
@@ -96,7 +106,7 @@ def make_client(spec: str, *, threads_per_worker: int = 1) -> tuple[Any, Any]:
         return distributed.Client(cluster), cluster
     try:
         return distributed.Client(address, timeout="30s"), None
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise InputError(f"Could not connect to the dask scheduler at '{address}': {err}") from err
 
 

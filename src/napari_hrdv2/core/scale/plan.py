@@ -23,9 +23,9 @@ import numpy as np
 
 from ..config import FeatureConfig
 from ..errors import HRDv2Error, InputError
-from ..files.atomic import check_output_folder, is_kept
+from ..files.atomic import check_not_an_input, check_output_folder, is_kept
 from ..files.images import IMAGE_SUFFIXES, expand_inputs, planes, read_image
-from ..files.outputs import LABELS_TAG, UNCERTAINTY_TAG, label_suffix, output_path, path_key
+from ..files.outputs import LABELS_TAG, UNCERTAINTY_TAG, label_suffix, output_path, path_key, without_outputs
 from ..files.paths import check_path
 from ..segmentation.compatibility import check_compatible
 
@@ -55,12 +55,8 @@ def collect_inputs(
     suffix = label_suffix(suffix)
     inputs = list(inputs)
     paths = _with_zarr_inputs(inputs, expand_inputs(inputs))
-    outputs = set()
-    for path in paths:
-        for tag in (LABELS_TAG, UNCERTAINTY_TAG):
-            for out_suffix in {suffix, ".tif", ".zarr"}:
-                outputs.add(path_key(output_path(path, outdir, out_suffix, tag)))
-    return [path for path in paths if path_key(path) not in outputs]
+    names = [(tag, out_suffix) for tag in (LABELS_TAG, UNCERTAINTY_TAG) for out_suffix in {suffix, ".tif", ".zarr"}]
+    return without_outputs(paths, outdir, names)
 
 
 def _with_zarr_inputs(inputs: Iterable[str | Path], paths: list[Path]) -> list[Path]:
@@ -239,16 +235,17 @@ def candidate_outputs(path: Path, outdir: str | Path | None, suffix: str, uncert
 
 def read_whole(path: Path, channels: tuple[int, ...] | None = None) -> tuple[np.ndarray, str | None]:
     """A small Zarr / .npy input read into memory: (H, W[, C]) or (N, H, W[, C]), and the note on its channels."""
-    from ..files.lazy import open_channels, planes_of
+    from ..files.lazy import read_input
 
-    array, note = open_channels(path, channels)
-    lazy, stack = planes_of(array)
-    arrays = [plane.read(slice(None), slice(None)) for plane in lazy]
-    return (np.stack(arrays) if stack else arrays[0]), note
+    return read_input(path, channels=channels)
 
 
 def per_file_reason(err: Exception) -> str:
-    """The message recorded for a failed input; errors that concern the whole batch are re-raised."""
+    """The message recorded for a failed input; errors that concern the whole batch are re-raised.
+
+    Every other error is one input's failure: the batch goes on with the next input (a damaged file can make
+    a reader raise anything, e.g. a ``KeyError`` from broken Zarr metadata).
+    """
     from ..errors import Cancelled, ModelFileError, OutputError, WeightsNotFoundError
 
     if isinstance(err, (Cancelled, ModelFileError, WeightsNotFoundError, OutputError)):
@@ -257,7 +254,8 @@ def per_file_reason(err: Exception) -> str:
         return str(err)
     if isinstance(err, (OSError, ValueError, RuntimeError, MemoryError)):
         return f"{type(err).__name__}: {err}"
-    raise err
+    text = " ".join(str(err).split())[:300] or "no message"
+    return f"unexpected {type(err).__name__} while reading or segmenting it: {text} (the file may be damaged)"
 
 
 @dataclass(frozen=True)
@@ -318,10 +316,16 @@ class BatchPlan:
         )
 
     def prepare_streamed(self, path: Path) -> FileJob | None:
-        """The job of an input segmented tile by tile (Zarr output, or planes above ``STREAM_PIXELS``), else None."""
+        """The job of an input segmented tile by tile (Zarr output, or planes above ``STREAM_PIXELS``), else None.
+
+        Refuses outputs that would be written over (or into) the input, with or without overwrite.
+        """
         from ..files.lazy import open_channels
         from .streaming import STREAM_PIXELS, plane_shape, streamed_file
 
+        for tag in (LABELS_TAG, UNCERTAINTY_TAG):  # never written over an input, overwrite or not
+            for out_suffix in {self.suffix, ".tif"}:
+                check_not_an_input(self.output(path, out_suffix, tag), [path], option="output")
         suffix = self.suffix
         if suffix != ".zarr" and path.suffix.lower() not in (".tif", ".tiff", ".zarr", ".npy"):
             return None  # PNG/JPEG/BMP inputs have no lazy reader: always in memory

@@ -42,6 +42,7 @@ from ..config import FeatureConfig
 from ..errors import InputError
 from ..features.cache import EncodingCache, fingerprint
 from ..features.tiling import Tile, plan_tiles
+from ..files.atomic import check_not_an_input
 from ..files.lazy import IntensityRange, LazyPlane, ZarrOutput, intensity_range, lazy_planes, open_lazy
 from ..progress import Progress, run_steps, within
 from ..segmentation.compatibility import check_backbone, check_fitted, check_model_features
@@ -448,6 +449,8 @@ class StreamJob:
         for kind, path in paths.items():
             if path.suffix.lower() != ".zarr":
                 raise InputError(f"Streamed {kind} are written as Zarr: '{path.name}' must end with .zarr.")
+            if isinstance(source, (str, Path)):  # never written over (or into) the input, overwrite or not
+                check_not_an_input(path, [source], option=f"The {kind} output")
         shape = (len(planes), height, width)
         return cls(source, paths, shape, not stack, segmenter.n_classes, label_dtype, job, chunk, channels)
 
