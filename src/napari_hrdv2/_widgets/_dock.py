@@ -10,6 +10,7 @@ from magicgui.widgets import ComboBox, Container
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
+from .._layers import plugin_tag, result_layers_of, show_results
 from ._common import (
     CloseWatcher,
     ProgressRow,
@@ -159,6 +160,8 @@ class DockFrame:
             on_progress=kwargs.pop("on_progress", self._show_progress),
             on_error=kwargs.pop("on_error", self._on_job_error),
             is_alive=lambda layer: layer in self._viewer.layers,
+            on_results=kwargs.pop("on_results", lambda made: show_results(self._viewer, made)),
+            status_now=lambda: self.messages.status,
             **kwargs,
         )
         self._runners.append(runner)
@@ -227,9 +230,14 @@ class DockFrame:
             self._choose_image(image)
 
     def _on_source_removed(self, event: Any) -> None:
-        """A removed layer takes its jobs with it (their results are dropped)."""
+        """A removed layer takes its jobs with it (their results are dropped), an image also its result layers."""
+        layer = event.value
         for runner in self._runners:
-            runner.cancel_for(event.value)
+            runner.cancel_for(layer)
+        if plugin_tag(layer) is None and not any(other.name == layer.name for other in self._viewer.layers):
+            for result in result_layers_of(self._viewer, str(layer.name)):
+                if result in self._viewer.layers:  # the other dock may have removed it already
+                    self._viewer.layers.remove(result)
 
     def _auto_select(self) -> None:
         self._image.reset_choices()
