@@ -95,3 +95,20 @@ def test_removing_an_image_removes_its_results_and_docks_skip_match_views(qtbot,
     qtbot.wait(50)
     assert [layer.name for layer in viewer.layers] == ["b"], "a removed image takes its result layers with it"
     assert features._image.value is second and segmentation._image.value is second
+
+
+def test_main_opens_a_zarr_folder(make_napari_viewer, monkeypatch, tmp_path, capsys):
+    import napari
+    import zarr
+
+    from napari_hrdv2.__main__ import main
+
+    viewer = make_napari_viewer()
+    monkeypatch.setattr(napari, "Viewer", lambda **_: viewer)
+    monkeypatch.setattr(napari, "run", lambda: None)
+    path = tmp_path / "image.zarr"
+    array = zarr.open(str(path), mode="w", shape=(40, 50), dtype="uint8")
+    array[:] = 7
+    assert main([str(path)]) == 0, capsys.readouterr().err
+    assert viewer.layers[-1].data.shape == (40, 50)
+    assert main([str(tmp_path / "missing.zarr")]) == 2
