@@ -112,3 +112,31 @@ def test_main_opens_a_zarr_folder(make_napari_viewer, monkeypatch, tmp_path, cap
     assert main([str(path)]) == 0, capsys.readouterr().err
     assert viewer.layers[-1].data.shape == (40, 50)
     assert main([str(tmp_path / "missing.zarr")]) == 2
+
+
+def enclosing_scroll(widget):
+    from qtpy.QtWidgets import QScrollArea
+
+    while widget is not None and not isinstance(widget, QScrollArea):
+        widget = widget.parentWidget()
+    return widget
+
+
+def test_views_tab_fits_the_default_dock_and_main_buttons_never_scroll(qtbot, make_napari_viewer):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    _, features = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Features")  # as a new user finds them
+    _, segmentation = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Segmentation")
+    features._tabs.setCurrentIndex(1)  # Views
+    qtbot.wait(200)
+    page = features._pages["Views"].native
+    scroll = enclosing_scroll(page)
+    viewport = scroll.viewport().width()
+    assert page.minimumSizeHint().width() <= viewport and page.width() <= viewport, "the Views tab is clipped"
+    for name in ("_apply", "_load", "_fit"):
+        button = getattr(features._analysis, name).native
+        right = button.mapTo(page, button.rect().topRight()).x()
+        assert right <= viewport, f"{button.text()} is cut off"
+
+    for button in (features._compute_plane, features._compute_all, segmentation.train_tab.train):
+        assert enclosing_scroll(button.native) is None, f"{button.text} sits in a scroll area"

@@ -110,13 +110,21 @@ class DockFrame:
     _runner: JobRunner
     _runners: list[JobRunner]
 
-    def _build_frame(self, tabs: list[tuple[str, Container]], *, on_cancel: Callable[[], None]) -> None:
+    def _build_frame(
+        self,
+        tabs: list[tuple[str, Container] | tuple[str, Container, Container | None]],
+        *,
+        on_cancel: Callable[[], None],
+    ) -> None:
+        """Tabs of (title, page[, footer]): the page scrolls; its footer (the tab's main buttons) never does."""
         native: QWidget = self.native  # type: ignore[attr-defined]
         layout = native.layout()
         self._tabs = QTabWidget()
         self._tabs.setDocumentMode(True)
         self._pages = {}
-        for title, page in tabs:
+        self._footers = {}
+        for title, page, *rest in tabs:
+            footer = rest[0] if rest else None
             # Each page scrolls on its own, so two docks stacked in the window fit a 1366x768 screen.
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
@@ -127,7 +135,16 @@ class DockFrame:
             # As wide as the page needs (plus its scroll bar): the page scrolls vertically, never clips sideways.
             bar = scroll.verticalScrollBar().sizeHint().width()
             scroll.setMinimumWidth(page.native.minimumSizeHint().width() + bar)
-            self._tabs.addTab(scroll, title)
+            holder = QWidget()
+            column = QVBoxLayout(holder)
+            column.setContentsMargins(0, 0, 0, 0)
+            column.setSpacing(2)
+            column.addWidget(scroll, 1)
+            if footer is not None:  # the main buttons stay in sight whatever the page's height
+                footer.native.layout().setContentsMargins(4, 0, 4, 2)
+                column.addWidget(footer.native)
+                self._footers[title] = footer
+            self._tabs.addTab(holder, title)
             self._pages[title] = page
         layout.addWidget(self._tabs)
         self._progress = ProgressRow(on_cancel)
