@@ -140,3 +140,23 @@ def test_views_tab_fits_the_default_dock_and_main_buttons_never_scroll(qtbot, ma
 
     for button in (features._compute_plane, features._compute_all, segmentation.train_tab.train):
         assert enclosing_scroll(button.native) is None, f"{button.text} sits in a scroll area"
+
+
+def test_a_failed_download_is_said_in_words(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from napari_hrdv2._widgets._runner import user_message
+    from napari_hrdv2.core.backbone.loading import clear_backbone_cache, load_backbone
+    from napari_hrdv2.core.errors import WeightsNotFoundError
+
+    def offline(*_, **__):
+        raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache and outgoing traffic ...")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    clear_backbone_cache()
+    with pytest.raises(WeightsNotFoundError) as caught:
+        load_backbone("someone/dinov2-nowhere")
+    message = user_message(caught.value)
+    assert "LocalEntryNotFoundError" not in message and "could not be reached" in message
