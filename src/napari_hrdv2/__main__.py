@@ -24,7 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Without IMAGE the bundled superalloy micrograph is loaded.",
     )
     parser.add_argument(
-        "images", nargs="*", metavar="IMAGE", help="image files to open (.tif stacks, .png, .jpg, .bmp)"
+        "images",
+        nargs="*",
+        metavar="IMAGE",
+        help="images to open: files (.tif stacks, .png, .jpg, .bmp, .npy) or Zarr / OME-Zarr folders (.zarr)",
     )
     parser.add_argument(
         "--backbone",
@@ -90,11 +93,20 @@ def setup_viewer(
     return features, segmentation
 
 
+def missing_inputs(paths: Sequence[str]) -> list[str]:
+    """The ``paths`` that name neither a file nor a Zarr folder (``.zarr`` directories are images too)."""
+    return [
+        str(path)
+        for path in paths
+        if not (Path(path).is_file() or (Path(path).is_dir() and Path(path).suffix.lower() == ".zarr"))
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    missing = [path for path in args.images if not Path(path).is_file()]
+    missing = missing_inputs(args.images)
     if missing:
-        print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
+        print(f"error: no such file or Zarr folder: {', '.join(missing)}", file=sys.stderr)
         return 2
 
     import napari

@@ -10,7 +10,8 @@ translate 0) and carries ``metadata["napari_hrdv2"] = {"kind": ..., "source": <i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -177,7 +178,12 @@ def assemble_planes(
 
 
 def _metadata(kind: str, geometry: SourceGeometry, **extra: Any) -> dict[str, Any]:
-    return {PLUGIN_KEY: {"kind": kind, "source": geometry.name, **extra}}
+    return result_metadata(kind, geometry.name, **extra)
+
+
+def result_metadata(kind: str, source: str, **extra: Any) -> dict[str, Any]:
+    """The ``metadata`` of a layer the plugin makes from the image layer ``source`` (the one tag format)."""
+    return {PLUGIN_KEY: {"kind": kind, "source": str(source), **extra}}
 
 
 def pca_layer_data(
@@ -398,8 +404,9 @@ def upsert_layer(viewer: napari.Viewer, layer_data: LayerData) -> Any:
     """Update the plugin's layer of that name in place (data, placement, metadata), or add it."""
     data, kwargs, layer_type = layer_data
     layer = find_result_layer(viewer, kwargs["name"], layer_type)
+    shown = bool(kwargs.get("visible", True))
     if layer is None:
-        return _add(viewer, layer_data)
+        return record_result(_add(viewer, layer_data), shown=shown)
     expected_ndim = (np.ndim(data[0]) if isinstance(data, list) else np.ndim(data)) - (1 if kwargs.get("rgb") else 0)
     pyramid_changed = isinstance(data, list) != bool(getattr(layer, "multiscale", False))
     if layer.ndim != expected_ndim or pyramid_changed:  # e.g. the source went from a plane to a stack: replace it
@@ -407,7 +414,7 @@ def upsert_layer(viewer: napari.Viewer, layer_data: LayerData) -> Any:
         viewer.layers.remove(layer)
         new = _add(viewer, layer_data)
         viewer.layers.move(viewer.layers.index(new), index)
-        return new
+        return record_result(new, shown=shown)
     layer.metadata = {**layer.metadata, **kwargs.get("metadata", {})}
     layer.data = data
     layer.scale = kwargs["scale"]
@@ -415,7 +422,7 @@ def upsert_layer(viewer: napari.Viewer, layer_data: LayerData) -> Any:
     if "contrast_limits" in kwargs and layer_type == "image" and not kwargs.get("rgb"):
         layer.contrast_limits = kwargs["contrast_limits"]
     _apply_display(layer, kwargs)
-    return layer
+    return record_result(layer, shown=shown)
 
 
 def _apply_display(layer: Any, kwargs: dict[str, Any]) -> None:
@@ -448,6 +455,74 @@ def _add(viewer: napari.Viewer, layer_data: LayerData) -> Any:
         viewer.layers.insert(max(indices) + 1, layer)
     _apply_display(layer, layer_data[1])
     return layer
+
+
+# ---------------------------------------------------------------------------------------------- results in view
+#: The open :func:`recording_results` blocks (main thread only, like every layer change).
+_recorders: list[list[tuple[Any, bool]]] = []
+
+
+@contextmanager
+def recording_results() -> Iterator[list[tuple[Any, bool]]]:
+    """Collect the result layers made or updated inside the block, as (layer, shown by design) pairs.
+
+    A job's result handler runs inside such a block; :func:`show_results` then brings what it made into view.
+    """
+    made: list[tuple[Any, bool]] = []
+    _recorders.append(made)
+    try:
+        yield made
+    finally:
+        _recorders.remove(made)
+
+
+def record_result(layer: Any, *, shown: bool = True) -> Any:
+    """Note ``layer`` as made or updated by the running result handler (``shown``: not a hidden helper)."""
+    for made in _recorders:
+        made.append((layer, shown))
+    return layer
+
+
+def bring_into_view(viewer: napari.Viewer, layer: Any) -> None:
+    """Make ``layer`` visible and move it above every image and result layer, so nothing opaque covers it.
+
+    Layers the user annotates (scribbles, points, shapes: not images, not the plugin's) stay above it.
+    """
+    from napari.layers import Image
+
+    if layer not in viewer.layers:
+        return
+    layer.visible = True
+    layers = list(viewer.layers)
+    index = layers.index(layer)
+    covering = [
+        i
+        for i, other in enumerate(layers)
+        if other is not layer and (plugin_tag(other) is not None or isinstance(other, Image))
+    ]
+    top = max(covering, default=-1)
+    if top > index:
+        viewer.layers.move(index, top + 1)
+
+
+def show_results(viewer: napari.Viewer, made: list[tuple[Any, bool]]) -> list[Any]:
+    """Bring the layers a job made or updated into view (hidden helpers stay hidden); returns them.
+
+    Several come up in their stacking order (the segmentation over its uncertainty).
+    """
+    shown: list[Any] = []
+    for layer, wanted in made:
+        if wanted and layer in viewer.layers and not any(layer is other for other in shown):
+            shown.append(layer)
+    shown.sort(key=lambda layer: _stacking_rank((plugin_tag(layer) or {}).get("kind")))
+    for layer in shown:
+        bring_into_view(viewer, layer)
+    return shown
+
+
+def result_layers_of(viewer: napari.Viewer, source: str) -> list[Any]:
+    """The plugin's layers made from the image layer called ``source``."""
+    return [layer for layer in viewer.layers if (plugin_tag(layer) or {}).get("source") == source]
 
 
 # ---------------------------------------------------------------------------------------------- regions

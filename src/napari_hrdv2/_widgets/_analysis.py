@@ -23,6 +23,8 @@ from .._layers import (
     current_plane,
     pca_layer_data,
     plane_of,
+    record_result,
+    result_metadata,
     similarity_layer_data,
     upsert_layer,
 )
@@ -374,15 +376,15 @@ def add_match_layers(
     start = matches[:, 0:2]
     end = matches[:, 2:4] + np.array([0.0, offset])
     scores = matches[:, 4]
-    tag = {"napari-hrdv2": {"kind": "matches", "source": name_a, "other": name_b}}
+    tag = result_metadata("matches", name_a, other=name_b)
     layers = viewer.layers
     for name in (base, f"{base} matches", f"{base} ends"):
         if name in layers:
             layers.remove(name)
-    viewer.add_image(canvas, name=base, rgb=True, metadata=tag)
+    record_result(viewer.add_image(canvas, name=base, rgb=True, metadata=tag))
     if len(matches):
         lines = [np.stack([a, b]) for a, b in zip(start, end)]
-        viewer.add_shapes(
+        shapes = viewer.add_shapes(
             lines,
             shape_type="line",
             edge_color="score",
@@ -392,7 +394,7 @@ def add_match_layers(
             name=f"{base} matches",
             metadata=tag,
         )
-        viewer.add_points(
+        points = viewer.add_points(
             np.concatenate([start, end]),
             size=5,
             face_color="yellow",
@@ -400,6 +402,8 @@ def add_match_layers(
             name=f"{base} ends",
             metadata=tag,
         )
+        record_result(shapes)
+        record_result(points)
 
 
 def describe_basis(basis: PCABasis) -> str:

@@ -10,6 +10,7 @@ from magicgui.widgets import ComboBox, Container
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
+from .._layers import plugin_tag, result_layers_of, show_results
 from ._common import (
     CloseWatcher,
     ProgressRow,
@@ -109,13 +110,21 @@ class DockFrame:
     _runner: JobRunner
     _runners: list[JobRunner]
 
-    def _build_frame(self, tabs: list[tuple[str, Container]], *, on_cancel: Callable[[], None]) -> None:
+    def _build_frame(
+        self,
+        tabs: list[tuple[str, Container] | tuple[str, Container, Container | None]],
+        *,
+        on_cancel: Callable[[], None],
+    ) -> None:
+        """Tabs of (title, page[, footer]): the page scrolls; its footer (the tab's main buttons) never does."""
         native: QWidget = self.native  # type: ignore[attr-defined]
         layout = native.layout()
         self._tabs = QTabWidget()
         self._tabs.setDocumentMode(True)
         self._pages = {}
-        for title, page in tabs:
+        self._footers = {}
+        for title, page, *rest in tabs:
+            footer = rest[0] if rest else None
             # Each page scrolls on its own, so two docks stacked in the window fit a 1366x768 screen.
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
@@ -126,7 +135,16 @@ class DockFrame:
             # As wide as the page needs (plus its scroll bar): the page scrolls vertically, never clips sideways.
             bar = scroll.verticalScrollBar().sizeHint().width()
             scroll.setMinimumWidth(page.native.minimumSizeHint().width() + bar)
-            self._tabs.addTab(scroll, title)
+            holder = QWidget()
+            column = QVBoxLayout(holder)
+            column.setContentsMargins(0, 0, 0, 0)
+            column.setSpacing(2)
+            column.addWidget(scroll, 1)
+            if footer is not None:  # the main buttons stay in sight whatever the page's height
+                footer.native.layout().setContentsMargins(4, 0, 4, 2)
+                column.addWidget(footer.native)
+                self._footers[title] = footer
+            self._tabs.addTab(holder, title)
             self._pages[title] = page
         layout.addWidget(self._tabs)
         self._progress = ProgressRow(on_cancel)
@@ -159,6 +177,8 @@ class DockFrame:
             on_progress=kwargs.pop("on_progress", self._show_progress),
             on_error=kwargs.pop("on_error", self._on_job_error),
             is_alive=lambda layer: layer in self._viewer.layers,
+            on_results=kwargs.pop("on_results", lambda made: show_results(self._viewer, made)),
+            status_now=lambda: self.messages.status,
             **kwargs,
         )
         self._runners.append(runner)
@@ -227,9 +247,14 @@ class DockFrame:
             self._choose_image(image)
 
     def _on_source_removed(self, event: Any) -> None:
-        """A removed layer takes its jobs with it (their results are dropped)."""
+        """A removed layer takes its jobs with it (their results are dropped), an image also its result layers."""
+        layer = event.value
         for runner in self._runners:
-            runner.cancel_for(event.value)
+            runner.cancel_for(layer)
+        if plugin_tag(layer) is None and not any(other.name == layer.name for other in self._viewer.layers):
+            for result in result_layers_of(self._viewer, str(layer.name)):
+                if result in self._viewer.layers:  # the other dock may have removed it already
+                    self._viewer.layers.remove(result)
 
     def _auto_select(self) -> None:
         self._image.reset_choices()

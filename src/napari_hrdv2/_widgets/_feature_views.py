@@ -12,6 +12,7 @@ from .._layers import (
     SourceGeometry,
     assemble_planes,
     attention_layer_data,
+    bring_into_view,
     feature_channel,
     features_layer_data,
     find_result_layer,
@@ -152,7 +153,7 @@ class FeatureViews:
         config_dict, maps = stored
         with keep_active_layer(self._viewer):
             layer = upsert_layer(self._viewer, attention_layer_data(geometry, maps, head=int(head), config=config_dict))
-        layer.visible = True
+        bring_into_view(self._viewer, layer)
 
     def show_channel(self, geometry: SourceGeometry, key: Any, channel: int, *, reveal: bool = False) -> None:
         """Put feature ``channel`` into the one "<image> features" layer ((H, W) or (N, H, W))."""
@@ -170,7 +171,7 @@ class FeatureViews:
         with keep_active_layer(self._viewer):
             layer = upsert_layer(self._viewer, layer_data)
         if reveal:
-            layer.visible = True
+            bring_into_view(self._viewer, layer)
 
     def forget(self, layer: Any) -> None:
         """Free what a removed layer kept alive: a source's encodings and PCA basis, a features layer's maps."""

@@ -112,20 +112,21 @@ class FeaturesWidget(DockFrame, Container):
         self._compute_all = PushButton(text="All planes")
         self._compute_all.native.setToolTip("Compute every plane of a stack")
 
-    def _build_tabs(self) -> list[tuple[str, Container]]:
+    def _build_tabs(self) -> list[tuple[str, Container] | tuple[str, Container, Container | None]]:
         """The Compute, Views and Advanced pages."""
         outputs = Container(widgets=[self._want_pca, self._want_attention, self._want_features], layout="horizontal")
         outputs.label = "Layers"
         outputs.native.layout().setContentsMargins(0, 0, 0, 0)
         buttons = Container(widgets=[self._compute_plane, self._compute_all], layout="horizontal", labels=False)
-        buttons.native.layout().setContentsMargins(0, 0, 0, 0)
         controls = self.controls
-        compute = tab_page(
-            controls.backbone, controls.weights_row, self._source, self._card, controls.preset, outputs, buttons
-        )
-        self._views_page = tab_page(self._channel, self._head, self._similarity_mode, self._analysis)
+        compute = tab_page(controls.backbone, controls.weights_row, self._source, self._card, controls.preset, outputs)
+        # One label column for the whole Views tab (a labelled container inside a labelled page doubles it).
+        for index, widget in enumerate((self._channel, self._head, self._similarity_mode)):
+            self._analysis.insert(index, widget)
+        self._analysis.native.layout().setContentsMargins(4, 4, 4, 4)
+        self._views_page = self._analysis
         return [
-            ("Compute", compute),
+            ("Compute", compute, buttons),
             ("Views", self._views_page),
             ("Advanced", tab_page(*controls.advanced_controls, self._precision)),
         ]

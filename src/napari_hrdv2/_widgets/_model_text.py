@@ -12,9 +12,13 @@ NO_MODEL = "none (paint scribbles, then Train)"
 
 
 def describe_config(config: FeatureConfig) -> str:
-    """One line summarising feature settings, e.g. 'dinov2_vits14, moore (5,), cpu'."""
+    """One line summarising feature settings, e.g. 'dinov2_vits14, moore shifts 5, cpu' or '..., moore shifts 2+5'."""
     backbone = Path(config.backbone).name if ("/" in config.backbone or "\\" in config.backbone) else config.backbone
-    shifts = "no shifts" if config.shifts == "none" else f"{config.shifts} {config.shift_distances}"
+    shifts = (
+        "no shifts"
+        if config.shifts == "none"
+        else f"{config.shifts} shifts {'+'.join(str(d) for d in config.shift_distances)}"
+    )
     flips = ", flips" if config.flips else ""
     facet = f", {config.facet} facet" if config.facet != "token" else ""
     block = f", block {config.layer}" if config.layer is not None else ""

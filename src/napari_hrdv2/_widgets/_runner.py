@@ -21,6 +21,7 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error
 
+from .._layers import recording_results
 from ..core.errors import HRDv2Error
 from ..core.progress import Progress
 
@@ -128,6 +129,10 @@ class JobRunner:
     on_progress : called with (fraction in [0, 1], message, remaining seconds or None) on every step.
     on_error : called with the exception of a failed job (after the notification).
     is_alive : tells whether a source layer is still in the viewer (results of removed ones are dropped).
+    on_results : called with the (layer, shown by design) pairs that a job's result handler made or updated
+        (see :func:`.._layers.recording_results`), to bring them into view.
+    status_now : returns the status line as shown now. Every job ends with a final status line: the one its
+        result handler wrote, else "<description>: done." (or "cancelled", "stopped", "failed: ...").
     """
 
     def __init__(
@@ -138,12 +143,16 @@ class JobRunner:
         on_progress: Callable[[float, str, float | None], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         is_alive: Callable[[Any], bool] | None = None,
+        on_results: Callable[[list[tuple[Any, bool]]], None] | None = None,
+        status_now: Callable[[], str] | None = None,
     ):
         self._on_busy = on_busy
         self._on_status = on_status
         self._on_progress_cb = on_progress
         self._on_error_cb = on_error
         self._is_alive = is_alive or (lambda layer: True)
+        self._on_results = on_results
+        self._status_now = status_now
         self._jobs: list[_Job] = []
         self.closed = False
 
@@ -254,7 +263,7 @@ class JobRunner:
             return
         if not isinstance(update, Progress):
             if job.on_yielded is not None:
-                self._call(job.on_yielded, update)
+                self._call(job.on_yielded, update, reveal=True)
             return
         fraction = min(max(update.fraction, 0.0), 1.0)
         remaining = self._remaining(job, fraction, update)
@@ -289,25 +298,42 @@ class JobRunner:
         except RuntimeError:  # the activity dock was deleted with the window
             pass
 
-    def _call(self, callback: Callable[[Any], None], value: Any) -> None:
+    def _call(self, callback: Callable[[Any], None], value: Any, *, reveal: bool = False) -> bool:
+        """Run a result handler; the layers it made or updated come into view. False if it failed."""
         try:
-            callback(value)
+            with recording_results() as made:
+                callback(value)
         except Exception as error:  # noqa: BLE001 - e.g. a layer the user changed meanwhile: a message, not a crash
             self._on_status(user_message(error))
             notify_error(error)
+            return False
+        if reveal and self._on_results is not None and made:
+            self._call_quietly(self._on_results, made)
+        return True
+
+    @staticmethod
+    def _call_quietly(callback: Callable[[Any], None], value: Any) -> None:
+        try:
+            callback(value)
+        except Exception:  # noqa: BLE001 - showing results must never turn a finished job into an error
+            logger.warning("HR-Dv2 could not bring results into view", exc_info=True)
 
     def _on_returned(self, job: _Job, result: Any) -> None:
         job.ended = True
         if not self._usable(job):
             return
-        self._call(job.on_returned, result)
+        before = self._status_now() if self._status_now is not None else None
+        if not self._call(job.on_returned, result, reveal=True):
+            return
+        if self._status_now is None or self._status_now() in (before, f"{job.description}..."):
+            self._on_status(f"{job.description}: done.")
 
     def _on_error(self, job: _Job, error: BaseException) -> None:
         job.ended = True
         if self.closed or job.dropped:
             logger.info("HR-Dv2 job ended with %r after it was cancelled", error)
             return
-        self._on_status(user_message(error))
+        self._on_status(f"{job.description} failed: {user_message(error)}")
         if not job.quiet_errors:
             notify_error(error)
         if self._on_error_cb is not None:

@@ -66,7 +66,7 @@ class SegmentationWidget(DockFrame, Container):
         self.extend([self._image, self.scribbles_box.row])
         self._build_frame(
             [
-                ("Train", self.train_tab.page),
+                ("Train", self.train_tab.page, self.train_tab.footer),
                 ("Predict && export", self.predict_tab.page),
                 ("Batch", self.batch_tab.page),
             ],

@@ -34,7 +34,7 @@ class TrainTab:
             text="Segment after training", value=True, tooltip="Train also segments the scribbled plane(s)"
         )
         train_row = Container(widgets=[self.train, self.live, self.auto_segment], layout="horizontal", labels=False)
-        train_row.native.layout().setContentsMargins(0, 0, 0, 0)
+        self.footer = train_row  # outside the scrolling page: Train is always in sight
         self.hybrid = CheckBox(
             text="+ classical filters",
             tooltip="Also train on classical multiscale filters of the image (intensity, edges, texture): "
@@ -44,7 +44,7 @@ class TrainTab:
         self.shortcuts = Label(value=SHORTCUTS_TEXT)
         for label in (self.model_status, self.shortcuts):
             wrap_label(label.native, selectable=True)
-        self.page = tab_page(self.classes.widget, train_row, self.hybrid, self.model_status, self.shortcuts)
+        self.page = tab_page(self.classes.widget, self.hybrid, self.model_status, self.shortcuts)
 
 
 def copy_scribbles(viewer: Any, geometry: Any, labels_layer: Any, image_layer: Any) -> dict[int, Any]:

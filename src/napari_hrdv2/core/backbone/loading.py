@@ -211,6 +211,21 @@ def _load_uncached(source: str, *, sha256: str | None) -> Backbone:
     return _from_folder(folder, source=source, sha256=sha256, spec=None)
 
 
+def _download_failure(err: BaseException) -> str:
+    """Why a Hugging Face download failed, in words (the hub's exception names mean little to a user)."""
+    if hub_offline():
+        return "offline (HF_HUB_OFFLINE is set) and not in the local cache"
+    name = type(err).__name__
+    if name in ("GatedRepoError",):
+        return "the repository is gated: accept its licence on huggingface.co and log in with `hf auth login`"
+    if name in ("RepositoryNotFoundError", "RevisionNotFoundError"):
+        return "no such repository on huggingface.co"
+    return (
+        "the download failed: huggingface.co could not be reached (no network, a proxy or a firewall) and the "
+        "weights are not in the local Hugging Face cache"
+    )
+
+
 def _looks_like_hub_id(text: str) -> bool:
     return re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None
 
@@ -225,8 +240,7 @@ def _download(hub_id: str, spec: BackboneSpec | None) -> Path:
             local_files_only=hub_offline(),
         )
     except Exception as err:  # the hub raises many types for "no network", "not cached", "no such repo", "gated"
-        reason = "offline (HF_HUB_OFFLINE is set) and not in the local cache" if hub_offline() else type(err).__name__
-        raise WeightsNotFoundError(_missing_weights_message(hub_id, spec, reason)) from err
+        raise WeightsNotFoundError(_missing_weights_message(hub_id, spec, _download_failure(err))) from err
     if not (Path(folder) / "config.json").exists():
         raise WeightsNotFoundError(_missing_weights_message(hub_id, spec, "the download holds no config.json"))
     return Path(folder)
