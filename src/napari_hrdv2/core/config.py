@@ -183,9 +183,9 @@ class FeatureConfig:
         Upper bound on a tile side in pixels, set by memory (None = the whole
         image in one tile). Within it the tiles are cut where they cost least
         (:func:`~napari_hrdv2.core.features.tiling.plan_tiles`: estimated backbone
-        FLOPs, tiles evenly sized and aligned to the patch grid), so images up to
-        the bound may still be tiled when tiles are cheaper, and tiles are often
-        smaller than the bound. Default 896 (64 x 64 patches of 14 px): 1024 x 1024
+        FLOPs, tiles evenly sized and aligned to the patch grid): an image that
+        fits the bound is one tile, a larger one is often cut into tiles smaller
+        than the bound. Default 896 (64 x 64 patches of 14 px): 1024 x 1024
         is 4 tiles of 560 px (6,400 tokens, not 9 of 518 px: 12,996).
     tile_overlap : int
         Overlap of neighbouring tiles in pixels; blended with linear ramps.

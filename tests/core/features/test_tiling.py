@@ -136,3 +136,18 @@ def test_tiled_features_have_no_seams(tiny_backbone):
     hard_step = np.linalg.norm(np.diff(hard.features(), axis=2), axis=0)
     hard_cols = [t.tile.left - 1 for t in hard.tiles if t.tile.left > 0]
     assert hard_step[:, hard_cols].mean() > 1.1 * np.percentile(hard_step.mean(axis=0), 90)
+
+
+def test_streaming_plans_the_in_memory_tiles(tiny_backbone):
+    from napari_hrdv2.core.scale.streaming import TileEncoder
+
+    image = np.random.default_rng(2).random((150, 200)).astype(np.float32)
+    config = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shift_distances=(2,), tile_size=84, tile_overlap=28)
+    featurizer = hr.Featurizer(config)
+    in_memory = [t.tile for t in featurizer.encode(image).tiles]
+    streamed = TileEncoder(featurizer, image).tiles
+    assert len(in_memory) > 1
+    assert [(t.top, t.left, t.height, t.width) for t in streamed] == [
+        (t.top, t.left, t.height, t.width) for t in in_memory
+    ]
+    assert all(np.array_equal(a.row_weights, b.row_weights) for a, b in zip(streamed, in_memory))

@@ -179,11 +179,13 @@ def plan_tiles(
     list of Tile
         Among the plans with tiles of at most ``tile_size`` per side, evenly sized per axis and
         overlapping by at least ``overlap``, the one of least estimated cost (ties: fewer tiles,
-        then fewer rows). An image that fits the bound is one tile unless tiles are cheaper. The
-        weights of all tiles sum to one at every pixel.
+        then fewer rows). An image that fits the bound (both sides) is one tile, exactly as
+        untiled. The weights of all tiles sum to one at every pixel.
     """
     step = int(stride or patch_size)
     grid = dict(patch_size=patch_size, stride=step)
+    if tile_size is None or max(height, width) <= tile_size:  # fits: never cut (no seams), as untiled
+        return [Tile(0, 0, height, width, np.ones(height, np.float32), np.ones(width, np.float32))]
     rows = _axis_options(height, tile_size, overlap, patch_size, step)
     cols = _axis_options(width, tile_size, overlap, patch_size, step)
 
