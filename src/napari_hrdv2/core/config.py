@@ -180,8 +180,13 @@ class FeatureConfig:
     normalize : {"minmax", "percentile", "dtype"}
         Intensity scaling to [0, 1] before ImageNet normalisation.
     tile_size : int or None
-        Side of the square tiles large images are split into (None = whole
-        image). 518 px is the backbone's native 37x37 position grid.
+        Upper bound on a tile side in pixels, set by memory (None = the whole
+        image in one tile). Within it the tiles are cut where they cost least
+        (:func:`~napari_hrdv2.core.features.tiling.plan_tiles`: estimated backbone
+        FLOPs, tiles evenly sized and aligned to the patch grid): an image that
+        fits the bound is one tile, a larger one is often cut into tiles smaller
+        than the bound. Default 896 (64 x 64 patches of 14 px): 1024 x 1024
+        is 4 tiles of 560 px (6,400 tokens, not 9 of 518 px: 12,996).
     tile_overlap : int
         Overlap of neighbouring tiles in pixels; blended with linear ramps.
     device : str
@@ -291,10 +296,13 @@ class FeatureConfig:
         choices=NORMALIZE_OPTIONS,
     )
     tile_size: int | None = _setting(
-        518,
+        896,
         flag="--tile-size",
         label="Tile size",
-        help="split large images into tiles of this side (default 518); 0 or 'none' = whole image",
+        help=(
+            "largest tile side (memory bound, default 896); the cheapest tiles under it are used; "
+            "0 or 'none' = whole image"
+        ),
         kind="optional_int",
         minimum=28,
         metavar="PX|none",

@@ -76,7 +76,7 @@ def cls_vector(
     """The backbone's CLS token (C,) float32 of an image (one forward pass, no transforms).
 
     The image is scaled like for the features; an image whose longer side exceeds the tile
-    size (518 px if untiled) is first shrunk to it (area average), so the pass stays cheap.
+    size or 518 px (whichever is smaller) is first shrunk to it (area average), so the pass stays cheap.
     The CLS token leaves the same final layer norm as the patch tokens, so it compares with them.
     """
     import torch
@@ -93,7 +93,7 @@ def cls_vector(
     patch = backbone.patch_size
     rgb = to_rgb01(image, normalize=featurizer.config.normalize, min_side=patch)
     pixels = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-    limit = featurizer.config.tile_size or 518
+    limit = min(featurizer.config.tile_size or 518, 518)  # one cheap pass, whatever the tile bound
     longest = max(pixels.shape[-2:])
     if longest > limit:
         size = [max(patch, round(side * limit / longest)) for side in pixels.shape[-2:]]

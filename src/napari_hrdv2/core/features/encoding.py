@@ -643,6 +643,18 @@ class Featurizer:
     def stride(self) -> int:
         return int(self.config.stride or self.backbone.patch_size)
 
+    def plan_tiles(self, height: int, width: int) -> list[Tile]:
+        """The tiles of an ``(height, width)`` image: :func:`.tiling.plan_tiles` with this config and backbone.
+
+        Every path that cuts an image into tiles (:meth:`iter_encode`, the tile-by-tile streaming of
+        :mod:`~napari_hrdv2.core.scale.streaming`) asks here, so all of them cut the same tiles.
+        """
+        backbone = self.backbone
+        return plan_tiles(
+            height, width, tile_size=self.config.tile_size, overlap=self.config.tile_overlap,
+            patch_size=backbone.patch_size, stride=self.stride, embed_dim=backbone.embed_dim, depth=backbone.depth,
+        )  # fmt: skip
+
     def encode(
         self,
         image: np.ndarray,
@@ -690,7 +702,7 @@ class Featurizer:
         if planes.ndim == 3 and planes.shape[-1] == 4:
             planes = planes[..., :3]
         height, width = planes.shape[:2]
-        tiles = plan_tiles(height, width, tile_size=self.config.tile_size, overlap=self.config.tile_overlap)
+        tiles = self.plan_tiles(height, width)
         transforms = self.config.transforms
         total = len(tiles) * len(transforms)
         grids = [

@@ -2,7 +2,7 @@
 
 The in-memory path encodes every tile of an image (:meth:`Featurizer.encode`), then
 :meth:`Encoding.project` adds each tile's blended logits into one ``(n_classes, H, W)`` array. Here the
-same tiles (:func:`~.tiling.plan_tiles` over the whole image), with the same blending weights (a
+same tiles (:meth:`Featurizer.plan_tiles`, i.e. :func:`~.tiling.plan_tiles` over the whole image), with the same blending weights (a
 partition of unity) and the same intensity scaling (computed over the whole image first, block by
 block), are encoded one at a time: a tile's low-resolution maps are projected to ``n_classes`` logit
 channels and dropped at once. Tiles are visited in the order of the in-memory path (row-major), so
@@ -41,7 +41,7 @@ from ..backbone.identity import backbone_family_of, backbone_fingerprint
 from ..config import FeatureConfig
 from ..errors import InputError
 from ..features.cache import EncodingCache, fingerprint
-from ..features.tiling import Tile, plan_tiles
+from ..features.tiling import Tile
 from ..files.atomic import check_not_an_input
 from ..files.lazy import IntensityRange, LazyPlane, ZarrOutput, intensity_range, lazy_planes, open_lazy
 from ..progress import Progress, run_steps, within
@@ -133,9 +133,7 @@ class TileEncoder:
                 else intensity_range(self.plane, config.normalize)
             )
         self.scaling = scaling
-        self.tiles = plan_tiles(
-            self.plane.height, self.plane.width, tile_size=config.tile_size, overlap=config.tile_overlap
-        )
+        self.tiles = featurizer.plan_tiles(self.plane.height, self.plane.width)  # the in-memory encoder's tiles
         # One tile at a time, the whole tile, no second scaling: the tile featurizer shares the backbone.
         self._tile_featurizer = Featurizer(config.replace(tile_size=None), backbone=featurizer.backbone)
 
