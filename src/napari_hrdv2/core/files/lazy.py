@@ -528,13 +528,7 @@ def process_alive(pid: Any) -> bool:
         return False
     if pid <= 0:
         return False
-    try:
-        import psutil
-
-        return bool(psutil.pid_exists(pid))
-    except ImportError:
-        pass
-    if os.name == "nt":  # pragma: no cover (os.kill would end the process on Windows)
+    if os.name == "nt":  # pragma: no cover (os.kill would end the process on Windows: locks never block there)
         return False
     try:
         os.kill(pid, 0)
