@@ -47,6 +47,10 @@ def crafted(tmp_path: Path, saved, tensors=None, meta=None, config=None) -> Path
     meta_.update(meta or {})
     if config is not None:
         meta_["feature_config"] = json.dumps({**json.loads(meta_["feature_config"]), **config})
+    if "checksum" in meta_:  # crafted with a valid checksum: every other check still has to catch it
+        from napari_hrdv2.core.files.checksums import contents_sha256
+
+        meta_["checksum"] = contents_sha256(tensors_, meta_)
     path = tmp_path / "crafted.hrdv2"
     save_file({k: np.ascontiguousarray(v) for k, v in tensors_.items()}, str(path), metadata=meta_)
     return path

@@ -47,6 +47,33 @@ def pca_view(
     return np.concatenate([left, gap, rgb], axis=1)
 
 
+#: Lower estimate of a PCA view's size per byte of its input file (PNG of smooth colours; side by side: twice).
+PCA_BYTES_PER_INPUT_BYTE = 0.25
+
+
+def check_pca_room(paths: Sequence[Path], outdir: str | Path | None, *, side_by_side: bool = False) -> None:
+    """Before any encoding: every output folder is writable and roughly has room for the PCA views.
+
+    Raises
+    ------
+    OutputError
+        A folder that cannot be written, or with clearly too little free space (one line, with the sizes).
+    """
+    from ..files.atomic import check_output_folder
+
+    needed: dict[Path, int] = {}
+    for path in paths:
+        try:
+            folder = output_path(path, outdir, ".png", tag=PCA_TAG).parent
+            size = path.stat().st_size
+        except OSError:  # that input fails later with its reason
+            continue
+        share = size * PCA_BYTES_PER_INPUT_BYTE * (2 if side_by_side else 1)
+        needed[folder] = needed.get(folder, 0) + int(share)
+    for folder, n_bytes in sorted(needed.items()):
+        check_output_folder(folder, n_bytes)
+
+
 def iter_apply_pca_files(
     inputs: Iterable[str | Path],
     outdir: str | Path | None,
@@ -72,6 +99,7 @@ def iter_apply_pca_files(
     paths = without_outputs(expand_inputs(inputs), outdir, [(PCA_TAG, ".png"), (PCA_TAG, ".tif")])
     if not paths:
         raise InputError("No input images found.")
+    check_pca_room(paths, outdir, side_by_side=side_by_side)
     report = BatchReport()
     n_files = len(paths)
     yield Progress(0, n_files, "Loading the backbone")

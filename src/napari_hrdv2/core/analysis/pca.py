@@ -61,6 +61,8 @@ ForegroundCue = Literal["pca", "attention"]
 #: Written into saved bases; a newer major version is refused.
 FILE_FORMAT = "napari-hrdv2 PCA basis"
 FILE_VERSION = 1
+#: Metadata entry of a saved basis holding its integrity checksum (bases written before it have none).
+CHECKSUM_KEY = "checksum"
 
 
 # ---------------------------------------------------------------------------------------------- basis
@@ -86,7 +88,13 @@ class PCABasis:
     metadata : dict
         JSON-safe: ``config`` (the FeatureConfig dict, None for bare arrays), ``backbone``,
         ``feature_signature``, ``n_images``, ``n_pixels_sampled``, ``n_pixels_fitted``, ``sources``,
-        ``foreground`` (cue, threshold, side, rule), ``created`` (UTC ISO date), ``seed``.
+        ``foreground`` (cue, threshold, side, rule), ``created`` (UTC ISO date), ``seed``;
+        ``backbone_resolved`` (the backbone's absolute path when it was a local folder or file) and
+        ``backbone_weights`` (:func:`~..backbone.identity.fingerprint_hash`) when known.
+    backbone_fingerprint : (n,) float32 array or None
+        The fingerprint of the backbone weights the basis was fitted with
+        (:func:`~..backbone.identity.backbone_fingerprint`); features of other weights are refused.
+        None for bases fitted on bare arrays and bases saved before it was recorded (not checked).
     """
 
     mean: np.ndarray
@@ -98,6 +106,7 @@ class PCABasis:
     foreground_weight: np.ndarray | None = None
     foreground_bias: float = 0.0
     metadata: dict[str, Any] = field(default_factory=dict)
+    backbone_fingerprint: np.ndarray | None = None
 
     # ------------------------------------------------------------ properties
     @property
@@ -127,6 +136,7 @@ class PCABasis:
                 f"The PCA basis was fitted on {self.n_features}-channel features but these have {n_features} "
                 "channels: compute the features with the basis' backbone, or fit a new basis."
             )
+        self.check_backbone_weights(getattr(features, "backbone_fingerprint", None))
         mine = self.feature_signature
         config = getattr(features, "config", None)
         if mine is None or config is None:
@@ -137,6 +147,25 @@ class PCABasis:
                 f"The PCA basis was fitted on other features than these: {difference}. Compute the features "
                 "with the basis' settings, or fit a new basis."
             )
+
+    def check_backbone_weights(self, fingerprint: np.ndarray | None) -> None:
+        """Refuse features of other backbone weights than the basis was fitted with (unknown ones pass).
+
+        Backbones of one width give features of one shape, so without this a basis applied with other
+        weights gives other colours without any error.
+        """
+        from ..backbone.identity import fingerprint_hash, same_weights
+
+        if same_weights(self.backbone_fingerprint, fingerprint):
+            return
+        meta = self.metadata
+        where = meta.get("backbone_resolved") or meta.get("backbone")
+        raise InputError(
+            f"The PCA basis was fitted on other features than these: they come from other backbone weights "
+            f"(fingerprint {fingerprint_hash(fingerprint)}) than the basis' backbone '{meta.get('backbone')}' "
+            f"(at '{where}' when it was fitted, fingerprint {fingerprint_hash(self.backbone_fingerprint)}). Use "
+            "those weights (pca apply --backbone PATH), or fit a new basis."
+        )
 
     def check_components(self, components: Sequence[int]) -> list[int]:
         """``components`` as ints, or :class:`InputError` (before any encoding) when the basis lacks one."""
@@ -214,7 +243,7 @@ class PCABasis:
         from ..files.atomic import write_safetensors
 
         tensors = {"mean": self.mean, "components": self.components, "low": self.low, "high": self.high}
-        for name in ("explained_variance", "explained_variance_ratio", "foreground_weight"):
+        for name in ("explained_variance", "explained_variance_ratio", "foreground_weight", "backbone_fingerprint"):
             value = getattr(self, name)
             if value is not None:
                 tensors[name] = value
@@ -225,7 +254,11 @@ class PCABasis:
             "foreground_bias": float(self.foreground_bias),
             "metadata": self.metadata,
         }
-        return write_safetensors(path, tensors, metadata={"hrdv2_pca": json.dumps(header)}, overwrite=overwrite)
+        from ..files.checksums import contents_sha256
+
+        metadata = {"hrdv2_pca": json.dumps(header)}
+        metadata[CHECKSUM_KEY] = contents_sha256(tensors, metadata, skip=CHECKSUM_KEY)
+        return write_safetensors(path, tensors, metadata=metadata, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> PCABasis:
@@ -239,7 +272,8 @@ class PCABasis:
             from safetensors import safe_open
 
             with safe_open(str(path), framework="numpy") as handle:
-                header_text = (handle.metadata() or {}).get("hrdv2_pca")
+                file_meta = handle.metadata() or {}
+                header_text = file_meta.get("hrdv2_pca")
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
         except Exception as err:
             raise ModelFileError(f"'{path.name}' is not a PCA basis file (not safetensors: {err}).") from err
@@ -247,6 +281,8 @@ class PCABasis:
             raise ModelFileError(f"'{path.name}' is a safetensors file but not a napari-hrdv2 PCA basis.")
         try:
             header = json.loads(header_text)
+            if not isinstance(header, dict) or not isinstance(header.get("metadata") or {}, dict):
+                raise ValueError("its header is not a JSON object")
             if header.get("format") != FILE_FORMAT:
                 raise ValueError(f"format {header.get('format')!r}")
             if int(header.get("version", 0)) > FILE_VERSION:
@@ -264,6 +300,7 @@ class PCABasis:
                 foreground_weight=tensors.get("foreground_weight"),
                 foreground_bias=float(header.get("foreground_bias", 0.0)),
                 metadata=dict(header.get("metadata") or {}),
+                backbone_fingerprint=tensors.get("backbone_fingerprint"),
             )
         except ModelFileError:
             raise
@@ -278,6 +315,17 @@ class PCABasis:
         )
         if not shapes_ok:
             raise ModelFileError(f"'{path.name}' is a corrupt PCA basis file (array shapes do not fit together).")
+        check_basis_values(basis, tensors, name=path.name)
+        stored = file_meta.get(CHECKSUM_KEY)
+        if stored is not None:
+            from ..files.checksums import contents_sha256
+
+            if str(stored).strip().lower() != contents_sha256(tensors, file_meta, skip=CHECKSUM_KEY):
+                raise ModelFileError(
+                    f"'{path.name}' fails its integrity check (its checksum does not match its contents): the basis "
+                    "was changed after it was saved, or the file is damaged. Use the original file, or fit the "
+                    "basis again."
+                )
         return basis
 
     def describe(self) -> str:
@@ -292,6 +340,31 @@ class PCABasis:
             f"{meta.get('n_images', '?')} image(s), {meta.get('n_pixels_fitted', '?')} pixels fitted{rule}; "
             f"backbone {meta.get('backbone')}."
         )
+
+
+def check_basis_values(basis: PCABasis, tensors: dict[str, np.ndarray], *, name: str) -> None:
+    """Dtypes and values a loaded basis needs to give meaningful colours; :class:`ModelFileError` otherwise.
+
+    Every array is float and finite, the foreground bias finite and each colour range non-empty
+    (``high > low``): NaN components or ``high == low`` would colour every image black or white.
+    """
+    for key, value in tensors.items():
+        array = np.asarray(value)
+        if array.dtype.kind != "f":
+            raise ModelFileError(f"'{name}' is a corrupt PCA basis file: '{key}' has dtype {array.dtype}, not float.")
+        if not np.isfinite(array).all():
+            raise ModelFileError(f"'{name}' is a corrupt PCA basis file: '{key}' holds NaN or infinite values.")
+    if not np.isfinite(basis.foreground_bias):
+        raise ModelFileError(f"'{name}' is a corrupt PCA basis file: its foreground bias is not a finite number.")
+    flat = [int(k) for k in np.flatnonzero(~(np.asarray(basis.high) > np.asarray(basis.low)))]
+    if flat:
+        raise ModelFileError(
+            f"'{name}' is a corrupt PCA basis file: the colour range of component(s) {flat[:8]} is empty "
+            "(high <= low), so every image would be one colour. Fit the basis again."
+        )
+    fingerprint = basis.backbone_fingerprint
+    if fingerprint is not None and np.asarray(fingerprint).ndim != 1:
+        raise ModelFileError(f"'{name}' is a corrupt PCA basis file: invalid backbone fingerprint.")
 
 
 def signature_difference(basis: dict[str, Any], features: dict[str, Any]) -> str:
@@ -463,12 +536,20 @@ class _CollectionSample:
     border: _Reservoir
     signature: dict[str, Any] | None = None
     config_dict: dict[str, Any] | None = None
+    fingerprint: np.ndarray | None = None
     sources: list[str] = field(default_factory=list)
     n_sampled: int = 0
     n_images: int = 0
 
     def check_same_features(self, name: str, features: FeatureSource) -> None:
         """Record the first input's feature settings; refuse a later input with other ones."""
+        fingerprint = getattr(features, "backbone_fingerprint", None)
+        if fingerprint is not None:
+            from ..backbone.identity import same_weights
+
+            if not same_weights(self.fingerprint, fingerprint):
+                raise InputError(f"{name} comes from other backbone weights than the first input.")
+            self.fingerprint = np.asarray(fingerprint, dtype=np.float32)
         item_config = getattr(features, "config", None)
         if item_config is None:
             return
@@ -648,6 +729,7 @@ def iter_fit_pca(
     metadata = {
         "config": sample.config_dict,
         "backbone": None if sample.config_dict is None else sample.config_dict.get("backbone"),
+        **backbone_identity(sample.config_dict, sample.fingerprint),
         "feature_signature": sample.signature,
         "n_components": basis.n_components,
         "n_images": sample.n_images,
@@ -661,7 +743,32 @@ def iter_fit_pca(
         "explained_variance_ratio": [float(v) for v in basis.explained_variance_ratio],
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    return dataclasses.replace(basis, foreground_weight=fg_weight, foreground_bias=fg_bias, metadata=metadata)
+    return dataclasses.replace(
+        basis,
+        foreground_weight=fg_weight,
+        foreground_bias=fg_bias,
+        metadata=metadata,
+        backbone_fingerprint=sample.fingerprint,
+    )
+
+
+def backbone_identity(config: dict[str, Any] | None, fingerprint: np.ndarray | None) -> dict[str, str]:
+    """Metadata that binds a basis to its backbone: the absolute path of a local backbone, the weights' hash."""
+    from ..backbone.identity import fingerprint_hash
+    from ..backbone.registry import find_spec
+
+    out: dict[str, str] = {}
+    name = None if config is None else config.get("backbone")
+    if isinstance(name, str) and find_spec(name) is None:
+        try:
+            path = Path(name).expanduser()
+            if path.exists():
+                out["backbone_resolved"] = str(path.resolve())
+        except OSError:  # a name too long for the file system: not a local path
+            pass
+    if fingerprint is not None:
+        out["backbone_weights"] = fingerprint_hash(fingerprint)
+    return out
 
 
 def fit_pca(

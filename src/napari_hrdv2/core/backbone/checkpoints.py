@@ -135,6 +135,46 @@ _TRANSFORMERS_BLOCK = {
 
 # ---------------------------------------------------------------- reading
 
+#: Weight dtypes read (anything else, e.g. int8 quantised weights, would be cast silently and give wrong features).
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_weight_tensor(name: str, value: torch.Tensor) -> None:
+    """Refuse a weight tensor that is not float (:data:`FLOAT_DTYPES`) or holds NaN / infinite values.
+
+    Raises
+    ------
+    InputError
+        Naming the tensor as the file calls it (``name``) and what to use instead.
+    """
+    if value.dtype not in FLOAT_DTYPES:
+        raise InputError(
+            f"Tensor '{name}' has dtype {str(value.dtype).removeprefix('torch.')}: napari-hrdv2 reads float weights "
+            "(float32, float16, bfloat16); quantised or integer checkpoints are not supported. Use the original "
+            "float weights."
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise InputError(
+            f"Tensor '{name}' holds NaN or infinite values: the weights are damaged. Download or copy them again."
+        )
+
+
+def unreadable_weights_message(path: Path, err: BaseException) -> str:
+    """One line for a weights file that cannot be read: a partial download in the Hugging Face cache says so."""
+    detail = f"{type(err).__name__}: {str(err)[:200]}"
+    resolved = str(path.resolve()) if path.exists() else str(path)
+    cached = re.search(r"models--([^/\\]+?)--([^/\\]+)", f"{path}/{resolved}")
+    if cached:
+        repo = f"{cached.group(1)}/{cached.group(2)}"
+        return (
+            f"'{path}' in the Hugging Face cache is truncated or damaged ({detail}): most likely a partial "
+            f"download. Download it again with `hf download {repo} --force-download`."
+        )
+    return (
+        f"Could not read '{path}' ({detail}): the file is truncated or damaged (an interrupted copy or download?). "
+        "Copy or download it again."
+    )
+
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A flat {name: tensor} dict from a ``.pth`` (weights only) or ``.safetensors`` file."""
@@ -146,6 +186,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
+        if path.suffix == ".safetensors" or "models--" in str(path.resolve()):
+            raise WeightsNotFoundError(unreadable_weights_message(path, err)) from err
         raise WeightsNotFoundError(
             f"Could not read '{path}' as a PyTorch state dict ({type(err).__name__}: {str(err)[:200]})."
         ) from err
@@ -464,8 +506,7 @@ def load_into_model(canonical: Canonical, *, heads: int | None = None) -> tuple[
                     f"Tensor '{canonical.file_name(name)}' has shape {tuple(value.shape)}, but a {_describe(arch)} "
                     f"needs {tuple(parameter.shape)} there."
                 )
-            if not torch.isfinite(value).all():
-                raise InputError(f"Tensor '{canonical.file_name(name)}' holds NaN or infinite values.")
+            check_weight_tensor(canonical.file_name(name), value)
             parameter.copy_(value.reshape(parameter.shape).to(parameter.dtype))
     return model, arch
 

@@ -201,11 +201,14 @@ def _load_uncached(source: str, *, sha256: str | None) -> Backbone:
         _check_sha256(path, sha256)
         return _from_checkpoint_file(path)
     if looks_like_path(source) and not _looks_like_hub_id(source):
-        raise WeightsNotFoundError(f"Backbone weights file or folder '{source}' does not exist. Check the path.")
+        raise WeightsNotFoundError(
+            f"Backbone weights file or folder '{source}' does not exist. Check the path.{relative_path_hint(source)}"
+        )
     if not _looks_like_hub_id(source):
         raise InputError(
             f"Unknown backbone '{source}'. Use a preset ({', '.join(backbone_names())}), a Hugging Face id such as "
             "'facebook/dinov2-small', a folder written by save_pretrained, or a .pth / .safetensors checkpoint file."
+            + relative_path_hint(source)
         )
     folder = _download(source, None)
     return _from_folder(folder, source=source, sha256=sha256, spec=None)
@@ -228,6 +231,21 @@ def _download_failure(err: BaseException) -> str:
 
 def _looks_like_hub_id(text: str) -> bool:
     return re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None
+
+
+def relative_path_hint(source: str) -> str:
+    """For a relative backbone path that is not here: where it was looked for, and how to say where it is.
+
+    A model or basis records its backbone as it was named when it was made; a relative name (``tiny``,
+    ``weights/vits14.pth``) only means something in the folder it was made in.
+    """
+    if os.path.isabs(os.path.expanduser(source)):
+        return ""
+    return (
+        f" A relative path is looked up in the current folder ('{Path.cwd()}'); if '{source}' is the backbone a "
+        "model or PCA basis was made with in another folder, pass where those weights are on this computer "
+        "(segment: --backbone-path PATH; pca apply: --backbone PATH; Python: load_backbone(PATH))."
+    )
 
 
 def _download(hub_id: str, spec: BackboneSpec | None) -> Path:
@@ -319,6 +337,7 @@ def _from_folder(folder: Path, *, source: str, sha256: str | None, spec: Backbon
     _check_sha256(weights, sha256)
     if "model_type" not in config:
         return _from_timm_folder(folder, config, weights, source=source)
+    check_folder_weights(folder, config, weights)
     family = MODEL_TYPES[config["model_type"]]
     from transformers import Dinov2Model, Dinov2WithRegistersModel
 
@@ -327,10 +346,16 @@ def _from_folder(folder: Path, *, source: str, sha256: str | None, spec: Backbon
     else:
         model_class = Dinov2WithRegistersModel if config["model_type"] == "dinov2_with_registers" else Dinov2Model
     try:
-        model, info = model_class.from_pretrained(
-            str(folder), attn_implementation="sdpa", trust_remote_code=False, output_loading_info=True
-        )
+        with _quiet_transformers():
+            model, info = model_class.from_pretrained(
+                str(folder), attn_implementation="sdpa", trust_remote_code=False, output_loading_info=True
+            )
     except Exception as err:
+        if "ignore_mismatched_sizes" in str(err) or "size mismatch" in str(err):
+            raise InputError(
+                f"The weights in '{folder}' do not fit its config.json (tensors of other sizes): the two files come "
+                "from different models. Download or copy the whole folder again."
+            ) from None
         raise WeightsNotFoundError(f"Could not read the weights in '{folder}': {str(err)[:300]}") from err
     missing = [k for k in info.get("missing_keys", []) if "mask_token" not in k]
     mismatched = info.get("mismatched_keys", [])
@@ -339,6 +364,65 @@ def _from_folder(folder: Path, *, source: str, sha256: str | None, spec: Backbon
         raise InputError(f"The weights in '{folder}' do not fit its config.json: {detail}.")
     mean, std = _folder_mean_std(folder, spec)
     return _wrap(model, source, family="dinov3" if family == "dinov3" else "dinov2", mean=mean, std=std)
+
+
+class _quiet_transformers:  # noqa: N801  (a context manager used like a function)
+    """Silence transformers' loading reports (30-line tables) while a folder is read; errors still raise."""
+
+    def __enter__(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        self._level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+
+    def __exit__(self, *exc: object) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self._level)
+
+
+def check_folder_weights(folder: Path, config: dict, weights: Path) -> None:
+    """Every tensor of a transformers folder's weights file is float and finite, and fits ``config.json``'s size.
+
+    transformers would cast integer tensors silently and load NaN as is, so the file is read here first.
+
+    Raises
+    ------
+    WeightsNotFoundError
+        The file cannot be read (truncated: a partial download in the Hugging Face cache says so).
+    InputError
+        A tensor of another dtype, with NaN / infinite values, or a width / depth other than ``config.json``'s.
+    """
+    from .checkpoints import check_weight_tensor, read_state_dict, unreadable_weights_message
+
+    try:
+        if weights.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as handle:
+                state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        else:
+            state = read_state_dict(weights)
+    except WeightsNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001  (safetensors raises its own types for truncated files)
+        raise WeightsNotFoundError(unreadable_weights_message(weights, err)) from err
+    layers = {int(m.group(1)) for key in state if (m := re.search(r"(?:^|\.)layer\.(\d+)\.", key))}
+    cls = next((value for key, value in state.items() if key.endswith("embeddings.cls_token")), None)
+    width = int(cls.shape[-1]) if cls is not None and cls.ndim else None
+    depth = max(layers) + 1 if layers else None
+    wanted = (config.get("hidden_size"), config.get("num_hidden_layers"))
+    if None not in (width, depth, *wanted) and (width, depth) != wanted:
+        raise InputError(
+            f"The weights in '{folder}' do not fit its config.json: config.json describes width {wanted[0]} with "
+            f"{wanted[1]} blocks, {weights.name} holds width {width} with {depth} blocks. The two files come from "
+            "different models: download or copy the whole folder again."
+        )
+    for key, value in state.items():
+        try:
+            check_weight_tensor(key, value)
+        except InputError as err:
+            raise InputError(f"'{weights}': {err}") from None
 
 
 def _from_timm_folder(folder: Path, config: dict, weights: Path, *, source: str) -> Backbone:
@@ -366,9 +450,30 @@ def _timm_heads(architecture: str) -> int | None:
 # ---------------------------------------------------------------- checkpoint files
 
 
+def refuse_napari_hrdv2_file(path: Path) -> None:
+    """Raise :class:`InputError` when ``path`` is one of our own model or PCA basis files given as a backbone."""
+    meta: dict = {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as handle:
+            meta = handle.metadata() or {}
+    except Exception:  # noqa: BLE001  (not safetensors: read_state_dict gives the error)
+        pass
+    ours = str(meta.get("format", "")).startswith("napari-hrdv2") or "hrdv2_pca" in meta
+    if ours or path.suffix.lower() == ".hrdv2":
+        what = "PCA basis" if "hrdv2_pca" in meta else "segmentation model"
+        raise InputError(
+            f"'{path}' is a napari-hrdv2 {what} file, not backbone weights. Pass it as the model (--model) or "
+            "basis, and as the backbone the DINOv2 / DINOv3 weights it was made with (a preset, a Hugging Face id, "
+            "a folder or a .pth / .safetensors checkpoint)."
+        )
+
+
 def _from_checkpoint_file(path: Path) -> Backbone:
     from .checkpoints import read_state_dict
 
+    refuse_napari_hrdv2_file(path)
     mean, std = (SATELLITE_MEAN, SATELLITE_STD) if "sat493m" in path.name.lower() else (IMAGENET_MEAN, IMAGENET_STD)
     return _from_state_dict(read_state_dict(path), str(path), mean=mean, std=std)
 

@@ -238,7 +238,8 @@ def _fsync_folder(folder: Path) -> None:
         os.close(handle)
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to the disk (before a rename or a marker says it is complete)."""
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
 
@@ -277,7 +278,7 @@ def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
             yield temporary
             if not temporary.exists():
                 raise OutputError(f"Nothing was written for '{path}'.")
-            _fsync_file(temporary)
+            fsync_file(temporary)
             if is_kept(path, overwrite=overwrite):  # appeared meanwhile (another process)
                 raise InputError(f"'{path}' already exists; pass overwrite=True (--overwrite) to replace it.")
             os.replace(temporary, path)
@@ -332,10 +333,10 @@ def write_png(path: str | Path, image: np.ndarray, *, overwrite: bool = False) -
     """Write a (H, W) or (H, W, 3|4) uint8/uint16 image as PNG atomically; returns ``path``."""
     import imageio.v3 as iio
 
-    image = np.asarray(image)
-    with atomic_path(path, overwrite=overwrite) as temporary:
-        iio.imwrite(str(temporary), image, extension=".png")
-    return Path(path)
+    # Encoded in memory first: a full disk then fails in our own write (an OutputError), never inside imageio's
+    # plugin, whose destructor would print a third-party traceback ("Exception ignored in PluginV3.__del__").
+    data = iio.imwrite("<bytes>", np.asarray(image), extension=".png")
+    return write_bytes(path, data, overwrite=overwrite)
 
 
 def write_safetensors(

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +35,8 @@ import numpy as np
 
 from ..config import NORMALIZE_OPTIONS, ROBUST_PERCENTILES, Normalize
 from ..errors import InputError
-from .atomic import write_text, write_tif
+from .atomic import fsync_file, write_text, write_tif
+from .checksums import file_sha256
 
 #: Suffixes of inputs that are read lazily (whole folders for Zarr).
 LAZY_SUFFIXES = (".zarr", ".npy")
@@ -586,6 +588,29 @@ def _percentiles(plane: LazyPlane, percents: tuple[float, float], low: float, hi
 
 
 # ---------------------------------------------------------------------------------------------- outputs
+#: Name of the lock file of a partial Zarr output (in its state folder).
+LOCK_NAME = "lock.json"
+
+
+def process_alive(pid: Any) -> bool:
+    """Whether process ``pid`` of this computer still runs (unknown: False, so a lock never blocks for ever)."""
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # pragma: no cover (os.kill would end the process on Windows: locks never block there)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, as another user's
+        return True
+    return True
+
+
 def remove_tree(path: Path) -> None:
     """Delete an output folder (or file) that may be half-written."""
     if path.is_dir() and not path.is_symlink():
@@ -688,6 +713,8 @@ class ZarrOutput:
         import zarr
 
         job_file = self._state / "job.json"
+        if create and self.partial.exists():
+            self._lock()  # before anything is resumed or discarded: another live run may be writing it
         if self.partial.exists():
             try:
                 same = json.loads(job_file.read_text()) == json.loads(json.dumps(self.job))
@@ -718,15 +745,89 @@ class ZarrOutput:
         )
         (self._state / "done").mkdir(parents=True, exist_ok=True)
         write_text(job_file, json.dumps(self.job, sort_keys=True), overwrite=True)
+        self._lock()
         return self
 
+    def _lock(self) -> None:
+        """Hold ``<path>.partial``'s lock for this process (kept until :meth:`finish` or :meth:`discard`).
+
+        A lock of a process that has ended (same computer) is taken over, so an interrupted run resumes.
+        Workers of a cluster run write bands with ``open(create=False)`` and take no lock.
+
+        Raises
+        ------
+        InputError
+            Another running process writes this output (named, with what to do).
+        """
+        lock = self._state / LOCK_NAME
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(3):
+            try:
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = json.loads(lock.read_text())
+                    holder = holder if isinstance(holder, dict) else {}
+                except (OSError, ValueError):
+                    holder = {}
+                if holder == me:
+                    return
+                if holder.get("host") == me["host"] and not process_alive(holder.get("pid")):
+                    lock.unlink(missing_ok=True)  # left by a run that ended without finishing: take it over
+                    continue
+                if not holder:  # being written this instant, or unreadable: look again
+                    continue
+                raise InputError(
+                    f"'{self.path.name}' is being written by another run (process {holder.get('pid')} on "
+                    f"{holder.get('host')}). Wait for that run to finish; if it has ended, delete '{lock}'."
+                ) from None
+            with os.fdopen(handle, "w") as stream:
+                json.dump(me, stream)
+            return
+
     def done_rows(self, plane: int) -> set[int]:
-        """Chunk rows of ``plane`` already written."""
+        """Chunk rows of ``plane`` already written and intact on disk.
+
+        A chunk row's marker lists the size and sha256 of each of its chunk files; a row whose files no longer
+        match (torn by a power loss, truncated, edited) loses its marker and is computed again. Markers of
+        older versions (empty files) are trusted as before.
+        """
         folder = self._state / "done"
         prefix = f"{plane}_"
         if not folder.is_dir():
             return set()
-        return {int(name[len(prefix) :]) for name in os.listdir(folder) if name.startswith(prefix)}
+        rows = set()
+        for name in os.listdir(folder):
+            if not name.startswith(prefix) or not name[len(prefix) :].isdigit():
+                continue
+            if self._chunks_intact(folder / name):
+                rows.add(int(name[len(prefix) :]))
+            else:
+                (folder / name).unlink(missing_ok=True)
+        return rows
+
+    def _chunk_files(self, plane: int, chunk_row: int) -> list[Path]:
+        """The chunk files of one chunk row of ``plane`` (those zarr skipped as all zero do not exist)."""
+        separator = getattr(getattr(self._array, "metadata", None), "dimension_separator", None) or "."
+        lead = ([] if self.single else [plane]) + ([0] if self.channel_axis else [])
+        n_cols = -(-self.shape[-1] // self.chunks)
+        folder = self.partial / "0"
+        return [folder / separator.join(str(i) for i in (*lead, chunk_row, col)) for col in range(n_cols)]
+
+    def _chunks_intact(self, marker: Path) -> bool:
+        try:
+            text = marker.read_text()
+            if not text.strip():
+                return True  # written before chunk records existed
+            record = json.loads(text)
+            for name, (size, digest) in record.items():
+                chunk = self.partial / "0" / name
+                if chunk.stat().st_size != int(size) or file_sha256(chunk) != digest:
+                    return False
+        except (OSError, ValueError, TypeError, AttributeError):
+            return False
+        return True
 
     def write_rows(self, plane: int, top: int, block: np.ndarray) -> None:
         """Write ``block`` ((h, W) or (C, h, W)) at row ``top`` of ``plane``; ``top`` is a chunk-row boundary."""
@@ -739,7 +840,12 @@ class ZarrOutput:
         self._array[index] = block.astype(self.dtype, copy=False)
         end_row = -(-rows.stop // self.chunks) if rows.stop == self.shape[-2] else rows.stop // self.chunks
         for chunk_row in range(top // self.chunks, end_row):
-            (self._state / "done" / f"{plane}_{chunk_row}").touch()
+            record = {}
+            for chunk in self._chunk_files(plane, chunk_row):
+                if chunk.exists():  # the data reaches the disk before its marker says it is there
+                    fsync_file(chunk)
+                    record[chunk.name] = [chunk.stat().st_size, file_sha256(chunk)]
+            write_text(self._state / "done" / f"{plane}_{chunk_row}", json.dumps(record), overwrite=True)
 
     def finish(self, extra: dict[str, Any] | None = None) -> Path:
         """Mark the image complete and move it to its final name (replacing an older one)."""

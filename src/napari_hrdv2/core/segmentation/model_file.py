@@ -12,7 +12,11 @@ metadata (strings)
     optional ``class_names`` (JSON ``{"label": "name"}``; files without it load with no names),
     optional ``backbone_weights`` (hash of the ``backbone_fingerprint`` tensor) and ``backbone_family``
     (``dinov2``, ``dinov2_reg``, ``dinov3``); files without them load and are not checked for them;
-    optional ``channels`` (JSON list of the image channels used for training, ``io.read_image(channels=)``).
+    optional ``channels`` (JSON list of the image channels used for training, ``io.read_image(channels=)``);
+    optional ``checksum`` (:func:`~..files.checksums.contents_sha256` of every other entry and tensor,
+    written on save: a file whose checksum does not match was edited or damaged and is
+    refused; files written before it have none and load unchecked. The entry is additive, so the format
+    version stays 1 and older napari-hrdv2 versions still read new files).
 
 :class:`ModelRecord` is what a file holds, as plain values: this module knows no segmenter class
 (:meth:`~.segmenter.LinearSegmenter.save` / ``load`` convert it). :func:`record_to_contents` /
@@ -37,6 +41,8 @@ from ..errors import ModelFileError
 FORMAT_VERSION = 1
 #: Identifies our files among other safetensors files.
 FORMAT_NAME = "napari-hrdv2-linear-segmenter"
+#: Metadata entry holding the integrity checksum (optional: files written before it have none).
+CHECKSUM_KEY = "checksum"
 
 
 @dataclass
@@ -76,6 +82,8 @@ class ModelRecord:
     backbone_fingerprint: np.ndarray | None = None
     backbone_family: str | None = None
     channels: tuple[int, ...] | None = None
+    #: Set by :func:`record_from_contents` when the file's checksum does not match its contents.
+    integrity_error: str | None = None
 
 
 def record_to_contents(record: ModelRecord) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -104,7 +112,21 @@ def record_to_contents(record: ModelRecord) -> tuple[dict[str, np.ndarray], dict
         meta["backbone_family"] = str(record.backbone_family)
     if record.channels is not None:
         meta["channels"] = json.dumps([int(c) for c in record.channels])
+    from ..files.checksums import contents_sha256
+
+    meta[CHECKSUM_KEY] = contents_sha256(tensors, meta, skip=CHECKSUM_KEY)
     return tensors, meta
+
+
+def _json_entry(meta: dict[str, str], key: str, kinds: tuple[type, ...], default: str | None = None) -> Any:
+    """The JSON value of ``meta[key]`` (``default`` when absent); ``ValueError`` unless it is one of ``kinds``."""
+    text = meta[key] if default is None else meta.get(key, default)
+    value = json.loads(text)
+    if not isinstance(value, kinds):
+        names = " or ".join("null" if kind is type(None) else {"dict": "a JSON object"}.get(kind.__name__, kind.__name__)
+                            for kind in kinds)  # fmt: skip
+        raise ValueError(f"{key} must be {names}, not {type(value).__name__}")
+    return value
 
 
 def record_from_contents(tensors: dict[str, np.ndarray], meta: dict[str, str], *, name: str) -> ModelRecord:
@@ -128,8 +150,9 @@ def record_from_contents(tensors: dict[str, np.ndarray], meta: dict[str, str], *
             f"'{name}' was written by a newer napari-hrdv2 (format {version}); please upgrade the plugin."
         )
     try:
-        params = json.loads(meta["params"])
-        config = json.loads(meta["feature_config"])
+        params = _json_entry(meta, "params", (dict,))
+        config = _json_entry(meta, "feature_config", (dict, type(None)))
+        class_names = _json_entry(meta, "class_names", (dict,), default="{}")
         record = ModelRecord(
             params=params,
             coef=np.asarray(tensors["coef"], dtype=np.float32),
@@ -137,7 +160,7 @@ def record_from_contents(tensors: dict[str, np.ndarray], meta: dict[str, str], *
             classes=np.asarray(tensors["classes"], dtype=np.int64),
             n_hr_features=int(meta["n_hr_features"]),
             feature_config=FeatureConfig.from_dict(config) if config else None,
-            class_names={int(k): str(v) for k, v in json.loads(meta.get("class_names", "{}")).items()},
+            class_names={int(k): str(v) for k, v in class_names.items()},
             backbone_fingerprint=tensors.get("backbone_fingerprint"),
         )
         family = meta.get("backbone_family")  # optional: files written before it was recorded have none
@@ -152,13 +175,30 @@ def record_from_contents(tensors: dict[str, np.ndarray], meta: dict[str, str], *
                 record.channels = parse_channels(json.loads(meta["channels"]))
             except InputError as err:
                 raise ValueError(f"channels: {err}") from None
-        summary = json.loads(meta.get("summary", "null"))
+        summary = _json_entry(meta, "summary", (dict, type(None)), default="null")
         if summary:
-            summary["pixels_per_class"] = {int(k): v for k, v in summary["pixels_per_class"].items()}
+            pixels = summary.get("pixels_per_class")
+            if not isinstance(pixels, dict):
+                raise ValueError("summary.pixels_per_class must be a JSON object")
+            summary["pixels_per_class"] = {int(k): v for k, v in pixels.items()}
             record.summary = summary
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as err:
         raise damaged(name, err) from err
+    record.integrity_error = integrity_problem(tensors, meta)
     return record
+
+
+def integrity_problem(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> str | None:
+    """Why the contents fail their ``checksum`` entry, or None (they match, or the file predates checksums)."""
+    from ..files.checksums import contents_sha256
+
+    stored = meta.get(CHECKSUM_KEY)
+    if stored is None:
+        return None
+    actual = contents_sha256(tensors, meta, skip=CHECKSUM_KEY)
+    if str(stored).strip().lower() == actual:
+        return None
+    return f"checksum {str(stored)[:12]}... recorded, {actual[:12]}... found"
 
 
 def damaged(name: str, err: Exception) -> ModelFileError:
@@ -204,6 +244,11 @@ def check_record(record: ModelRecord, tensors: dict[str, np.ndarray], *, n_class
         if fingerprint.ndim != 1 or fingerprint.dtype.kind != "f" or not np.isfinite(fingerprint).all():
             raise ModelFileError(f"'{name}' is damaged: invalid backbone fingerprint.")
         record.backbone_fingerprint = fingerprint.astype(np.float32)
+    if record.integrity_error is not None:
+        raise ModelFileError(
+            f"'{name}' fails its integrity check ({record.integrity_error}): its settings or weights were changed "
+            "after it was saved, or the file is damaged. Use the original file, or train and save the model again."
+        )
 
 
 def write_model_file(record: ModelRecord, path: str | Path, *, overwrite: bool = False) -> Path:
