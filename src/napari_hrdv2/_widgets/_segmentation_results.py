@@ -133,7 +133,7 @@ class SegmentationResults:
             for kind, layer_type, values, label in outputs:
                 self._paste(geometry, done, kind, layer_type, values, label=label, classes=classes, lazy=lazy)
         rows, cols = done.shape
-        where = f" plane {region.plane + 1}" if geometry.is_stack else ""
+        where = f" plane {region.plane}" if geometry.is_stack else ""
         return (
             f"Segmented the view of {geometry.name}{where}: rows {done.rows[0]}-{done.rows[1] - 1}, "
             f"columns {done.cols[0]}-{done.cols[1] - 1} ({rows}x{cols} px)."
