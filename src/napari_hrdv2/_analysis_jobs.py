@@ -34,6 +34,17 @@ class _Planes(Sequence):
         return read_plane(self.data, self.indices[position], is_stack=self.is_stack)
 
 
+class _CachedFeaturizer:
+    """A featurizer for :func:`~.core.analysis.pca.iter_fit_pca` that encodes through the session's cache: a plane
+    that Compute (or any job) already encoded is not encoded again, and a plane encoded here is kept for the next."""
+
+    def __init__(self, cache: EncodingCache, config: FeatureConfig):
+        self.cache, self.config = cache, config
+
+    def iter_encode(self, image: np.ndarray, **_: Any) -> Generator[Any, None, Any]:
+        return self.cache.iter_encode(image, self.config)  # with attention maps (cached ones have them too)
+
+
 def pca_fit_job(
     data: Any,
     indices: Sequence[int],
@@ -45,7 +56,8 @@ def pca_fit_job(
     foreground: bool = False,
     foreground_cue: str = "pca",
 ) -> Generator[Progress, None, PCABasis]:
-    """Fit one PCA basis on random pixels of planes ``indices`` (each encoded, sampled and released)."""
+    """Fit one PCA basis on random pixels of planes ``indices`` (each encoded, or taken from ``cache``, then
+    sampled; encodings stay in the cache, whose memory bound applies)."""
     from .core.analysis.pca import iter_fit_pca
     from .core.runtime.devices import inference_mode
 
@@ -53,12 +65,11 @@ def pca_fit_job(
         raise InputError("No planes to fit a PCA basis on.")
     yield Progress(0.0, 1, "Loading the backbone")
     with inference_mode():
-        featurizer = cache.featurizer(config)
-        featurizer.backbone  # noqa: B018
+        cache.featurizer(config).backbone  # noqa: B018
         steps = iter_fit_pca(
             _Planes(data, indices, is_stack),
             n_components=n_components,
-            featurizer=featurizer,
+            featurizer=_CachedFeaturizer(cache, config),  # type: ignore[arg-type]
             foreground=foreground,
             foreground_cue=foreground_cue,  # type: ignore[arg-type]
         )
@@ -87,9 +98,9 @@ def pca_apply_job(
         for i, index in enumerate(indices):
             plane = read_plane(data, index, is_stack=is_stack)
             steps = cache.iter_encode(plane, config)  # with attention maps (the attention cue needs them)
-            encoding = yield from within(steps, i / n, 0.9 / n, message=f"Encoding plane {index + 1}")
+            encoding = yield from within(steps, i / n, 0.9 / n, message=f"Encoding plane {index}")
             views[index] = basis.to_rgb(encoding, components)
-            yield Progress((i + 1) / n, 1, f"PCA view of plane {index + 1}")
+            yield Progress((i + 1) / n, 1, f"PCA view of plane {index}")
     return views
 
 
@@ -130,10 +141,10 @@ def similarity_search_job(
         for i, index in enumerate(indices):
             plane = read_plane(data, index, is_stack=is_stack)
             encoding = yield from within(
-                cache.iter_encode(plane, config), (i + 1) / n, 0.9 / n, message=f"Encoding plane {index + 1}"
+                cache.iter_encode(plane, config), (i + 1) / n, 0.9 / n, message=f"Encoding plane {index}"
             )
             maps[index] = similarity_to(encoding, vector)
-            yield Progress((i + 2) / n, 1, f"Similarity of plane {index + 1}")
+            yield Progress((i + 2) / n, 1, f"Similarity of plane {index}")
     return maps
 
 

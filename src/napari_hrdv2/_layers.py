@@ -2,8 +2,9 @@
 
 Axis conventions (one place): an image layer is a single plane ``(H, W[, 3|4])`` or a stack
 ``(N, H, W[, 3|4])``. Results keep that layout; maps with several channels (attention heads,
-features, class probabilities) put the channel axis first, ``(C, H, W)`` or ``(C, N, H, W)``, so the
-plane axis of a stack stays aligned with the image's plane axis in the viewer. Every result layer
+features) put the channel axis first, ``(C, H, W)`` or ``(C, N, H, W)``, so the plane axis of a stack
+stays aligned with the image's plane axis in the viewer; class probabilities are one layer per class,
+laid out like the image, so they add no slider to the viewer. Every result layer
 copies the source layer's ``scale`` and ``translate`` (a leading channel axis gets scale 1,
 translate 0) and carries ``metadata["napari_hrdv2"] = {"kind": ..., "source": <image name>, ...}``.
 """
@@ -352,20 +353,38 @@ def segmentation_layer_data(
     )
 
 
-def probabilities_layer_data(geometry: SourceGeometry, probabilities: np.ndarray, *, classes: list[int]) -> LayerData:
-    """Image layer ``"<image> probabilities"``: (n_classes, [N,] H, W) float32 in [0, 1], channel i = classes[i]."""
+def probability_name(source_name: str, class_name: str) -> str:
+    """Name of the probability layer of one class, e.g. ``"cells probabilities class 1"``."""
+    return f"{result_name(source_name, 'probabilities')} {class_name}"
+
+
+def probabilities_layer_data(
+    geometry: SourceGeometry, probabilities: Any, *, classes: list[int], label: int, class_name: str
+) -> LayerData:
+    """Image layer ``"<image> probabilities <class name>"``: the probability of class ``label``, ([N,] H, W) float32
+    in [0, 1], laid out like the image (one hidden layer per class, so no class slider joins the viewer's dims)."""
     return (
         _float32(probabilities),
         {
-            "name": result_name(geometry.name, "probabilities"),
+            "name": probability_name(geometry.name, class_name),
             "colormap": "viridis",
             "contrast_limits": (0.0, 1.0),
             "visible": False,
-            "metadata": _metadata("probabilities", geometry, classes=[int(c) for c in classes]),
-            **geometry.placement(channel_axis=True),
+            "metadata": _metadata("probabilities", geometry, classes=[int(c) for c in classes], label=int(label)),
+            **geometry.placement(),
         },
         "image",
     )
+
+
+def probability_layers(viewer: napari.Viewer, source_name: str) -> dict[int, Any]:
+    """{class label: layer} of the plugin's per-class probability layers of the image ``source_name``."""
+    found = {}
+    for layer in viewer.layers:
+        tag = plugin_tag(layer)
+        if tag and tag.get("kind") == "probabilities" and tag.get("source") == source_name and "label" in tag:
+            found[int(tag["label"])] = layer
+    return found
 
 
 def uncertainty_layer_data(geometry: SourceGeometry, uncertainty: np.ndarray) -> LayerData:

@@ -213,7 +213,7 @@ def features_job(
         n = len(indices)
         for i, index in enumerate(indices):
             plane = read_plane(data, index, is_stack=is_stack)
-            label = f"plane {index + 1}" if is_stack else "image"
+            label = f"plane {index}" if is_stack else "image"
             throttle = _Throttle()
 
             def partial_view(item: PartialEncoding, index: int = index, throttle: _Throttle = throttle) -> Any:
@@ -285,14 +285,14 @@ def _predict_planes(
     n = max(len(indices), 1)
     for i, index in enumerate(indices):
         base = start + span * i / n
-        encoding = yield from within(encode(index), base, 0.8 * span / n, message=f"Encoding plane {index + 1}")
-        yield Progress(base + 0.8 * span / n, 1, f"Predicting plane {index + 1}")
+        encoding = yield from within(encode(index), base, 0.8 * span / n, message=f"Encoding plane {index}")
+        yield Progress(base + 0.8 * span / n, 1, f"Predicting plane {index}")
         result.labels[index] = np.asarray(segmenter.predict(encoding))
         if uncertainty:
             result.uncertainty[index] = np.asarray(segmenter.uncertainty(encoding), dtype=np.float32)
         if probabilities:
             result.probabilities[index] = np.asarray(segmenter.predict_proba(encoding), dtype=np.float32)
-        yield Progress(start + span * (i + 1) / n, 1, f"Predicted plane {index + 1}")
+        yield Progress(start + span * (i + 1) / n, 1, f"Predicted plane {index}")
 
 
 def train_job(
@@ -355,7 +355,7 @@ def train_job(
                 if refine
                 else cache.iter_encode(plane, config)
             )
-            encoding = yield from within(steps, 0.5 * i / n, 0.5 / n, message=f"Encoding plane {index + 1}")
+            encoding = yield from within(steps, 0.5 * i / n, 0.5 / n, message=f"Encoding plane {index}")
             encodings.append(encoding)
     yield Progress(0.5, 1, "Training")
     # Outside inference mode: the optimiser needs autograd (tensors made in inference mode cannot be trained).
@@ -447,7 +447,7 @@ def train_lazy_job(
             steps = iter_encode_labelled(featurizer, plane, labels[index], cache=cache)
             start, span = 0.8 * i / len(indices), 0.8 / len(indices)
             plane_encodings, plane_crops = yield from within(
-                steps, start, span, message=f"Encoding the scribbled tiles of plane {index + 1}"
+                steps, start, span, message=f"Encoding the scribbled tiles of plane {index}"
             )
             encodings += plane_encodings
             crops += plane_crops

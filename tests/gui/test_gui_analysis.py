@@ -90,3 +90,27 @@ def test_matching_adds_side_by_side_lines_and_points(qtbot, dock):
     assert len(lines) == 6 and len(viewer.layers["a | b ends"].data) == 12
     for line in lines:  # B's end is drawn at its own position + the side-by-side offset
         np.testing.assert_array_equal(line[0] - (line[1] - [0, 98 + 8]), [14, 28])
+
+
+def test_fit_on_all_planes_reuses_the_encodings_of_compute(qtbot, dock, stack, monkeypatch):
+    """Compute / All planes then Fit on all planes: each plane is encoded once; planes are numbered as napari does."""
+    viewer, widget, tools = dock
+    layer = viewer.add_image(stack, name="cells")
+    widget._image.value = layer
+    finish(qtbot, widget.compute(layer, all_planes=True))
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=TIMEOUT_MS)
+    assert widget.status == "Features of cells plane(s) 0, 1 ready.", "planes count from 0, like napari's slider"
+    encoded, messages = [], []
+    iter_encode = hr.Featurizer.iter_encode
+
+    def counting(self, image, **kwargs):
+        encoded.append(image.shape)
+        return (yield from iter_encode(self, image, **kwargs))
+
+    monkeypatch.setattr(hr.Featurizer, "iter_encode", counting)
+    worker = tools.fit_basis()
+    worker.yielded.connect(lambda item: messages.append(getattr(item, "message", "")))
+    finish(qtbot, worker)
+    assert tools.basis is not None and tools.basis.metadata["n_images"] == 2
+    assert encoded == [], "Fit encoded again what Compute had just encoded"
+    assert not any("plane 2" in m for m in messages), messages

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
 from conftest import TIMEOUT_MS, dock, paint_two_classes, two_texture_image, wait_idle
 
@@ -271,3 +272,30 @@ def test_a_similarity_pick_paints_nothing_into_the_scribbles(viewer, qtbot, tiny
     np.testing.assert_array_equal(scribbles.data, before)
     features._similarity_mode.value = False
     assert scribbles.mode == "paint" and features._on_click not in viewer.mouse_drag_callbacks
+
+
+def test_missing_weights_message_shows_once_and_goes_when_weights_are_chosen(viewer, qtbot, tiny_backbone):
+    """Default state, offline: the missing-weights text shows in one line (elided; whole on hover and on click),
+    never twice, and leaves once valid weights are chosen; the Compute button stays in view."""
+    from qtpy.QtWidgets import QLabel
+
+    viewer.add_image(two_texture_image()[0], name="cells")
+    features = dock(viewer, "HR-Dv2 Features")
+    assert features.compute(features._image.value) is not None
+    wait_idle(qtbot, features)
+    qtbot.wait(50)
+    message = features.help_text
+    assert "hf download facebook/dinov2-small" in message
+
+    def showing() -> list:
+        return [label for label in features.native.findChildren(QLabel)
+                if not label.isHidden() and ("Could not load" in label.text() or "Could not load" in label.toolTip())]  # fmt: skip
+
+    assert len(showing()) == 1, "shown once"
+    line = showing()[0]
+    assert line.toolTip() == message and line.text() != message and line.text().endswith("…"), "elided, whole on hover"
+    assert not line.wordWrap(), "one line: it does not push the Compute button out of view"
+    qtbot.mouseClick(line, Qt.MouseButton.LeftButton)
+    assert line.text() == message, "a click shows the whole text"
+    features.select_weights(Path(tiny_backbone) / "config.json")
+    assert features.help_text == "" and showing() == [], "cleared once valid weights are chosen"

@@ -160,3 +160,27 @@ def test_a_failed_download_is_said_in_words(monkeypatch):
         load_backbone("someone/dinov2-nowhere")
     message = user_message(caught.value)
     assert "LocalEntryNotFoundError" not in message and "could not be reached" in message
+
+
+def test_probabilities_of_a_stack_add_no_slider(qtbot, docks):
+    """One hidden layer per class, laid out like the stack: the viewer keeps the image's one plane slider."""
+    from napari_hrdv2._layers import ViewRegion
+
+    viewer, _, segmentation = docks
+    stack = viewer.add_image(np.stack([two_texture_image(56, seed=s)[0] for s in (1, 2)]), name="cells")
+    ndim = viewer.dims.ndim
+    scribbles = segmentation.new_scribbles_layer(stack)
+    painted = scribbles.data.copy()
+    painted[0, 5:50, 5:9], painted[0, 5:50, 45:49] = 1, 2
+    scribbles.data = painted
+    segmentation._want_probabilities.value = True
+    finish(qtbot, segmentation, segmentation.train(stack, scribbles))
+    finish(qtbot, segmentation, segmentation.predict(stack, all_planes=True))
+    assert viewer.dims.ndim == ndim == 3
+    layers = [viewer.layers[f"cells probabilities class {c}"] for c in (1, 2)]
+    assert all(layer.data.shape == (2, 56, 56) and not layer.visible for layer in layers)
+    np.testing.assert_allclose(layers[0].data + layers[1].data, 1.0, atol=1e-4)
+    segmentation._session.class_names[2] = "membrane"
+    finish(qtbot, segmentation, segmentation.predict_view(stack, ViewRegion(1, (0, 20), (0, 30))))
+    assert viewer.dims.ndim == ndim
+    assert viewer.layers["cells probabilities membrane"] is layers[1], "renamed after its class, updated in place"

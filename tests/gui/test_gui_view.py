@@ -185,7 +185,7 @@ def test_predict_view_of_a_lazy_stack_fills_the_plane_shown(make_napari_viewer_p
     )
     np.testing.assert_array_equal(labels[1, 20:90, 30:100], full[20:90, 30:100])
     labels[1, 20:90, 30:100] = 0
-    assert not labels.any(), "nothing outside the region of plane 2"
+    assert not labels.any(), "nothing outside the region of plane 1"
 
 
 def test_train_on_a_huge_lazy_image_encodes_only_the_scribbled_tiles(

@@ -240,7 +240,7 @@ def test_train_two_textures(qtbot, viewer, segmentation_widget):
     uncertainty = viewer.layers["tex uncertainty"].data
     assert uncertainty.shape == (112, 112) and uncertainty.dtype == np.float32
     assert uncertainty.min() >= 0.0 and uncertainty.max() <= 1.0
-    probabilities = viewer.layers["tex probabilities"].data
+    probabilities = np.stack([viewer.layers[f"tex probabilities class {c}"].data for c in (1, 2)])
     assert probabilities.shape == (2, 112, 112)
     np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, atol=1e-4)
 

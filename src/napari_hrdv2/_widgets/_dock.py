@@ -8,7 +8,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
 
 from .._layers import plugin_tag, result_layers_of, show_results
 from ._common import (
@@ -18,9 +18,7 @@ from ._common import (
     connect_layer_list,
     disconnect_layer_list,
     preferred_image,
-    set_wrapped_text,
     source_image_of,
-    wrap_label,
 )
 from ._downloads import declined_message
 from ._runner import JobRunner, notify_error
@@ -39,48 +37,129 @@ def tab_page(*widgets: Any) -> Container:
     return page
 
 
+class MessageLine(QLabel):
+    """The dock's one message line: a single line, elided to the dock's width; the full text in its tooltip (hover)
+    and shown whole, wrapped, while expanded by a click (another click folds it again)."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+        self._full = ""
+        self._expanded = False
+        self.setSizePolicy(QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred))
+        self.setMinimumWidth(1)
+        self.setTextFormat(Qt.TextFormat.PlainText)
+        self.setCursor(Qt.CursorShape.PointingHandCursor)
+
+    @property
+    def full_text(self) -> str:
+        return self._full
+
+    @property
+    def expanded(self) -> bool:
+        return self._expanded
+
+    def show_message(self, text: str, *, warning: bool = False) -> None:
+        self._full = str(text)
+        if not self._full:
+            self._expanded = False
+        self.setStyleSheet(HELP_STYLE if warning and self._full else "")
+        self.setToolTip(self._full)
+        self._layout_text()
+
+    def set_expanded(self, expanded: bool) -> None:
+        self._expanded = bool(expanded and self._full)
+        self._layout_text()
+
+    def _layout_text(self) -> None:
+        self.setWordWrap(self._expanded)
+        if self._expanded:
+            self.setText(self._full)
+        else:
+            width = max(self.contentsRect().width(), 40)
+            one_line = " ".join(self._full.split())
+            self.setText(self.fontMetrics().elidedText(one_line, Qt.TextElideMode.ElideRight, width))
+        self.updateGeometry()
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 (Qt)
+        super().resizeEvent(event)
+        if not self._expanded:
+            self._layout_text()
+
+    def mousePressEvent(self, event: Any) -> None:  # noqa: N802 (Qt)
+        self.set_expanded(not self._expanded)
+        super().mousePressEvent(event)
+
+
 class DockMessages:
-    """What a dock tells the user: its status line, the help box, errors as notifications, and the question
-    before a backbone download.
+    """What a dock tells the user, in ONE place: its message line (status and help, each shown once, elided, the
+    full text on hover and on click), errors as notifications, and the question before a backbone download.
+
+    A help message (e.g. missing weights) stays in the line while its cause lasts: a newer status shows over it
+    and, once cleared, gives the line back to it; it goes when :meth:`show_help` (None) is called or the feature
+    settings change to another backbone (or the backbone loads).
 
     Parameters
     ----------
-    status_label, help_label : QLabel
-        The wrapping status line and the (hidden while empty) help box.
+    line : MessageLine
+        The message line.
     downloads : DownloadGate
         The viewer session's record of the downloads the user agreed to.
     parent : QWidget
         The dock (parent of the download question).
+    session : ViewerSession, optional
+        Its setting and backbone changes clear a help message whose cause they fix.
     """
 
-    def __init__(self, status_label: QLabel, help_label: QLabel, downloads: Any, parent: QWidget):
-        self._status_label = status_label
-        self._help = help_label
+    def __init__(self, line: MessageLine, downloads: Any, parent: QWidget, session: Any = None):
+        self._line = line
         self._downloads = downloads
         self._parent = parent
+        self._status = ""
+        self._help = ""
+        self._help_backbone: str | None = None
+        if session is not None:
+            session.config_changed.connect(self._on_config_changed)
+            session.backbone_changed.connect(self._on_backbone_loaded)
 
     def set_status(self, text: str) -> None:
-        """Show ``text`` in the status line (cut when very long; the whole text in its tooltip)."""
-        set_wrapped_text(self._status_label, text)
+        """Show ``text`` in the message line ('' gives the line back to a standing help message)."""
+        self._status = str(text)
+        self._show()
 
     @property
     def status(self) -> str:
-        """The status line (its full text)."""
-        return self._status_label.toolTip() or self._status_label.text()
+        """The status (its full text)."""
+        return self._status
 
-    def show_help(self, text: str | None) -> None:
-        """Show (or hide, with None) the help box under the status line."""
-        if text:
-            set_wrapped_text(self._help, text)
-        self._help.setVisible(bool(text))
+    def show_help(self, text: str | None, *, backbone: str | None = None) -> None:
+        """Show (or clear, with None) a help message that stays while its cause lasts; ``backbone`` is the backbone
+        it is about (choosing another one, or loading it, clears it)."""
+        self._help = str(text or "")
+        self._help_backbone = backbone if text else None
+        self._show()
 
     @property
     def help_text(self) -> str:
-        """The help box's text ('' while hidden)."""
-        return "" if self._help.isHidden() else (self._help.toolTip() or self._help.text())
+        """The standing help message ('' when none)."""
+        return self._help
+
+    def _show(self) -> None:
+        status, help_text = self._status, self._help
+        if help_text and (not status or help_text in status):
+            self._line.show_message(help_text, warning=True)  # the help, once (not also the status that says it)
+        else:
+            self._line.show_message(status)
+
+    def _on_config_changed(self, config: Any) -> None:
+        if self._help and getattr(config, "backbone", None) != self._help_backbone:
+            self.show_help(None)
+
+    def _on_backbone_loaded(self, info: Any) -> None:
+        if self._help and info is not None:
+            self.show_help(None)
 
     def report(self, error: BaseException, *, quiet: bool = False) -> None:
-        """Show ``error`` in the status line and, unless ``quiet``, as a notification."""
+        """Show ``error`` in the message line and, unless ``quiet``, as a notification."""
         self.set_status(str(error))
         if not quiet:
             notify_error(error)
@@ -92,7 +171,7 @@ class DockMessages:
         if not ok and repo is not None:
             message = declined_message(repo, for_model=for_model)
             self.set_status(message)
-            self.show_help(message)
+            self.show_help(message, backbone=backbone)
             if interactive:
                 from napari.utils.notifications import show_info
 
@@ -151,7 +230,6 @@ class DockFrame:
         layout.addWidget(self._progress)
         self._init_messages()
         layout.addWidget(self._status_label)
-        layout.addWidget(self._help)
         if isinstance(layout, QVBoxLayout):
             layout.addStretch(1)
         native.setMaximumWidth(DOCK_MAX_WIDTH * 2)
@@ -160,14 +238,12 @@ class DockFrame:
         self._wheel_guard.guard(native)  # every combo/spin box and slider of the dock: the wheel needs focus
 
     def _init_messages(self) -> DockMessages:
-        """The status line, the help box and :attr:`messages` that writes them (made once; placed by the frame)."""
+        """The message line and :attr:`messages` that writes it (made once; placed by the frame). ``_help`` is the
+        same line: status and help share one place."""
         if getattr(self, "messages", None) is None:
-            self._status_label = wrap_label(QLabel(""), selectable=True)
-            self._help = wrap_label(QLabel(""), selectable=True)
-            self._help.setStyleSheet(HELP_STYLE)
-            self._help.setVisible(False)
+            self._status_label = self._help = MessageLine()
             native: QWidget = self.native  # type: ignore[attr-defined]
-            self.messages = DockMessages(self._status_label, self._help, self._session.downloads, native)
+            self.messages = DockMessages(self._status_label, self._session.downloads, native, self._session)
         return self.messages
 
     def _make_runner(self, **kwargs: Any) -> JobRunner:
@@ -193,9 +269,9 @@ class DockFrame:
         """The dock's status line (its full text)."""
         return self.messages.status
 
-    def _show_help(self, text: str | None) -> None:
-        """Show (or hide, with None) the help box under the status line."""
-        self.messages.show_help(text)
+    def _show_help(self, text: str | None, *, backbone: str | None = None) -> None:
+        """Show (or clear, with None) the standing help message (see :meth:`DockMessages.show_help`)."""
+        self.messages.show_help(text, backbone=backbone)
 
     @property
     def help_text(self) -> str:

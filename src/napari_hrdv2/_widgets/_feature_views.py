@@ -93,7 +93,7 @@ class FeatureViews:
                 base = self._reusable_data(geometry, "PCA", "image", config_dict)
                 rgb = assemble_planes(geometry, result.pca, dtype=np.float32, base=base)
                 upsert_layer(self._viewer, pca_layer_data(geometry, rgb, config=config_dict))
-        planes = ", ".join(str(i + 1) for i in sorted(result.encodings)) if geometry.is_stack else ""
+        planes = ", ".join(str(i) for i in sorted(result.encodings)) if geometry.is_stack else ""
         return f"Features of {geometry.name}{' plane(s) ' + planes if planes else ''} ready."
 
     def _show_attention(self, geometry: SourceGeometry, attention: dict[int, np.ndarray], config_dict: dict) -> None:

@@ -214,7 +214,7 @@ class FeaturesWidget(DockFrame, Container):
 
     def _on_job_error(self, error: BaseException) -> None:
         if isinstance(error, WeightsNotFoundError):
-            self._show_help(f"{error}")
+            self._show_help(f"{error}", backbone=self._session.config.backbone)
             self._tabs.setCurrentIndex(0)
             self._select_weights.native.setFocus()
 

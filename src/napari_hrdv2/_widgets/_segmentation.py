@@ -378,4 +378,4 @@ class SegmentationWidget(DockFrame, Container):
 
     def _on_job_error(self, error: BaseException) -> None:
         if isinstance(error, WeightsNotFoundError):
-            self._show_help(f"{error}")
+            self._show_help(f"{error}", backbone=self._session.config.backbone)

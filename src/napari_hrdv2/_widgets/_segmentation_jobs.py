@@ -349,7 +349,7 @@ class SegmentationJobs:
             return
         self._results.show_prediction(geometry, result)
         self._refresh_classes()
-        planes = ", ".join(str(i + 1) for i in sorted(result.labels))
+        planes = ", ".join(str(i) for i in sorted(result.labels))
         self._messages.set_status(f"Segmented {geometry.name}" + (f" plane(s) {planes}." if geometry.is_stack else "."))
 
     def show_region(self, geometry: SourceGeometry, region: ViewRegion, result: RegionResult) -> None:

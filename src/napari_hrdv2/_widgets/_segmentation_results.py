@@ -15,6 +15,7 @@ from .._layers import (
     paste_region,
     paste_region_levels,
     probabilities_layer_data,
+    probability_layers,
     region_index,
     result_name,
     segmentation_layer_data,
@@ -76,12 +77,35 @@ class SegmentationResults:
                 )
                 upsert_layer(self._viewer, uncertainty_layer_data(geometry, data))
             if result.probabilities:
-                layer = find_result_layer(self._viewer, result_name(geometry.name, "probabilities"), "image")
-                data = assemble_planes(
-                    geometry, result.probabilities, dtype=np.float32, base=getattr(layer, "data", None),
-                    channel_axis=True,
-                )  # fmt: skip
-                upsert_layer(self._viewer, probabilities_layer_data(geometry, data, classes=classes))
+                self._show_probabilities(geometry, result.probabilities, classes)
+
+    def _show_probabilities(self, geometry: SourceGeometry, planes: dict[int, np.ndarray], classes: list[int]) -> None:
+        """One hidden "<image> probabilities <class name>" layer per class, laid out like the image (no slider)."""
+        layers = self._probability_layers(geometry, classes)
+        for i, label in enumerate(classes):
+            layer = layers.get(label)
+            data = assemble_planes(
+                geometry, {index: plane[i] for index, plane in planes.items()}, dtype=np.float32,
+                base=getattr(layer, "data", None),
+            )  # fmt: skip
+            upsert_layer(self._viewer, self._probability_data(geometry, data, classes, label))
+
+    def _probability_layers(self, geometry: SourceGeometry, classes: list[int]) -> dict[int, Any]:
+        """The image's per-class probability layers, renamed after their class; those of gone classes removed."""
+        layers = probability_layers(self._viewer, geometry.name)
+        for label, layer in list(layers.items()):
+            if label not in classes:
+                self._viewer.layers.remove(layer)
+                del layers[label]
+            else:
+                name = self._probability_data(geometry, None, classes, label)[1]["name"]
+                if layer.name != name and name not in self._viewer.layers:
+                    layer.name = name
+        return layers
+
+    def _probability_data(self, geometry: SourceGeometry, data: Any, classes: list[int], label: int) -> Any:
+        name = self.class_names([label])[label]
+        return probabilities_layer_data(geometry, data, classes=classes, label=label, class_name=name)
 
     def reveal_grey_image(self, geometry: SourceGeometry) -> None:
         """Hide the PCA view under a new segmentation, so the labels are read over the grey image."""
@@ -99,17 +123,17 @@ class SegmentationResults:
         classes = [int(c) for c in result.segmenter.classes_]
         done = ViewRegion(region.plane, (result.top, result.top + result.labels.shape[0]),
                           (result.left, result.left + result.labels.shape[1]))  # fmt: skip
-        outputs = [("segmentation", "labels", result.labels, False)]
+        outputs = [("segmentation", "labels", result.labels, None)]
         if result.uncertainty is not None:
-            outputs.append(("uncertainty", "image", result.uncertainty, False))
-        if result.probabilities is not None:
-            outputs.append(("probabilities", "image", result.probabilities, True))
+            outputs.append(("uncertainty", "image", result.uncertainty, None))
         with keep_active_layer(self._viewer):
-            for kind, layer_type, values, channel_axis in outputs:
-                self._paste(geometry, done, kind, layer_type, values, channel_axis=channel_axis, classes=classes,
-                            lazy=lazy)  # fmt: skip
+            if result.probabilities is not None:
+                self._probability_layers(geometry, classes)
+                outputs += [("probabilities", "image", result.probabilities[i], c) for i, c in enumerate(classes)]
+            for kind, layer_type, values, label in outputs:
+                self._paste(geometry, done, kind, layer_type, values, label=label, classes=classes, lazy=lazy)
         rows, cols = done.shape
-        where = f" plane {region.plane + 1}" if geometry.is_stack else ""
+        where = f" plane {region.plane}" if geometry.is_stack else ""
         return (
             f"Segmented the view of {geometry.name}{where}: rows {done.rows[0]}-{done.rows[1] - 1}, "
             f"columns {done.cols[0]}-{done.cols[1] - 1} ({rows}x{cols} px)."
@@ -123,21 +147,23 @@ class SegmentationResults:
         layer_type: str,
         values: np.ndarray,
         *,
-        channel_axis: bool,
+        label: int | None,
         classes: list[int],
         lazy: bool,
     ) -> None:
-        """Paste one output of a view's prediction into its result layer (a pyramid like the image's if it is one)."""
-        layer = find_result_layer(self._viewer, result_name(geometry.name, kind), layer_type)
+        """Paste one output of a view's prediction into its result layer (a pyramid like the image's if it is one);
+        ``label`` is the class of a probability output."""
+        if label is None:
+            layer = find_result_layer(self._viewer, result_name(geometry.name, kind), layer_type)
+        else:
+            layer = probability_layers(self._viewer, geometry.name).get(label)
         base = getattr(layer, "data", None)
         if geometry.level_shapes is not None:
-            channels = len(classes) if channel_axis else None
             base = list(base) if base is not None and getattr(layer, "multiscale", False) else None
-            data = paste_region_levels(base, geometry, done, values, channels=channels, lazy_source=lazy)
+            data = paste_region_levels(base, geometry, done, values, lazy_source=lazy)
         else:
-            shape = geometry.planes_shape if not channel_axis else (len(classes), *geometry.planes_shape)
-            index = region_index(geometry, done, channel_axis=channel_axis)
-            data = paste_region(base, shape, index, values, lazy_source=lazy)
+            index = region_index(geometry, done)
+            data = paste_region(base, geometry.planes_shape, index, values, lazy_source=lazy)
         if kind == "segmentation":
             layer_data = segmentation_layer_data(
                 geometry, data, classes=classes, class_names=self.class_names(classes), **self._display()
@@ -145,7 +171,7 @@ class SegmentationResults:
         elif kind == "uncertainty":
             layer_data = uncertainty_layer_data(geometry, data)
         else:
-            layer_data = probabilities_layer_data(geometry, data, classes=classes)
+            layer_data = self._probability_data(geometry, data, classes, int(label or 0))
         if isinstance(data, list):
             layer_data[1]["multiscale"] = True
         created = layer is None
