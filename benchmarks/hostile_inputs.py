@@ -545,6 +545,7 @@ class Cases(_ChannelCases):
         self._option_cases()
         self._channel_cases()
         self._room_cases()
+        self._second_pass_cases()
 
     def fresh(self, name: str) -> Path:
         folder = self.root / "cases" / name.replace("/", "_")
@@ -1126,6 +1127,524 @@ class Cases(_ChannelCases):
                              "batch_size=0.5": {"batch_size": 0.5}, "tile_overlap=None": {"tile_overlap": None},
                              "shift_distances='5'": {"shift_distances": "5x"}}.items():  # fmt: skip
             self.add(f"option/FeatureConfig({name})/api", api_config(**values))
+
+    # ------------------------------------------------------------------ second pass (issue "Reliability, second pass")
+    def _basis(self) -> Path:
+        """A 3-component PCA basis fitted on tex.tif with the tiny backbone."""
+        path = self.root / "basis.safetensors"
+        if not path.exists():
+            outcome = run_cli(["pca", "fit", self.files / "tex.tif", "-o", path, "--components", "3", *self.opts])
+            assert outcome.category == "defined", outcome
+        return path
+
+    def _crafted_basis(self, name: str, change: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> Path:
+        """The basis with tensors changed and its checksum dropped (a file written before checksums existed)."""
+        from safetensors import safe_open
+        from safetensors.numpy import save_file
+
+        with safe_open(str(self._basis()), framework="numpy") as handle:
+            meta = dict(handle.metadata())
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        meta.pop("checksum", None)
+        tensors.update(change(tensors))
+        path = self.fresh(f"basis {name}") / "b.safetensors"
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=meta)
+        return path
+
+    def _edited_backbone(self, name: str, change: Callable[[dict[str, Any]], None]) -> Path:
+        """A copy of the tiny backbone folder whose model.safetensors was edited by ``change``."""
+        import shutil
+
+        from safetensors.torch import load_file, save_file
+
+        folder = self.fresh(f"backbone {name}") / "edited"
+        if not folder.exists():
+            shutil.copytree(self.backbone, folder)
+            state = load_file(str(folder / "model.safetensors"))
+            change(state)
+            save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"),
+                      metadata={"format": "pt"})  # fmt: skip
+        return folder
+
+    def _second_pass_cases(self) -> None:
+        import shutil
+
+        import tifffile
+        import zarr
+
+        from napari_hrdv2.core.segmentation.segmenter import LinearSegmenter
+
+        def tree(folder: Path) -> dict[str, str | None]:
+            return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*"))}
+
+        def zarr_image(path: Path) -> Path:
+            if not path.exists():
+                zarr.save_array(str(path), self.image)
+            return path
+
+        def broken_ome_zarr(path: Path) -> Path:
+            group = zarr.open_group(str(path), mode="w")
+            group.attrs["multiscales"] = [
+                {"version": "0.4", "axes": [{"name": "y"}, {"name": "x"}], "datasets": [{"path": "0"}]}
+            ]
+            return path
+
+        # -------------------------------------------------------------- data loss
+        def match_png_onto_input() -> Outcome:
+            from PIL import Image
+
+            folder = self.fresh("match png onto input")
+            for name in ("a.png", "b.png"):
+                Image.fromarray(self.image).save(folder / name)
+            outcome = run_cli(["match", folder / "a.png", folder / "b.png", "-o", folder / "m.csv", "--png",
+                               folder / "a.png", "--overwrite", *self.opts], protect=(folder / "a.png",),
+                              expect="error")  # fmt: skip
+            if outcome.category == "clear" and (folder / "m.csv").exists():
+                return Outcome("silent", f"refused, but m.csv written; {outcome.detail}")
+            return outcome
+
+        def pca_apply_own_outputs() -> Outcome:
+            from PIL import Image
+
+            folder = self.fresh("pca apply own outputs") / "d9"
+            folder.mkdir(exist_ok=True)
+            Image.fromarray(self.image).save(folder / "x.png")
+            Image.fromarray(self.image[::-1].copy()).save(folder / "x_pca.png")  # the user's file (or a last view)
+
+            def only_its_own(_out: str, _err: str) -> bool | str:
+                names = sorted(p.name for p in folder.iterdir())
+                return True if names == ["x.png", "x_pca.png"] else f"read its own output as an input: {names}"
+
+            return run_cli(["pca", "apply", folder, "--basis", self._basis(), "-o", folder, "--overwrite",
+                            "--device", "cpu", "-q"], only_its_own, protect=(folder / "x.png",),
+                           expect="result")  # fmt: skip
+
+        def stream_segment_onto_input(inside: bool) -> Callable[[], Outcome]:
+            def case() -> Outcome:
+                import napari_hrdv2 as hr
+
+                source = zarr_image(self.fresh(f"stream onto input {inside}") / "in.zarr")
+                before = tree(source)
+                segmenter = LinearSegmenter.load(self.model)
+                target = source / "labels.zarr" if inside else source
+                outcome = run_api(lambda: hr.stream_segment(segmenter, source, {"labels": target},
+                                                            featurizer=segmenter.feature_config),
+                                  expect="error")  # fmt: skip
+                if tree(source) != before or not np.array_equal(hr.open_lazy(source)[...], self.image):
+                    return Outcome("lost", f"the input in.zarr was changed; {outcome.category}: {outcome.detail}")
+                return outcome
+
+            return case
+
+        def batch_into_zarr_input() -> Outcome:
+            source = zarr_image(self.fresh("batch into zarr input") / "x.zarr")
+            before = tree(source)
+            outcome = run_cli(["segment", source, "--model", self.model, "-o", source, "--format", "zarr",
+                               "--overwrite", "-q"], expect="error")  # fmt: skip
+            if tree(source) != before:
+                return Outcome("lost", f"the input x.zarr was changed; {outcome.category}: {outcome.detail}")
+            return outcome
+
+        self.add("second pass/data loss/match --png onto image A --overwrite/cli", match_png_onto_input)
+        self.add("second pass/data loss/pca apply d9 -o d9 --overwrite with the user's x_pca.png/cli",
+                 pca_apply_own_outputs)  # fmt: skip
+        self.add("second pass/data loss/stream_segment labels onto in.zarr/api", stream_segment_onto_input(False))
+        self.add("second pass/data loss/stream_segment labels into in.zarr/labels.zarr/api",
+                 stream_segment_onto_input(True))  # fmt: skip
+        self.add("second pass/data loss/segment x.zarr -o x.zarr --format zarr --overwrite/cli", batch_into_zarr_input)
+
+        # -------------------------------------------------------------- silent results
+        def torn_chunk(tear: str) -> Callable[[], Outcome]:
+            def case() -> Outcome:
+                from napari_hrdv2.core.files.lazy import ZarrOutput
+
+                folder = self.fresh(f"torn chunk {tear}")
+                job = {"model_sha256": "abc", "input": "x.tif"}
+
+                def output() -> ZarrOutput:
+                    return ZarrOutput(folder / "x_labels.zarr", (1, 40, 50), "uint8", chunks=16, job=job, single=True)
+
+                first = output().open()
+                first.write_rows(0, 0, np.full((32, 50), 3, np.uint8))  # chunk rows 0 and 1, then the run stops
+                chunk = first.partial / "0" / "1.2"
+                data = chunk.read_bytes()
+                chunk.write_bytes(data[: len(data) // 2] if tear == "truncated" else bytes(len(data)))
+
+                def resume() -> np.ndarray:
+                    resumed = output().open()
+                    done = resumed.done_rows(0)
+                    for row in range(resumed.n_chunk_rows):  # as the driver does: only the rows not done
+                        if row not in done:
+                            top = row * 16
+                            resumed.write_rows(0, top, np.full((min(16, 40 - top), 50), 3, np.uint8))
+                    path = resumed.finish()
+                    return zarr.open_group(str(path), mode="r")["0"][:]
+
+                def check(labels: np.ndarray) -> bool | str:
+                    if np.array_equal(labels, np.full((40, 50), 3, np.uint8)):
+                        return True
+                    return f"the resumed output kept the torn chunk ({(labels != 3).mean():.1%} of pixels wrong)"
+
+                return run_api(resume, check, expect="result")
+
+            return case
+
+        self.add(
+            "second pass/silent/resume a Zarr output with a truncated chunk/api ZarrOutput", torn_chunk("truncated")
+        )
+        self.add("second pass/silent/resume a Zarr output with a zeroed chunk/api ZarrOutput", torn_chunk("zeroed"))
+
+        def basis_other_weights() -> Outcome:
+            import napari_hrdv2 as hr
+
+            basis = hr.PCABasis.load(self._basis())
+            config = self.config().replace(backbone=self.other_backbone)
+            encoding = hr.Featurizer(config).encode(self.image, with_attention=False)
+            return run_api(lambda: basis.to_rgb(encoding), expect="error")
+
+        self.add("second pass/silent/basis applied with other backbone weights of the same width/api to_rgb",
+                 basis_other_weights)  # fmt: skip
+
+        def backbone_case(name: str, change: Callable[[dict[str, Any]], None]) -> None:
+            def case() -> Outcome:
+                folder = self._edited_backbone(name, change)
+                out = self.fresh(f"backbone out {name}") / "f.npy"
+                opts = [a if a != self.backbone else folder for a in self.opts]
+
+                def finite(_out: str, _err: str) -> bool | str:
+                    return True if np.isfinite(np.load(out)).all() else "non-finite features"
+
+                return run_cli(["features", self.files / "tex.tif", "-o", out, "--overwrite", *opts], finite,
+                               expect="error")  # fmt: skip
+
+            self.add(f"second pass/silent/{name}/cli features --backbone", case)
+
+        backbone_case("NaN tensor in a transformers-layout folder",
+                      lambda s: s["embeddings.cls_token"].fill_(float("nan")))  # fmt: skip
+
+        def to_int8(state: dict[str, Any]) -> None:
+            import torch
+
+            state["layernorm.weight"] = state["layernorm.weight"].to(torch.int8)
+
+        backbone_case("int8 weights in a transformers-layout folder", to_int8)
+
+        basis_changes: dict[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] = {
+            "NaN components": lambda t: {"components": np.full_like(t["components"], np.nan)},
+            "high == low": lambda t: {"high": t["low"].copy()},
+            "high = inf": lambda t: {"high": np.full_like(t["high"], np.inf)},
+        }
+        for name, change in basis_changes.items():
+
+            def basis_case(name: str = name, change: Callable[..., Any] = change) -> Outcome:
+                basis = self._crafted_basis(name, change)
+                out = self.fresh(f"basis out {name}")
+
+                def finite_view(_out: str, _err: str) -> bool | str:
+                    from PIL import Image
+
+                    view = np.asarray(Image.open(out / "tex_pca.png"))
+                    return True if view.std() > 0 else "a constant PCA view"
+
+                return run_cli(["pca", "apply", self.files / "tex.tif", "--basis", basis, "-o", out, "--overwrite",
+                                "--device", "cpu", "-q"], finite_view, expect="error")  # fmt: skip
+
+            self.add(f"second pass/silent/basis with {name}/cli pca apply", basis_case)
+
+        def edited_model(name: str, meta_change: dict[str, str], drop_checksum: bool) -> Path:
+            from safetensors import safe_open
+            from safetensors.numpy import save_file
+
+            with safe_open(str(self.model), framework="numpy") as handle:
+                meta = dict(handle.metadata())
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            meta.update(meta_change)
+            if drop_checksum:
+                meta.pop("checksum", None)
+            path = self.fresh(f"edited model {name}") / "m.hrdv2"
+            save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=meta)
+            return path
+
+        from safetensors import safe_open
+
+        with safe_open(str(self.model), framework="numpy") as handle:
+            config = json.loads(handle.metadata()["feature_config"])
+        shifts_edit = {"feature_config": json.dumps(dict(config, shifts="moore"))}
+
+        def edited_shifts_api() -> Outcome:
+            path = edited_model("shifts", shifts_edit, drop_checksum=False)
+            return run_api(lambda: LinearSegmenter.load(path), expect="error")
+
+        def edited_shifts_cli() -> Outcome:
+            path = edited_model("shifts", shifts_edit, drop_checksum=False)
+            folder = self.fresh("edited model shifts out")
+            return run_cli(["segment", self.files / "tex.tif", "--model", path, "-o", folder, "--overwrite", "-q"],
+                           expect="error")  # fmt: skip
+
+        self.add("second pass/silent/model with an edited feature_config.shifts/api load", edited_shifts_api)
+        self.add("second pass/silent/model with an edited feature_config.shifts/cli segment", edited_shifts_cli)
+
+        # -------------------------------------------------------------- tracebacks
+        def pca_apply_full_disk() -> Outcome:
+            big = self.fresh("pca full disk input") / "big.tif"
+            if not big.exists():
+                rng = np.random.default_rng(3)
+                tifffile.imwrite(big, (rng.random((280, 280)) * 255).astype(np.uint8))
+            basis = self._basis()
+            with tmpfs("300k") as mount:
+                if mount is None:
+                    out = self.fresh("pca full disk mocked")
+                    with _free_bytes(1_000):
+                        outcome = run_cli(["pca", "apply", big, "--basis", basis, "-o", out, "-q"], expect="error")
+                    left = [p.name for p in out.iterdir()]
+                    return Outcome("silent", f"files written although refused: {left}") if left else outcome
+                with open(mount / "filler", "wb") as handle, contextlib.suppress(OSError):
+                    handle.write(b"\0" * (300 * 1024 - 4 * 1024))
+                outcome = run_subprocess(["pca", "apply", big, "--basis", basis, "-o", mount, "--device", "cpu",
+                                          "-q"], timeout=120)  # fmt: skip
+                target = mount / "big_pca.png"
+                if target.exists() and not _complete(target):
+                    return Outcome("lost", f"{target.name} exists but is incomplete; {outcome.detail[:100]}")
+                if outcome.category == "defined":
+                    return Outcome("silent", "succeeded on a full disk") if not _complete(target) else outcome
+                return outcome
+
+        self.add("second pass/traceback/pca apply on a full disk (tmpfs)/cli", pca_apply_full_disk)
+
+        def open_lazy_missing_dataset() -> Outcome:
+            import napari_hrdv2 as hr
+
+            path = broken_ome_zarr(self.fresh("open_lazy missing dataset") / "m.zarr")
+            return run_api(lambda: hr.open_lazy(path), expect="error")
+
+        self.add(
+            "second pass/traceback/OME-Zarr naming a missing dataset path/api open_lazy", open_lazy_missing_dataset
+        )
+
+        names_list = {"class_names": json.dumps(["cell", "background"])}
+
+        def class_names_list_api() -> Outcome:
+            path = edited_model("class_names list", names_list, drop_checksum=True)
+            return run_api(lambda: LinearSegmenter.load(path), expect="error")
+
+        def class_names_list_cli() -> Outcome:
+            path = edited_model("class_names list", names_list, drop_checksum=True)
+            folder = self.fresh("class_names list out")
+            return run_cli(["segment", self.files / "tex.tif", "--model", path, "-o", folder, "--overwrite", "-q"],
+                           expect="error")  # fmt: skip
+
+        self.add("second pass/traceback/model whose class_names is a JSON list/api load", class_names_list_api)
+        self.add("second pass/traceback/model whose class_names is a JSON list/cli segment", class_names_list_cli)
+
+        # -------------------------------------------------------------- batch
+        def broken_zarr_in_batch() -> Outcome:
+            folder = self.fresh("batch broken zarr")
+            inputs = folder / "in"
+            inputs.mkdir(exist_ok=True)
+            for name in ("b.tif", "z.tif"):
+                tifffile.imwrite(inputs / name, self.image)
+            broken_ome_zarr(inputs / "m.zarr")
+            out = folder / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            outcome = run_cli(["segment", inputs, "--model", self.model, "-o", out, "-q"], expect="error")
+            written = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+            if written != ["b_labels.tif", "z_labels.tif"]:
+                return Outcome("silent", f"the batch wrote {written}; {outcome.category}: {outcome.detail[:120]}")
+            if outcome.category == "clear" and "exit 1" not in outcome.detail:
+                return Outcome("unclear", f"not exit 1: {outcome.detail}")
+            return outcome
+
+        self.add("second pass/batch/b.tif + a broken OME-Zarr + z.tif in one folder/cli segment", broken_zarr_in_batch)
+
+        # -------------------------------------------------------------- unclear
+        def concurrent_zarr_runs() -> Outcome:
+            folder = self.fresh("concurrent zarr")
+            out = folder / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            argv = ["segment", self.files / "tex.tif", "--model", self.model, "-o", out, "--format", "zarr", "-q"]
+            code = textwrap.dedent("""
+                import sys, time
+                from napari_hrdv2.core.files import lazy
+                real = lazy.ZarrOutput.write_rows
+                def slow(self, *args, **kwargs):
+                    time.sleep(8)
+                    return real(self, *args, **kwargs)
+                lazy.ZarrOutput.write_rows = slow
+                from napari_hrdv2.cli import main
+                sys.exit(main(sys.argv[1:]))
+            """)
+            first = subprocess.Popen([sys.executable, "-c", code, *map(str, argv)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)  # fmt: skip
+            lock = out / "tex_labels.zarr.partial" / ".hrdv2_state" / "lock.json"
+            try:
+                deadline = time.monotonic() + 50
+                while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if not lock.exists():
+                    return Outcome("skipped", f"the first run took no lock (exit {first.poll()})")
+                second = run_cli(argv, expect="error")
+                _, first_err = first.communicate(timeout=60)
+            finally:
+                if first.poll() is None:
+                    first.kill()
+                    first.wait()
+            if first.returncode != 0:
+                return Outcome("lost", f"the first run failed (exit {first.returncode}: {first_err.strip()[-160:]}); "
+                                       f"second: {second.category}: {second.detail[:100]}")  # fmt: skip
+            labels = zarr.open_group(str(out / "tex_labels.zarr"), mode="r")["0"][:]
+            if not set(np.unique(labels).tolist()) <= {1, 2} or labels.shape[-2:] != self.image.shape:
+                return Outcome("lost", f"the first run's output is damaged: shape {labels.shape}")
+            if second.category == "clear" and "another run" not in second.detail:
+                return Outcome("unclear", f"refused, but not for the other run: {second.detail}")
+            return second
+
+        self.add("second pass/unclear/two concurrent segment --format zarr runs on one output/cli",
+                 concurrent_zarr_runs)  # fmt: skip
+        self.add("second pass/unclear/--scheduler udp://x/cli segment",
+                 lambda: run_cli(["segment", self.files / "tex.tif", "--model", self.model, "-o",
+                                  self.fresh("udp"), "--scheduler", "udp://x", "-q"], expect="error"))  # fmt: skip
+
+        def zarr_image_cases() -> None:
+            def features() -> Outcome:
+                folder = self.fresh("features zarr image")
+                source = zarr_image(folder / "img.zarr")
+                out = folder / "f.npy"
+
+                def shape(_out: str, _err: str) -> bool | str:
+                    found = np.load(out).shape
+                    return True if found[-2:] == self.image.shape and len(found) == 3 else f"features {found}"
+
+                return run_cli(["features", source, "-o", out, "--overwrite", *self.opts], shape, expect="result",
+                               protect=(source / ".zarray",))  # fmt: skip
+
+            def train() -> Outcome:
+                folder = self.fresh("train zarr image")
+                source = zarr_image(folder / "img.zarr")
+                strokes = folder / "strokes.zarr"
+                if not strokes.exists():
+                    zarr.save_array(str(strokes), self.strokes)
+                out = folder / "m.hrdv2"
+
+                def loads(_out: str, _err: str) -> bool | str:
+                    return True if LinearSegmenter.load(out).classes_.tolist() == [1, 2] else "wrong classes"
+
+                return run_cli(["train", source, "--labels", strokes, "-o", out, "--overwrite", *self.opts], loads,
+                               expect="result")  # fmt: skip
+
+            self.add("second pass/unclear/features on a .zarr image/cli", features)
+            self.add("second pass/unclear/train on a .zarr image and .zarr labels/cli", train)
+
+        zarr_image_cases()
+
+        def special_paths() -> dict[str, Path]:
+            folder = self.fresh("special paths")
+            paths = {name: folder / name for name in ("pipe.tif", "pipe.hrdv2", "pipe.safetensors", "loop.tif",
+                                                      "loop2.tif", "folder.hrdv2")}  # fmt: skip
+            if not paths["pipe.tif"].exists():
+                for name in ("pipe.tif", "pipe.hrdv2", "pipe.safetensors"):
+                    os.mkfifo(paths[name])
+                paths["loop.tif"].symlink_to(paths["loop2.tif"])
+                paths["loop2.tif"].symlink_to(paths["loop.tif"])
+                paths["folder.hrdv2"].mkdir()
+            return paths
+
+        tex, out_npy = self.files / "tex.tif", self.fresh("special out") / "f.npy"
+        special: dict[str, Callable[[dict[str, Path]], list[Any]]] = {
+            "FIFO as the image/cli features": lambda p: ["features", p["pipe.tif"], "-o", out_npy, *self.opts],
+            "FIFO as the labels/cli train": lambda p: ["train", tex, "--labels", p["pipe.tif"], "-o",
+                                                       out_npy.with_suffix(".hrdv2"), *self.opts],
+            "FIFO as the model/cli segment": lambda p: ["segment", tex, "--model", p["pipe.hrdv2"], "-q"],
+            "FIFO as the basis/cli pca apply": lambda p: ["pca", "apply", tex, "--basis", p["pipe.safetensors"], "-o",
+                                                          out_npy.parent, "-q"],
+            "FIFO as the backbone/cli features": lambda p: ["features", tex, "-o", out_npy, "--backbone",
+                                                            p["pipe.safetensors"], "-q"],
+            "symlink loop as the image/cli features": lambda p: ["features", p["loop.tif"], "-o", out_npy, *self.opts],
+            "symlink loop as the image/cli segment": lambda p: ["segment", p["loop.tif"], "--model", self.model, "-o",
+                                                                out_npy.parent / "o", "-q"],
+            "a folder as --model/cli segment": lambda p: ["segment", tex, "--model", p["folder.hrdv2"], "-q"],
+        }  # fmt: skip
+        for name, argv in special.items():
+            if not hasattr(os, "mkfifo"):
+                continue
+            self.add(f"second pass/unclear/{name}",
+                     lambda argv=argv: run_cli(argv(special_paths()), expect="error"))  # fmt: skip
+
+        def channels_last_tiff() -> Outcome:
+            folder = self.fresh("channels last tiff")
+            image, _ = two_textures(112)
+            path = folder / "c5.tif"
+            tifffile.imwrite(path, np.stack([image, 255 - image, image // 2, image, image], axis=-1))
+            out = folder / "f.npy"
+
+            def shape(_out: str, _err: str) -> bool | str:
+                found = np.load(out).shape
+                return True if found[-2:] == (112, 112) and len(found) == 3 else f"features {found}"
+
+            return run_cli(["features", path, "-o", out, "--channels", "0", "--overwrite", *self.opts], shape,
+                           expect="result", protect=(path,))  # fmt: skip
+
+        self.add("second pass/unclear/(112,112,5) TIFF with --channels 0/cli features", channels_last_tiff)
+
+        def backbone_argv(backbone: Any, name: str) -> list[Any]:
+            out = self.fresh(f"backbone arg {name}") / "f.npy"
+            opts = [a if a != self.backbone else backbone for a in self.opts]
+            return ["features", self.files / "tex.tif", "-o", out, "--overwrite", *opts]
+
+        def config_mismatch() -> Outcome:
+            folder = self.fresh("config mismatch") / "mixed"
+            if not folder.exists():
+                shutil.copytree(self.backbone, folder)
+                config = json.loads((folder / "config.json").read_text())
+                config["hidden_size"] = 32
+                (folder / "config.json").write_text(json.dumps(config))
+            return run_cli(backbone_argv(folder, "mixed"), expect="error")
+
+        self.add("second pass/unclear/config.json size disagrees with the weights/cli features --backbone",
+                 config_mismatch)  # fmt: skip
+        self.add("second pass/unclear/a .hrdv2 model as --backbone/cli features",
+                 lambda: run_cli(backbone_argv(self.model, "model"), expect="error"))  # fmt: skip
+
+        def relative_backbone() -> Outcome:
+            here = Path.cwd()
+            folder = self.fresh("relative backbone")
+            model = folder / "m.hrdv2"
+            opts = [a if a != self.backbone else "tiny" for a in self.opts]
+            try:
+                os.chdir(self.root)  # the tiny backbone is ./tiny here
+                trained = run_cli(["train", self.files / "tex.tif", "--labels", self.files / "tex_strokes.tif", "-o",
+                                   model, "--overwrite", *opts])  # fmt: skip
+                if trained.category != "defined":
+                    return Outcome("skipped", f"could not train with --backbone tiny: {trained.detail}")
+                elsewhere = self.fresh("relative backbone elsewhere")
+                os.chdir(elsewhere)  # a fresh process: the backbone loaded above is not in its cache
+                outcome = run_subprocess(["segment", self.files / "tex.tif", "--model", model, "-o", elsewhere / "o",
+                                          "--overwrite", "-q"], timeout=120)  # fmt: skip
+            finally:
+                os.chdir(here)
+            if outcome.category == "defined":
+                return Outcome("silent", "applied from another folder although its backbone 'tiny' is not there")
+            if outcome.category == "clear" and "--backbone-path" not in outcome.detail:
+                return Outcome("unclear", f"no hint at --backbone-path: {outcome.detail}")
+            if outcome.category == "unclear" and "--backbone-path" in outcome.detail:  # one line, but how long?
+                return Outcome("unclear", f"one line with the hint, but longer than 600 chars; {outcome.detail}")
+            return outcome
+
+        self.add("second pass/unclear/model trained with a relative --backbone, used from another folder/cli segment",
+                 relative_backbone)  # fmt: skip
+
+        def truncated_hf_cache() -> Outcome:
+            snapshot = self.root / "hub" / "models--facebook--dinov2-small" / "snapshots" / "0123abcd"
+            if not snapshot.exists():
+                shutil.copytree(self.backbone, snapshot)
+                data = (snapshot / "model.safetensors").read_bytes()
+                (snapshot / "model.safetensors").write_bytes(data[: len(data) // 2])
+            outcome = run_cli(backbone_argv(snapshot, "hf cache"), expect="error")
+            if outcome.category == "clear" and "Hugging Face cache" not in outcome.detail:  # (detail: 240 chars)
+                return Outcome("unclear", f"not named a damaged file of the Hugging Face cache: {outcome.detail}")
+            return outcome
+
+        self.add("second pass/unclear/truncated model.safetensors in the Hugging Face cache/cli features --backbone",
+                 truncated_hf_cache)  # fmt: skip
 
 
 @contextlib.contextmanager
