@@ -93,3 +93,13 @@ def test_cli_lists_every_preset_and_sets_facet_and_layer():
     assert (config.facet, config.layer, config.backbone) == ("key", -2, "dinov3_vits16")
     help_text = parser._subparsers._group_actions[0].choices["features"].format_help()
     assert all(name in help_text.replace("\n", " ").replace(" ", "") for name in hr.BACKBONES)
+
+
+def test_unknown_backbone_names_close_presets_and_stays_one_short_line():
+    """A typo of a preset is answered with the preset it resembles; the message no longer lists every preset."""
+    from napari_hrdv2.core.backbone.registry import backbone_names
+
+    with pytest.raises(hr.InputError, match="Did you mean 'dinov2_vits14'") as caught:
+        hr.load_backbone("dinov2_vits41")
+    message = str(caught.value)
+    assert sum(name in message for name in backbone_names()) <= 3 and "\n" not in message

@@ -22,6 +22,7 @@ tensors is refused with the tensor's name.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -205,10 +206,12 @@ def _load_uncached(source: str, *, sha256: str | None) -> Backbone:
             f"Backbone weights file or folder '{source}' does not exist. Check the path.{relative_path_hint(source)}"
         )
     if not _looks_like_hub_id(source):
+        close = difflib.get_close_matches(source, backbone_names(), n=3)
+        suggestion = f" Did you mean {' or '.join(repr(name) for name in close)}?" if close else ""
         raise InputError(
-            f"Unknown backbone '{source}'. Use a preset ({', '.join(backbone_names())}), a Hugging Face id such as "
-            "'facebook/dinov2-small', a folder written by save_pretrained, or a .pth / .safetensors checkpoint file."
-            + relative_path_hint(source)
+            f"Unknown backbone '{source}'.{suggestion} Use a preset (listed by `napari-hrdv2 features --help`), a "
+            "Hugging Face id such as 'facebook/dinov2-small', a folder written by save_pretrained, or a .pth / "
+            ".safetensors checkpoint file." + relative_path_hint(source)
         )
     folder = _download(source, None)
     return _from_folder(folder, source=source, sha256=sha256, spec=None)
