@@ -209,9 +209,9 @@ def _load_uncached(source: str, *, sha256: str | None) -> Backbone:
         close = difflib.get_close_matches(source, backbone_names(), n=3)
         suggestion = f" Did you mean {' or '.join(repr(name) for name in close)}?" if close else ""
         raise InputError(
-            f"Unknown backbone '{source}'.{suggestion} Use a preset (listed by `napari-hrdv2 features --help`), a "
-            "Hugging Face id such as 'facebook/dinov2-small', a folder written by save_pretrained, or a .pth / "
-            ".safetensors checkpoint file." + relative_path_hint(source)
+            f"Unknown backbone '{source}'.{suggestion}{relative_path_hint(source)} Otherwise use a preset (listed by "
+            "`napari-hrdv2 features --help`), a Hugging Face id such as 'facebook/dinov2-small', a folder written by "
+            "save_pretrained, or a .pth / .safetensors checkpoint file."
         )
     folder = _download(source, None)
     return _from_folder(folder, source=source, sha256=sha256, spec=None)
@@ -245,9 +245,9 @@ def relative_path_hint(source: str) -> str:
     if os.path.isabs(os.path.expanduser(source)):
         return ""
     return (
-        f" A relative path is looked up in the current folder ('{Path.cwd()}'); if '{source}' is the backbone a "
-        "model or PCA basis was made with in another folder, pass where those weights are on this computer "
-        "(segment: --backbone-path PATH; pca apply: --backbone PATH; Python: load_backbone(PATH))."
+        " If it is the backbone a model or PCA basis was made with in another folder, say where those weights are "
+        "(segment: --backbone-path PATH; pca apply: --backbone PATH; Python: load_backbone(PATH)); relative paths "
+        f"are looked up in the current folder ('{Path.cwd()}')."
     )
 
 
