@@ -1,6 +1,10 @@
 """The Features dock's settings controls: built in one place (:class:`FeatureSettingsControls`), read into a
-:class:`~..core.config.FeatureConfig` and shown from one. Swap this module's builder to derive the controls
-from the config's field metadata."""
+:class:`~..core.config.FeatureConfig` and shown from one.
+
+Each control is derived from its field's declaration in :func:`~..core.config.field_specs` (label, help as the
+tooltip, choices, range, widget kind), the same declaration the command line's options come from; only what
+is the dock's own is given here (the Block box's -1 for the last block, the device list, the tile step).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Any
 from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, PushButton, SpinBox
 
 from ..core.backbone.loading import backbone_names
-from ..core.config import FACETS, PRESETS, FeatureConfig
+from ..core.config import PRESETS, FeatureConfig, field_spec
 from ..core.errors import InputError
 
 CUSTOM_PRESET = "custom"
@@ -35,6 +39,30 @@ WEIGHTS_TIP = (
     "Optional: a downloaded Hugging Face folder (save_pretrained / hf download --local-dir), an official torch.hub "
     ".pth file, or a Hugging Face id. Empty: the Backbone preset."
 )
+
+
+def field_control(name: str, **overrides: Any) -> Any:
+    """The magicgui control of FeatureConfig field ``name``, as its :class:`~..core.config.FieldSpec` declares it.
+
+    ``overrides`` replace the declared options (e.g. a richer tooltip, the dock's own range).
+    """
+    spec = field_spec(name)
+    if spec.widget == "check":
+        options: dict[str, Any] = {"text": spec.label, "value": bool(spec.default), "tooltip": spec.help}
+        return CheckBox(**{**options, **overrides})
+    options = {"label": spec.label, "tooltip": spec.help}
+    if spec.widget == "combo":
+        options["choices"] = list(spec.choices)
+        if spec.default in spec.choices:
+            options["value"] = spec.default
+        return ComboBox(**{**options, **overrides})
+    if spec.widget == "spin":
+        if spec.minimum is not None:
+            options["min"] = spec.minimum
+        if spec.maximum is not None:
+            options["max"] = spec.maximum
+        return SpinBox(**{**options, **overrides})
+    return LineEdit(**{**options, **overrides})
 
 
 def parse_distances(text: str) -> tuple[int, ...]:
@@ -88,9 +116,7 @@ class FeatureSettingsControls:
     """
 
     def __init__(self) -> None:
-        self.backbone = ComboBox(
-            label="Backbone", choices=backbone_names(), value="dinov2_vits14", tooltip="DINOv2 preset"
-        )
+        self.backbone = field_control("backbone", choices=backbone_names(), tooltip="DINOv2 / DINOv3 preset")
         self.weights = LineEdit(label="Weights", value="", tooltip=WEIGHTS_TIP)
         self.weights.native.setPlaceholderText(WEIGHTS_PLACEHOLDER)
         self.weights.native.setClearButtonEnabled(True)
@@ -107,18 +133,19 @@ class FeatureSettingsControls:
             value="balanced",
             tooltip="fast: 5 passes; balanced: 9 passes; quality: 17 passes (advanced tab for the details)",
         )
-        self.shifts = ComboBox(label="Shifts", choices=["none", "neumann", "moore"])
-        self.distances = LineEdit(label="Shift distances", tooltip="Pixels, comma separated, e.g. '3, 6'")
-        self.flips = CheckBox(text="Flips", value=False)
-        self.rotations = CheckBox(
-            text="Rotations", value=False, tooltip="Also rotate every copy by 90, 180 and 270 degrees (4x the passes)"
+        self.shifts = field_control("shifts")
+        self.distances = field_control("shift_distances", tooltip="Pixels, comma separated, e.g. '3, 6'")
+        self.flips = field_control("flips")
+        self.rotations = field_control("rotations")
+        # 0 stands for the field's None in the dock's spin boxes: the patch size (stride), the whole image (tile).
+        self.stride = field_control("stride", min=0, max=16, tooltip="Patch stride in pixels; 0 = patch size")
+        self.resize = field_control("resize")
+        self.tile_size = field_control(
+            "tile_size", min=0, max=8192, step=14, tooltip=f"{field_spec('tile_size').help}; 0 = the whole image"
         )
-        self.stride = SpinBox(label="Stride", min=0, max=16, tooltip="Patch stride in pixels; 0 = patch size")
-        self.resize = ComboBox(label="Resize", choices=["bilinear", "nearest"])
-        self.tile_size = SpinBox(label="Tile size", min=0, max=8192, step=14, tooltip="Pixels; 0 = whole image")
-        self.facet = ComboBox(label="Facet", choices=list(FACETS), value="token", tooltip=FACET_TIP)
-        self.layer = SpinBox(label="Block", min=-MAX_BLOCKS, max=MAX_BLOCKS - 1, value=LAST_BLOCK, tooltip=BLOCK_TIP)
-        self.device = ComboBox(label="Device", choices=list(DEVICES))
+        self.facet = field_control("facet", tooltip=FACET_TIP)
+        self.layer = field_control("layer", min=-MAX_BLOCKS, max=MAX_BLOCKS - 1, value=LAST_BLOCK, tooltip=BLOCK_TIP)
+        self.device = field_control("device", choices=list(DEVICES), value="auto")
 
     @property
     def setting_controls(self) -> tuple[Any, ...]:
