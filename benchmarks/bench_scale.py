@@ -235,7 +235,8 @@ def bench_view(args: argparse.Namespace, backbone: str, work: Path) -> None:
     import zarr
 
     import napari_hrdv2 as hr
-    from napari_hrdv2._workers import EncodingCache, predict_region_job
+    from napari_hrdv2._workers import predict_region_job
+    from napari_hrdv2.core.features.cache import EncodingCache
     from napari_hrdv2.core.progress import run_steps
 
     model_path = train_model(backbone, work)

@@ -21,9 +21,8 @@ import numpy as np
 
 from .core.config import FeatureConfig
 from .core.errors import InputError
-from .core.features.cache import EncodingCache  # noqa: F401  (re-exported for the widgets)
+from .core.features.cache import EncodingCache
 from .core.files.outputs import BatchReport as _CoreBatchReport
-from .core.files.outputs import output_path  # noqa: F401  (re-exported for the widgets)
 from .core.progress import Progress, map_steps, within
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -32,9 +32,6 @@ logger = logging.getLogger(__name__)
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-#: Longest text a dock label shows; longer messages are cut (the full text is in its tooltip).
-MAX_LABEL_CHARS = 1000
-
 
 def image_layer_choices(viewer: napari.Viewer, *, include_results: bool = False) -> list[tuple[str, Any]]:
     """(name, layer) of the viewer's Image layers, the plugin's own result layers last or left out."""
@@ -157,14 +154,6 @@ def wrap_label(label: QLabel, *, selectable: bool = False) -> QLabel:
     if selectable:
         label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return label
-
-
-def set_wrapped_text(label: QLabel, text: str) -> None:
-    """Show ``text`` (cut to :data:`MAX_LABEL_CHARS`, the whole text in the tooltip)."""
-    text = str(text)
-    shown = text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 1] + "…"
-    label.setText(shown)
-    label.setToolTip(text if shown != text else "")
 
 
 def literal_format(text: str) -> str:

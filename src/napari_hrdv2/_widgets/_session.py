@@ -7,8 +7,9 @@ from typing import Any
 
 from psygnal import Signal
 
-from .._workers import EncodingCache, merge_runtime
+from .._workers import merge_runtime
 from ..core.config import FeatureConfig
+from ..core.features.cache import EncodingCache
 from ._downloads import DownloadGate
 
 #: Default feature settings of a new viewer session.

@@ -240,7 +240,8 @@ def _count_tile_encodes(monkeypatch) -> list[int]:
 
 def test_views_reuse_cached_tiles_and_scaling(tmp_path, tiled, model, monkeypatch):
     """A second overlapping view (or the same view after retraining) encodes only the tiles not seen before."""
-    from napari_hrdv2._workers import EncodingCache, predict_region_job
+    from napari_hrdv2._workers import predict_region_job
+    from napari_hrdv2.core.features.cache import EncodingCache
     from napari_hrdv2.core.files import lazy as lazy_io
     from napari_hrdv2.core.progress import run_steps
 
@@ -281,7 +282,7 @@ def test_views_reuse_cached_tiles_and_scaling(tmp_path, tiled, model, monkeypatc
 
 def test_lazy_training_and_views_share_cached_tiles(tiled, monkeypatch):
     """Tiles encoded for training (placed in their cluster) serve the views and a retrain, with the same results."""
-    from napari_hrdv2._workers import EncodingCache
+    from napari_hrdv2.core.features.cache import EncodingCache
 
     image = big_image(300)[:, :260]
     labels = np.zeros(image.shape, dtype=np.uint8)
@@ -317,7 +318,8 @@ def run_steps_of(steps):
 
 def test_view_of_an_in_memory_plane_uses_its_cached_encoding(tiled, model, monkeypatch):
     """A plane encoded whole before (Compute / Predict plane) is projected for a view, not encoded tile by tile."""
-    from napari_hrdv2._workers import EncodingCache, predict_region_job
+    from napari_hrdv2._workers import predict_region_job
+    from napari_hrdv2.core.features.cache import EncodingCache
     from napari_hrdv2.core.progress import run_steps
 
     image = big_image(300)[:, :260]
