@@ -21,7 +21,7 @@ from ._common import (
     source_image_of,
 )
 from ._downloads import declined_message
-from ._runner import JobRunner, notify_error
+from ._runner import JobRunner, notify, notify_error
 
 #: Widest the docks ask to be (pixels); messages wrap instead of widening them.
 DOCK_MAX_WIDTH = 420
@@ -173,9 +173,7 @@ class DockMessages:
             self.set_status(message)
             self.show_help(message, backbone=backbone)
             if interactive:
-                from napari.utils.notifications import show_info
-
-                show_info(f"HR-Dv2: {message}")
+                notify(message)
         return ok
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 import weakref
@@ -19,7 +20,7 @@ from typing import Any
 
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._layers import recording_results
 from ..core.errors import HRDv2Error
@@ -72,11 +73,53 @@ def user_message(error: BaseException) -> str:
     return f"{type(error).__name__}: {error} (details in the terminal log)."
 
 
-def notify_error(error: BaseException) -> None:
+#: Characters of a headline that napari's collapsed notification (one line of a 400 px toast) shows whole.
+TOAST_HEADLINE_CHARS = 27
+_CLAUSE_END = re.compile(r"(: |\. |; | \(|, |\.$)")
+
+
+def first_clause(message: str) -> str | None:
+    """The first clause of ``message`` (up to ": ", ". ", "; ", " (" or ", ") if it fits a collapsed toast."""
+    first = _CLAUSE_END.split(" ".join(message.split()), maxsplit=1)[0].strip()
+    return first if len(first) <= TOAST_HEADLINE_CHARS else None
+
+
+def toast_text(message: str, *, headline: str | None = None) -> str:
+    """The text of a notification: a headline that fits the collapsed toast, then the whole ``message``.
+
+    napari shows a notification as one elided line until the user expands it, so a long message would be
+    cut mid-sentence. The headline is ``headline`` if given, else the message's :func:`first_clause`, else
+    the first words that fit followed by "...". The full message follows on the next lines (and stays in
+    the dock's message line).
+    """
+    message = " ".join(message.split())
+    headline = headline or first_clause(message)
+    if headline is None:
+        headline = message[: TOAST_HEADLINE_CHARS - 3].rsplit(" ", 1)[0] + "..."
+    if headline.rstrip(".") == message.rstrip("."):
+        return f"HR-Dv2: {message}"
+    return f"HR-Dv2: {headline}\n{message}"
+
+
+def notify(message: str, *, severity: str = "info", headline: str | None = None) -> None:
+    """Show ``message`` as a napari notification of ``severity`` ("info", "warning" or "error"), headline first."""
+    show = {"info": show_info, "warning": show_warning, "error": show_error}[severity]
+    show(toast_text(message, headline=headline))
+
+
+def notify_error(error: BaseException, *, headline: str | None = None) -> None:
     """Show ``error`` as a napari error notification (no traceback dialog); log the traceback."""
     if not isinstance(error, HRDv2Error):
         logger.error("HR-Dv2 job failed", exc_info=error)
-    show_error(f"HR-Dv2: {user_message(error)}")
+    notify(user_message(error), severity="error", headline=headline or getattr(error, "headline", None))
+
+
+def _failure_headline(description: str, error: BaseException) -> str | None:
+    """The error's first clause if it fits a collapsed notification, else "<job> failed" if that fits."""
+    if getattr(error, "headline", None) or first_clause(user_message(error)) is not None:
+        return None
+    headline = f"{description} failed"
+    return headline if len(headline) <= TOAST_HEADLINE_CHARS else None
 
 
 def _unwrapped(layer: Any) -> Any:
@@ -335,7 +378,7 @@ class JobRunner:
             return
         self._on_status(f"{job.description} failed: {user_message(error)}")
         if not job.quiet_errors:
-            notify_error(error)
+            notify_error(error, headline=_failure_headline(job.description, error))
         if self._on_error_cb is not None:
             self._on_error_cb(error)
 

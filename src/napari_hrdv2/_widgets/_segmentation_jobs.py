@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.utils.notifications import show_info, show_warning
 
 from .._layers import SourceGeometry, ViewRegion, current_plane, visible_region
 from .._workers import (
@@ -29,7 +28,7 @@ from ..core.errors import HRDv2Error, InputError
 from ._common import ProgressRow, image_layer_choices, refining_message
 from ._dock import DockMessages
 from ._live import LiveRetrain
-from ._runner import JobRunner
+from ._runner import JobRunner, notify
 from ._segmentation_predict import PredictTab
 from ._segmentation_results import SegmentationResults
 from ._segmentation_train import TrainTab, copy_scribbles
@@ -361,5 +360,6 @@ class SegmentationJobs:
 
     def show_batch_report(self, report: BatchReport) -> None:
         """A folder's summary, as a notification and in the status line."""
-        (show_warning if report.failed else show_info)(f"HR-Dv2: {report.summary()}")
+        headline = f"Folder: {len(report.written)} written, {len(report.failed)} failed"
+        notify(report.summary(), severity="warning" if report.failed else "info", headline=headline)
         self._messages.set_status(report.summary())

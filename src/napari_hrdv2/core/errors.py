@@ -7,8 +7,11 @@ class HRDv2Error(Exception):
     """Base class of every error this package raises on purpose.
 
     The CLI and the napari widgets show ``str(error)`` to the user, so messages
-    say what was wrong and how to fix it.
+    say what was wrong and how to fix it. ``headline``, where set, is a title of a
+    few words for notifications that show one short line (the message follows).
     """
+
+    headline: str | None = None
 
 
 class InputError(HRDv2Error, ValueError):
@@ -17,6 +20,8 @@ class InputError(HRDv2Error, ValueError):
 
 class WeightsNotFoundError(HRDv2Error, OSError):
     """Backbone weights are not available locally and cannot be downloaded."""
+
+    headline = "Backbone weights not found"
 
 
 class ModelFileError(HRDv2Error, ValueError):
