@@ -124,11 +124,15 @@ def enclosing_scroll(widget):
 
 def test_views_tab_fits_the_default_dock_and_main_buttons_never_scroll(qtbot, make_napari_viewer):
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1366, 768)
+    window = viewer.window._qt_window
+    window.resize(1366, 768)
     _, features = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Features")  # as a new user finds them
     _, segmentation = viewer.window.add_plugin_dock_widget(PLUGIN, "HR-Dv2 Segmentation")
     features._tabs.setCurrentIndex(1)  # Views
     qtbot.wait(200)
+    screen = window.screen().availableGeometry()
+    assert (screen.width(), screen.height()) >= (1366, 768), "the virtual screen is smaller than a small laptop's"
+    assert window.width() <= 1366 and window.height() <= 768
     page = features._pages["Views"].native
     scroll = enclosing_scroll(page)
     viewport = scroll.viewport().width()
