@@ -4,7 +4,8 @@ For square crops of the bundled micrograph (or ``$HRDV2_DATA``'s ``--image``), t
 prints the old plan (tiles of 518 px, overlap 84: the planner before cost-based plans) and the new one
 (:func:`napari_hrdv2.core.features.tiling.plan_tiles` under the default bound), the encode time of the
 chosen preset with each plan as a ratio to one bare 518 x 518 forward in the same run, and the mean
-cosine of old vs new features. ``--seams`` adds the seam error of tiled vs whole-image features for
+cosine of old vs new features, and the whole job the issue times (encode + fit + predict with the new plan;
+3 classes x 1000 labelled pixels from intensity terciles, fixed seed) in the same unit. ``--seams`` adds the seam error of tiled vs whole-image features for
 overlaps of 1..6 patches.
 
     PYTHONPATH=src python benchmarks/bench_tiles.py --sizes 518 1024 2048 --repeat 1
@@ -87,6 +88,7 @@ def main() -> None:
                 seconds, encoding = timed(lambda f=featurizer, x=image: f.encode(x, with_attention=False))
                 times.append(seconds)
             results[name] = (median(times), encoding.features())
+        fit_predict = median([train_and_predict(encoding, image) for _ in range(args.repeat)])
         rows.append(
             [
                 size,
@@ -99,13 +101,29 @@ def main() -> None:
                 f"{results['new'][0] / unit:.1f}",
                 f"{results['new'][0] / results['old'][0]:.2f}",
                 f"{cosine(results['old'][1], results['new'][1]):.4f}",
+                f"{fit_predict / unit:.1f}",
+                f"{(results['new'][0] + fit_predict) / unit:.1f}",
             ]
         )
     headers = ["px", "old tiles", "new tiles", "old tokens", "new tokens", "cost new/old", "old enc", "new enc",
-               "time new/old", "cos old-new"]  # fmt: skip
+               "time new/old", "cos old-new", "fit+predict", "new total"]  # fmt: skip
     print_table(rows, headers, title="encode time in bare 518x518 forwards")
     if args.seams:
         seams(base, bb, path, patch)
+
+
+def train_and_predict(encoding: hr.Encoding, image: np.ndarray, *, per_class: int = 1000, seed: int = 0) -> float:
+    """Seconds to fit a LinearSegmenter on 3 x ``per_class`` pixels (labelled by intensity tercile) and predict."""
+    rng = np.random.default_rng(seed)
+    edges = np.quantile(image, [1 / 3, 2 / 3])
+    classes = np.digitize(image, edges) + 1
+    labels = np.zeros(image.shape, np.uint8)
+    for value in (1, 2, 3):
+        rows, cols = np.nonzero(classes == value)
+        pick = rng.choice(rows.size, size=min(per_class, rows.size), replace=False)
+        labels[rows[pick], cols[pick]] = value
+    seconds, _ = timed(lambda: hr.LinearSegmenter().fit(encoding, labels).predict(encoding))
+    return seconds
 
 
 def _old_plan(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
