@@ -268,29 +268,62 @@ def _refine_crf(probs: torch.Tensor, guide: torch.Tensor, settings: RefineSettin
 
     n, height, width = probs.shape
     r = settings.radius
-    log_p = torch.log(probs.clamp_min(MIN_PROBABILITY))
     offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)]
     spatial = {o: math.exp(-(o[0] ** 2 + o[1] ** 2) / (2 * settings.spatial_sigma**2)) for o in offsets}
     norm = 1.0 + sum(spatial.values())  # a full window's spatial kernel (centre included): a constant
-    # Bilateral kernels of every offset, from the guide padded with NaN-free values; pixels outside the image
-    # give no message because the padded Q is zero there.
-    padded_guide = torch.nn.functional.pad(guide[None], (r, r, r, r), mode="replicate")[0]
-    inv_two_var = 1.0 / (2 * settings.intensity_sigma**2)
-    kernels = {}
-    for dy, dx in offsets:
-        neighbour = padded_guide[:, r + dy : r + dy + height, r + dx : r + dx + width]
-        distance = (guide - neighbour).square_().sum(dim=0)
-        kernels[(dy, dx)] = distance.mul_(-inv_two_var).exp_().mul_(spatial[(dy, dx)] / norm)
+    log_p = torch.log(probs.clamp_min(MIN_PROBABILITY))
+    kernels = _bilateral_kernels(guide, offsets, spatial, settings.intensity_sigma, norm)
+    # Messages of the first n - 1 classes; the last one's is the total kernel weight of the real neighbours minus
+    # theirs (the Q of every real pixel sums to 1), which saves a class's worth of work per step.
+    valid = torch.zeros((height + 2 * r, width + 2 * r), dtype=probs.dtype, device=probs.device)
+    valid[r : r + height, r : r + width] = 1.0
+    total = torch.zeros_like(probs[0])
+    for (dy, dx), kernel in kernels.items():
+        total.addcmul_(valid[r + dy : r + dy + height, r + dx : r + dx + width], kernel)
     q = probs
-    padded_q = torch.zeros((n, height + 2 * r, width + 2 * r), dtype=probs.dtype, device=probs.device)
+    padded_q = torch.zeros((n - 1, height + 2 * r, width + 2 * r), dtype=probs.dtype, device=probs.device)
     message = torch.empty_like(probs)
     for _ in range(settings.iterations):
-        padded_q[:, r : r + height, r : r + width] = q
-        message.zero_()
+        padded_q[:, r : r + height, r : r + width] = q[:-1]
+        head = message[:-1].zero_()
         for (dy, dx), kernel in kernels.items():
-            message.addcmul_(padded_q[:, r + dy : r + dy + height, r + dx : r + dx + width], kernel[None])
-        q = torch.softmax(log_p + settings.weight * message, dim=0)
+            head.addcmul_(padded_q[:, r + dy : r + dy + height, r + dx : r + dx + width], kernel[None])
+        torch.sub(total, head.sum(dim=0), out=message[-1])
+        q = torch.softmax(message.mul_(settings.weight).add_(log_p), dim=0)
     return q
+
+
+def _bilateral_kernels(
+    guide: torch.Tensor,
+    offsets: list[tuple[int, int]],
+    spatial: dict[tuple[int, int], float],
+    intensity_sigma: float,
+    norm: float,
+) -> dict[tuple[int, int], torch.Tensor]:
+    """``k(i, i + o) / norm`` as ``(H, W)`` views for every offset ``o``, each exponential computed once.
+
+    The kernel is symmetric, ``k(i, i - o) = k(i - o, i)``, so only half the offsets are computed, on the image
+    grown by ``r`` pixels (the guide replicated outwards: those values only ever meet the zero Q outside the
+    image), and the other half are shifted views of them.
+    """
+    import torch
+
+    _, height, width = guide.shape
+    r = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    grown = torch.nn.functional.pad(guide[None], (2 * r, 2 * r, 2 * r, 2 * r), mode="replicate")[0]
+    centre = grown[:, r : r + height + 2 * r, r : r + width + 2 * r]
+    kernels: dict[tuple[int, int], torch.Tensor] = {}
+    for dy, dx in offsets:
+        if (dy, dx) < (0, 0):
+            continue  # the mirror of a computed offset
+        neighbour = grown[:, r + dy : r + dy + height + 2 * r, r + dx : r + dx + width + 2 * r]
+        distance = torch.sub(centre, neighbour).square_()
+        distance = distance[0] if distance.shape[0] == 1 else distance.sum(dim=0)
+        scale = math.log(spatial[(dy, dx)] / norm)
+        table = distance.mul_(-1.0 / (2 * intensity_sigma**2)).add_(scale).exp_()  # indices -r .. H + r
+        kernels[(dy, dx)] = table[r : r + height, r : r + width]
+        kernels[(-dy, -dx)] = table[r - dy : r - dy + height, r - dx : r - dx + width]
+    return kernels
 
 
 def _box_mean(values: torch.Tensor, radius: int) -> torch.Tensor:
@@ -302,15 +335,20 @@ def _box_mean(values: torch.Tensor, radius: int) -> torch.Tensor:
     import torch
 
     out = values
-    for axis in (-2, -1):
+    for axis in (out.ndim - 2, out.ndim - 1):
         size = out.shape[axis]
-        cumulative = torch.nn.functional.pad(out.cumsum(dim=axis), (1, 0) if axis == -1 else (0, 0, 1, 0))
+        zero = torch.zeros_like(out.narrow(axis, 0, 1))
+        running = torch.cat([zero, out.cumsum(dim=axis)], dim=axis)  # running[k] = sum of the first k
+        shape = list(running.shape)
+        shape[axis] = radius
+        # extended[j] = running[clamp(j - r, 0, size)]: a window's sum is extended[i + 2r + 1] - extended[i]
+        extended = torch.cat(
+            [zero.expand(shape), running, running.narrow(axis, size, 1).expand(shape)], dim=axis
+        )
+        sums = extended.narrow(axis, 2 * radius + 1, size) - extended.narrow(axis, 0, size)
         index = torch.arange(size, device=values.device)
-        upper = (index + radius + 1).clamp_max(size)
-        lower = (index - radius).clamp_min(0)
-        out = cumulative.index_select(axis, upper) - cumulative.index_select(axis, lower)
-        count = (upper - lower).to(values.dtype)
-        out = out / (count[:, None] if axis == -2 else count)
+        count = ((index + radius + 1).clamp_max(size) - (index - radius).clamp_min(0)).to(values.dtype)
+        out = sums.div_(count[:, None] if axis == out.ndim - 2 else count)
     return out
 
 
@@ -324,10 +362,12 @@ def _refine_guided(probs: torch.Tensor, guide: torch.Tensor, settings: RefineSet
     probs = probs.to(wide)
     mean_i = _box_mean(grey, r)
     var_i = _box_mean(grey * grey, r) - mean_i * mean_i
-    mean_p = _box_mean(probs, r)
-    cov_ip = _box_mean(probs * grey, r) - mean_i * mean_p
+    # The filter is linear in p and keeps constants, so the last class is 1 minus the others (one channel less).
+    part = probs[:-1]
+    mean_p = _box_mean(part, r)
+    cov_ip = _box_mean(part * grey, r) - mean_i * mean_p
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
-    q = _box_mean(a, r) * grey + _box_mean(b, r)
-    q = q.clamp_(MIN_PROBABILITY, 1.0)
+    filtered = _box_mean(a, r) * grey + _box_mean(b, r)
+    q = torch.cat([filtered, 1.0 - filtered.sum(dim=0, keepdim=True)]).clamp_(MIN_PROBABILITY, 1.0)
     return (q / q.sum(dim=0, keepdim=True)).to(torch.float32)
