@@ -422,8 +422,8 @@ def test_train_refine_is_saved_and_segment_uses_it(tmp_path, capsys, model, opts
     folder = model.parent
     path = tmp_path / "refined.hrdv2"
     args = ["train", folder / "tex.tif", "--labels", folder / "tex_strokes.tif", "-o", path, *opts]
-    code, _, err = run(capsys, *args, "--tile-size", "none", "--refine", "guided", "--refine-option", "radius=3")
-    assert code == 0 and "refinement guided (radius=3, eps=" in err
+    code, out, err = run(capsys, *args, "--tile-size", "none", "--refine", "guided", "--refine-option", "radius=3")
+    assert code == 0 and "refinement guided (radius=3, eps=" in out + err
     seg = hr.LinearSegmenter.load(path)
     assert seg.refine == "guided" and seg.refine_settings.radius == 3
     code, _, err = run(capsys, "segment", folder / "tex.tif", "--model", path, "-o", tmp_path / "out", "-q")
