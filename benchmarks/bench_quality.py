@@ -227,6 +227,54 @@ def verdict(scores: dict, sets: list[str], times: dict[str, float] | None) -> No
         )
 
 
+def boundaries(labels: np.ndarray) -> np.ndarray:
+    """Pixels whose right or lower neighbour has another label."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:, :-1] |= labels[:, 1:] != labels[:, :-1]
+    edge[:-1] |= labels[1:] != labels[:-1]
+    return edge
+
+
+def figure(featurizer, path: str, *, size: int = 192, zoom: int = 2) -> None:
+    """A before/after PNG: ``tests_data_0`` (tldr, human scribbles) with the class boundaries of linear,
+    linear + crf and linear + guided (default options) and the ground truth, on a ``size`` crop, ``zoom``-ed."""
+    from PIL import Image, ImageDraw
+
+    folder = SHARED_DATA / "tldr_scribbles"
+    image = read_grey(folder / "tests_data_0.tif")
+    scribbles = index_classes(read_grey(folder / "tests_data_0_labels.tif"))
+    truth = index_classes(read_grey(folder / "tests_data_0_ground_truth.tif"))
+    encoding = featurizer.encode(image, with_attention=False)
+    model = hr.LinearSegmenter().fit(encoding, scribbles)
+    probabilities = model.predict_proba(encoding, refine="none")
+    guide = guide_image(image, normalize=featurizer.config.normalize)
+    panels = {"linear": label_of(model.classes_, probabilities)}
+    for method in ("crf", "guided"):
+        refined = refine_probabilities(probabilities, guide, RefineSettings.create(method))
+        panels[f"linear + {method}"] = label_of(model.classes_, refined)
+    panels["ground truth"] = truth
+    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+    crop = (slice(top, top + size), slice(left, left + size))
+    grey = (255 * guide[crop]).astype(np.uint8)
+    tiles = []
+    for name, labels in panels.items():
+        rgb = np.repeat(grey[..., None], 3, axis=-1)
+        score = "" if name == "ground truth" else f" mIoU {mean_iou(truth, labels):.3f}"
+        rgb[boundaries(labels[crop])] = (255, 40, 40) if name != "ground truth" else (40, 220, 40)
+        tile = Image.fromarray(rgb).resize((size * zoom, size * zoom), Image.NEAREST)
+        canvas = Image.new("RGB", (size * zoom, size * zoom + 18), "white")
+        canvas.paste(tile, (0, 18))
+        ImageDraw.Draw(canvas).text((4, 3), name + score, fill="black")
+        tiles.append(canvas)
+    sheet = Image.new("RGB", (sum(t.width for t in tiles) + 6 * (len(tiles) - 1), tiles[0].height), "white")
+    x = 0
+    for tile in tiles:
+        sheet.paste(tile, (x, 0))
+        x += tile.width + 6
+    sheet.save(path)
+    print(f"wrote {path} (random-init ViT-S/14 weights unless --backbone: relative figures only)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default=None, help="weights (default: random-init ViT-S/14 saved locally)")
@@ -236,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled scribbles")
     parser.add_argument("--no-grid", action="store_true", help="skip the grid over the refinement options")
     parser.add_argument("--no-timing", action="store_true", help="skip the 1024x1024 timing")
+    parser.add_argument("--figure", metavar="PNG", help="only write the before/after figure of tests_data_0 there")
     args = parser.parse_args(argv)
     backbone, random_weights = backbone_or_random(args.backbone)
     note = " - RANDOM-INIT WEIGHTS: only relative figures mean anything" if random_weights else ""
@@ -245,6 +294,9 @@ def main(argv: list[str] | None = None) -> None:
     config = hr.FeatureConfig(backbone=backbone, device="cpu", **PRESETS[args.preset])
     featurizer = hr.Featurizer(config)
     print(f"features: preset {args.preset} ({config.n_transforms} transforms); defaults {METHOD_DEFAULTS}")
+    if args.figure:
+        figure(featurizer, args.figure)
+        return
     start = time.perf_counter()
     items = datasets(args.images, args.seed, args.crop)
     scores, grid_scores, per_image = evaluate(items, featurizer, not args.no_grid)
