@@ -286,11 +286,13 @@ def _predict_planes(
         base = start + span * i / n
         encoding = yield from within(encode(index), base, 0.8 * span / n, message=f"Encoding plane {index}")
         yield Progress(base + 0.8 * span / n, 1, f"Predicting plane {index}")
-        result.labels[index] = np.asarray(segmenter.predict(encoding))
+        kinds = ("labels", *(("uncertainty",) if uncertainty else ()), *(("probabilities",) if probabilities else ()))
+        outputs = segmenter.outputs(encoding, kinds)  # one pass: refinement computed once for all of them
+        result.labels[index] = np.asarray(outputs["labels"])
         if uncertainty:
-            result.uncertainty[index] = np.asarray(segmenter.uncertainty(encoding), dtype=np.float32)
+            result.uncertainty[index] = np.asarray(outputs["uncertainty"], dtype=np.float32)
         if probabilities:
-            result.probabilities[index] = np.asarray(segmenter.predict_proba(encoding), dtype=np.float32)
+            result.probabilities[index] = np.asarray(outputs["probabilities"], dtype=np.float32)
         yield Progress(start + span * (i + 1) / n, 1, f"Predicted plane {index}")
 
 
@@ -500,7 +502,7 @@ def predict_region_job(
     """
     from .core.files.lazy import LazyPlane
     from .core.runtime.devices import inference_mode
-    from .core.scale.streaming import iter_segment_region, outputs_of_logits
+    from .core.scale.streaming import iter_segment_region, refined_outputs_of_encoding
 
     source = LazyPlane(data, (int(plane),)) if is_stack else LazyPlane(data)
     outputs = ("labels", *(("uncertainty",) if uncertainty else ()), *(("probabilities",) if probabilities else ()))
@@ -515,8 +517,7 @@ def predict_region_job(
         if cache is not None and isinstance(data, np.ndarray):
             whole = cache.cached(data[int(plane)] if is_stack else data, featurizer.config)
         if whole is not None:
-            logits = np.ascontiguousarray(segmenter.decision_function(whole)[:, r0:r1, c0:c1])
-            result = outputs_of_logits(segmenter, logits, outputs)
+            result = refined_outputs_of_encoding(segmenter, whole, (r0, r1), (c0, c1), outputs)
         else:
             featurizer.backbone  # noqa: B018
             steps = iter_segment_region(

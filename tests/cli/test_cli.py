@@ -415,3 +415,28 @@ def test_inputs_with_the_same_stem_in_two_folders(tmp_path, capsys, model):
     assert not (tmp_path / "out" / "x_labels.tif").exists()
     code, _, _ = run(capsys, "segment", tmp_path / "a", tmp_path / "b", "--model", model)  # next to each: fine
     assert code == 0 and (tmp_path / "a" / "x_labels.tif").exists() and (tmp_path / "b" / "x_labels.tif").exists()
+
+
+# ---------------------------------------------------------------------------------------------- refinement
+def test_train_refine_is_saved_and_segment_uses_it(tmp_path, capsys, model, opts):
+    folder = model.parent
+    path = tmp_path / "refined.hrdv2"
+    args = ["train", folder / "tex.tif", "--labels", folder / "tex_strokes.tif", "-o", path, *opts]
+    code, out, err = run(capsys, *args, "--tile-size", "none", "--refine", "guided", "--refine-option", "radius=3")
+    assert code == 0 and "refinement guided (radius=3, eps=" in out + err
+    seg = hr.LinearSegmenter.load(path)
+    assert seg.refine == "guided" and seg.refine_settings.radius == 3
+    code, _, err = run(capsys, "segment", folder / "tex.tif", "--model", path, "-o", tmp_path / "out", "-q")
+    assert code == 0, err
+    image = tifffile.imread(folder / "tex.tif")
+    expected = seg.predict(seg.featurizer(tile_size=None).encode(image, with_attention=False))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "tex_labels.tif"), expected)
+
+
+def test_train_bad_refine_options_are_usage_errors(tmp_path, capsys, model, opts):
+    folder = model.parent
+    args = ["train", folder / "tex.tif", "--labels", folder / "tex_strokes.tif", "-o", tmp_path / "m.hrdv2", *opts]
+    assert run(capsys, *args, "--refine", "blur")[0] == 2
+    assert run(capsys, *args, "--refine", "crf", "--refine-option", "radius")[0] == 2
+    code, _, err = run(capsys, *args, "--refine", "crf", "--refine-option", "eps=0.1")
+    assert code == 2 and "takes no option eps" in err

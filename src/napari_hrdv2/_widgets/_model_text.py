@@ -51,4 +51,6 @@ def model_text(segmenter: Any, class_names: dict[int, str], settings: FeatureCon
     trained_with = segmenter.feature_config
     mismatch = dock_mismatch(trained_with, settings)
     features = f"; {describe_config(trained_with)}" if trained_with is not None else ""
-    return f"trained, classes {classes}{features}" + (f". {mismatch}" if mismatch else "")
+    refine = getattr(segmenter, "refine", "none")
+    refined = f"; edges refined ({refine})" if refine != "none" else ""
+    return f"trained, classes {classes}{features}{refined}" + (f". {mismatch}" if mismatch else "")

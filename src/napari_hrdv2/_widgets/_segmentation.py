@@ -110,7 +110,7 @@ class SegmentationWidget(DockFrame, Container):
         """The tabs' controls as the dock's attributes (scripts and tests reach them there)."""
         train, predict, batch = self.train_tab, self.predict_tab, self.batch_tab
         self._classes, self._train, self._live = train.classes, train.train, train.live
-        self._auto_segment, self._hybrid = train.auto_segment, train.hybrid
+        self._auto_segment, self._hybrid, self._refine = train.auto_segment, train.hybrid, train.refine
         self._model_status, self._shortcuts = train.model_status, train.shortcuts
         self._predict_plane, self._predict_all = predict.predict_plane, predict.predict_all
         self._predict_view = predict.predict_view
@@ -125,6 +125,7 @@ class SegmentationWidget(DockFrame, Container):
         self.scribbles_box.new_button.changed.connect(self._new_scribbles_clicked)
         self.predict_tab.open_features.changed.connect(self._open_features_widget)
         self._train.changed.connect(self._train_clicked)
+        self._refine.changed.connect(self._refine_changed)
         self._live.changed.connect(self._live_toggled)
         self._scribbles.changed.connect(self._scribbles_changed)
         self._image.changed.connect(self._image_changed)
@@ -147,7 +148,7 @@ class SegmentationWidget(DockFrame, Container):
         return self._runner.busy or self._live_runner.busy
 
     def _new_segmenter(self) -> Any:
-        return new_segmenter(hybrid=bool(self._hybrid.value))
+        return new_segmenter(hybrid=bool(self._hybrid.value), refine=str(self._refine.value))
 
     def _segmenter_factory(self, live: bool) -> Any:
         """What makes a training's model: for live updates a warm copy of the current one (see ``warm_factory``)."""
@@ -310,6 +311,16 @@ class SegmentationWidget(DockFrame, Container):
 
     def _show_model(self, segmenter: Any) -> None:
         self._model_status.value = model_text(segmenter, self._session.class_names, self._session.config)
+        method = getattr(segmenter, "refine", None)
+        if method is not None and method != self._refine.value:  # a loaded model shows its own refinement
+            self._refine.value = method
+
+    def _refine_changed(self, method: str) -> None:
+        """*Refine edges*: the current model refines this way from now on (new models too); Live / View apply it."""
+        segmenter = self._session.segmenter
+        if segmenter is not None and getattr(segmenter, "refine", method) != method:
+            segmenter.refine = method
+            self._show_model(segmenter)
 
     # ------------------------------------------------------------------ live mode
     def _live_toggled(self, enabled: bool) -> None:

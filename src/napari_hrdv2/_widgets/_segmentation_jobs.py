@@ -42,11 +42,12 @@ LAZY_TRAIN_PIXELS = 1 << 25
 NO_IMAGE = "Choose an image layer first (open an image, or File > Open Sample > HR-Dv2)."
 
 
-def new_segmenter(*, hybrid: bool = False) -> Any:
-    """A LinearSegmenter with its documented default hyper-parameters (plus classical filters if ``hybrid``)."""
+def new_segmenter(*, hybrid: bool = False, refine: str | None = None) -> Any:
+    """A LinearSegmenter with its documented default hyper-parameters (plus classical filters if ``hybrid``,
+    and the refinement ``refine`` if given)."""
     from ..core.segmentation.segmenter import LinearSegmenter
 
-    return LinearSegmenter(hybrid=hybrid)
+    return LinearSegmenter(hybrid=hybrid) if refine is None else LinearSegmenter(hybrid=hybrid, refine=refine)
 
 
 def warm_factory(previous: Any, make_segmenter: Callable[[], Any], hybrid: bool, *, default: bool) -> Any:

@@ -5,13 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import CheckBox, Container, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
 
 from ._classes import ClassTable
 from ._common import wrap_label
 from ._dock import tab_page
 from ._model_text import NO_MODEL
 from ._segmentation_keys import SHORTCUTS, SHORTCUTS_TEXT
+
+#: The *Refine edges* choices: (text, ``LinearSegmenter(refine=...)``).
+REFINE_CHOICES = [("none", "none"), ("CRF", "crf"), ("guided filter", "guided")]
+
+
+def default_refine() -> str:
+    """The refinement of a new LinearSegmenter (its documented default)."""
+    import inspect
+
+    from ..core.segmentation.segmenter import LinearSegmenter
+
+    return str(inspect.signature(LinearSegmenter).parameters["refine"].default)
 
 
 class TrainTab:
@@ -40,11 +52,18 @@ class TrainTab:
             tooltip="Also train on classical multiscale filters of the image (intensity, edges, texture): "
             "helps where the classes differ mostly in brightness",
         )
+        self.refine = ComboBox(
+            label="Refine edges",
+            choices=REFINE_CHOICES,
+            value=default_refine(),
+            tooltip="Refine the class probabilities along the image's edges: a local dense CRF, a guided filter, "
+            "or none. Saved with the model; Predict, View, Live and folders all use it",
+        )
         self.model_status = Label(label="Model", value=NO_MODEL)
         self.shortcuts = Label(value=SHORTCUTS_TEXT)
         for label in (self.model_status, self.shortcuts):
             wrap_label(label.native, selectable=True)
-        self.page = tab_page(self.classes.widget, self.hybrid, self.model_status, self.shortcuts)
+        self.page = tab_page(self.classes.widget, self.hybrid, self.refine, self.model_status, self.shortcuts)
 
 
 def copy_scribbles(viewer: Any, geometry: Any, labels_layer: Any, image_layer: Any) -> dict[int, Any]:

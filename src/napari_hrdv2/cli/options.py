@@ -77,6 +77,38 @@ def channel_list(text: str) -> tuple[int, ...]:
     return channels
 
 
+def refine_option(text: str) -> tuple[str, float]:
+    """An argparse type: ``NAME=VALUE`` of a refinement option (``--refine-option radius=4``)."""
+    name, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if not sep or not name.strip() or number is None:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER (e.g. radius=4 or eps=0.001), got {text!r}")
+    return name.strip().replace("-", "_"), int(number) if number.is_integer() else number
+
+
+def add_refine_options(group: Any) -> None:
+    """``--refine`` and ``--refine-option`` (the refinement of the class probabilities saved with a model)."""
+    group.add_argument(
+        "--refine",
+        choices=("none", "crf", "guided"),
+        default=None,
+        help="edge-aware refinement of the class probabilities, saved in the model and used by 'segment': "
+        "a local dense CRF, a guided filter, or none (default: the library's default)",
+    )
+    group.add_argument(
+        "--refine-option",
+        type=refine_option,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an option of the refinement, repeatable: crf iterations, radius, spatial_sigma, intensity_sigma, "
+        "weight; guided radius, eps (default: the method's defaults)",
+    )
+
+
 def components_list(text: str) -> tuple[int, ...]:
     """An argparse type: three PCA components (R,G,B) or one (grey), 0-based."""
     try:

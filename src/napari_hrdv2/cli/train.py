@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .common import EPILOG, EXIT_OK, encode_with_progress, say, say_precision
-from .options import SharedOptions, positive_int
+from .options import SharedOptions, add_refine_options, positive_int
 from .settings import build_config, make_featurizer
 
 
@@ -41,6 +41,7 @@ def add_parser(commands: Any, shared: SharedOptions) -> None:
     group.add_argument(
         "--min-object-size", type=int, default=0, metavar="PX", help="clean-up: merge regions smaller than this"
     )
+    add_refine_options(group)
     train.set_defaults(run=run)
 
 
@@ -109,12 +110,16 @@ def run(args: argparse.Namespace) -> int:
     if output.exists() and not args.overwrite:
         raise InputError(f"'{output}' already exists; pass --overwrite to replace it.")
     check_output_folder(output.parent)
+    refine = {"refine": args.refine} if args.refine is not None else {}
+    if args.refine_option:
+        refine["refine_options"] = dict(args.refine_option)
     segmenter = LinearSegmenter(
         hybrid=args.hybrid,
         l2=args.l2,
         max_iter=args.max_iter,
         majority_size=args.majority_size,
         min_object_size=args.min_object_size,
+        **refine,
     )
     pairs = training_planes(args.images, args.labels, args.channels)
     featurizer = make_featurizer(args, build_config(args))
@@ -133,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     say(
         args,
         f"Trained on {len(pairs)} labelled plane(s), pixels per class {{{counts}}}, "
-        f"training accuracy {summary.training_accuracy:.3f}. Wrote {output}",
+        f"training accuracy {summary.training_accuracy:.3f}, refinement {segmenter.refine_settings.describe()}. "
+        f"Wrote {output}",
     )
     return EXIT_OK

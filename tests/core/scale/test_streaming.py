@@ -396,3 +396,48 @@ def test_ome_zarr_channels_first_are_read_channels_last(tmp_path):
     assert view.shape == (20, 30, 3)
     np.testing.assert_array_equal(view[:], np.moveaxis(rgb, 0, -1))
     np.testing.assert_array_equal(view[2:5, 7:9], np.moveaxis(rgb[:, 2:5, 7:9], 0, -1))
+
+
+# ---------------------------------------------------------------------------------------------- refinement
+def refined_copy(model: hr.LinearSegmenter, method: str) -> hr.LinearSegmenter:
+    import copy
+
+    from napari_hrdv2.core.segmentation.refine import RefineSettings
+
+    refined = copy.copy(model)
+    options = {"iterations": 2, "radius": 3} if method == "crf" else {"radius": 3}
+    refined.refine = RefineSettings.create(method, **options)
+    return refined
+
+
+@pytest.mark.parametrize("method", ["crf", "guided"])
+def test_refined_regions_equal_the_refined_whole_prediction(tiled, model, method):
+    """Regions and row bands are refined with the halo and cropped: equal to refining the whole image."""
+    refined = refined_copy(model, method)
+    image = big_image(260)[:, :230]
+    featurizer = hr.Featurizer(tiled)
+    encoding = featurizer.encode(image, with_attention=False)
+    expected = refined.outputs(encoding, ("labels", "probabilities", "uncertainty"))
+    assert not np.array_equal(expected["labels"], model.predict(encoding))  # the refinement changes something
+    whole = streaming.segment_region(
+        refined, image, featurizer=featurizer, outputs=("labels", "probabilities", "uncertainty")
+    )
+    np.testing.assert_array_equal(whole["labels"], expected["labels"])
+    np.testing.assert_allclose(whole["probabilities"], expected["probabilities"], atol=1e-5)
+    np.testing.assert_allclose(whole["uncertainty"], expected["uncertainty"], atol=1e-5)
+    part = streaming.segment_region(refined, image, (37, 151), (60, 200), featurizer=featurizer)
+    np.testing.assert_array_equal(part["labels"], expected["labels"][37:151, 60:200])
+    cached = streaming.refined_outputs_of_encoding(refined, encoding, (37, 151), (60, 200), ("labels",))
+    np.testing.assert_array_equal(cached["labels"], expected["labels"][37:151, 60:200])
+
+
+def test_refined_stream_segment_equals_in_memory(tmp_path, tiled, model):
+    refined = refined_copy(model, "crf")
+    image = big_image(200)
+    out = tmp_path / "r_labels.zarr"
+    unc = tmp_path / "r_unc.zarr"
+    hr.stream_segment(refined, image, {"labels": out, "uncertainty": unc}, featurizer=hr.Featurizer(tiled), chunk=48)
+    encoding = hr.Featurizer(tiled).encode(image, with_attention=False)
+    np.testing.assert_array_equal(zarr.open_group(str(out))["0"][:], refined.predict(encoding))
+    np.testing.assert_allclose(zarr.open_group(str(unc))["0"][:], refined.uncertainty(encoding), atol=1e-5)
+    assert streaming.model_digest(refined) != streaming.model_digest(model)

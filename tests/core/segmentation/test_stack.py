@@ -112,3 +112,14 @@ def test_training_step_is_announced_and_no_planes_predict_an_empty_stack(stack_a
     assert [(u.done, u.total, u.message) for u in updates[-2:]] == [(1, 2, "training"), (1, 1, "trained")]
     empty = run_steps(iter_predict_stack(seg, encoder, indices=[]))
     assert isinstance(empty, np.ndarray) and empty.shape == (0, 56, 56) and empty.dtype == np.uint8
+
+
+def test_stack_prediction_refines_every_plane_as_predict(stack_and_truth, tiny_config):
+    stack, truth = stack_and_truth
+    seg = fit_stack(hr.LinearSegmenter(refine="guided"), stack, stroke_labels(truth, [0]), tiny_config)
+    predicted = predict_stack(seg, stack)
+    featurizer = hr.Featurizer(tiny_config)
+    for index in range(len(stack)):
+        encoding = featurizer.encode(stack[index], with_attention=False)
+        np.testing.assert_array_equal(predicted[index], seg.predict(encoding))
+    assert not np.array_equal(predicted[0], seg.predict(featurizer.encode(stack[0]), refine="none"))

@@ -181,9 +181,11 @@ def _iter_in_memory(
             steps = featurizer.iter_encode(plane, with_attention=False)
             start, span = i + p / len(job.planes), 0.95 / len(job.planes)
             encoding = yield from within(steps, start, span, total=n, message=message)
-            predicted.append(np.asarray(segmenter.predict(encoding)))
+            kinds = ("labels", "uncertainty") if job.extra is not None else ("labels",)
+            outputs = segmenter.outputs(encoding, kinds)  # refined once for both
+            predicted.append(np.asarray(outputs["labels"]))
             if job.extra is not None:
-                uncertain.append(np.asarray(segmenter.uncertainty(encoding), dtype=np.float32))
+                uncertain.append(np.asarray(outputs["uncertainty"], dtype=np.float32))
             del encoding
         labels = predicted[0] if job.single else np.stack(predicted)
         if not is_kept(job.target, overwrite=overwrite):

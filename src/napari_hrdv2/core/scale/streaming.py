@@ -10,7 +10,11 @@ every pixel sums the same contributions in the same order: the logits are **bit-
 in-memory ones, and so are labels, probabilities and uncertainty.
 
 Rows of the image are finished as soon as the last tile row covering them is done; they are turned into
-labels (and probabilities / uncertainty) and written. Memory holds one tile's maps plus the logits of one
+labels (and probabilities / uncertainty) and written. A model that refines its probabilities
+(:mod:`~..segmentation.refine`) computes every region and band with :func:`~..segmentation.refine.halo`
+pixels of context on each side where the image goes on (logits and the guide, scaled with the whole
+image's :class:`IntensityRange`), refines and crops the context away: the result equals the refined
+prediction of the whole image (labels identical; probabilities to float rounding). Memory holds one tile's maps plus the logits of one
 band of tile rows, ``n_classes x tile_size x width`` float32 (e.g. 76 MB for 3 classes on a 12288-pixel
 wide image), whatever the height.
 
@@ -46,6 +50,8 @@ from ..files.atomic import check_not_an_input
 from ..files.lazy import IntensityRange, LazyPlane, ZarrOutput, intensity_range, lazy_planes, open_lazy
 from ..progress import Progress, run_steps, within
 from ..segmentation.compatibility import check_backbone, check_fitted, check_model_features
+from ..segmentation.refine import RefineSettings, halo, refine_probabilities
+from ..segmentation.segmenter import normalized_entropy, softmax_inplace
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..features.encoding import Encoding, Featurizer
@@ -140,6 +146,16 @@ class TileEncoder:
     @property
     def n_transforms(self) -> int:
         return self.featurizer.config.n_transforms
+
+    def guide(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """The refinement guide of the rectangle ``rows x cols``: its pixels scaled with the whole image's range.
+
+        Equals :func:`~..segmentation.refine.guide_image` of the whole image in memory, cropped.
+        """
+        block = self.plane.read(slice(*rows), slice(*cols))
+        if block.ndim == 3 and block.shape[-1] == 4:
+            block = block[..., :3]
+        return self.scaling.apply(block)
 
     def iter_encode(self, tile: Tile, *, origin: tuple[int, int] = (0, 0)) -> Generator[Progress, None, Encoding]:
         """One tile's :class:`Encoding`: shape ``(tile.height, tile.width)`` with the whole image's blending weights.
@@ -269,22 +285,101 @@ def _iter_region_logits(
 
 
 def outputs_of_logits(segmenter: LinearModel, logits: np.ndarray, kinds: Sequence[str]) -> dict[str, np.ndarray]:
-    """Labels, probabilities and/or uncertainty of logits ``(n, h, w)``, computed as the segmenter does."""
-    from ..segmentation.segmenter import normalized_entropy
-
+    """Labels, probabilities and/or uncertainty of logits ``(n, h, w)`` without refinement, as the segmenter does."""
     out: dict[str, np.ndarray] = {}
     if "labels" in kinds:
         out["labels"] = segmenter.labels_from_logits(logits)
     if "probabilities" in kinds or "uncertainty" in kinds:
-        probabilities = logits  # softmax in place, as LinearSegmenter.predict_proba
-        probabilities -= probabilities.max(axis=0, keepdims=True)
-        np.exp(probabilities, out=probabilities)
-        probabilities /= probabilities.sum(axis=0, keepdims=True)
-        if "probabilities" in kinds:
-            out["probabilities"] = probabilities
-        if "uncertainty" in kinds:
-            out["uncertainty"] = normalized_entropy(probabilities)
+        out.update(outputs_of_probabilities(segmenter, softmax_inplace(logits), [k for k in kinds if k != "labels"]))
     return out
+
+
+def outputs_of_probabilities(
+    segmenter: LinearModel, probabilities: np.ndarray, kinds: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Labels, probabilities and/or uncertainty of (refined) probabilities ``(n, h, w)``, as the segmenter does."""
+    out: dict[str, np.ndarray] = {}
+    if "labels" in kinds:
+        out["labels"] = segmenter.labels_from_probabilities(probabilities)
+    if "probabilities" in kinds:
+        out["probabilities"] = probabilities
+    if "uncertainty" in kinds:
+        out["uncertainty"] = normalized_entropy(probabilities)
+    return out
+
+
+def _with_halo(span: tuple[int, int], size: int, context: int) -> tuple[int, int]:
+    return max(0, span[0] - context), min(size, span[1] + context)
+
+
+def refined_outputs_of_encoding(
+    segmenter: LinearModel,
+    encoding: Encoding,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    kinds: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """The outputs of the rectangle ``rows x cols`` of a whole image's encoding, refined only there (plus halo).
+
+    Equals ``segmenter.outputs(encoding, kinds)`` cropped to the rectangle (the *View* of a cached plane).
+    """
+    (r0, r1), (c0, c1) = rows, cols
+    logits = segmenter.decision_function(encoding)
+    settings: RefineSettings = segmenter.refine_settings
+    if not settings.active:
+        return outputs_of_logits(segmenter, np.ascontiguousarray(logits[:, r0:r1, c0:c1]), kinds)
+    height, width = logits.shape[1:]
+    context = halo(settings)
+    (a, b), (c, d) = _with_halo((r0, r1), height, context), _with_halo((c0, c1), width, context)
+    guide = segmenter.guide(encoding)[a:b, c:d]
+    probabilities = softmax_inplace(np.ascontiguousarray(logits[:, a:b, c:d]))
+    refined = refine_probabilities(probabilities, guide, settings)[:, r0 - a : r1 - a, c0 - c : c1 - c]
+    return outputs_of_probabilities(segmenter, np.ascontiguousarray(refined), kinds)
+
+
+def _iter_region_outputs(
+    segmenter: LinearModel,
+    encoder: TileEncoder,
+    weights: tuple[np.ndarray, np.ndarray],
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    kinds: Sequence[str],
+) -> Generator[Progress | tuple[int, dict[str, np.ndarray]], None, None]:
+    """The outputs of the rectangle ``rows x cols``, yielded as ``(top row, outputs)`` bands of finished rows.
+
+    With refinement the logits are computed with :func:`halo` pixels of context, rows are refined once their
+    context below is finished, and the context is cropped away (a buffer of the unfinished rows plus the halo).
+    """
+    weight, bias = weights
+    settings: RefineSettings = segmenter.refine_settings
+    if not settings.active:
+        for item in _iter_region_logits(encoder, weight, bias, rows, cols):
+            yield item if isinstance(item, Progress) else (item.top, outputs_of_logits(segmenter, item.logits, kinds))
+        return
+    context = halo(settings)
+    (r0, r1), (c0, c1) = rows, cols
+    (er0, er1), (ec0, ec1) = (
+        _with_halo(rows, encoder.plane.height, context),
+        _with_halo(cols, encoder.plane.width, context),
+    )
+    buffer, buffer_top, next_row = np.zeros((weight.shape[0], 0, ec1 - ec0), dtype=np.float32), er0, r0
+    for item in _iter_region_logits(encoder, weight, bias, (er0, er1), (ec0, ec1)):
+        if isinstance(item, Progress):
+            yield item
+            continue
+        buffer = np.concatenate([buffer, item.logits], axis=1)
+        end = buffer_top + buffer.shape[1]
+        stop = r1 if end == er1 else min(r1, end - context)
+        if stop <= next_row:
+            continue
+        a, b = max(buffer_top, next_row - context), min(end, stop + context)
+        probabilities = softmax_inplace(buffer[:, a - buffer_top : b - buffer_top].copy())
+        refined = refine_probabilities(probabilities, encoder.guide((a, b), (ec0, ec1)), settings)
+        block = np.ascontiguousarray(refined[:, next_row - a : stop - a, c0 - ec0 : c1 - ec0])
+        yield next_row, outputs_of_probabilities(segmenter, block, kinds)
+        next_row = stop
+        keep = max(buffer_top, next_row - context)
+        buffer, buffer_top = buffer[:, keep - buffer_top :].copy(), keep
 
 
 def _check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
@@ -348,7 +443,7 @@ def iter_segment_region(
     kinds = _check_kinds(outputs)
     _check_streamable(segmenter)
     featurizer = _featurizer_for(segmenter, featurizer)
-    weight, bias = _weights(segmenter, featurizer)
+    weights = _weights(segmenter, featurizer)
     plane = image if isinstance(image, LazyPlane) else LazyPlane(open_lazy(image))
     height, width = plane.height, plane.width
     r0, r1 = (0, height) if rows is None else (max(0, int(rows[0])), min(height, int(rows[1])))
@@ -357,15 +452,16 @@ def iter_segment_region(
         raise InputError(f"The region rows {rows}, cols {cols} lies outside the {height}x{width} image.")
     encoder = TileEncoder(featurizer, plane, scaling, cache=cache)
     result: dict[str, np.ndarray] = {}
-    for item in _iter_region_logits(encoder, weight, bias, (r0, r1), (c0, c1)):
+    for item in _iter_region_outputs(segmenter, encoder, weights, (r0, r1), (c0, c1), kinds):
         if isinstance(item, Progress):
             yield item
             continue
-        for kind, values in outputs_of_logits(segmenter, item.logits, kinds).items():
+        top, values_of = item
+        for kind, values in values_of.items():
             if kind not in result:
                 shape = (*values.shape[:-2], r1 - r0, c1 - c0)
                 result[kind] = np.zeros(shape, dtype=values.dtype)
-            result[kind][..., item.top - r0 : item.top - r0 + values.shape[-2], :] = values
+            result[kind][..., top - r0 : top - r0 + values.shape[-2], :] = values
     return result
 
 
@@ -506,7 +602,7 @@ class StreamJob:
         missing = [r for r in self.missing_rows(plane_index) if first <= r < end]
         if not missing:
             return 0
-        weight, bias = _weights(segmenter, featurizer)
+        weights = _weights(segmenter, featurizer)
         planes, _ = lazy_planes(self.source, self.channels)
         plane = planes[plane_index]
         encoder = TileEncoder(featurizer, plane, scaling)
@@ -524,11 +620,11 @@ class StreamJob:
             top, stop = run[0] * self.chunk, min((run[-1] + 1) * self.chunk, height)
             pending: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
             pending_top = top
-            for item in _iter_region_logits(encoder, weight, bias, (top, stop), (0, self.shape[2])):
+            for item in _iter_region_outputs(segmenter, encoder, weights, (top, stop), (0, self.shape[2]), kinds):
                 if isinstance(item, Progress):
                     yield item
                     continue
-                for kind, values in outputs_of_logits(segmenter, item.logits, kinds).items():
+                for kind, values in item[1].items():
                     pending[kind].append(values)
                 n_pending = sum(v.shape[-2] for v in pending[kinds[0]])
                 end_row = pending_top + n_pending

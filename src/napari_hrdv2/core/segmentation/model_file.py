@@ -15,8 +15,12 @@ metadata (strings)
     optional ``channels`` (JSON list of the image channels used for training, ``io.read_image(channels=)``);
     optional ``checksum`` (:func:`~..files.checksums.contents_sha256` of every other entry and tensor,
     written on save: a file whose checksum does not match was edited or damaged and is
-    refused; files written before it have none and load unchecked. The entry is additive, so the format
-    version stays 1 and older napari-hrdv2 versions still read new files).
+    refused; files written before it have none and load unchecked).
+
+Format version 2 adds the refinement of the probabilities to ``params``: ``"refine"`` (``"none"``,
+``"crf"`` or ``"guided"``) and ``"refine_options"`` (its options, :class:`~.refine.RefineSettings`), so
+a folder or cluster run refines exactly as the model did when it was saved. Version-1 files have no
+refinement: they load with ``refine="none"`` (whatever the segmenter's default).
 
 :class:`ModelRecord` is what a file holds, as plain values: this module knows no segmenter class
 (:meth:`~.segmenter.LinearSegmenter.save` / ``load`` convert it). :func:`record_to_contents` /
@@ -38,7 +42,9 @@ from ..config import FeatureConfig
 from ..errors import ModelFileError
 
 #: Version of the model file layout written by :func:`write_model_file`.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The first format version whose ``params`` hold the refinement (``refine``, ``refine_options``).
+REFINE_VERSION = 2
 #: Identifies our files among other safetensors files.
 FORMAT_NAME = "napari-hrdv2-linear-segmenter"
 #: Metadata entry holding the integrity checksum (optional: files written before it have none).
@@ -151,6 +157,7 @@ def record_from_contents(tensors: dict[str, np.ndarray], meta: dict[str, str], *
         )
     try:
         params = _json_entry(meta, "params", (dict,))
+        params = refine_params(params, version=version, name=name)
         config = _json_entry(meta, "feature_config", (dict, type(None)))
         class_names = _json_entry(meta, "class_names", (dict,), default="{}")
         record = ModelRecord(
@@ -186,6 +193,31 @@ def record_from_contents(tensors: dict[str, np.ndarray], meta: dict[str, str], *
         raise damaged(name, err) from err
     record.integrity_error = integrity_problem(tensors, meta)
     return record
+
+
+def refine_params(params: dict[str, Any], *, version: int, name: str) -> dict[str, Any]:
+    """``params`` with a checked refinement: ``"none"`` for version-1 files, the file's own for later ones.
+
+    Raises
+    ------
+    ModelFileError
+        A version-2 file without a valid refinement.
+    """
+    from ..errors import InputError
+    from .refine import RefineSettings
+
+    if version < REFINE_VERSION:
+        return {**params, "refine": "none", "refine_options": {}}
+    if "refine" not in params:
+        raise ModelFileError(f"'{name}' is damaged (missing entry: params.refine, the refinement of its probabilities).")
+    options = params.get("refine_options") or {}
+    try:
+        if not isinstance(options, dict):
+            raise InputError(f"refine_options must be a JSON object, not {type(options).__name__}")
+        settings = RefineSettings.create(params["refine"], **options)
+    except InputError as err:
+        raise ModelFileError(f"'{name}' is damaged (invalid refinement: {err})") from None
+    return {**params, "refine": settings.method, "refine_options": settings.options()}
 
 
 def integrity_problem(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> str | None:

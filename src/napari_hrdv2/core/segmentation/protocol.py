@@ -18,6 +18,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import FeatureConfig
     from ..features.encoding import Featurizer
+    from .refine import RefineSettings
 
 
 class Segmenter(Protocol):
@@ -39,6 +40,9 @@ class Segmenter(Protocol):
         Fingerprint of the backbone weights it was trained with; None if unknown.
     class_names : dict of int to str
         Optional names of the classes.
+    refine_settings : RefineSettings
+        How its probabilities are refined along the image's edges (:mod:`.refine`); predict, predict_proba,
+        uncertainty and outputs apply it, tile-by-tile segmentation with :func:`~.refine.halo` context.
     """
 
     feature_config: FeatureConfig | None
@@ -48,6 +52,7 @@ class Segmenter(Protocol):
     backbone_family_: str | None
     backbone_fingerprint_: np.ndarray | None
     class_names: dict[int, str]
+    refine_settings: RefineSettings
 
     @property
     def is_fitted(self) -> bool:
@@ -75,8 +80,20 @@ class Segmenter(Protocol):
         """Normalised entropy ``(H, W)`` float32, 0 = certain."""
         ...
 
+    def outputs(self, features: Any, kinds: Any = ("labels",)) -> dict[str, np.ndarray]:
+        """Some of ``"labels"``, ``"probabilities"``, ``"uncertainty"`` in one pass (refined once)."""
+        ...
+
     def labels_from_logits(self, logits: np.ndarray) -> np.ndarray:
-        """The class value of the largest logit ``(n_classes, H, W)`` per pixel: ``(H, W)``."""
+        """The class value of the largest logit ``(n_classes, H, W)`` per pixel: ``(H, W)`` (no refinement)."""
+        ...
+
+    def labels_from_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
+        """The most probable class value per pixel of (refined) probabilities ``(n_classes, H, W)``: ``(H, W)``."""
+        ...
+
+    def guide(self, features: Any, image: np.ndarray | None = None) -> np.ndarray:
+        """The image guiding refinement, scaled like the features' image."""
         ...
 
     def featurizer(self, **runtime: Any) -> Featurizer:

@@ -18,7 +18,7 @@ maps ``(C, H, W)``; probabilities ``(n_classes, H, W)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,19 @@ from . import compatibility
 from .compatibility import common_feature_config
 from .labels import clean_labels
 from .model_file import ModelRecord, check_record, damaged, read_model_file, write_model_file
+from .refine import RefineSettings, guide_image, refine_probabilities
 from .training import TrainingSummary, first_known, fit_linear, paired_images, training_set
+
+#: What :meth:`LinearSegmenter.predict` and friends refine with when ``refine=None`` is passed: the model's own.
+RefineChoice = str | RefineSettings | None
+
+
+def softmax_inplace(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the class axis of ``(n_classes, H, W)`` float32 logits, in place; returns them."""
+    logits -= logits.max(axis=0, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=0, keepdims=True)
+    return logits
 
 
 def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
@@ -76,6 +88,14 @@ class LinearSegmenter:
         :data:`~.solver.GRADIENT_TOLERANCE`; see :func:`~.solver.fit_logistic`).
     majority_size, min_object_size : int
         Optional clean-up of :meth:`predict` (see :func:`clean_labels`); 0 = off.
+    refine : {"none", "crf", "guided"}
+        Edge-aware refinement of the class probabilities guided by the image (:mod:`.refine`): a local
+        dense CRF, a guided filter, or none. :meth:`predict`, :meth:`predict_proba` and
+        :meth:`uncertainty` apply it (``refine=`` overrides it for one call); saved in the model file.
+    refine_options : dict, optional
+        Options of the refinement method (:class:`~.refine.RefineSettings`: ``iterations``, ``radius``,
+        ``spatial_sigma``, ``intensity_sigma``, ``weight`` for "crf"; ``radius``, ``eps`` for "guided");
+        missing ones take the method's defaults.
     warm_start : bool
         Start :meth:`fit` from the previous solution when the classes are unchanged
         (fewer iterations when retraining after every brush stroke).
@@ -105,6 +125,8 @@ class LinearSegmenter:
         max_iter: int = 100,
         majority_size: int = 0,
         min_object_size: int = 0,
+        refine: str = "none",
+        refine_options: Mapping[str, Any] | None = None,
         warm_start: bool = False,
         seed: int = 0,
     ):
@@ -122,6 +144,10 @@ class LinearSegmenter:
         self.max_iter = int(max_iter)
         self.majority_size = int(majority_size)
         self.min_object_size = int(min_object_size)
+        if refine_options is not None and not isinstance(refine_options, Mapping):
+            raise InputError(f"refine_options must be a dict of options, got {type(refine_options).__name__}.")
+        #: The refinement applied by predict / predict_proba / uncertainty (:attr:`refine` is its method).
+        self.refine_settings = RefineSettings.create(refine, **dict(refine_options or {}))
         self.warm_start = bool(warm_start)
         self.seed = int(seed)
         self._standardized: tuple[Any, Any] | None = None
@@ -153,9 +179,20 @@ class LinearSegmenter:
             "max_iter": self.max_iter,
             "majority_size": self.majority_size,
             "min_object_size": self.min_object_size,
+            "refine": self.refine,
+            "refine_options": self.refine_settings.options(),
             "warm_start": self.warm_start,
             "seed": self.seed,
         }
+
+    @property
+    def refine(self) -> str:
+        """The refinement method, ``"none"``, ``"crf"`` or ``"guided"``; setting it takes that method's defaults."""
+        return self.refine_settings.method
+
+    @refine.setter
+    def refine(self, method: str | RefineSettings) -> None:
+        self.refine_settings = method if isinstance(method, RefineSettings) else RefineSettings.create(method)
 
     @property
     def is_fitted(self) -> bool:
@@ -293,31 +330,110 @@ class LinearSegmenter:
             hybrid.add_classical_logits(logits, self.coef_[:, n_hr:], features, self._classical)
         return logits
 
-    def predict_proba(self, features: FeatureSource) -> np.ndarray:
-        """Class probabilities ``(n_classes, H, W)`` float32 (softmax of the logits; sums to 1)."""
-        logits = self.decision_function(features)
-        logits -= logits.max(axis=0, keepdims=True)
-        np.exp(logits, out=logits)
-        logits /= logits.sum(axis=0, keepdims=True)
-        return logits
+    def refinement(self, refine: RefineChoice = None) -> RefineSettings:
+        """The refinement of one call: the model's for None (or its own method name), else ``refine``'s defaults."""
+        if refine is None or refine == self.refine:
+            return self.refine_settings
+        return refine if isinstance(refine, RefineSettings) else RefineSettings.create(refine)
 
-    def predict(self, features: FeatureSource) -> np.ndarray:
-        """Label image ``(H, W)`` with the class values of :attr:`classes_`: uint8, or uint16 above 255."""
-        labels = self.labels_from_logits(self.decision_function(features))
+    def guide(self, features: FeatureSource, image: np.ndarray | None = None) -> np.ndarray:
+        """The image that guides refinement, scaled like the features' image (:func:`~.refine.guide_image`).
+
+        ``image`` (the raw ``(H, W[, C])`` image of the features) wins; otherwise the image an Encoding keeps.
+        """
+        if image is None and is_encoding(features):
+            image = getattr(features, "image", None)
+        if image is None:
+            raise InputError(
+                "Refining the probabilities (refine='crf' or 'guided') needs the image: pass an Encoding made by "
+                "Featurizer.encode (it keeps the image) or the image itself with image=..., or use refine='none'."
+            )
+        normalize = self.feature_config.normalize if self.feature_config is not None else "minmax"
+        guide = guide_image(image, normalize=normalize)
+        shape = tuple(features.shape) if is_encoding(features) else tuple(np.asarray(features).shape[1:])
+        if guide.shape[:2] != shape:
+            raise InputError(f"The image {guide.shape[:2]} does not match the features {shape}: pass the same image.")
+        return guide
+
+    def predict_proba(
+        self, features: FeatureSource, *, refine: RefineChoice = None, image: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Class probabilities ``(n_classes, H, W)`` float32 (softmax of the logits; sums to 1), refined.
+
+        ``refine`` overrides the model's refinement for this call (None: the model's); ``image`` is the
+        features' image when they are not an Encoding (which keeps it) and refinement is on.
+        """
+        settings = self.refinement(refine)
+        probabilities = softmax_inplace(self.decision_function(features))
+        if not settings.active:
+            return probabilities
+        return refine_probabilities(probabilities, self.guide(features, image), settings)
+
+    def predict(
+        self, features: FeatureSource, *, refine: RefineChoice = None, image: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Label image ``(H, W)`` with the class values of :attr:`classes_`: uint8, or uint16 above 255.
+
+        With refinement (the model's, or ``refine`` for this call) the labels are the most probable classes of
+        the refined probabilities (:meth:`predict_proba`), else of the logits.
+        """
+        if self.refinement(refine).active:
+            labels = self.labels_from_probabilities(self.predict_proba(features, refine=refine, image=image))
+        else:
+            labels = self.labels_from_logits(self.decision_function(features))
+        return self.clean(labels)
+
+    def clean(self, labels: np.ndarray) -> np.ndarray:
+        """The model's clean-up of predicted labels (``majority_size``, ``min_object_size``; none when both off)."""
         if self.majority_size > 1 or self.min_object_size > 0:
             labels = clean_labels(labels, majority_size=self.majority_size, min_object_size=self.min_object_size)
         return labels
 
+    def outputs(
+        self,
+        features: FeatureSource,
+        kinds: Sequence[str] = ("labels",),
+        *,
+        refine: RefineChoice = None,
+        image: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Some of ``"labels"``, ``"probabilities"``, ``"uncertainty"`` from one pass (refinement computed once).
+
+        Each equals :meth:`predict`, :meth:`predict_proba` and :meth:`uncertainty` of the same arguments.
+        """
+        settings = self.refinement(refine)
+        out: dict[str, np.ndarray] = {}
+        logits = self.decision_function(features)
+        if "labels" in kinds and not settings.active:
+            out["labels"] = self.clean(self.labels_from_logits(logits))
+        if settings.active or "uncertainty" in kinds or "probabilities" in kinds:
+            probabilities = softmax_inplace(logits)
+            if settings.active:
+                probabilities = refine_probabilities(probabilities, self.guide(features, image), settings)
+            if "labels" in kinds and settings.active:
+                out["labels"] = self.clean(self.labels_from_probabilities(probabilities))
+            if "uncertainty" in kinds:
+                out["uncertainty"] = normalized_entropy(probabilities)
+            if "probabilities" in kinds:
+                out["probabilities"] = probabilities
+        return {kind: out[kind] for kind in kinds}
+
     def labels_from_logits(self, logits: np.ndarray) -> np.ndarray:
         """The class value of the largest logit ``(n_classes, H, W)`` per pixel: ``(H, W)`` in :func:`label_dtype`.
 
-        No clean-up (:meth:`predict` adds it when ``majority_size`` or ``min_object_size`` is set).
+        Raw: no refinement, no clean-up (:meth:`predict` adds them when set).
         """
         return self.classes_.astype(label_dtype(int(self.classes_.max())))[np.argmax(logits, axis=0)]
 
-    def uncertainty(self, features: FeatureSource) -> np.ndarray:
-        """Normalised entropy of the class probabilities: (H, W) float32, 0 = certain, 1 = uniform."""
-        return normalized_entropy(self.predict_proba(features))
+    def labels_from_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
+        """The most probable class value per pixel of ``(n_classes, H, W)`` probabilities: ``(H, W)``, no clean-up."""
+        return self.labels_from_logits(probabilities)
+
+    def uncertainty(
+        self, features: FeatureSource, *, refine: RefineChoice = None, image: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Normalised entropy of the (refined) class probabilities: (H, W) float32, 0 = certain, 1 = uniform."""
+        return normalized_entropy(self.predict_proba(features, refine=refine, image=image))
 
     def dense_features(self, encoding: Any) -> np.ndarray:
         """The full feature array this model works on, ``(n_features, H, W)``: for small images and tests."""
