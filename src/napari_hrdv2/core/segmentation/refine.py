@@ -57,8 +57,8 @@ REFINE_METHODS: tuple[str, ...] = ("none", "crf", "guided")
 #: Defaults of every option per method (chosen by ``benchmarks/bench_quality.py``'s grid).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "none": {},
-    "crf": {"iterations": 5, "radius": 3, "spatial_sigma": 3.0, "intensity_sigma": 0.1, "weight": 3.0},
-    "guided": {"radius": 4, "eps": 1e-3},
+    "crf": {"iterations": 5, "radius": 3, "spatial_sigma": 3.0, "intensity_sigma": 0.1, "weight": 6.0},
+    "guided": {"radius": 8, "eps": 1e-3},
 }
 
 #: Smallest probability kept by the guided filter before renormalising (its output may leave [0, 1]).
