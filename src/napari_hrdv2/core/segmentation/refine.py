@@ -55,10 +55,10 @@ if TYPE_CHECKING:  # pragma: no cover
 #: The refinement methods, in the order offered to users.
 REFINE_METHODS: tuple[str, ...] = ("none", "crf", "guided")
 
-#: Defaults of every option per method (chosen by ``benchmarks/bench_quality.py``'s grid).
+#: Defaults of every option per method (chosen from ``benchmarks/bench_quality.py``'s grid, see benchmarks/README.md).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "none": {},
-    "crf": {"iterations": 5, "radius": 3, "spatial_sigma": 3.0, "intensity_sigma": 0.1, "weight": 6.0},
+    "crf": {"iterations": 5, "radius": 3, "spatial_sigma": 3.0, "intensity_sigma": 0.1, "weight": 10.0},
     "guided": {"radius": 8, "eps": 1e-3},
 }
 
