@@ -47,6 +47,7 @@ import numpy as np
 from ..config import Normalize
 from ..errors import InputError
 from ..features.preprocess import scale_intensities, validate_image
+from ..features.sources import is_encoding
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch  # imported where used: ``import napari_hrdv2`` stays free of torch
@@ -54,11 +55,11 @@ if TYPE_CHECKING:  # pragma: no cover
 #: The refinement methods, in the order offered to users.
 REFINE_METHODS: tuple[str, ...] = ("none", "crf", "guided")
 
-#: Defaults of every option per method (chosen by ``benchmarks/bench_quality.py``'s grid).
+#: Defaults of every option per method (chosen from ``benchmarks/bench_quality.py``'s grid, see benchmarks/README.md).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "none": {},
-    "crf": {"iterations": 5, "radius": 3, "spatial_sigma": 3.0, "intensity_sigma": 0.1, "weight": 3.0},
-    "guided": {"radius": 4, "eps": 1e-3},
+    "crf": {"iterations": 5, "radius": 3, "spatial_sigma": 3.0, "intensity_sigma": 0.1, "weight": 10.0},
+    "guided": {"radius": 8, "eps": 1e-3},
 }
 
 #: Smallest probability kept by the guided filter before renormalising (its output may leave [0, 1]).
@@ -187,6 +188,24 @@ def guide_image(image: np.ndarray, *, normalize: Normalize = "minmax") -> np.nda
     if image.ndim == 3 and image.shape[-1] == 4:
         image = image[..., :3]
     return np.ascontiguousarray(scale_intensities(image, normalize=normalize), dtype=np.float32)
+
+
+def guide_of(features: Any, image: np.ndarray | None = None, *, normalize: Normalize = "minmax") -> np.ndarray:
+    """The guide of features ``(C, H, W)`` or an Encoding: ``image`` if given, else the image the Encoding keeps,
+    scaled by :func:`guide_image`; an :class:`InputError` saying what to pass when there is none or it does not fit.
+    """
+    if image is None and is_encoding(features):
+        image = getattr(features, "image", None)
+    if image is None:
+        raise InputError(
+            "Refining the probabilities (refine='crf' or 'guided') needs the image: pass an Encoding made by "
+            "Featurizer.encode (it keeps the image) or the image itself with image=..., or use refine='none'."
+        )
+    guide = guide_image(image, normalize=normalize)
+    shape = tuple(features.shape) if is_encoding(features) else tuple(np.asarray(features).shape[1:])
+    if guide.shape[:2] != shape:
+        raise InputError(f"The image {guide.shape[:2]} does not match the features {shape}: pass the same image.")
+    return guide
 
 
 def refine_probabilities(

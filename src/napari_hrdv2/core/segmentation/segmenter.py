@@ -40,7 +40,7 @@ from . import compatibility
 from .compatibility import common_feature_config
 from .labels import clean_labels
 from .model_file import ModelRecord, check_record, damaged, read_model_file, write_model_file
-from .refine import RefineSettings, guide_image, refine_probabilities
+from .refine import RefineSettings, guide_of, refine_probabilities
 from .training import TrainingSummary, first_known, fit_linear, paired_images, training_set
 
 #: What :meth:`LinearSegmenter.predict` and friends refine with when ``refine=None`` is passed: the model's own.
@@ -341,19 +341,8 @@ class LinearSegmenter:
 
         ``image`` (the raw ``(H, W[, C])`` image of the features) wins; otherwise the image an Encoding keeps.
         """
-        if image is None and is_encoding(features):
-            image = getattr(features, "image", None)
-        if image is None:
-            raise InputError(
-                "Refining the probabilities (refine='crf' or 'guided') needs the image: pass an Encoding made by "
-                "Featurizer.encode (it keeps the image) or the image itself with image=..., or use refine='none'."
-            )
         normalize = self.feature_config.normalize if self.feature_config is not None else "minmax"
-        guide = guide_image(image, normalize=normalize)
-        shape = tuple(features.shape) if is_encoding(features) else tuple(np.asarray(features).shape[1:])
-        if guide.shape[:2] != shape:
-            raise InputError(f"The image {guide.shape[:2]} does not match the features {shape}: pass the same image.")
-        return guide
+        return guide_of(features, image, normalize=normalize)
 
     def predict_proba(
         self, features: FeatureSource, *, refine: RefineChoice = None, image: np.ndarray | None = None
