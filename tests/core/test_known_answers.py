@@ -186,6 +186,8 @@ NON_DEFAULT_PARAMS = {
     "max_iter": 12,
     "majority_size": 5,
     "min_object_size": 9,
+    "refine": "crf",
+    "refine_options": {"iterations": 2, "radius": 4, "spatial_sigma": 2.0, "intensity_sigma": 0.2, "weight": 3.0},
     "warm_start": True,
     "seed": 42,
 }
