@@ -51,4 +51,5 @@ def model_text(segmenter: Any, class_names: dict[int, str], settings: FeatureCon
     trained_with = segmenter.feature_config
     mismatch = dock_mismatch(trained_with, settings)
     features = f"; {describe_config(trained_with)}" if trained_with is not None else ""
-    return f"trained, classes {classes}{features}" + (f". {mismatch}" if mismatch else "")
+    head = f"MLP ({segmenter.hidden} hidden units), " if getattr(segmenter, "HEAD", "linear") == "mlp" else ""
+    return f"{head}trained, classes {classes}{features}" + (f". {mismatch}" if mismatch else "")

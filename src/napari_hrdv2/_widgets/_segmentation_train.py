@@ -1,17 +1,20 @@
 """The Train tab of the Segmentation dock: class table, Train / Live / Segment after training, classical
-filters, and what the current model is."""
+filters, the classifier head, and what the current model is."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import CheckBox, Container, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
 
 from ._classes import ClassTable
 from ._common import wrap_label
 from ._dock import tab_page
 from ._model_text import NO_MODEL
 from ._segmentation_keys import SHORTCUTS, SHORTCUTS_TEXT
+
+#: The Head choices (shown, value): the values are ``core.segmentation.heads.HEADS``.
+HEAD_CHOICES = [("linear", "linear"), ("MLP", "mlp")]
 
 
 class TrainTab:
@@ -40,11 +43,18 @@ class TrainTab:
             tooltip="Also train on classical multiscale filters of the image (intensity, edges, texture): "
             "helps where the classes differ mostly in brightness",
         )
+        self.head = ComboBox(
+            label="Head",
+            choices=HEAD_CHOICES,
+            value="linear",
+            tooltip="The classifier on the features: linear (fastest), or a small MLP (one hidden layer) that can "
+            "separate classes a linear boundary cannot; both are exact at full resolution",
+        )
         self.model_status = Label(label="Model", value=NO_MODEL)
         self.shortcuts = Label(value=SHORTCUTS_TEXT)
         for label in (self.model_status, self.shortcuts):
             wrap_label(label.native, selectable=True)
-        self.page = tab_page(self.classes.widget, self.hybrid, self.model_status, self.shortcuts)
+        self.page = tab_page(self.classes.widget, self.hybrid, self.head, self.model_status, self.shortcuts)
 
 
 def copy_scribbles(viewer: Any, geometry: Any, labels_layer: Any, image_layer: Any) -> dict[int, Any]:

@@ -87,7 +87,7 @@ def test_two_textures_segmented(encoded, model):
     proba = model.predict_proba(encoding)
     np.testing.assert_allclose(proba.sum(axis=0), 1.0, atol=1e-5)
     uncertainty = model.uncertainty(encoding)
-    assert uncertainty.shape == truth.shape and 0 <= uncertainty.min() and uncertainty.max() <= 1
+    assert uncertainty.shape == truth.shape and uncertainty.min() >= 0 and uncertainty.max() <= 1
 
 
 def test_xor_known_answer_mlp_separates_what_linear_cannot():
