@@ -184,6 +184,28 @@ def test_tile_by_tile_segmentation_equals_in_memory(tiled_config, encoded, model
     assert streaming.model_digest(other) != streaming.model_digest(model)
 
 
+def test_streamed_zarr_and_batch_folder_equal_in_memory(tmp_path, tiled_config, encoded, model, monkeypatch):
+    import tifffile
+    import zarr
+
+    from napari_hrdv2.core.scale import streaming
+
+    encoding, _ = encoded
+    featurizer = hr.Featurizer(tiled_config)
+    expected = model.predict(encoding)
+    out = tmp_path / "streamed_labels.zarr"
+    hr.stream_segment(model, encoding.image, {"labels": out}, featurizer=featurizer, chunk=64)
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][:], expected)
+    tifffile.imwrite(tmp_path / "small.tif", encoding.image)
+    report = hr.segment_files([tmp_path / "small.tif"], tmp_path / "memory", model, featurizer)  # in memory
+    assert report.ok
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "memory" / "small_labels.tif"), expected)
+    monkeypatch.setattr(streaming, "STREAM_PIXELS", 100 * 100)  # the batch streams it tile by tile
+    report = hr.segment_files([tmp_path / "small.tif"], tmp_path / "streamed", model, featurizer)
+    assert report.ok
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "streamed" / "small_labels.tif"), expected)
+
+
 def test_dask_worker_loads_an_mlp_model(tmp_path, model):
     from napari_hrdv2.core.scale import distributed
 
