@@ -79,8 +79,15 @@ def section_timing(featurizer: hr.Featurizer, repeats: int, labelled: int) -> No
     counts = "/".join(str(np.count_nonzero(scribbles == c)) for c in range(1, truth.max() + 1))
     print_table(
         rows,
-        ["head", "training px", "L-BFGS iterations", "fit s", "predict s", "fit / linear fit",
-         "predict / linear predict"],  # fmt: skip
+        [
+            "head",
+            "training px",
+            "L-BFGS iterations",
+            "fit s",
+            "predict s",
+            "fit / linear fit",
+            "predict / linear predict",
+        ],  # fmt: skip
         title=f"Timing: {image.shape[0]}x{image.shape[1]} nasa_ebc {LATENCY_IMAGE}, {featurizer.config.n_transforms} "
         f"transforms, encoding cached, scribbled px/class {counts}, median of {repeats}",
     )

@@ -205,7 +205,17 @@ def test_train_writes_model_and_refuses_overwrite(model, capsys, opts):
 def test_train_mlp_head_then_segment_uses_it(model, tmp_path, capsys, opts, config):
     folder = model.parent
     out = tmp_path / "mlp.hrdv2"
-    args = ["train", folder / "tex.tif", "--labels", folder / "tex_strokes.tif", "-o", out, *opts, "--tile-size", "none"]
+    args = [
+        "train",
+        folder / "tex.tif",
+        "--labels",
+        folder / "tex_strokes.tif",
+        "-o",
+        out,
+        *opts,
+        "--tile-size",
+        "none",
+    ]
     code, stdout, _ = run(capsys, *args, "--head", "mlp", "--hidden", "8")
     assert code == 0 and "Trained an MLP model" in stdout
     seg = hr.load_segmenter(out)
@@ -213,7 +223,9 @@ def test_train_mlp_head_then_segment_uses_it(model, tmp_path, capsys, opts, conf
     code, _, _ = run(capsys, "segment", folder / "tex.tif", "--model", out, "-o", tmp_path / "labels", "-q")
     assert code == 0
     labels = tifffile.imread(tmp_path / "labels" / "tex_labels.tif")
-    np.testing.assert_array_equal(labels, seg.predict(hr.Featurizer(config).encode(tifffile.imread(folder / "tex.tif"))))
+    np.testing.assert_array_equal(
+        labels, seg.predict(hr.Featurizer(config).encode(tifffile.imread(folder / "tex.tif")))
+    )
     code, _, err = run(capsys, *args, "--overwrite", "--hidden", "8")
     assert code == 2 and "--head mlp" in err
     code, _, err = run(capsys, *args, "--overwrite", "--head", "forest")

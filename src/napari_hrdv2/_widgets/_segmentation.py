@@ -155,7 +155,11 @@ class SegmentationWidget(DockFrame, Container):
             return self.make_segmenter
         default = self.make_segmenter == self._new_segmenter
         return warm_factory(
-            self._session.segmenter, self.make_segmenter, bool(self._hybrid.value), default=default, head=self._head.value
+            self._session.segmenter,
+            self.make_segmenter,
+            bool(self._hybrid.value),
+            default=default,
+            head=self._head.value,
         )
 
     # ------------------------------------------------------------------ layer choices

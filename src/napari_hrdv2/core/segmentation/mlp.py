@@ -202,7 +202,15 @@ class MLPSegmenter(LinearSegmenter):
 
     HEAD: ClassVar[str] = "mlp"
 
-    def __init__(self, *, hidden: int = DEFAULT_HIDDEN, activation: str = "relu", l2: float = 1e-3, max_iter: int = 100, **options: Any):
+    def __init__(
+        self,
+        *,
+        hidden: int = DEFAULT_HIDDEN,
+        activation: str = "relu",
+        l2: float = 1e-3,
+        max_iter: int = 100,
+        **options: Any,
+    ):
         if isinstance(hidden, bool) or not isinstance(hidden, (int, np.integer)) or not 1 <= hidden <= MAX_HIDDEN:
             raise InputError(f"hidden must be a whole number of units in 1..{MAX_HIDDEN}, got {hidden!r}.")
         if activation not in ACTIVATIONS:
