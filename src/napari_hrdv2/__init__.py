@@ -35,6 +35,8 @@ _EXPORTS = {
     "Transform": "core.transforms",
     "make_transforms": "core.transforms",
     "LinearSegmenter": "core.segmentation.segmenter",
+    "MLPSegmenter": "core.segmentation.mlp",
+    "load_segmenter": "core.segmentation.heads",
     "EncodingCache": "core.features.cache",
     "StackEncoder": "core.segmentation.stack",
     "fit_stack": "core.segmentation.stack",
@@ -66,6 +68,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.progress import Progress
     from .core.scale.batch import segment_files
     from .core.scale.streaming import fit_lazy, segment_region, stream_segment
+    from .core.segmentation.heads import load_segmenter
+    from .core.segmentation.mlp import MLPSegmenter
     from .core.segmentation.segmenter import LinearSegmenter
     from .core.segmentation.stack import StackEncoder, fit_stack, predict_stack
     from .core.transforms import Transform, make_transforms

@@ -202,6 +202,43 @@ def test_train_writes_model_and_refuses_overwrite(model, capsys, opts):
     assert code == 2 and "already exists" in err and "--overwrite" in err
 
 
+def test_train_mlp_head_then_segment_uses_it(model, tmp_path, capsys, opts, config):
+    folder = model.parent
+    out = tmp_path / "mlp.hrdv2"
+    args = [
+        "train",
+        folder / "tex.tif",
+        "--labels",
+        folder / "tex_strokes.tif",
+        "-o",
+        out,
+        *opts,
+        "--tile-size",
+        "none",
+    ]
+    code, stdout, _ = run(capsys, *args, "--head", "mlp", "--hidden", "8")
+    assert code == 0 and "Trained an MLP model" in stdout
+    seg = hr.load_segmenter(out)
+    assert type(seg) is hr.MLPSegmenter and seg.hidden == 8 and seg.classes_.tolist() == [1, 2]
+    code, _, _ = run(capsys, "segment", folder / "tex.tif", "--model", out, "-o", tmp_path / "labels", "-q")
+    assert code == 0
+    labels = tifffile.imread(tmp_path / "labels" / "tex_labels.tif")
+    np.testing.assert_array_equal(
+        labels, seg.predict(hr.Featurizer(config).encode(tifffile.imread(folder / "tex.tif")))
+    )
+    code, _, err = run(capsys, *args, "--overwrite", "--hidden", "8")
+    assert code == 2 and "--head mlp" in err
+    code, _, err = run(capsys, *args, "--overwrite", "--head", "forest")
+    assert code == 2 and "invalid choice" in err
+
+
+def test_cli_head_choices_match_the_core():
+    from napari_hrdv2.cli import train
+    from napari_hrdv2.core.segmentation import heads, mlp
+
+    assert train.HEADS == heads.HEADS and train.DEFAULT_HIDDEN == mlp.DEFAULT_HIDDEN
+
+
 def test_train_on_stack_uses_labelled_planes(tmp_path, capsys, opts):
     images, truths = zip(*(two_texture_image(56, seed=s) for s in range(3)))
     labels = np.zeros((3, 56, 56), dtype=np.uint8)

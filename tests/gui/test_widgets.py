@@ -245,6 +245,34 @@ def test_train_two_textures(qtbot, viewer, segmentation_widget):
     np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, atol=1e-4)
 
 
+def test_head_choice_trains_an_mlp_and_live_retrains_it_warm(qtbot, viewer, segmentation_widget, tmp_path):
+    """Default state: the linear head. Choosing MLP trains, saves, loads and warm-retrains an MLPSegmenter."""
+    from napari_hrdv2.core.segmentation.mlp import MLPSegmenter
+    from napari_hrdv2.core.segmentation.segmenter import LinearSegmenter
+
+    assert segmentation_widget._head.value == "linear"
+    assert type(segmentation_widget.make_segmenter()) is LinearSegmenter
+    image, truth = two_texture_image()
+    image_layer = viewer.add_image(image, name="tex")
+    scribbles = segmentation_widget.new_scribbles_layer(image_layer)
+    painted = scribbles.data.copy()
+    paint_strokes(painted)
+    scribbles.data = painted
+    segmentation_widget._head.value = "mlp"
+    segmentation_widget.train(image_layer, scribbles)
+    wait_idle(qtbot, segmentation_widget)
+    model = segmentation_widget._session.segmenter
+    assert type(model) is MLPSegmenter
+    assert np.mean(viewer.layers["tex segmentation"].data == truth) >= 0.9
+    assert segmentation_widget._model_status.value.startswith("MLP (32 hidden units), trained")
+    warm = segmentation_widget._segmenter_factory(True)()
+    assert type(warm) is MLPSegmenter and warm.warm_start and warm is not model
+    segmentation_widget._head.value = "linear"
+    assert type(segmentation_widget._segmenter_factory(True)()) is LinearSegmenter  # another head: a cold start
+    path = segmentation_widget.save_model(tmp_path / "mlp.hrdv2")
+    assert type(segmentation_widget.load_model(path)) is MLPSegmenter
+
+
 def test_predict_all_planes_of_stack(qtbot, viewer, features_widget, segmentation_widget):
     images, truths = zip(*(two_texture_image(seed=s) for s in range(3)))
     stack = viewer.add_image(np.stack(images), name="stack")

@@ -53,4 +53,5 @@ def model_text(segmenter: Any, class_names: dict[int, str], settings: FeatureCon
     features = f"; {describe_config(trained_with)}" if trained_with is not None else ""
     refine = getattr(segmenter, "refine", "none")
     refined = f"; edges refined ({refine})" if refine != "none" else ""
-    return f"trained, classes {classes}{features}{refined}" + (f". {mismatch}" if mismatch else "")
+    head = f"MLP ({segmenter.hidden} hidden units), " if getattr(segmenter, "HEAD", "linear") == "mlp" else ""
+    return f"{head}trained, classes {classes}{features}{refined}" + (f". {mismatch}" if mismatch else "")

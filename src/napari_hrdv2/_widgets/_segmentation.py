@@ -110,7 +110,8 @@ class SegmentationWidget(DockFrame, Container):
         """The tabs' controls as the dock's attributes (scripts and tests reach them there)."""
         train, predict, batch = self.train_tab, self.predict_tab, self.batch_tab
         self._classes, self._train, self._live = train.classes, train.train, train.live
-        self._auto_segment, self._hybrid, self._refine = train.auto_segment, train.hybrid, train.refine
+        self._auto_segment, self._hybrid = train.auto_segment, train.hybrid
+        self._head, self._refine = train.head, train.refine
         self._model_status, self._shortcuts = train.model_status, train.shortcuts
         self._predict_plane, self._predict_all = predict.predict_plane, predict.predict_all
         self._predict_view = predict.predict_view
@@ -148,14 +149,20 @@ class SegmentationWidget(DockFrame, Container):
         return self._runner.busy or self._live_runner.busy
 
     def _new_segmenter(self) -> Any:
-        return new_segmenter(hybrid=bool(self._hybrid.value), refine=str(self._refine.value))
+        return new_segmenter(hybrid=bool(self._hybrid.value), head=self._head.value, refine=str(self._refine.value))
 
     def _segmenter_factory(self, live: bool) -> Any:
         """What makes a training's model: for live updates a warm copy of the current one (see ``warm_factory``)."""
         if not live:
             return self.make_segmenter
         default = self.make_segmenter == self._new_segmenter
-        return warm_factory(self._session.segmenter, self.make_segmenter, bool(self._hybrid.value), default=default)
+        return warm_factory(
+            self._session.segmenter,
+            self.make_segmenter,
+            bool(self._hybrid.value),
+            default=default,
+            head=self._head.value,
+        )
 
     # ------------------------------------------------------------------ layer choices
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:

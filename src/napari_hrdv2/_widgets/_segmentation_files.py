@@ -149,9 +149,9 @@ class ModelFiles:
     def load_model(self, path: str | Path) -> Any:
         """Load a model file; the feature settings switch to the ones it was trained with."""
         from .._workers import merge_runtime
-        from ..core.segmentation.segmenter import LinearSegmenter
+        from ..core.segmentation.heads import load_segmenter
 
-        segmenter = LinearSegmenter.load(path)
+        segmenter = load_segmenter(path)
         trained_with = segmenter.feature_config
         if trained_with is not None:
             self._session.config = merge_runtime(trained_with, self._session.config)

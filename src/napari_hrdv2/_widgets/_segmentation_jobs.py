@@ -42,21 +42,27 @@ LAZY_TRAIN_PIXELS = 1 << 25
 NO_IMAGE = "Choose an image layer first (open an image, or File > Open Sample > HR-Dv2)."
 
 
-def new_segmenter(*, hybrid: bool = False, refine: str | None = None) -> Any:
-    """A LinearSegmenter with its documented default hyper-parameters (plus classical filters if ``hybrid``,
-    and the refinement ``refine`` if given)."""
-    from ..core.segmentation.segmenter import LinearSegmenter
+def new_segmenter(*, hybrid: bool = False, head: str = "linear", refine: str | None = None) -> Any:
+    """A segmenter of ``head`` ("linear" or "mlp") with its documented default hyper-parameters (plus classical
+    filters if ``hybrid``, and the refinement ``refine`` if given)."""
+    from ..core.segmentation import heads
 
-    return LinearSegmenter(hybrid=hybrid) if refine is None else LinearSegmenter(hybrid=hybrid, refine=refine)
+    options = {} if refine is None else {"refine": refine}
+    return heads.new_segmenter(head, hybrid=hybrid, **options)
 
 
-def warm_factory(previous: Any, make_segmenter: Callable[[], Any], hybrid: bool, *, default: bool) -> Any:
+def warm_factory(
+    previous: Any, make_segmenter: Callable[[], Any], hybrid: bool, *, default: bool, head: str = "linear"
+) -> Any:
     """For live updates: a factory of copies of ``previous`` that start from its solution (fewer iterations).
 
     A copy, so the model other jobs may be predicting with is never changed under them. ``make_segmenter`` itself
-    when it is not the ``default`` factory, there is no model yet, it differs in ``hybrid``, or cannot warm start.
+    when it is not the ``default`` factory, there is no model yet, it differs in ``hybrid`` or ``head``, or cannot
+    warm start.
     """
     if not default or previous is None or getattr(previous, "hybrid", None) != hybrid:
+        return make_segmenter
+    if getattr(previous, "HEAD", "linear") != head:
         return make_segmenter
     if not hasattr(previous, "warm_start"):
         return make_segmenter

@@ -1,5 +1,5 @@
 """The Train tab of the Segmentation dock: class table, Train / Live / Segment after training, classical
-filters, and what the current model is."""
+filters, the classifier head, and what the current model is."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from ._dock import tab_page
 from ._model_text import NO_MODEL
 from ._segmentation_keys import SHORTCUTS, SHORTCUTS_TEXT
 
+#: The Head choices (shown, value): the values are ``core.segmentation.heads.HEADS``.
+HEAD_CHOICES = [("linear", "linear"), ("MLP", "mlp")]
 #: The *Refine edges* choices: (text, ``LinearSegmenter(refine=...)``).
 REFINE_CHOICES = [("none", "none"), ("CRF", "crf"), ("guided filter", "guided")]
 
@@ -52,6 +54,13 @@ class TrainTab:
             tooltip="Also train on classical multiscale filters of the image (intensity, edges, texture): "
             "helps where the classes differ mostly in brightness",
         )
+        self.head = ComboBox(
+            label="Head",
+            choices=HEAD_CHOICES,
+            value="linear",
+            tooltip="The classifier on the features: linear (fastest), or a small MLP (one hidden layer) that can "
+            "separate classes a linear boundary cannot; both are exact at full resolution",
+        )
         self.refine = ComboBox(
             label="Refine edges",
             choices=REFINE_CHOICES,
@@ -63,7 +72,9 @@ class TrainTab:
         self.shortcuts = Label(value=SHORTCUTS_TEXT)
         for label in (self.model_status, self.shortcuts):
             wrap_label(label.native, selectable=True)
-        self.page = tab_page(self.classes.widget, self.hybrid, self.refine, self.model_status, self.shortcuts)
+        self.page = tab_page(
+            self.classes.widget, self.hybrid, self.head, self.refine, self.model_status, self.shortcuts
+        )
 
 
 def copy_scribbles(viewer: Any, geometry: Any, labels_layer: Any, image_layer: Any) -> dict[int, Any]:

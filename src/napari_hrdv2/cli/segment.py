@@ -69,14 +69,14 @@ def run(args: argparse.Namespace) -> int:
     from ..core.errors import InputError, ModelFileError, WeightsNotFoundError
     from ..core.files.paths import check_input_file, check_path
     from ..core.scale.batch import segment_files
-    from ..core.segmentation.segmenter import LinearSegmenter
+    from ..core.segmentation.heads import load_segmenter
 
     check_input_file(args.model, "Model file", error=ModelFileError)  # not a folder, FIFO or symlink loop
     if args.scheduler:
         from ..core.scale.distributed import parse_scheduler
 
         parse_scheduler(args.scheduler)  # a wrong address is refused before the model is loaded
-    segmenter = LinearSegmenter.load(args.model)
+    segmenter = load_segmenter(args.model)
     if segmenter.feature_config is None:
         raise InputError(f"'{args.model}' does not record its feature settings; retrain it from images.")
     config = model_runtime_config(args, segmenter.feature_config)

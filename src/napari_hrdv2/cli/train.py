@@ -1,4 +1,4 @@
-"""``napari-hrdv2 train``: a LinearSegmenter from images and brush labels."""
+"""``napari-hrdv2 train``: a segmentation model (linear or MLP head) from images and brush labels."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ from .common import EPILOG, EXIT_OK, encode_with_progress, say, say_precision
 from .options import SharedOptions, add_refine_options, positive_int
 from .settings import build_config, make_featurizer
 
+#: The classifier heads of ``--head`` and ``--hidden``'s default: copies of ``core.segmentation.heads.HEADS`` and
+#: ``core.segmentation.mlp.DEFAULT_HIDDEN`` (a test keeps them equal), so that building the parser imports no model code.
+HEADS = ("linear", "mlp")
+DEFAULT_HIDDEN = 32
+
 
 def add_parser(commands: Any, shared: SharedOptions) -> None:
     """Register ``train`` on the main parser's subcommands."""
@@ -20,7 +25,7 @@ def add_parser(commands: Any, shared: SharedOptions) -> None:
         "train",
         parents=[shared.feature, shared.runtime, shared.common],
         help="train a segmentation model from images and brush labels",
-        description="Train a LinearSegmenter on the labelled pixels of one or more images. Label images hold "
+        description="Train a segmentation model (a linear classifier, or a small MLP with --head mlp) on the labelled pixels of one or more images. Label images hold "
         "class values (1, 2, ...) and 0 for unlabelled pixels, one label file per image; a TIFF stack takes a "
         "label stack of as many planes (planes without labels are skipped).",
         epilog=EPILOG,
@@ -31,9 +36,19 @@ def add_parser(commands: Any, shared: SharedOptions) -> None:
     train.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     group = train.add_argument_group("classifier")
     group.add_argument(
+        "--head",
+        choices=HEADS,
+        default="linear",
+        help="classifier on the features: linear (logistic regression, default) or mlp (one hidden layer, "
+        "computed as exactly and lightly: only its hidden channels are made at full resolution)",
+    )
+    group.add_argument(
+        "--hidden", type=positive_int, metavar="N", help=f"hidden units of --head mlp (default {DEFAULT_HIDDEN})"
+    )
+    group.add_argument(
         "--hybrid", action="store_true", help="add classical multiscale filters (edges, texture...) to the features"
     )
-    group.add_argument("--l2", type=float, default=1e-3, help="L2 penalty of the logistic regression (default 1e-3)")
+    group.add_argument("--l2", type=float, default=1e-3, help="L2 penalty on the weights (default 1e-3)")
     group.add_argument("--max-iter", type=positive_int, default=100, help="L-BFGS iterations (default 100)")
     group.add_argument(
         "--majority-size", type=int, default=0, metavar="PX", help="clean-up of predictions: majority filter side"
@@ -101,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.files.atomic import check_not_an_input, check_output_folder
     from ..core.files.paths import check_path
     from ..core.runtime.devices import inference_mode
-    from ..core.segmentation.segmenter import LinearSegmenter
+    from ..core.segmentation.heads import new_segmenter
 
     output = check_path(args.output, "model file")
     check_not_an_input(output, [*args.images, *args.labels])
@@ -113,13 +128,20 @@ def run(args: argparse.Namespace) -> int:
     refine = {"refine": args.refine} if args.refine is not None else {}
     if args.refine_option:
         refine["refine_options"] = dict(args.refine_option)
-    segmenter = LinearSegmenter(
+    head_options = {}
+    if args.hidden is not None:
+        if args.head != "mlp":
+            raise InputError("--hidden sets the hidden units of an MLP: add --head mlp, or leave --hidden out.")
+        head_options["hidden"] = args.hidden
+    segmenter = new_segmenter(
+        args.head,
         hybrid=args.hybrid,
         l2=args.l2,
         max_iter=args.max_iter,
         majority_size=args.majority_size,
         min_object_size=args.min_object_size,
         **refine,
+        **head_options,
     )
     pairs = training_planes(args.images, args.labels, args.channels)
     featurizer = make_featurizer(args, build_config(args))
@@ -137,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{value}: {count}" for value, count in summary.pixels_per_class.items())
     say(
         args,
-        f"Trained on {len(pairs)} labelled plane(s), pixels per class {{{counts}}}, "
-        f"training accuracy {summary.training_accuracy:.3f}, refinement {segmenter.refine_settings.describe()}. "
-        f"Wrote {output}",
+        f"Trained {'an MLP' if args.head == 'mlp' else 'a linear'} model on {len(pairs)} labelled plane(s), "
+        f"pixels per class {{{counts}}}, training accuracy {summary.training_accuracy:.3f}, "
+        f"refinement {segmenter.refine_settings.describe()}. Wrote {output}",
     )
     return EXIT_OK

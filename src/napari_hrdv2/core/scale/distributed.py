@@ -127,7 +127,7 @@ def _worker_threads() -> None:
 
 def _model_on_worker(model_ref: tuple[str, Any]) -> LinearSegmenter:
     """The model of ``(sha256, path or file bytes)``, loaded once per worker process and checked against its hash."""
-    from ..segmentation.segmenter import LinearSegmenter
+    from ..segmentation.heads import load_segmenter
 
     sha256, source = model_ref
     with _WORKER_LOCK:
@@ -140,7 +140,7 @@ def _model_on_worker(model_ref: tuple[str, Any]) -> LinearSegmenter:
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "model.hrdv2"
                 path.write_bytes(source)
-                model = LinearSegmenter.load(path)
+                model = load_segmenter(path)
         else:
             found = file_sha256(source)
             if found != sha256:
@@ -148,7 +148,7 @@ def _model_on_worker(model_ref: tuple[str, Any]) -> LinearSegmenter:
                     f"The model file '{source}' changed during the run (sha256 {found[:12]}..., expected "
                     f"{sha256[:12]}...); rerun with the new model."
                 )
-            model = LinearSegmenter.load(source)
+            model = load_segmenter(source)
         _worker_threads()
         _WORKER_MODELS[sha256] = model
         return model

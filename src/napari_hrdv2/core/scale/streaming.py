@@ -4,18 +4,24 @@ The in-memory path encodes every tile of an image (:meth:`Featurizer.encode`), t
 :meth:`Encoding.project` adds each tile's blended logits into one ``(n_classes, H, W)`` array. Here the
 same tiles (:meth:`Featurizer.plan_tiles`, i.e. :func:`~.tiling.plan_tiles` over the whole image), with the same blending weights (a
 partition of unity) and the same intensity scaling (computed over the whole image first, block by
-block), are encoded one at a time: a tile's low-resolution maps are projected to ``n_classes`` logit
-channels and dropped at once. Tiles are visited in the order of the in-memory path (row-major), so
+block), are encoded one at a time: a tile's low-resolution maps are projected with the model's first
+linear map (:meth:`~.segmenter.LinearSegmenter.first_layer`: the ``n_classes`` logits of a linear model, the
+hidden pre-activations of an MLP) and dropped at once. Tiles are blended in that linear space, before any
+nonlinearity (as the in-memory path does), and the model's per-pixel head
+(:meth:`~.segmenter.LinearSegmenter.head_logits`, the identity for a linear model) turns finished rows into
+logits. Tiles are visited in the order of the in-memory path (row-major), so
 every pixel sums the same contributions in the same order: the logits are **bit-identical** to the
-in-memory ones, and so are labels, probabilities and uncertainty.
+in-memory ones for a linear model, and so are labels, probabilities and uncertainty (an MLP's head may
+then differ by float32 rounding).
 
 Rows of the image are finished as soon as the last tile row covering them is done; they are turned into
 labels (and probabilities / uncertainty) and written. A model that refines its probabilities
 (:mod:`~..segmentation.refine`) computes every region and band with :func:`~..segmentation.refine.halo`
 pixels of context on each side where the image goes on (logits and the guide, scaled with the whole
 image's :class:`IntensityRange`), refines and crops the context away: the result equals the refined
-prediction of the whole image (labels identical; probabilities to float rounding). Memory holds one tile's maps plus the logits of one
-band of tile rows, ``n_classes x tile_size x width`` float32 (e.g. 76 MB for 3 classes on a 12288-pixel
+prediction of the whole image (labels identical; probabilities to float rounding). Memory holds one tile's maps plus the
+logits of one band of tile rows, ``n_out x tile_size x width`` float32 (``n_out``: classes, or an MLP's hidden
+units) (e.g. 76 MB for 3 classes on a 12288-pixel
 wide image), whatever the height.
 
 - :func:`iter_segment_region` / :func:`segment_region`: the result on one rectangle only (napari's
@@ -73,7 +79,7 @@ def model_digest(segmenter: LinearModel) -> str:
     """
     check_fitted(segmenter)
     digest = hashlib.sha256()
-    for array in (segmenter.coef_, segmenter.intercept_, segmenter.classes_):
+    for array in (*segmenter.first_layer(), segmenter.classes_, *segmenter.head_arrays()):
         digest.update(np.ascontiguousarray(array).tobytes())
     config = segmenter.feature_config.feature_signature() if segmenter.feature_config else None
     digest.update(json.dumps([segmenter.get_params(), config], sort_keys=True).encode())
@@ -239,11 +245,14 @@ def _iter_region_logits(
     bias: np.ndarray,
     rows: tuple[int, int],
     cols: tuple[int, int],
+    head: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Generator[Progress | _Rows, None, None]:
     """Logits of the rectangle ``rows x cols``, yielded as bands of finished rows (and Progress after every pass).
 
+    Tiles are projected with the first linear map ``weight`` (n_out, C), ``bias`` (n_out,) and blended; ``head``
+    turns a band of finished maps ``(n_out, rows, cols)`` into logits (None: the maps are the logits).
     Tiles are visited row-major like :meth:`Encoding.project`, and each pixel adds the same tile
-    contributions in the same order, so the values equal the in-memory ones bit for bit.
+    contributions in the same order, so the maps equal the in-memory ones bit for bit.
     """
     r0, r1 = rows
     c0, c1 = cols
@@ -279,7 +288,7 @@ def _iter_region_logits(
         if n_finished:
             block = acc[:, :n_finished]
             block += bias32
-            yield _Rows(acc_top, block)
+            yield _Rows(acc_top, block if head is None else head(block))
             acc = acc[:, n_finished:].copy()
             acc_top += n_finished
 
@@ -353,7 +362,7 @@ def _iter_region_outputs(
     weight, bias = weights
     settings: RefineSettings = segmenter.refine_settings
     if not settings.active:
-        for item in _iter_region_logits(encoder, weight, bias, rows, cols):
+        for item in _iter_region_logits(encoder, weight, bias, rows, cols, segmenter.head_logits):
             yield item if isinstance(item, Progress) else (item.top, outputs_of_logits(segmenter, item.logits, kinds))
         return
     context = halo(settings)
@@ -362,8 +371,8 @@ def _iter_region_outputs(
         _with_halo(rows, encoder.plane.height, context),
         _with_halo(cols, encoder.plane.width, context),
     )
-    buffer, buffer_top, next_row = np.zeros((weight.shape[0], 0, ec1 - ec0), dtype=np.float32), er0, r0
-    for item in _iter_region_logits(encoder, weight, bias, (er0, er1), (ec0, ec1)):
+    buffer, buffer_top, next_row = np.zeros((segmenter.n_classes, 0, ec1 - ec0), dtype=np.float32), er0, r0
+    for item in _iter_region_logits(encoder, weight, bias, (er0, er1), (ec0, ec1), segmenter.head_logits):
         if isinstance(item, Progress):
             yield item
             continue
@@ -402,8 +411,9 @@ def _featurizer_for(segmenter: LinearModel, featurizer: Featurizer | FeatureConf
 
 
 def _weights(segmenter: LinearModel, featurizer: Featurizer) -> tuple[np.ndarray, np.ndarray]:
+    """The model's first linear map (weight, bias), after checking that ``featurizer``'s backbone fits it."""
     check_backbone(segmenter, featurizer.backbone)  # family, width and weights the model was trained on
-    return segmenter.coef_, segmenter.intercept_
+    return segmenter.first_layer()
 
 
 # ---------------------------------------------------------------------------------------------- regions

@@ -42,7 +42,8 @@ __all__ = [
 def check_fitted(model: Segmenter) -> None:
     """Raise :class:`InputError` if ``model`` is not trained yet."""
     if not model.is_fitted:
-        raise InputError("This LinearSegmenter is not trained yet: call fit(...) or LinearSegmenter.load(path).")
+        kind = type(model).__name__
+        raise InputError(f"This {kind} is not trained yet: call fit(...) or {kind}.load(path).")
 
 
 def feature_mismatch(trained: FeatureConfig | None, used: FeatureConfig, *, used_by: str = "image") -> str | None:

@@ -15,7 +15,11 @@ metadata (strings)
     optional ``channels`` (JSON list of the image channels used for training, ``io.read_image(channels=)``);
     optional ``checksum`` (:func:`~..files.checksums.contents_sha256` of every other entry and tensor,
     written on save: a file whose checksum does not match was edited or damaged and is
-    refused; files written before it have none and load unchecked).
+    refused; files written before it have none and load unchecked);
+    optional ``head`` (the per-pixel head after the first linear map: ``"linear"`` when absent, or ``"mlp"``).
+    A ``"mlp"`` file's ``coef`` / ``intercept`` are the MLP's first layer ``(hidden, n_features)`` / ``(hidden,)``
+    (scaler folded in) and it adds the tensors ``output_weight`` (n_classes, hidden) and ``output_bias``
+    (n_classes,) float32 (files with a head are version 2 or later).
 
 Format version 2 adds the refinement of the probabilities to ``params``: ``"refine"`` (``"none"``,
 ``"crf"`` or ``"guided"``) and ``"refine_options"`` (its options, :class:`~.refine.RefineSettings`), so
@@ -45,6 +49,8 @@ from ..errors import ModelFileError
 FORMAT_VERSION = 2
 #: The first format version whose ``params`` hold the refinement (``refine``, ``refine_options``).
 REFINE_VERSION = 2
+#: The per-pixel heads a model file may hold after its first linear map (``head`` entry; absent = "linear").
+HEAD_KINDS = ("linear", "mlp")
 #: Identifies our files among other safetensors files.
 FORMAT_NAME = "napari-hrdv2-linear-segmenter"
 #: Metadata entry holding the integrity checksum (optional: files written before it have none).
@@ -75,6 +81,12 @@ class ModelRecord:
     backbone_family : str or None
     channels : tuple of int or None
         The channels of the image files trained on.
+    head : str
+        One of :data:`HEAD_KINDS`: ``"linear"`` (``coef`` / ``intercept`` give the class logits) or ``"mlp"``
+        (they give the hidden layer; ``output_weight`` / ``output_bias`` the logits).
+    output_weight : (n_classes, hidden) float32 or None
+        The MLP's output layer (``"mlp"`` only).
+    output_bias : (n_classes,) float32 or None
     """
 
     params: dict[str, Any]
@@ -88,6 +100,9 @@ class ModelRecord:
     backbone_fingerprint: np.ndarray | None = None
     backbone_family: str | None = None
     channels: tuple[int, ...] | None = None
+    head: str = "linear"
+    output_weight: np.ndarray | None = None
+    output_bias: np.ndarray | None = None
     #: Set by :func:`record_from_contents` when the file's checksum does not match its contents.
     integrity_error: str | None = None
 
@@ -118,6 +133,10 @@ def record_to_contents(record: ModelRecord) -> tuple[dict[str, np.ndarray], dict
         meta["backbone_family"] = str(record.backbone_family)
     if record.channels is not None:
         meta["channels"] = json.dumps([int(c) for c in record.channels])
+    if record.head != "linear":  # absent = linear
+        meta["head"] = str(record.head)
+        tensors["output_weight"] = np.ascontiguousarray(record.output_weight, dtype=np.float32)
+        tensors["output_bias"] = np.ascontiguousarray(record.output_bias, dtype=np.float32)
     from ..files.checksums import contents_sha256
 
     meta[CHECKSUM_KEY] = contents_sha256(tensors, meta, skip=CHECKSUM_KEY)
@@ -191,6 +210,19 @@ def record_from_contents(tensors: dict[str, np.ndarray], meta: dict[str, str], *
             record.summary = summary
     except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as err:
         raise damaged(name, err) from err
+    head = meta.get("head", "linear")
+    if head not in HEAD_KINDS:
+        raise ModelFileError(
+            f"'{name}' holds a '{str(head)[:40]}' head, which this napari-hrdv2 does not know (it knows "
+            f"{', '.join(HEAD_KINDS)}); please upgrade the plugin."
+        )
+    record.head = head
+    if head != "linear":
+        try:
+            record.output_weight = np.asarray(tensors["output_weight"], dtype=np.float32)
+            record.output_bias = np.asarray(tensors["output_bias"], dtype=np.float32)
+        except KeyError as err:
+            raise damaged(name, err) from err
     record.integrity_error = integrity_problem(tensors, meta)
     return record
 
@@ -247,20 +279,26 @@ def check_record(record: ModelRecord, tensors: dict[str, np.ndarray], *, n_class
     """
     from ..files.label_images import MAX_LABEL
 
-    for key, kinds in (("coef", "f"), ("intercept", "f"), ("classes", "iu")):
+    keys = (("coef", "f"), ("intercept", "f"), ("classes", "iu"))
+    if record.head != "linear":
+        keys += (("output_weight", "f"), ("output_bias", "f"))
+    for key, kinds in keys:
         if np.asarray(tensors[key]).dtype.kind not in kinds:
             raise ModelFileError(f"'{name}' is damaged: '{key}' has dtype {np.asarray(tensors[key]).dtype}.")
-    n_classes, n_features = record.coef.shape if record.coef.ndim == 2 else (-1, -1)
+    n_out, n_features = record.coef.shape if record.coef.ndim == 2 else (-1, -1)
+    n_classes = n_out if record.head == "linear" else record.classes.shape[0]
     if (
-        record.intercept.shape != (n_classes,)
+        record.intercept.shape != (n_out,)
         or record.classes.shape != (n_classes,)
         or record.n_hr_features < 1
         or n_features != record.n_hr_features + n_classical
+        or (record.head != "linear" and not _output_layer_fits(record, n_classes, n_out))
     ):
         raise ModelFileError(f"'{name}' is damaged (inconsistent array shapes).")
     if n_classes < 2:
         raise ModelFileError(f"'{name}' is damaged: a model needs at least two classes, it has {n_classes}.")
-    if not (np.isfinite(record.coef).all() and np.isfinite(record.intercept).all()):
+    weights = [record.coef, record.intercept, record.output_weight, record.output_bias]
+    if not all(np.isfinite(array).all() for array in weights if array is not None):
         raise ModelFileError(f"'{name}' is damaged: its weights contain NaN or infinite values.")
     classes = record.classes
     if classes.min() < 1 or classes.max() > MAX_LABEL:
@@ -280,6 +318,29 @@ def check_record(record: ModelRecord, tensors: dict[str, np.ndarray], *, n_class
         raise ModelFileError(
             f"'{name}' fails its integrity check ({record.integrity_error}): its settings or weights were changed "
             "after it was saved, or the file is damaged. Use the original file, or train and save the model again."
+        )
+
+
+def _output_layer_fits(record: ModelRecord, n_classes: int, n_hidden: int) -> bool:
+    """Whether a nonlinear head's output layer maps ``n_hidden`` units to ``n_classes`` logits."""
+    weight, bias = record.output_weight, record.output_bias
+    return (
+        weight is not None
+        and bias is not None
+        and n_hidden >= 1
+        and weight.shape == (n_classes, n_hidden)
+        and bias.shape == (n_classes,)
+    )
+
+
+def check_head(record: ModelRecord, head: str, *, name: str) -> None:
+    """Raise :class:`ModelFileError` unless the file's ``record`` holds a ``head`` model (``"linear"``, ``"mlp"``)."""
+    if record.head != head:
+        titles = {"linear": "LinearSegmenter", "mlp": "MLPSegmenter"}
+        raise ModelFileError(
+            f"'{name}' holds a {record.head} model, not a {head} one: load it with "
+            f"napari_hrdv2.{titles.get(record.head, 'load_segmenter')}.load, or with napari_hrdv2.load_segmenter "
+            "(which reads either kind)."
         )
 
 

@@ -1,8 +1,9 @@
 """What the code that applies a trained model (batch, cluster, streaming, stacks, napari workers) uses of it.
 
 :class:`Segmenter` is a :class:`typing.Protocol`: :class:`~.segmenter.LinearSegmenter` satisfies it, and
-so does any object with these attributes and methods. :class:`LinearModel` adds the linear weights that
-tile-by-tile segmentation (:mod:`..scale.streaming`) projects the features with.
+so does any object with these attributes and methods. :class:`LinearModel` adds the first linear map that
+tile-by-tile segmentation (:mod:`..scale.streaming`) projects the features with, and the per-pixel head
+after it (the identity for a linear model; :class:`~.mlp.MLPSegmenter`'s hidden layer and output layer).
 
 Axis convention: features of an image ``(C, H, W)`` (an ``Encoding`` or a dense array), logits and
 probabilities ``(n_classes, H, W)``, labels and uncertainty ``(H, W)``.
@@ -106,12 +107,14 @@ class Segmenter(Protocol):
 
 
 class LinearModel(Segmenter, Protocol):
-    """A :class:`Segmenter` whose logits are one linear map of the features (``coef_ @ features + intercept_``).
+    """A :class:`Segmenter` whose logits are a per-pixel head of one linear map of the features:
+    ``head_logits(coef_ @ features + intercept_)`` (the head is the identity for a linear classifier).
 
     Attributes
     ----------
-    coef_ : (n_classes, n_features) float32
-    intercept_ : (n_classes,) float32
+    coef_ : (n_out, n_features) float32
+        The first linear map (``n_out`` = n_classes for a linear classifier, the hidden units of an MLP).
+    intercept_ : (n_out,) float32
     hybrid : bool
         Classical filters of the image are appended to the backbone features.
     majority_size, min_object_size : int
@@ -126,4 +129,16 @@ class LinearModel(Segmenter, Protocol):
 
     def get_params(self) -> dict[str, Any]:
         """Hyper-parameters (JSON-safe)."""
+        ...
+
+    def first_layer(self) -> tuple[np.ndarray, np.ndarray]:
+        """The first linear map: weight ``(n_out, n_features)`` and bias ``(n_out,)`` float32."""
+        ...
+
+    def head_logits(self, maps: np.ndarray) -> np.ndarray:
+        """Class logits ``(n_classes, h, w)`` of first-layer maps ``(n_out, h, w)``, pixel by pixel."""
+        ...
+
+    def head_arrays(self) -> tuple[np.ndarray, ...]:
+        """The head's weights after the first layer (none for a linear classifier)."""
         ...

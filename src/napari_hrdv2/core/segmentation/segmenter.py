@@ -21,7 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -39,9 +39,9 @@ from ..files.label_images import label_dtype
 from . import compatibility
 from .compatibility import common_feature_config
 from .labels import clean_labels
-from .model_file import ModelRecord, check_record, damaged, read_model_file, write_model_file
+from .model_file import ModelRecord, check_head, check_record, damaged, read_model_file, write_model_file
 from .refine import RefineSettings, guide_of, refine_probabilities
-from .training import TrainingSummary, first_known, fit_linear, paired_images, training_set
+from .training import LinearFit, TrainingSet, TrainingSummary, first_known, fit_linear, paired_images, training_set
 
 #: What :meth:`LinearSegmenter.predict` and friends refine with when ``refine=None`` is passed: the model's own.
 RefineChoice = str | RefineSettings | None
@@ -112,7 +112,14 @@ class LinearSegmenter:
     feature_config : FeatureConfig or None
         The feature pipeline the model was trained with (None if trained on dense arrays).
     summary_ : TrainingSummary
+
+    Prediction is ``head_logits(first_layer_maps(features))``: a linear map of the features computed on the
+    low-resolution maps (:meth:`first_layer`), then a per-pixel head (:meth:`head_logits`, the identity here;
+    :class:`~.mlp.MLPSegmenter` puts a small MLP there).
     """
+
+    #: The model file's ``head`` entry this class reads and writes (:data:`.model_file.HEAD_KINDS`).
+    HEAD: ClassVar[str] = "linear"
 
     def __init__(
         self,
@@ -252,10 +259,7 @@ class LinearSegmenter:
         pixels = training_set(
             sources, label_list, sample=self._sample, max_per_class=self.max_pixels_per_class, seed=self.seed
         )
-        start = None
-        if self.warm_start and self._standardized is not None and np.array_equal(self.classes_, pixels.classes):
-            start = self._standardized if self._standardized[0].shape[1] == pixels.vectors.shape[1] else None
-        fitted = fit_linear(pixels, l2=self.l2, max_iter=self.max_iter, balanced=self.class_balanced, start=start)
+        fitted = self._solve(pixels)
         self._standardized = fitted.standardized
         self.classes_ = pixels.classes.astype(np.int64)
         self.coef_, self.intercept_ = fitted.coef, fitted.intercept
@@ -271,6 +275,13 @@ class LinearSegmenter:
             training_accuracy=fitted.training_accuracy,
         )
         return self
+
+    def _solve(self, pixels: TrainingSet) -> LinearFit:
+        """The weights fitted to the training vectors (``coef`` / ``intercept``: the first linear map)."""
+        start = None
+        if self.warm_start and self._standardized is not None and np.array_equal(self.classes_, pixels.classes):
+            start = self._standardized if self._standardized[0].shape[1] == pixels.vectors.shape[1] else None
+        return fit_linear(pixels, l2=self.l2, max_iter=self.max_iter, balanced=self.class_balanced, start=start)
 
     @staticmethod
     def _common_config(sources: Sequence[FeatureSource]) -> FeatureConfig | None:
@@ -315,20 +326,51 @@ class LinearSegmenter:
                 f"({self.n_hr_features_} HR-Dv2 + {self.n_classical} classical): wrong backbone or feature setting?"
             )
 
-    def decision_function(self, features: FeatureSource) -> np.ndarray:
-        """Class logits ``(n_classes, H, W)`` float32, computed without materialising the features."""
+    def first_layer(self) -> tuple[np.ndarray, np.ndarray]:
+        """The linear map of the raw features that prediction starts with: weight ``(n_out, n_features)``, bias
+        ``(n_out,)`` float32 (the classifier itself here, ``n_out = n_classes``; an MLP's hidden layer).
+
+        Being linear, it commutes with the reconstruction of full-resolution features, so
+        :meth:`Encoding.project` applies it to the low-resolution maps, and tiles may be blended after it.
+        """
+        self._check_fitted()
+        return self.coef_, self.intercept_
+
+    def first_layer_maps(self, features: FeatureSource) -> np.ndarray:
+        """``weight @ features + bias`` of :meth:`first_layer`: ``(n_out, H, W)`` float32, features never materialised."""
         self.check_compatible(features)
+        return self._first_layer_maps(features)
+
+    def _first_layer_maps(self, features: FeatureSource, units: slice = slice(None)) -> np.ndarray:
+        """Rows ``units`` of :meth:`first_layer_maps` (the features already checked)."""
+        weight, bias = self.coef_[units], self.intercept_[units]
         if not is_encoding(features):
             dense = np.asarray(features, dtype=np.float32)
             if not np.isfinite(dense).all():
                 raise InputError("The features contain NaN or infinite values.")
-            logits = np.einsum("oc,chw->ohw", self.coef_, dense, optimize=True)
-            return (logits + self.intercept_[:, None, None]).astype(np.float32)
+            maps = np.einsum("oc,chw->ohw", weight, dense, optimize=True)
+            return (maps + bias[:, None, None]).astype(np.float32)
         n_hr = self.n_hr_features_
-        logits = features.project(self.coef_[:, :n_hr], self.intercept_)
+        maps = features.project(weight[:, :n_hr], bias)
         if self._classical is not None:
-            hybrid.add_classical_logits(logits, self.coef_[:, n_hr:], features, self._classical)
-        return logits
+            hybrid.add_classical_logits(maps, weight[:, n_hr:], features, self._classical)
+        return maps
+
+    def head_logits(self, maps: np.ndarray) -> np.ndarray:
+        """Class logits ``(n_classes, h, w)`` of :meth:`first_layer` maps ``(n_out, h, w)``, pixel by pixel.
+
+        The identity for this linear model (the maps are the logits, returned as they are).
+        """
+        return maps
+
+    def head_arrays(self) -> tuple[np.ndarray, ...]:
+        """The weights of the per-pixel head after :meth:`first_layer` (none for this linear model)."""
+        return ()
+
+    def decision_function(self, features: FeatureSource) -> np.ndarray:
+        """Class logits ``(n_classes, H, W)`` float32, computed without materialising the features."""
+        self.check_compatible(features)
+        return self.head_logits(self._first_layer_maps(features))
 
     def refinement(self, refine: RefineChoice = None) -> RefineSettings:
         """The refinement of one call: the model's for None (or its own method name), else ``refine``'s defaults."""
@@ -474,8 +516,10 @@ class LinearSegmenter:
         Raises
         ------
         ModelFileError
-            Parameters or arrays that cannot make a model that predicts valid labels (``name`` in the message).
+            Parameters or arrays that cannot make a model that predicts valid labels (``name`` in the message),
+            or a file of another head (:func:`.model_file.check_head`).
         """
+        check_head(record, cls.HEAD, name=name)
         try:
             model = cls(**record.params)
             summary = TrainingSummary(**record.summary) if record.summary else None
