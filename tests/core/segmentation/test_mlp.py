@@ -133,10 +133,10 @@ def test_save_load_round_trip_and_file_kinds(tmp_path, encoded, model):
     with pytest.raises(ModelFileError, match="holds a mlp model.*MLPSegmenter.load"):
         hr.LinearSegmenter.load(path)
     linear_path = hr.LinearSegmenter().fit(encoding, strokes(truth)).save(tmp_path / "linear.hrdv2")
-    for file, version in ((path, "2"), (linear_path, "1")):  # linear files stay as before: no head, format 1
+    for file, head in ((path, "mlp"), (linear_path, None)):  # linear files have no head entry
         with safe_open(str(file), framework="numpy") as handle:
             meta = handle.metadata()
-        assert meta["format_version"] == version and meta.get("head") == ("mlp" if version == "2" else None)
+        assert meta["format_version"] == "2" and meta.get("head") == head
     assert type(hr.load_segmenter(linear_path)) is hr.LinearSegmenter
     with pytest.raises(ModelFileError, match="holds a linear model.*LinearSegmenter.load"):
         hr.MLPSegmenter.load(linear_path)
