@@ -729,13 +729,16 @@ class Featurizer:
             else scale_channels(image, normalize=self.config.normalize)
         )
         n_channels = scaled.shape[-1]
+        passes = len(self.plan_tiles(*scaled.shape[:2])) * self.config.n_transforms  # per channel
         blocks = []
         for c in range(n_channels):
             steps = self._iter_encode_planes(
                 np.ascontiguousarray(scaled[..., c]), image, with_attention=with_attention, progressive=False,
                 prescaled=True, memory_blocks=n_channels if c == 0 else 0,
             )  # fmt: skip
-            block = yield from within(steps, c, 1, total=n_channels, message=f"encoding channel {c + 1}/{n_channels}")
+            block = yield from within(
+                steps, c * passes, passes, total=n_channels * passes, message=f"encoding channel {c + 1}/{n_channels}"
+            )
             block.image = None  # the whole image is kept once, by the channel encoding
             blocks.append(block)
         return ChannelEncoding(blocks, config=self.config, image=np.asarray(image))

@@ -164,7 +164,7 @@ def channels_for(model: Segmenter, channels: Sequence[int] | str | None) -> tupl
     """
     from ..files.images import parse_channels
 
-    chosen = parse_channels(channels)
+    chosen = parse_channels(channels, at_most=None)
     trained = model.channels
     trained = tuple(trained) if trained is not None else None
     if chosen is None:
