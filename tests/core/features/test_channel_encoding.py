@@ -6,27 +6,10 @@ import numpy as np
 import pytest
 
 import napari_hrdv2 as hr
-from conftest import two_texture_image
+from channel_images import five_channel_image, mirrored, strokes
 from napari_hrdv2.core.config import describe_feature_differences, field_spec
 from napari_hrdv2.core.errors import InputError
 from napari_hrdv2.core.features.channels import ChannelEncoding
-
-
-def five_channel_image(size: int = 112, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, 5) uint16 whose two classes differ only in channel 4; channels 0-3 are the same noise everywhere."""
-    rng = np.random.default_rng(seed)
-    texture, truth = two_texture_image(size, seed)
-    image = (rng.random((size, size, 5)) * 3000).astype(np.uint16)
-    image[..., 4] = texture.astype(np.uint16) * 10
-    return image, truth
-
-
-def strokes(truth: np.ndarray) -> np.ndarray:
-    size = truth.shape[1]
-    labels = np.zeros(truth.shape, dtype=np.uint8)
-    labels[10:-10, size // 4 : size // 4 + 3] = 1
-    labels[10:-10, 3 * size // 4 : 3 * size // 4 + 3] = 2
-    return labels
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +66,6 @@ def test_projection_sample_and_similarity_equal_materialised_features(five_chann
     similarity = encoding.cosine_similarity(5, 7)
     assert similarity.shape == (112, 112) and similarity[5, 7] == pytest.approx(1.0, abs=1e-4)
     assert encoding.attention().shape == (2, 112, 112)
-
-
-def mirrored(image: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Channel 4 (and the truth) mirrored left-right, channels 0-3 shuffled: position and noise tell nothing."""
-    other = image.copy()
-    other[..., 4] = image[:, ::-1, 4]
-    shuffled = np.random.default_rng(5).permutation(image[..., :4].reshape(-1, 4))
-    other[..., :4] = shuffled.reshape(image.shape[:2] + (4,))
-    return other, truth[:, ::-1]
 
 
 def test_classes_seen_only_in_channel_4_are_segmented(five_channels, separate_config):
