@@ -110,3 +110,11 @@ def test_grey_image_is_one_block_and_progress_counts_channels(separate_config):
     assert any("channel 1/1" in p.message for p in seen)
     two = hr.Featurizer(separate_config).encode(np.stack([image, image * 2], axis=-1), progress=seen.append)
     assert two.n_channels == 2 and any("channel 2/2" in p.message for p in seen)
+
+
+def test_hybrid_and_pca_work_on_separate_channels(five_channels):
+    image, truth, encoding = five_channels
+    model = hr.LinearSegmenter(hybrid=True).fit(encoding, strokes(truth))
+    assert (model.predict(encoding) == truth).mean() > 0.95
+    basis = hr.fit_pca(encoding, n_components=3)
+    assert basis.components.shape == (3, 640)
