@@ -946,6 +946,6 @@ class Featurizer:
             return None, None
 
 
-def encode(image: np.ndarray, config: FeatureConfig | None = None, **options) -> Encoding:
+def encode(image: np.ndarray, config: FeatureConfig | None = None, **options) -> Encoding | ChannelEncoding:
     """One-shot helper: ``Featurizer(config).encode(image, **options)``."""
     return Featurizer(config).encode(image, **options)
