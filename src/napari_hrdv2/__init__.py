@@ -16,6 +16,7 @@ _EXPORTS = {
     "PRESETS": "core.config",
     "Featurizer": "core.features.encoding",
     "Encoding": "core.features.encoding",
+    "ChannelEncoding": "core.features.channels",
     "Progress": "core.progress",
     "encode": "core.features.encoding",
     "PCABasis": "core.analysis.pca",
@@ -63,6 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .core.config import PRESETS, FeatureConfig
     from .core.errors import Cancelled, HRDv2Error, InputError, ModelFileError, WeightsNotFoundError
     from .core.features.cache import EncodingCache
+    from .core.features.channels import ChannelEncoding
     from .core.features.encoding import Encoding, Featurizer, encode
     from .core.files.lazy import open_lazy
     from .core.progress import Progress

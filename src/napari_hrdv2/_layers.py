@@ -122,6 +122,80 @@ class SourceGeometry:
         return {"scale": self.scale, "translate": self.translate}
 
 
+class StackedChannels:
+    """Several image layers' data ``(…, H, W)`` read as one multichannel array ``(…, H, W, C)``, lazily.
+
+    Only what is indexed is read, from every layer, and stacked on a last channel axis (for lazily read
+    dask / Zarr layers; numpy layers are stacked at once by :func:`image_data`).
+    """
+
+    def __init__(self, arrays: list[Any]):
+        self.arrays = arrays
+        self.shape = (*(int(s) for s in arrays[0].shape), len(arrays))
+        self.dtype = np.result_type(*(np.dtype(a.dtype) for a in arrays))
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) >= self.ndim:  # an index on the channel axis
+            parts = [np.asarray(a[index[:-1]], dtype=self.dtype) for a in self.arrays]
+            return np.stack(parts, axis=-1)[..., index[-1]]
+        return np.stack([np.asarray(a[index], dtype=self.dtype) for a in self.arrays], axis=-1)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[(slice(None),) * (self.ndim - 1)]
+        return data if dtype is None else data.astype(dtype)
+
+
+def channel_layers(viewer: napari.Viewer, layer: Any) -> list[Any]:
+    """The image layers read as the channels of ``layer`` when channels are encoded separately.
+
+    ``layer`` and every other *visible* Image layer of the same shape, scale and translate that is
+    neither RGB nor made by this plugin, in layer-list order (bottom to top): the layers napari makes of a
+    multichannel image opened with ``channel_axis`` (one per channel) are read together, channel 0 first.
+    Hide a layer to leave its channel out.
+    """
+    from napari.layers import Image
+
+    def fits(other: Any) -> bool:
+        return (
+            isinstance(other, Image)
+            and (other is layer or bool(other.visible))
+            and not getattr(other, "rgb", False)
+            and not getattr(other, "multiscale", False)
+            and plugin_tag(other) is None
+            and tuple(other.data.shape) == tuple(layer.data.shape)
+            and tuple(other.scale) == tuple(layer.scale)
+            and tuple(other.translate) == tuple(layer.translate)
+        )
+
+    if getattr(layer, "rgb", False) or getattr(layer, "multiscale", False):
+        return [layer]
+    return [other for other in viewer.layers if fits(other)]
+
+
+def image_data(viewer: napari.Viewer, layer: Any, channel_mode: str) -> tuple[Any, list[str]]:
+    """The pixels to encode for ``layer`` and the names of the layers they come from.
+
+    ``channel_mode="joint"``: the layer's own data. ``"separate"``: the data of :func:`channel_layers` stacked
+    on a last channel axis, ``(H, W, C)`` or ``(N, H, W, C)`` (numpy layers at once, others lazily with
+    :class:`StackedChannels`); a single channel layer is used as it is.
+    """
+    if channel_mode != "separate":
+        return layer.data, [str(layer.name)]
+    layers = channel_layers(viewer, layer)
+    names = [str(other.name) for other in layers]
+    if len(layers) == 1:
+        return layer.data, names
+    arrays = [other.data for other in layers]
+    if all(isinstance(array, np.ndarray) for array in arrays):
+        return np.stack(arrays, axis=-1), names
+    return StackedChannels(arrays), names
+
+
 def plane_of(layer: Any, index: int) -> np.ndarray:
     """Plane ``index`` of an image layer as a numpy array (a single-plane layer has only plane 0)."""
     geometry = SourceGeometry.from_layer(layer)

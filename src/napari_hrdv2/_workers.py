@@ -444,7 +444,8 @@ def train_lazy_job(
     with inference_mode():
         featurizer.backbone  # noqa: B018 - load here (errors surface in this job)
         for i, index in enumerate(indices):
-            plane = LazyPlane(data, (int(index),)) if is_stack else LazyPlane(data)
+            lead = (int(index),) if is_stack else ()
+            plane = LazyPlane(data, lead, any_channels=config.channel_mode == "separate")
             steps = iter_encode_labelled(featurizer, plane, labels[index], cache=cache)
             start, span = 0.8 * i / len(indices), 0.8 / len(indices)
             plane_encodings, plane_crops = yield from within(
@@ -504,7 +505,9 @@ def predict_region_job(
     from .core.runtime.devices import inference_mode
     from .core.scale.streaming import iter_segment_region, refined_outputs_of_encoding
 
-    source = LazyPlane(data, (int(plane),)) if is_stack else LazyPlane(data)
+    separate = config.channel_mode == "separate"
+    lead = (int(plane),) if is_stack else ()
+    source = LazyPlane(data, lead, any_channels=separate)
     outputs = ("labels", *(("uncertainty",) if uncertainty else ()), *(("probabilities",) if probabilities else ()))
     r0, r1 = max(0, int(rows[0])), min(source.height, int(rows[1]))
     c0, c1 = max(0, int(cols[0])), min(source.width, int(cols[1]))

@@ -16,6 +16,7 @@ def test_controls_carry_the_declared_labels_choices_and_help(qtbot):
         "shifts": controls.shifts, "shift_distances": controls.distances, "flips": controls.flips,
         "rotations": controls.rotations, "stride": controls.stride, "resize": controls.resize,
         "tile_size": controls.tile_size, "facet": controls.facet, "layer": controls.layer, "device": controls.device,
+        "channel_mode": controls.channel_mode,
     }.items():  # fmt: skip
         spec = field_spec(name)
         shown = control.text if spec.widget == "check" else control.label

@@ -35,6 +35,12 @@ BLOCK_TIP = (
     "Which transformer block to read: -1 = the last (default), 0 = the first, negative counts from the end (e.g. -4 "
     "for an intermediate block). The attention maps are that block's."
 )
+CHANNELS_TIP = (
+    "joint (default): the image is one grey or RGB picture. separate: every channel is encoded on its own as a grey "
+    "image (scaled on its own) and the features are concatenated: any number of channels, each costing the time and "
+    "memory of one grey image. The channels are the chosen layer and every other visible image layer of the same "
+    "shape (as napari opens a multichannel image with channel_axis), bottom to top; hide a layer to leave it out."
+)
 WEIGHTS_TIP = (
     "Optional: a downloaded Hugging Face folder (save_pretrained / hf download --local-dir), an official torch.hub "
     ".pth file, or a Hugging Face id. Empty: the Backbone preset."
@@ -146,13 +152,14 @@ class FeatureSettingsControls:
         self.facet = field_control("facet", tooltip=FACET_TIP)
         self.layer = field_control("layer", min=-MAX_BLOCKS, max=MAX_BLOCKS - 1, value=LAST_BLOCK, tooltip=BLOCK_TIP)
         self.device = field_control("device", choices=list(DEVICES), value="auto")
+        self.channel_mode = field_control("channel_mode", tooltip=CHANNELS_TIP)
 
     @property
     def setting_controls(self) -> tuple[Any, ...]:
         """The controls whose change makes new settings."""
         return (
             self.backbone, self.weights, self.shifts, self.distances, self.flips, self.rotations, self.stride,
-            self.resize, self.facet, self.layer, self.tile_size, self.device,
+            self.resize, self.facet, self.layer, self.tile_size, self.device, self.channel_mode,
         )  # fmt: skip
 
     @property
@@ -160,7 +167,7 @@ class FeatureSettingsControls:
         """The Advanced tab's controls, in order (the device last: its precision line follows it)."""
         return (
             self.shifts, self.distances, self.flips, self.rotations, self.stride, self.resize, self.facet,
-            self.layer, self.tile_size, self.device,
+            self.layer, self.channel_mode, self.tile_size, self.device,
         )  # fmt: skip
 
     @property
@@ -185,6 +192,7 @@ class FeatureSettingsControls:
             tile_size=tile,
             tile_overlap=overlap,
             device=self.device.value,
+            channel_mode=self.channel_mode.value,
         )
 
     def show(self, config: FeatureConfig) -> None:
@@ -206,4 +214,5 @@ class FeatureSettingsControls:
         if config.device not in self.device.choices:
             self.device.set_choice(config.device, config.device)
         self.device.value = config.device
+        self.channel_mode.value = config.channel_mode
         self.preset.value = matching_preset(config)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
 
-from .._layers import SourceGeometry, current_plane
+from .._layers import SourceGeometry, current_plane, image_data
 from .._workers import BackboneInfo, FeaturesResult, PartialFeatures, features_job
 from ..core.config import PRESETS, FeatureConfig
 from ..core.errors import HRDv2Error, InputError, WeightsNotFoundError
@@ -266,9 +266,12 @@ class FeaturesWidget(DockFrame, Container):
             return None
         indices = geometry.plane_indices if all_planes else [current_plane(self._viewer, layer)]
         basis = self._session.pca_bases.get((geometry.name, config)) if geometry.is_stack else None
+        data, channel_names = image_data(self._viewer, layer, config.channel_mode)
+        if len(channel_names) > 1:
+            self._set_status(f"Channels (encoded separately): {', '.join(channel_names)}")
         return self._runner.start(
             features_job,
-            layer.data,
+            data,
             indices,
             config,
             self._session.cache,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._layers import SourceGeometry, ViewRegion, current_plane, visible_region
+from .._layers import SourceGeometry, ViewRegion, current_plane, image_data, visible_region
 from .._workers import (
     BackboneInfo,
     BatchReport,
@@ -174,6 +174,7 @@ class SegmentationJobs:
             "source": image_layer,
             "quiet_errors": live,
         }
+        data, _ = image_data(self._viewer, image_layer, self._session.config.channel_mode)
         if trains_lazily(image_layer, geometry):
             if self._train_tab.hybrid.value:
                 message = "Untick '+ classical filters' to train on a huge image: they need it whole in memory."
@@ -181,7 +182,7 @@ class SegmentationJobs:
                 return None
             return runner.start(
                 train_lazy_job,
-                image_layer.data,
+                data,
                 scribbles,
                 self._session.config,
                 cache=self._session.cache,
@@ -191,7 +192,7 @@ class SegmentationJobs:
             )
         return runner.start(
             train_job,
-            image_layer.data,
+            data,
             scribbles,
             self._session.config,
             self._session.cache,
@@ -241,9 +242,10 @@ class SegmentationJobs:
         if not self.model_backbone_allowed():
             return None
         indices = geometry.plane_indices if all_planes else [current_plane(self._viewer, image_layer)]
+        data, _ = image_data(self._viewer, image_layer, self._session.prediction_config().channel_mode)
         return self._runner.start(
             predict_job,
-            image_layer.data,
+            data,
             indices,
             self._session.segmenter,
             self._session.prediction_config(),
@@ -275,7 +277,10 @@ class SegmentationJobs:
         self._select(image_layer)
         if not self.model_backbone_allowed():
             return None
-        data = image_layer.data[0] if geometry.level_shapes is not None else image_layer.data
+        if geometry.level_shapes is not None:
+            data = image_layer.data[0]
+        else:
+            data, _ = image_data(self._viewer, image_layer, self._session.prediction_config().channel_mode)
         plane, is_stack = region.plane, geometry.is_stack
         if isinstance(data, np.ndarray):  # in memory: the worker gets a copy of the plane, not the layer's array
             data, plane, is_stack = np.array(data[region.plane] if geometry.is_stack else data), 0, False

@@ -73,9 +73,10 @@ def read_planes(args: argparse.Namespace) -> tuple[list[np.ndarray], bool]:
     from ..core.files.images import is_stack
     from ..core.files.lazy import read_input_image
 
-    image = read_input_image(args.image, channels=args.channels)
+    separate = getattr(args, "channel_mode", None) == "separate"
+    image = read_input_image(args.image, channels=args.channels, separate=separate)
     name = Path(args.image).name
-    stack = is_stack(image)
+    stack = is_stack(image, separate=separate)
     if args.plane is not None:
         n = len(image) if stack else 1
         if not 0 <= args.plane < n:
@@ -96,6 +97,8 @@ def bytes_needed(args: argparse.Namespace, planes: list[np.ndarray], embed_dim: 
     """Bytes each output takes (a .tif is converted from a staged .npy: both exist for a moment)."""
     height, width = planes[0].shape[:2]
     item = np.dtype(args.dtype_out).itemsize
+    if getattr(args, "channel_mode", None) == "separate":  # one block of features per image channel
+        embed_dim *= planes[0].shape[2] if planes[0].ndim == 3 else 1
 
     def staged(path: str | None) -> int:
         return 2 if path and Path(path).suffix.lower() in (".tif", ".tiff") else 1

@@ -55,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
             check_not_an_input(output, [args.image_a, args.image_b], option=option)
     images = []
     for path in (args.image_a, args.image_b):
-        image = read_input_image(path, channels=args.channels)
-        if is_stack(image):
+        separate = getattr(args, "channel_mode", None) == "separate"
+        image = read_input_image(path, channels=args.channels, separate=separate)
+        if is_stack(image, separate=separate):
             raise InputError(f"'{Path(path).name}' is a stack of {len(image)} planes; match two single images.")
         images.append(image)
     featurizer = make_featurizer(args, build_config(args))

@@ -70,7 +70,7 @@ def channel_list(text: str) -> tuple[int, ...]:
     from ..core.files.images import parse_channels
 
     try:
-        channels = parse_channels(text)
+        channels = parse_channels(text, at_most=None)  # the joint mode refuses more than 3 when reading
     except InputError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     assert channels is not None
@@ -202,9 +202,10 @@ def feature_options() -> argparse.ArgumentParser:
     inputs.add_argument(
         "--channels",
         type=channel_list,
-        metavar="I[,J[,K]]",
+        metavar="I[,J[,K...]]",
         help="channels of multichannel images to use, 0-based: one (grey), two (red and green) or three (RGB), "
-        "e.g. --channels 0,2 (default: grey or RGB as stored, alpha dropped)",
+        "e.g. --channels 0,2 (default: grey or RGB as stored, alpha dropped); with --channel-mode separate any "
+        "number, in that order (default: all)",
     )
     return parent
 

@@ -61,9 +61,12 @@ def add_parser(commands: Any, shared: SharedOptions) -> None:
 
 
 def training_planes(
-    images: Sequence[str], labels: Sequence[str], channels: Sequence[int] | None = None
+    images: Sequence[str], labels: Sequence[str], channels: Sequence[int] | None = None, *, separate: bool = False
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(description, plane, labels) for every labelled plane; checks shapes before any encoding."""
+    """(description, plane, labels) for every labelled plane; checks shapes before any encoding.
+
+    ``separate`` (``--channel-mode separate``): images keep all their channels (or the chosen ones).
+    """
     from ..core.errors import InputError
     from ..core.files.images import is_stack
     from ..core.files.lazy import read_input_image, read_input_labels
@@ -73,9 +76,10 @@ def training_planes(
         raise InputError(f"Got {len(images)} image(s) but {len(labels)} label file(s): give one label file per image.")
     pairs = []
     for image_path, labels_path in zip(images, labels):
-        image, lab = read_input_image(image_path, channels=channels), read_input_labels(labels_path)
+        image = read_input_image(image_path, channels=channels, separate=separate)
+        lab = read_input_labels(labels_path)
         iname, lname = Path(image_path).name, Path(labels_path).name
-        if is_stack(image):
+        if is_stack(image, separate=separate):
             n = len(image)
             if lab.ndim != 3 or len(lab) != n:
                 raise InputError(
@@ -143,8 +147,9 @@ def run(args: argparse.Namespace) -> int:
         **refine,
         **head_options,
     )
-    pairs = training_planes(args.images, args.labels, args.channels)
-    featurizer = make_featurizer(args, build_config(args))
+    config = build_config(args)
+    pairs = training_planes(args.images, args.labels, args.channels, separate=config.channel_mode == "separate")
+    featurizer = make_featurizer(args, config)
     say_precision(args, featurizer)
     encodings = []
     with inference_mode():

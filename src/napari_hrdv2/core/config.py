@@ -33,6 +33,9 @@ Resize = Literal["bilinear", "nearest"]
 RESIZE_OPTIONS: tuple[str, ...] = ("bilinear", "nearest")
 #: Accepted values of ``FeatureConfig.dtype`` and ``FeatureConfig.storage_dtype`` (torch dtype names, or auto).
 DTYPE_OPTIONS: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
+ChannelMode = Literal["joint", "separate"]
+#: Accepted values of ``FeatureConfig.channel_mode``: channels encoded together as one grey/RGB image, or one by one.
+CHANNEL_MODES: tuple[str, ...] = ("joint", "separate")
 
 
 #: Value kinds of :attr:`FieldSpec.kind`.
@@ -219,6 +222,14 @@ class FeatureConfig:
     layer : int or None
         Block to read, 0-based (negative counts from the end); ``None`` = the
         last. The attention maps are those of this block.
+    channel_mode : {"joint", "separate"}
+        ``"joint"`` (default, the behaviour before this option): the image is one
+        grey or RGB picture (1 or 3 channels, scaled together) and gives ``D``
+        features. ``"separate"``: an ``(H, W, C)`` image with any ``C >= 1`` is
+        encoded channel by channel, each channel as a grey image scaled on its own
+        (``normalize`` over that channel of the whole image); the features are the
+        ``C`` blocks of ``D`` concatenated in channel order (``C x D`` features,
+        ``C`` times the time and memory of one grey image).
     """
 
     backbone: str = _setting(
@@ -390,6 +401,16 @@ class FeatureConfig:
         metavar="I",
         widget="spin",
     )
+    channel_mode: ChannelMode = _setting(
+        "joint",
+        flag="--channel-mode",
+        label="Channels",
+        help="joint (default: one grey or RGB image) or separate (every channel encoded on its own as grey, "
+        "features concatenated: any number of channels, C times the time and memory)",
+        kind="choice",
+        choices=CHANNEL_MODES,
+        widget="combo",
+    )
 
     def __post_init__(self) -> None:
         distances = self.shift_distances
@@ -429,6 +450,8 @@ class FeatureConfig:
         for name in ("dtype", "storage_dtype"):
             if getattr(self, name) not in DTYPE_OPTIONS:
                 raise InputError(f"{name}={getattr(self, name)!r} is not one of {DTYPE_OPTIONS}.")
+        if self.channel_mode not in CHANNEL_MODES:
+            raise InputError(f"channel_mode={self.channel_mode!r} is not one of {CHANNEL_MODES}.")
         if self.facet not in FACETS:
             raise InputError(f"facet={self.facet!r} is not one of {FACETS}.")
         if self.layer is not None:

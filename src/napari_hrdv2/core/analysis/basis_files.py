@@ -106,8 +106,9 @@ def iter_apply_pca_files(
     featurizer.backbone  # noqa: B018  (weights errors before any work)
     for index, path in enumerate(paths):
         try:
-            image = read_input_image(path, channels=channels)
-            stack = is_stack(image)
+            separate = featurizer.config.channel_mode == "separate"
+            image = read_input_image(path, channels=channels, separate=separate)
+            stack = is_stack(image, separate=separate)
             target = output_path(path, outdir, ".tif" if stack else ".png", tag=PCA_TAG)
             check_not_an_input(target, [path, *(p for p in paths if path_key(p) == path_key(target))], option="output")
             if is_kept(target, overwrite=overwrite):

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ..config import FeatureConfig
 from ..errors import InputError, ModelFileError
 from ..features.sources import (
     FeatureSource,
@@ -370,13 +371,14 @@ def check_basis_values(basis: PCABasis, tensors: dict[str, np.ndarray], *, name:
 def signature_difference(basis: dict[str, Any], features: dict[str, Any]) -> str:
     """Human-readable differences of two feature signatures ("" when equal), basis value first."""
     parts = []
+    defaults = FeatureConfig().to_dict()  # a setting added later is absent from older files: its default
     for name in sorted(set(basis) | set(features)):
         mine, theirs = basis.get(name), features.get(name)
         if isinstance(mine, (list, tuple)) and isinstance(theirs, (list, tuple)):
             mine, theirs = list(mine), list(theirs)
-        if name not in features and mine in (False, None):  # a setting added later, at its default
+        if name not in features and (mine in (False, None) or mine == defaults.get(name, ())):
             continue
-        if name not in basis and theirs in (False, None):
+        if name not in basis and (theirs in (False, None) or theirs == defaults.get(name, ())):
             continue
         if mine != theirs:
             parts.append(f"{name}={mine!r} for the basis but {theirs!r} for these features")

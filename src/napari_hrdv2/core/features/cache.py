@@ -19,7 +19,7 @@ from ..config import FeatureConfig
 from ..progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..files.lazy import IntensityRange, LazyPlane
+    from ..files.lazy import ChannelRanges, IntensityRange, LazyPlane
     from .encoding import Encoding, Featurizer, PartialEncoding
 
 #: Default memory budget of a cache (low-resolution maps only).
@@ -81,22 +81,23 @@ class EncodingCache:
             self._scalings.clear()
             self._featurizers.clear()
 
-    def scaling(self, plane: LazyPlane, normalize: str) -> IntensityRange:
+    def scaling(self, plane: LazyPlane, normalize: str, *, separate: bool = False) -> IntensityRange | ChannelRanges:
         """The intensity scaling of a whole (lazy) plane, computed once per array object and plane.
 
         A huge image's scaling takes a pass over the whole plane; "Predict current view" needs it for every
         view. The result is kept while ``plane.array`` (e.g. a napari layer's dask or Zarr array) is alive,
         keyed by that object, so a layer whose data is replaced gets a new scaling. Arrays that cannot be
-        referenced weakly are not cached.
+        referenced weakly are not cached. ``separate`` (``channel_mode="separate"``): every channel's own
+        scaling (:func:`~..files.lazy.channel_ranges`).
         """
-        from ..files.lazy import intensity_range
+        from ..files.lazy import channel_ranges, intensity_range
 
-        key = (plane.lead, plane.shape, plane.dtype.str, normalize)
+        key = (plane.lead, plane.shape, plane.dtype.str, normalize, separate)
         with self._lock:
             entry = self._scalings.get(id(plane.array))
             if entry is not None and entry[0]() is plane.array and key in entry[1]:
                 return entry[1][key]
-        scaling = intensity_range(plane, normalize)
+        scaling = channel_ranges(plane, normalize) if separate else intensity_range(plane, normalize)
         try:
             reference = weakref.ref(plane.array)
         except TypeError:

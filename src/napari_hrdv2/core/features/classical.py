@@ -53,10 +53,14 @@ def n_classical_features(sigmas: Sequence[float] = DEFAULT_SIGMAS) -> int:
 
 
 def grey01(image: np.ndarray, *, normalize: Normalize = "minmax") -> np.ndarray:
-    """The image as grey ``(H, W)`` float32 scaled to [0, 1] (colour averaged, alpha dropped)."""
-    image = validate_image(image)
+    """The image as grey ``(H, W)`` float32 scaled to [0, 1] (colour averaged, alpha dropped).
+
+    An image of another number of channels (``channel_mode="separate"``) is averaged over all of them.
+    """
+    image = validate_image(image, any_channels=True)
     if image.ndim == 3:
-        image = image[..., :3].astype(np.float32).mean(axis=-1)
+        colour = image.shape[-1] in (3, 4)
+        image = (image[..., :3] if colour else image).astype(np.float32).mean(axis=-1)
     return scale_intensities(image, normalize=normalize).astype(np.float32, copy=False)
 
 

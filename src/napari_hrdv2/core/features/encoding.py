@@ -29,12 +29,13 @@ from ..backbone.loading import Backbone, load_backbone
 from ..backbone.vit import forward_tokens, token_grid
 from ..config import FeatureConfig
 from ..errors import InputError
-from ..progress import Progress, run_steps
+from ..progress import Progress, run_steps, within
 from ..runtime.devices import choose_dtype, empty_cache, is_out_of_memory, resolve_device, resolve_storage_dtype
 from ..runtime.memory import check_encoding_memory, encoding_bytes
 from ..runtime.threads import interactive_threads, restore_usual_threads
 from ..transforms import Transform
-from .preprocess import scale_intensities, validate_image
+from .channels import ChannelEncoding
+from .preprocess import scale_channels, scale_intensities, validate_image
 from .resample import AxisTaps, token_axis_taps
 from .tiling import Tile, plan_tiles
 
@@ -662,9 +663,11 @@ class Featurizer:
         progress: Callable[[Progress], None] | None = None,
         cancel: threading.Event | None = None,
         with_attention: bool = True,
-    ) -> Encoding:
+    ) -> Encoding | ChannelEncoding:
         """Encode one image (H, W) or (H, W, 3|4) of any int/float dtype.
 
+        With ``channel_mode="separate"`` the image is ``(H, W[, C])`` with any ``C >= 1`` and the result a
+        :class:`~.channels.ChannelEncoding` (one encoding per channel, features concatenated in channel order).
         ``progress`` is called after every step; setting ``cancel`` stops the
         run between steps with :class:`Cancelled`.
         """
@@ -677,7 +680,7 @@ class Featurizer:
         with_attention: bool = True,
         progressive: bool = False,
         prescaled: bool = False,
-    ) -> Generator[Progress | PartialEncoding, None, Encoding]:
+    ) -> Generator[Progress | PartialEncoding, None, Encoding | ChannelEncoding]:
         """Generator form of :meth:`encode`: yields :class:`Progress`, returns the :class:`Encoding`.
 
         Passes run transform by transform over all tiles, identity first. With ``progressive``
@@ -686,21 +689,76 @@ class Featurizer:
         like the final encoding, e.g. for a first PCA view). Stop iterating (or call ``close()``)
         to cancel; nothing is left running. ``prescaled=True`` takes float intensities already
         scaled to [0, 1] (a tile of a larger image scaled with the whole image's range,
-        :mod:`.streaming`) and skips the per-image scaling.
+        :mod:`.streaming`) and skips the per-image scaling (``channel_mode="separate"``: every channel
+        already scaled on its own, :func:`.preprocess.scale_channels`). A separate-channel encode yields no
+        :class:`PartialEncoding`.
         """
         backbone = self.backbone
-        patch, stride = backbone.patch_size, self.stride
         layer = self.config.layer
         if layer is not None and not -backbone.depth <= layer < backbone.depth:
             raise InputError(
                 f"layer={layer} is outside this backbone's {backbone.depth} blocks: use 0..{backbone.depth - 1} "
                 "(or a negative index from the end, or None for the last block)."
             )
+        if self.config.channel_mode == "separate":
+            return (yield from self._iter_encode_channels(image, with_attention=with_attention, prescaled=prescaled))
         # ``to_rgb01`` without replicating grey to RGB: a grey image is kept as one scaled float32 plane (a third
         # of the memory) and replicated per tile. The values are identical.
-        planes = validate_image(image, min_side=patch)
+        planes = validate_image(image, min_side=backbone.patch_size)
         if planes.ndim == 3 and planes.shape[-1] == 4:
             planes = planes[..., :3]
+        return (
+            yield from self._iter_encode_planes(
+                planes, image, with_attention=with_attention, progressive=progressive, prescaled=prescaled
+            )
+        )
+
+    def _iter_encode_channels(
+        self, image: np.ndarray, *, with_attention: bool, prescaled: bool
+    ) -> Generator[Progress, None, ChannelEncoding]:
+        """``channel_mode="separate"``: every channel of ``(H, W[, C])`` encoded as a grey image, in channel order.
+
+        Each channel is scaled on its own over the whole image (:func:`.preprocess.scale_channels`; with
+        ``prescaled`` the channels are already scaled so). Progress counts channels x tiles x transforms; the
+        memory of all ``C`` encodings is checked before the first.
+        """
+        image = validate_image(image, min_side=self.backbone.patch_size, any_channels=True)
+        scaled = (
+            (np.asarray(image, dtype=np.float32)[..., None] if image.ndim == 2 else np.asarray(image, dtype=np.float32))
+            if prescaled
+            else scale_channels(image, normalize=self.config.normalize)
+        )
+        n_channels = scaled.shape[-1]
+        passes = len(self.plan_tiles(*scaled.shape[:2])) * self.config.n_transforms  # per channel
+        blocks = []
+        for c in range(n_channels):
+            steps = self._iter_encode_planes(
+                np.ascontiguousarray(scaled[..., c]), image, with_attention=with_attention, progressive=False,
+                prescaled=True, memory_blocks=n_channels if c == 0 else 0,
+            )  # fmt: skip
+            block = yield from within(
+                steps, c * passes, passes, total=n_channels * passes, message=f"encoding channel {c + 1}/{n_channels}"
+            )
+            block.image = None  # the whole image is kept once, by the channel encoding
+            blocks.append(block)
+        return ChannelEncoding(blocks, config=self.config, image=np.asarray(image))
+
+    def _iter_encode_planes(
+        self,
+        planes: np.ndarray,
+        image: np.ndarray,
+        *,
+        with_attention: bool,
+        progressive: bool,
+        prescaled: bool,
+        memory_blocks: int = 1,
+    ) -> Generator[Progress | PartialEncoding, None, Encoding]:
+        """Encode one validated grey ``(H, W)`` or RGB ``(H, W, 3)`` image (:meth:`iter_encode`).
+
+        ``memory_blocks``: the memory check counts this many encodings of the image (0: no check).
+        """
+        backbone = self.backbone
+        patch, stride = backbone.patch_size, self.stride
         height, width = planes.shape[:2]
         tiles = self.plan_tiles(height, width)
         transforms = self.config.transforms
@@ -719,14 +777,16 @@ class Featurizer:
         # 100 tiles (4096 x 4096) when each tile's maps were allocated on their own.
         n_tokens = sum(grid_h * grid_w for grid_h, grid_w in grids) * len(transforms)
         device_bytes, host_bytes = encoding_bytes(
-            height, width, n_tokens=n_tokens, embed_dim=backbone.embed_dim, num_heads=backbone.num_heads,
-            storage_itemsize=self.storage_dtype.itemsize, with_attention=with_attention,
-            channels=1 if planes.ndim == 2 else 3,
+            height, width, n_tokens=n_tokens * max(1, memory_blocks), embed_dim=backbone.embed_dim,
+            num_heads=backbone.num_heads, storage_itemsize=self.storage_dtype.itemsize, with_attention=with_attention,
+            channels=(1 if planes.ndim == 2 else 3) * max(1, memory_blocks),
         )  # fmt: skip
-        check_encoding_memory(
-            height, width, device_bytes=device_bytes, host_bytes=host_bytes, device=self.device,
-            n_transforms=len(transforms), storage_itemsize=self.storage_dtype.itemsize,
-        )  # fmt: skip
+        if memory_blocks:
+            check_encoding_memory(
+                height, width, device_bytes=device_bytes, host_bytes=host_bytes, device=self.device,
+                n_transforms=len(transforms), storage_itemsize=self.storage_dtype.itemsize,
+                n_channels=memory_blocks if self.config.channel_mode == "separate" else None,
+            )  # fmt: skip
         scaled = np.ascontiguousarray(
             planes if prescaled else scale_intensities(planes, normalize=self.config.normalize), dtype=np.float32
         )
@@ -886,6 +946,6 @@ class Featurizer:
             return None, None
 
 
-def encode(image: np.ndarray, config: FeatureConfig | None = None, **options) -> Encoding:
+def encode(image: np.ndarray, config: FeatureConfig | None = None, **options) -> Encoding | ChannelEncoding:
     """One-shot helper: ``Featurizer(config).encode(image, **options)``."""
     return Featurizer(config).encode(image, **options)

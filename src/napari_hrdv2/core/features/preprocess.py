@@ -15,9 +15,10 @@ from ..config import NORMALIZE_OPTIONS, ROBUST_PERCENTILES, Normalize
 from ..errors import InputError
 
 
-def validate_image(image: np.ndarray, *, min_side: int = 1) -> np.ndarray:
+def validate_image(image: np.ndarray, *, min_side: int = 1, any_channels: bool = False) -> np.ndarray:
     """Check that ``image`` is one 2D plane, grey ``(H, W)`` or colour ``(H, W, 3|4)``.
 
+    ``any_channels=True`` (``channel_mode="separate"``) also accepts ``(H, W, C)`` with any ``C >= 1``.
     Returns the image as a numpy array (not copied). Raises :class:`InputError`
     with a hint for stacks, channel-first arrays, NaNs and too-small images.
     """
@@ -26,7 +27,9 @@ def validate_image(image: np.ndarray, *, min_side: int = 1) -> np.ndarray:
         image = image.astype(np.uint8)
     if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
         raise InputError(f"Image dtype {image.dtype} is not numeric; expected an integer or float array.")
-    if image.ndim == 3 and image.shape[-1] not in (3, 4):
+    if any_channels and image.ndim == 3 and image.shape[-1] == 0:
+        raise InputError(f"Image of shape {image.shape} has no channels.")
+    if image.ndim == 3 and image.shape[-1] not in (3, 4) and not any_channels:
         if image.shape[0] in (3, 4) and image.shape[-1] > 4:
             raise InputError(
                 f"Image of shape {image.shape} looks channel-first; move the channel axis last: "
@@ -34,7 +37,8 @@ def validate_image(image: np.ndarray, *, min_side: int = 1) -> np.ndarray:
             )
         raise InputError(
             f"Image of shape {image.shape} is a stack or has {image.shape[-1]} channels; encode one plane "
-            "(H, W) or (H, W, 3|4) at a time, e.g. featurizer.encode(stack[i])."
+            "(H, W) or (H, W, 3|4) at a time, e.g. featurizer.encode(stack[i]), or encode every channel on its "
+            "own with FeatureConfig(channel_mode='separate') (command line: --channel-mode separate)."
         )
     if image.ndim not in (2, 3):
         raise InputError(f"Image has {image.ndim} dimensions {image.shape}; expected (H, W) or (H, W, 3|4).")
@@ -98,6 +102,27 @@ def scale_intensities(image: np.ndarray, *, normalize: Normalize = "minmax") -> 
         return np.full(data.shape, 0.5, dtype=np.float32)
     scaled = (data - low) * np.float32(1.0 / (high - low))
     return np.clip(scaled, 0.0, 1.0, out=scaled) if normalize == "percentile" else scaled
+
+
+def scale_channels(image: np.ndarray, *, normalize: Normalize = "minmax") -> np.ndarray:
+    """Scale every channel to ``[0, 1]`` on its own (``channel_mode="separate"``), over the whole image.
+
+    Parameters
+    ----------
+    image : (H, W) or (H, W, C) array, any int/float dtype, any ``C >= 1``
+    normalize : as :func:`scale_intensities`, applied to each channel ``image[..., c]`` separately.
+
+    Returns
+    -------
+    (H, W, C) float32 array in [0, 1] (``C = 1`` for a grey image); channel ``c`` equals
+    ``scale_intensities(image[..., c])``, so it encodes exactly as that channel encoded alone.
+    """
+    image = np.asarray(image)
+    planes = image[..., None] if image.ndim == 2 else image
+    out = np.empty(planes.shape, dtype=np.float32)
+    for c in range(planes.shape[-1]):
+        out[..., c] = scale_intensities(planes[..., c], normalize=normalize)
+    return out
 
 
 def to_rgb01(image: np.ndarray, *, normalize: Normalize = "minmax", min_side: int = 1) -> np.ndarray:

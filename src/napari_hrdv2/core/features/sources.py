@@ -76,8 +76,9 @@ def iter_sources(inputs: Any, config: FeatureConfig | None, channels: Any = None
             if config is None:
                 raise InputError(f"'{item}' is a file or folder: pass config=FeatureConfig(...) to encode images.")
             for path in expand_inputs([item]):
-                image = read_input_image(path, channels=channels)
-                if is_stack(image):
+                separate = config.channel_mode == "separate"
+                image = read_input_image(path, channels=channels, separate=separate)
+                if is_stack(image, separate=separate):
                     for index in range(len(image)):
                         yield f"{path.name} plane {index}", image[index]
                 else:
@@ -91,7 +92,7 @@ def iter_sources(inputs: Any, config: FeatureConfig | None, channels: Any = None
                         "config=FeatureConfig(...) to encode images."
                     )
                 yield f"features {position}", array
-            elif is_stack(array):
+            elif is_stack(array, separate=config.channel_mode == "separate"):
                 for index in range(len(array)):
                     yield f"image {position} plane {index}", array[index]
             else:

@@ -17,13 +17,15 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 NARROW_CHANNELS = 14
 
 
-def parse_channels(channels: int | str | Sequence[int] | None) -> tuple[int, ...] | None:
-    """``channels`` as a tuple of 1 to 3 indices >= 0 (``"0,2"``, ``2``, ``[2, 1, 0]``); None stays None.
+def parse_channels(channels: int | str | Sequence[int] | None, *, at_most: int | None = 3) -> tuple[int, ...] | None:
+    """``channels`` as a tuple of 1 to ``at_most`` indices >= 0 (``"0,2"``, ``2``, ``[2, 1, 0]``); None stays None.
+
+    ``at_most=None``: any number (``channel_mode="separate"`` encodes every chosen channel on its own).
 
     Raises
     ------
     InputError
-        Not integers, negative, none, or more than three.
+        Not integers, negative, none, or more than ``at_most``.
     """
     if channels is None:
         return None
@@ -39,9 +41,12 @@ def parse_channels(channels: int | str | Sequence[int] | None) -> tuple[int, ...
             raise ValueError
     except (TypeError, ValueError):
         raise InputError(f"Channels must be whole numbers such as 0 or 0,2 (0-based), got {channels!r}.") from None
-    if not values or len(values) > 3 or min(values) < 0:
+    if not values or min(values) < 0:
+        raise InputError(f"Choose channels numbered from 0, such as 0 or 0,2; got {channels!r}.")
+    if at_most is not None and len(values) > at_most:
         raise InputError(
-            f"Choose one channel (grey), two (red and green) or three (RGB), numbered from 0; got {channels!r}."
+            f"Choose one channel (grey), two (red and green) or three (RGB), numbered from 0; got {channels!r}. "
+            "To use more, encode every channel on its own: channel_mode='separate' (--channel-mode separate)."
         )
     return values
 
@@ -53,15 +58,25 @@ class ChannelChoice:
     ``indices`` are taken in order: one gives a grey image, two red and green with an empty blue (the
     lower of the two, which leaves the min-max scaling unchanged), three an RGB image. ``note`` says
     what was used (a :class:`UserWarning` of the readers), or is None when the image is used as stored.
+    ``separate`` (``channel_mode="separate"``): the chosen channels are kept as they are, ``(..., k)``
+    (grey ``(...)`` for one), each to be encoded on its own.
     """
 
     indices: tuple[int, ...]
     note: str | None = None
+    separate: bool = False
 
     @property
     def colour(self) -> bool:
-        """True when the result is RGB ``(..., 3)``, False for grey."""
+        """True when the result has a channel axis (RGB ``(..., 3)``, or ``(..., k)`` when separate), False for grey."""
         return len(self.indices) > 1
+
+    @property
+    def n_out(self) -> int:
+        """Length of the result's channel axis (0: grey, no channel axis)."""
+        if len(self.indices) == 1:
+            return 0
+        return len(self.indices) if self.separate else 3
 
     def apply(self, data: np.ndarray) -> np.ndarray:
         """The chosen channels of ``data`` (channels last, ``(..., C)``): grey ``(...)`` or RGB ``(..., 3)``."""
@@ -71,6 +86,8 @@ class ChannelChoice:
         """``picked`` (``(..., k)``, the chosen channels in order) as grey ``(...)`` or RGB ``(..., 3)``."""
         if picked.shape[-1] == 1:
             return np.ascontiguousarray(picked[..., 0])
+        if self.separate:
+            return np.ascontiguousarray(picked)
         if picked.shape[-1] == 2:
             empty = np.broadcast_to(picked.min(axis=-1, keepdims=True), picked.shape[:-1] + (1,))
             picked = np.concatenate([picked, empty], axis=-1)  # the lowest value: no effect on the intensity scaling
@@ -83,6 +100,8 @@ def choose_channels(
     alpha: bool,
     channels: int | str | Sequence[int] | None,
     name: str,
+    *,
+    separate: bool = False,
 ) -> ChannelChoice | None:
     """The channels an image is read with, by the rules of :func:`read_image` (shared by the lazy readers).
 
@@ -93,6 +112,8 @@ def choose_channels(
     alpha : the last channel is alpha
     channels : the user's choice (``parse_channels``), or None for the default rules
     name : the image's name, for messages
+    separate : ``channel_mode="separate"``: any number of channels is kept (all of them without a choice,
+        alpha dropped), each to be encoded on its own
 
     Returns
     -------
@@ -103,7 +124,9 @@ def choose_channels(
     InputError
         A channel out of range, or (no choice) 2 or more than 4 channels that are not grey + alpha.
     """
-    chosen = parse_channels(channels)
+    chosen = parse_channels(channels, at_most=None if separate else 3)
+    if separate:
+        return _separate_choice(n_channels, axis_name, alpha, chosen, name)
     if chosen is not None:
         n_known = n_channels if n_channels is not None else 1
         wrong = [c for c in chosen if c >= n_known]
@@ -135,11 +158,38 @@ def choose_channels(
         return ChannelChoice((0,))
     raise InputError(
         f"'{name}' has {n_channels} channels ({axis_name} axis); HR-Dv2 uses grey or RGB images. "
-        "Choose the one, two or three to use with channels= (command line: --channels 0 or --channels 0,2)."
+        "Choose the one, two or three to use with channels= (command line: --channels 0 or --channels 0,2), "
+        "or encode every channel on its own: channel_mode='separate' (--channel-mode separate)."
     )
 
 
-def read_image(path: str | Path, *, channels: int | str | Sequence[int] | None = None) -> np.ndarray:
+def _separate_choice(
+    n_channels: int | None, axis_name: str | None, alpha: bool, chosen: tuple[int, ...] | None, name: str
+) -> ChannelChoice | None:
+    """:func:`choose_channels` for ``channel_mode="separate"``: the chosen channels, or all (alpha dropped)."""
+    n_known = n_channels if n_channels is not None else 1
+    if chosen is not None:
+        wrong = [c for c in chosen if c >= n_known]
+        if wrong:
+            raise InputError(
+                f"Channel {wrong[0]} is out of range: '{name}' has {n_known} channel(s) ({axis_name} axis), "
+                f"numbered 0..{n_known - 1}."
+            )
+        if n_channels is None:
+            return None if len(chosen) == 1 else ChannelChoice(chosen, None, separate=True)
+        listed = ", ".join(str(c) for c in chosen)
+        note = f"'{name}': encoding channels {listed} of {n_channels} ({axis_name} axis) separately."
+        return ChannelChoice(chosen, note, separate=True)
+    if n_channels is None:
+        return None
+    if alpha and n_channels in (2, 4):
+        return ChannelChoice(tuple(range(n_channels - 1)), f"'{name}': dropped the alpha channel.", separate=True)
+    return ChannelChoice(tuple(range(n_channels)), None, separate=True)
+
+
+def read_image(
+    path: str | Path, *, channels: int | str | Sequence[int] | None = None, separate: bool = False
+) -> np.ndarray:
     """Read an image file: (H, W), (H, W, 3) or a stack (N, H, W[, 3]).
 
     Axes come from the file where it says what they are: OME-TIFF and ImageJ metadata (channels
@@ -154,6 +204,9 @@ def read_image(path: str | Path, *, channels: int | str | Sequence[int] | None =
     channels : int, "0,2", sequence of int, or None
         0-based indices into the file's channels (colour samples or the C axis): one gives a grey
         image, two red and green (blue empty), three RGB in that order. None: the default rules above.
+    separate : bool
+        ``channel_mode="separate"``: every channel (or the ``channels`` chosen, any number, in that
+        order) is kept, ``(H, W, C)`` or ``(N, H, W, C)``, to be encoded one by one; alpha is dropped.
 
     Raises
     ------
@@ -161,12 +214,12 @@ def read_image(path: str | Path, *, channels: int | str | Sequence[int] | None =
         Missing, empty, unreadable or unsupported file, a channel layout that is not grey/RGB, or a
         channel index out of range.
     """
-    parse_channels(channels)  # a malformed choice is refused before the file is read
+    parse_channels(channels, at_most=None if separate else 3)  # a malformed choice is refused before reading
     path = _existing_file(path, "Image")
     data, channel_axis_name, alpha = _read_any(path)
     name = path.name
     n_channels = data.shape[-1] if channel_axis_name is not None else None
-    choice = choose_channels(n_channels, channel_axis_name, alpha, channels, name)
+    choice = choose_channels(n_channels, channel_axis_name, alpha, channels, name, separate=separate)
     if choice is not None:
         if choice.note:
             warnings.warn(choice.note, UserWarning, stacklevel=2)
@@ -324,14 +377,20 @@ def _read_pillow(path: Path, *, keep_palette: bool) -> tuple[np.ndarray, str | N
     return data, "S", mode in ("LA", "RGBA", "La", "RGBa")
 
 
-def is_stack(image: np.ndarray) -> bool:
-    """True for (N, H, W) and (N, H, W, 3|4) arrays, False for single planes."""
+def is_stack(image: np.ndarray, *, separate: bool = False) -> bool:
+    """True for (N, H, W) and (N, H, W, 3|4) arrays, False for single planes.
+
+    ``separate`` (``channel_mode="separate"``, any number of channels): a 3-D array is one image
+    ``(H, W, C)`` when its last axis is narrower than any backbone's patch (:data:`NARROW_CHANNELS`).
+    """
+    if separate:
+        return image.ndim == 4 or (image.ndim == 3 and image.shape[-1] >= NARROW_CHANNELS)
     return image.ndim == 4 or (image.ndim == 3 and image.shape[-1] not in (3, 4))
 
 
-def planes(image: np.ndarray) -> np.ndarray:
+def planes(image: np.ndarray, *, separate: bool = False) -> np.ndarray:
     """The image as a plane-first stack: (N, H, W[, C]) (a single plane gives N = 1)."""
-    return image if is_stack(image) else image[None]
+    return image if is_stack(image, separate=separate) else image[None]
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:

@@ -195,7 +195,9 @@ def _squeeze_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape[lead:]
 
 
-def _is_stack_shape(shape: tuple[int, ...]) -> bool:
+def _is_stack_shape(shape: tuple[int, ...], separate: bool = False) -> bool:
+    if separate:  # any number of channels: a last axis narrower than any patch holds them
+        return len(shape) == 4 or (len(shape) == 3 and shape[-1] >= 14)
     return len(shape) == 4 or (len(shape) == 3 and shape[-1] not in (3, 4))
 
 
@@ -208,15 +210,18 @@ class LazyPlane:
         Anything with ``shape``, ``dtype`` and numpy slicing.
     lead : tuple of int
         Index of the plane in the leading axes of ``array`` (``()`` for a single image).
+    any_channels : bool
+        Accept ``(H, W, C)`` with any ``C`` (``channel_mode="separate"``).
     """
 
-    def __init__(self, array: Any, lead: tuple[int, ...] = ()):
+    def __init__(self, array: Any, lead: tuple[int, ...] = (), *, any_channels: bool = False):
         self.array = array
         self.lead = tuple(int(i) for i in lead)
         full = tuple(int(s) for s in array.shape)
         self.shape = full[len(self.lead) :]
         self.dtype = np.dtype(array.dtype)
-        if len(self.shape) not in (2, 3) or (len(self.shape) == 3 and self.shape[-1] not in (3, 4)):
+        narrow = len(self.shape) == 3 and (self.shape[-1] in (3, 4) or any_channels)
+        if len(self.shape) not in (2, 3) or (len(self.shape) == 3 and not narrow):
             raise InputError(f"Expected an image (H, W) or (H, W, 3|4), got shape {self.shape}.")
         if not (np.issubdtype(self.dtype, np.integer) or np.issubdtype(self.dtype, np.floating) or self.dtype == bool):
             raise InputError(f"Image dtype {self.dtype} is not numeric; expected an integer or float array.")
@@ -246,25 +251,26 @@ class LazyPlane:
             yield self.read(slice(top, min(top + step, self.height)), slice(None))
 
 
-def lazy_planes(source: Any, channels: Any = None) -> tuple[list[LazyPlane], bool]:
+def lazy_planes(source: Any, channels: Any = None, *, separate: bool = False) -> tuple[list[LazyPlane], bool]:
     """The planes of a lazy image or stack, and whether it is a stack (leading singleton axes are dropped).
 
     ``channels`` chooses the channels of a multichannel input as :func:`~.io.read_image` does
-    (:func:`open_channels`); TIFFs are always read with the axes their metadata give.
+    (:func:`open_channels`); TIFFs are always read with the axes their metadata give. ``separate``:
+    ``channel_mode="separate"`` (any number of channels kept).
     """
-    return planes_of(open_channels(source, channels)[0])
+    return planes_of(open_channels(source, channels, separate=separate)[0], separate=separate)
 
 
-def planes_of(array: Any) -> tuple[list[LazyPlane], bool]:
+def planes_of(array: Any, *, separate: bool = False) -> tuple[list[LazyPlane], bool]:
     """:func:`lazy_planes` of an array whose channels are already chosen (:func:`open_channels`)."""
     full = tuple(int(s) for s in array.shape)
     shape = _squeeze_shape(full)
     skip = (0,) * (len(full) - len(shape))
     if len(shape) < 2 or len(shape) > 4:
         raise InputError(f"Input of shape {full} is not an image or a stack of images.")
-    if _is_stack_shape(shape):
-        return [LazyPlane(array, (*skip, i)) for i in range(shape[0])], True
-    return [LazyPlane(array, skip)], False
+    if _is_stack_shape(shape, separate):
+        return [LazyPlane(array, (*skip, i), any_channels=separate) for i in range(shape[0])], True
+    return [LazyPlane(array, skip, any_channels=separate)], False
 
 
 # ---------------------------------------------------------------------------------------------- channels
@@ -290,7 +296,7 @@ class ChannelView:
         others = [i for i in range(len(full)) if i not in (y, x, channel)]
         self._plane_axes = [i for i in others if full[i] != 1]
         self._plane_sizes = tuple(full[i] for i in self._plane_axes)
-        colour = (3,) if choice is not None and choice.colour else ()
+        colour = (choice.n_out,) if choice is not None and choice.n_out else ()
         planes = (int(np.prod(self._plane_sizes, dtype=np.int64)),) if self._plane_axes else ()
         self.shape = (*planes, full[y], full[x], *colour)
         self.dtype = np.dtype(array.dtype)
@@ -333,7 +339,7 @@ class ChannelView:
         return self.choice.combine(np.stack([blocks[c] for c in self.choice.indices], axis=-1))
 
 
-def open_channels(source: Any, channels: Any = None) -> tuple[Any, str | None]:
+def open_channels(source: Any, channels: Any = None, *, separate: bool = False) -> tuple[Any, str | None]:
     """A lazy input as ``(N, H, W[, C])`` / ``(H, W[, C])`` with its channels chosen, and the note saying which.
 
     - TIFF: axes from the file's metadata (OME, ImageJ, colour samples), exactly as
@@ -357,7 +363,7 @@ def open_channels(source: Any, channels: Any = None) -> tuple[Any, str | None]:
     """
     from .images import choose_channels, parse_channels, tiff_layout
 
-    chosen = parse_channels(channels)
+    chosen = parse_channels(channels, at_most=None if separate else 3)
     path = Path(source) if isinstance(source, (str, Path)) else None
     name = path.name if path is not None else "image"
     if path is not None and path.suffix.lower() in (".tif", ".tiff"):
@@ -379,16 +385,16 @@ def open_channels(source: Any, channels: Any = None) -> tuple[Any, str | None]:
                 )
             return array, None
         n_channels = layout.shape[layout.axes.index(layout.channel)] if layout.channel else None
-        choice = choose_channels(n_channels, layout.channel, layout.alpha, chosen, name)
+        choice = choose_channels(n_channels, layout.channel, layout.alpha, chosen, name, separate=separate)
         channel = layout.axes.index(layout.channel) if layout.channel else None
         view = ChannelView(array, y=layout.axes.index("Y"), x=layout.axes.index("X"), channel=channel, choice=choice)
         return view, choice.note if choice is not None else None
     array = open_lazy(source)
-    if chosen is None and isinstance(array, _AxesView) and "c" in array._names:
+    if chosen is None and not separate and isinstance(array, _AxesView) and "c" in array._names:
         n_channels = int(array.array.shape[array._names.index("c")])
         if n_channels == 2 or n_channels > 4:  # as read_image: channels are not planes; the user chooses
             choose_channels(n_channels, "c", False, None, name)
-    if chosen is None:
+    if chosen is None and not (separate and _has_channels(array)):
         shape = _squeeze_shape(tuple(int(s) for s in array.shape))
         if not isinstance(array, _AxesView) and len(shape) == 3 and shape[-1] not in (3, 4) and shape[-1] < 14:
             # Narrower than any backbone's patch: not a stack of images, but channels on the last axis.
@@ -401,7 +407,7 @@ def open_channels(source: Any, channels: Any = None) -> tuple[Any, str | None]:
         names = array._names
         channel = names.index("c") if "c" in names else None
         n_channels = int(array.array.shape[channel]) if channel is not None else None
-        choice = choose_channels(n_channels, "c", False, chosen, name)
+        choice = choose_channels(n_channels, "c", False, chosen, name, separate=separate)
         view = ChannelView(array.array, y=names.index("y"), x=names.index("x"), channel=channel, choice=choice)
         return view, choice.note if choice is not None else None
     full = tuple(int(s) for s in array.shape)
@@ -413,18 +419,26 @@ def open_channels(source: Any, channels: Any = None) -> tuple[Any, str | None]:
         channel = n_channels = None
     if len(shape) < 2 or len(shape) > 4:
         raise InputError(f"Input of shape {full} is not an image or a stack of images.")
-    choice = choose_channels(n_channels, "last", False, chosen, name)
+    choice = choose_channels(n_channels, "last", False, chosen, name, separate=separate)
     spatial = len(full) - (3 if channel is not None else 2)
     view = ChannelView(array, y=spatial, x=spatial + 1, channel=channel, choice=choice)
     return view, choice.note if choice is not None else None
 
 
-def read_input(path: str | Path, *, channels: Any = None) -> tuple[np.ndarray, str | None]:
+def _has_channels(array: Any) -> bool:
+    """An OME-Zarr with a ``c`` axis, or an array ``(H, W, C)`` / ``(N, H, W, C)`` with a narrow last axis."""
+    if isinstance(array, _AxesView):
+        return "c" in array._names
+    shape = _squeeze_shape(tuple(int(s) for s in array.shape))
+    return len(shape) == 4 or (len(shape) == 3 and shape[-1] < min(shape[0], shape[1]))
+
+
+def read_input(path: str | Path, *, channels: Any = None, separate: bool = False) -> tuple[np.ndarray, str | None]:
     """Any image input read into memory, and the note on its channels (None when :func:`read_image` warned).
 
     Image files go through :func:`~.images.read_image` (which warns itself); Zarr images (``*.zarr``) and
     ``.npy`` arrays are read whole through :func:`open_channels`, with the same channel rules. The result is
-    ``(H, W[, 3])`` or a stack ``(N, H, W[, 3])``.
+    ``(H, W[, 3])`` or a stack ``(N, H, W[, 3])`` (``separate``: ``(..., C)`` with the chosen channels, or all).
 
     Raises
     ------
@@ -435,17 +449,17 @@ def read_input(path: str | Path, *, channels: Any = None) -> tuple[np.ndarray, s
     from .paths import check_input_file
 
     if not is_lazy_path(path):
-        return read_image(path, channels=channels), None
+        return read_image(path, channels=channels, separate=separate), None
     check_input_file(path, "Image", folder=True)
-    array, note = open_channels(path, channels)
-    lazy, stack = planes_of(array)
+    array, note = open_channels(path, channels, separate=separate)
+    lazy, stack = planes_of(array, separate=separate)
     arrays = [plane.read(slice(None), slice(None)) for plane in lazy]
     return (np.stack(arrays) if stack else arrays[0]), note
 
 
-def read_input_image(path: str | Path, *, channels: Any = None) -> np.ndarray:
+def read_input_image(path: str | Path, *, channels: Any = None, separate: bool = False) -> np.ndarray:
     """:func:`read_input` that warns its channel note (a :class:`UserWarning`), as :func:`~.images.read_image` does."""
-    image, note = read_input(path, channels=channels)
+    image, note = read_input(path, channels=channels, separate=separate)
     if note:
         warnings.warn(note, UserWarning, stacklevel=2)
     return image
@@ -551,6 +565,58 @@ def intensity_range(plane: LazyPlane | np.ndarray, normalize: Normalize = "minma
         return IntensityRange("constant")
     return IntensityRange(
         "scale", low=low, factor=float(np.float32(1.0 / (high - low))), clip=normalize == "percentile"
+    )
+
+
+@dataclass(frozen=True)
+class ChannelRanges:
+    """How every channel of a whole image is scaled to [0, 1] on its own (``channel_mode="separate"``).
+
+    ``ranges[c]`` is the :class:`IntensityRange` of channel ``c`` over the whole image, so a block scaled
+    here equals the block of :func:`~..features.preprocess.scale_channels` of the whole image in memory.
+    """
+
+    ranges: tuple[IntensityRange, ...]
+
+    def apply(self, block: np.ndarray) -> np.ndarray:
+        """Scale a block ``(h, w[, C])``: float32 ``(h, w, C)`` (``C = 1`` for a grey block)."""
+        data = block[..., None] if block.ndim == 2 else block
+        if data.shape[-1] != len(self.ranges):
+            raise InputError(f"The block has {data.shape[-1]} channels but the image {len(self.ranges)}.")
+        out = np.empty(data.shape, dtype=np.float32)
+        for c, scaling in enumerate(self.ranges):
+            out[..., c] = scaling.apply(data[..., c])
+        return out
+
+
+class _OneChannel:
+    """One channel ``(..., H, W)`` of an array-like ``(..., H, W, C)``, read region by region."""
+
+    def __init__(self, array: Any, channel: int):
+        self.array, self.channel = array, channel
+        self.shape = tuple(int(s) for s in array.shape)[:-1]
+        self.dtype = array.dtype
+        chunks = getattr(array, "chunks", None)
+        self.chunks = chunks[:-1] if isinstance(chunks, tuple) and len(chunks) == len(self.shape) + 1 else None
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return np.asarray(self.array[index])[..., self.channel]
+
+
+def channel_ranges(plane: LazyPlane | np.ndarray, normalize: Normalize = "minmax") -> ChannelRanges:
+    """The scaling of every channel of a whole image on its own (:class:`ChannelRanges`), block by block.
+
+    Each channel is read once (:func:`intensity_range` of that channel; a grey image has one).
+    """
+    if isinstance(plane, np.ndarray):
+        plane = LazyPlane(plane, any_channels=True)
+    if len(plane.shape) == 2:
+        return ChannelRanges((intensity_range(plane, normalize),))
+    return ChannelRanges(
+        tuple(
+            intensity_range(LazyPlane(_OneChannel(plane.array, c), plane.lead), normalize)
+            for c in range(plane.shape[-1])
+        )
     )
 
 

@@ -99,10 +99,13 @@ def check_encoding_memory(
     device: object,
     n_transforms: int,
     storage_itemsize: int = 2,
+    n_channels: int | None = None,
 ) -> None:
     """Raise :class:`InputError` when encoding a ``height x width`` image cannot fit in memory.
 
     ``device_bytes`` and ``host_bytes`` come from :func:`encoding_bytes`; on the CPU both are host memory.
+    ``n_channels``: the image's channels are encoded separately (``channel_mode="separate"``), the bytes
+    count all of them and the message says so.
     """
     on_cuda = getattr(device, "type", str(device)) == "cuda"
     checks = [(host_bytes + (0 if on_cuda else device_bytes), available_host_bytes(), "memory")]
@@ -110,9 +113,11 @@ def check_encoding_memory(
         checks.append((device_bytes, available_device_bytes(device), "GPU memory"))
     for needed, available, what in checks:
         if available is not None and needed > _HEADROOM * available:
+            separately = f" ({n_channels} channels encoded separately)" if n_channels else ""
+            fewer = ", fewer channels (--channels)" if n_channels else ""
             raise InputError(
-                f"Encoding this {height} x {width} image needs about {_gib(needed)} of {what} but about "
-                f"{_gib(available)} is available. Need less: fewer passes (--preset fast, or shifts='neumann'; now "
+                f"Encoding this {height} x {width} image{separately} needs about {_gib(needed)} of {what} but about "
+                f"{_gib(available)} is available. Need less{fewer}: fewer passes (--preset fast, or shifts='neumann'; now "
                 f"{n_transforms}){', storage_dtype float16' if storage_itemsize > 2 else ''}, a smaller backbone, "
                 "or split the image into parts (e.g. crops of a quarter of the size) and process them one at a time."
             )

@@ -233,11 +233,13 @@ def candidate_outputs(path: Path, outdir: str | Path | None, suffix: str, uncert
     return names
 
 
-def read_whole(path: Path, channels: tuple[int, ...] | None = None) -> tuple[np.ndarray, str | None]:
+def read_whole(
+    path: Path, channels: tuple[int, ...] | None = None, *, separate: bool = False
+) -> tuple[np.ndarray, str | None]:
     """A small Zarr / .npy input read into memory: (H, W[, C]) or (N, H, W[, C]), and the note on its channels."""
     from ..files.lazy import read_input
 
-    return read_input(path, channels=channels)
+    return read_input(path, channels=channels, separate=separate)
 
 
 def per_file_reason(err: Exception) -> str:
@@ -270,6 +272,8 @@ class BatchPlan:
     channels : the inputs' channels to read (None: as stored)
     overwrite : replace existing outputs (else inputs whose outputs exist are skipped)
     uncertainty : also write uncertainty maps
+    separate : the model encodes every channel on its own (``channel_mode="separate"``): inputs keep all
+        their channels (or the chosen ones)
     """
 
     paths: tuple[Path, ...]
@@ -278,6 +282,7 @@ class BatchPlan:
     channels: tuple[int, ...] | None
     overwrite: bool
     uncertainty: bool
+    separate: bool = False
 
     def output(self, path: Path, suffix: str | None = None, tag: str = LABELS_TAG) -> Path:
         """The output of input ``path`` (``suffix``: default the plan's)."""
@@ -305,10 +310,10 @@ class BatchPlan:
             return FileJob(self.output(path), skip=True)  # no need to read the image
         note = None
         if lazy:
-            image, note = read_whole(path, self.channels)
+            image, note = read_whole(path, self.channels, separate=self.separate)
         else:
-            image = read_image(path, channels=self.channels)
-        stack = planes(image)
+            image = read_image(path, channels=self.channels, separate=self.separate)
+        stack = planes(image, separate=self.separate)
         single = len(stack) == 1 and image.ndim == stack[0].ndim
         target = self.output(path, self.suffix if single else ".tif")
         return FileJob(
@@ -330,7 +335,7 @@ class BatchPlan:
         if suffix != ".zarr" and path.suffix.lower() not in (".tif", ".tiff", ".zarr", ".npy"):
             return None  # PNG/JPEG/BMP inputs have no lazy reader: always in memory
         try:
-            _, (height, width) = plane_shape(path, self.channels)
+            _, (height, width) = plane_shape(path, self.channels, separate=self.separate)
         except InputError:
             if suffix == ".zarr" or path.suffix.lower() in (".zarr", ".npy"):
                 raise
@@ -351,7 +356,8 @@ class BatchPlan:
         streamed = streamed_file(path, target, extra if not extra_done else None, self.channels)
         if labels_done:
             del streamed.finals["labels"]
-        return FileJob(target, extra, streamed=streamed, note=open_channels(path, self.channels)[1])
+        note = open_channels(path, self.channels, separate=self.separate)[1]
+        return FileJob(target, extra, streamed=streamed, note=note)
 
 
 def plan_batch(
@@ -395,4 +401,5 @@ def plan_batch(
     if distinct_outputs:
         check_distinct_outputs(paths, outdir, suffix)
     check_room(paths, outdir, segmenter, suffix=suffix, uncertainty=uncertainty, overwrite=overwrite, channels=chosen)
-    return BatchPlan(tuple(paths), outdir, suffix, chosen, overwrite, uncertainty)
+    separate = config.channel_mode == "separate"
+    return BatchPlan(tuple(paths), outdir, suffix, chosen, overwrite, uncertainty, separate)

@@ -53,7 +53,16 @@ from ..errors import InputError
 from ..features.cache import EncodingCache, fingerprint
 from ..features.tiling import Tile
 from ..files.atomic import check_not_an_input
-from ..files.lazy import IntensityRange, LazyPlane, ZarrOutput, intensity_range, lazy_planes, open_lazy
+from ..files.lazy import (
+    ChannelRanges,
+    IntensityRange,
+    LazyPlane,
+    ZarrOutput,
+    channel_ranges,
+    intensity_range,
+    lazy_planes,
+    open_lazy,
+)
 from ..progress import Progress, run_steps, within
 from ..segmentation.compatibility import check_backbone, check_fitted, check_model_features
 from ..segmentation.refine import RefineSettings, halo, refine_probabilities
@@ -122,15 +131,17 @@ class TileEncoder:
         self,
         featurizer: Featurizer,
         plane: LazyPlane | np.ndarray,
-        scaling: IntensityRange | None = None,
+        scaling: IntensityRange | ChannelRanges | None = None,
         *,
         cache: EncodingCache | None = None,
     ):
         from ..features.encoding import Featurizer
 
         self.featurizer = featurizer
-        self.plane = plane if isinstance(plane, LazyPlane) else LazyPlane(plane)
         config = featurizer.config
+        #: ``channel_mode="separate"``: tiles are encoded channel by channel with each channel's whole-image scaling.
+        self.separate = config.channel_mode == "separate"
+        self.plane = plane if isinstance(plane, LazyPlane) else LazyPlane(plane, any_channels=self.separate)
         patch = featurizer.patch_size
         if min(self.plane.height, self.plane.width) < patch:
             raise InputError(
@@ -139,11 +150,12 @@ class TileEncoder:
             )
         self.cache = cache
         if scaling is None:
-            scaling = (
-                cache.scaling(self.plane, config.normalize)
-                if cache is not None
-                else intensity_range(self.plane, config.normalize)
-            )
+            if cache is not None:
+                scaling = cache.scaling(self.plane, config.normalize, separate=self.separate)
+            elif self.separate:
+                scaling = channel_ranges(self.plane, config.normalize)
+            else:
+                scaling = intensity_range(self.plane, config.normalize)
         self.scaling = scaling
         self.tiles = featurizer.plan_tiles(self.plane.height, self.plane.width)  # the in-memory encoder's tiles
         # One tile at a time, the whole tile, no second scaling: the tile featurizer shares the backbone.
@@ -170,7 +182,7 @@ class TileEncoder:
         encoding's only tile sits at ``(tile.top - origin[0], tile.left - origin[1])``.
         """
         block = self.plane.read(tile.rows, tile.cols)
-        if block.ndim == 3 and block.shape[-1] == 4:
+        if block.ndim == 3 and block.shape[-1] == 4 and not self.separate:
             block = block[..., :3]
         key = None
         if self.cache is not None:
@@ -184,6 +196,8 @@ class TileEncoder:
         scaled = self.scaling.apply(block)
         encoding = yield from self._tile_featurizer.iter_encode(scaled, with_attention=False, prescaled=True)
         encoding.config = self.featurizer.config
+        for block in getattr(encoding, "blocks", ()):
+            block.config = self.featurizer.config
         placed = self._placed(encoding, tile, (0, 0) if key is not None else origin, in_place=True)
         if key is not None:
             self.cache.put(key, placed)
@@ -194,9 +208,16 @@ class TileEncoder:
         """``encoding`` (one tile's maps) with its tile at ``(tile.top - origin[0], tile.left - origin[1])``.
 
         ``in_place`` sets the place and taps on ``encoding`` itself (a fresh encoding); otherwise a new
-        encoding shares the maps, unless the tile already sits there.
+        encoding shares the maps, unless the tile already sits there. A channel encoding is placed block by block.
         """
+        from ..features.channels import ChannelEncoding
         from ..features.encoding import Encoding, TileMaps, fused_taps
+
+        if isinstance(encoding, ChannelEncoding):
+            blocks = [self._placed(block, tile, origin, in_place=in_place) for block in encoding.blocks]
+            if in_place:
+                return encoding
+            return ChannelEncoding(blocks, config=encoding.config, image=encoding.image)
 
         tile_maps = encoding.tiles[0]
         placed = Tile(
@@ -425,7 +446,7 @@ def iter_segment_region(
     *,
     featurizer: Featurizer | FeatureConfig | None = None,
     outputs: Sequence[str] = ("labels",),
-    scaling: IntensityRange | None = None,
+    scaling: IntensityRange | ChannelRanges | None = None,
     cache: EncodingCache | None = None,
 ) -> Generator[Progress, None, dict[str, np.ndarray]]:
     """Segment the rectangle ``rows x cols`` of a (lazy) image: only the tiles touching it are encoded.
@@ -454,7 +475,8 @@ def iter_segment_region(
     _check_streamable(segmenter)
     featurizer = _featurizer_for(segmenter, featurizer)
     weights = _weights(segmenter, featurizer)
-    plane = image if isinstance(image, LazyPlane) else LazyPlane(open_lazy(image))
+    separate = featurizer.config.channel_mode == "separate"
+    plane = image if isinstance(image, LazyPlane) else LazyPlane(open_lazy(image), any_channels=separate)
     height, width = plane.height, plane.width
     r0, r1 = (0, height) if rows is None else (max(0, int(rows[0])), min(height, int(rows[1])))
     c0, c1 = (0, width) if cols is None else (max(0, int(cols[0])), min(width, int(cols[1])))
@@ -534,8 +556,8 @@ class StreamJob:
 
         _check_streamable(segmenter)
         kinds = _check_kinds(tuple(outputs))
-        channels = parse_channels(channels)
-        planes, stack = lazy_planes(source, channels)
+        channels = parse_channels(channels, at_most=None)
+        planes, stack = lazy_planes(source, channels, separate=config.channel_mode == "separate")
         height, width = planes[0].height, planes[0].width
         if source_id is None:
             source_id = str(Path(source).resolve()) if isinstance(source, (str, Path)) else "array"
@@ -601,7 +623,7 @@ class StreamJob:
         plane_index: int = 0,
         chunk_rows: tuple[int, int] | None = None,
         *,
-        scaling: IntensityRange | None = None,
+        scaling: IntensityRange | ChannelRanges | None = None,
     ) -> Generator[Progress, None, int]:
         """Compute and write the missing chunk rows in ``chunk_rows`` (default all) of one plane.
 
@@ -613,7 +635,7 @@ class StreamJob:
         if not missing:
             return 0
         weights = _weights(segmenter, featurizer)
-        planes, _ = lazy_planes(self.source, self.channels)
+        planes, _ = lazy_planes(self.source, self.channels, separate=featurizer.config.channel_mode == "separate")
         plane = planes[plane_index]
         encoder = TileEncoder(featurizer, plane, scaling)
         height = self.shape[1]
@@ -753,9 +775,11 @@ def iter_encode_labelled(
     only its own tiles) and the labels cropped to it. ``LinearSegmenter.fit(encodings, crops)`` then trains
     on exactly the features of the in-memory path. ``cache`` reuses tiles encoded before (see :class:`TileEncoder`).
     """
+    from ..features.channels import ChannelEncoding
     from ..features.encoding import Encoding
 
-    plane = image if isinstance(image, LazyPlane) else LazyPlane(open_lazy(image))
+    separate = featurizer.config.channel_mode == "separate"
+    plane = image if isinstance(image, LazyPlane) else LazyPlane(open_lazy(image), any_channels=separate)
     labels_array = open_lazy(labels) if isinstance(labels, (str, Path)) else labels
     if tuple(labels_array.shape) != (plane.height, plane.width):
         raise InputError(
@@ -774,23 +798,26 @@ def iter_encode_labelled(
         left = min(t.left for t in cluster)
         bottom = max(t.top + t.height for t in cluster)
         right = max(t.left + t.width for t in cluster)
-        tile_maps = []
+        tile_maps: list[list[Any]] = []  # per tile, its maps (one per channel when channels are separate)
         for tile in sorted(cluster, key=lambda t: (t.top, t.left)):
             steps = encoder.iter_encode(tile, origin=(top, left))
             encoding = yield from within(
                 steps, done, encoder.n_transforms, total=total, message="encoding labelled tiles"
             )
-            tile_maps.append(encoding.tiles[0])
+            tile_maps.append([block.tiles[0] for block in getattr(encoding, "blocks", [encoding])])
             done += encoder.n_transforms
-        encoding = Encoding(
-            config=featurizer.config,
-            image_shape=(bottom - top, right - left),
-            tiles=tile_maps,
-            transforms=featurizer.config.transforms,
-        )
-        encoding.backbone_fingerprint = backbone_fingerprint(featurizer.backbone.model)
-        encoding.backbone_family = backbone_family_of(featurizer.backbone)
-        encodings.append(encoding)
+        blocks = []
+        for c in range(len(tile_maps[0])):
+            block = Encoding(
+                config=featurizer.config,
+                image_shape=(bottom - top, right - left),
+                tiles=[maps[c] for maps in tile_maps],
+                transforms=featurizer.config.transforms,
+            )
+            block.backbone_fingerprint = backbone_fingerprint(featurizer.backbone.model)
+            block.backbone_family = backbone_family_of(featurizer.backbone)
+            blocks.append(block)
+        encodings.append(ChannelEncoding(blocks, config=featurizer.config) if encoder.separate else blocks[0])
         crops.append(np.asarray(labels_array[top:bottom, left:right]))
     return encodings, crops
 
@@ -820,9 +847,9 @@ def fit_lazy(
 STREAM_PIXELS = 1 << 25
 
 
-def plane_shape(path: str | Path, channels: Any = None) -> tuple[int, tuple[int, int]]:
+def plane_shape(path: str | Path, channels: Any = None, *, separate: bool = False) -> tuple[int, tuple[int, int]]:
     """(number of planes, (H, W)) of an image file or Zarr input (with ``channels`` chosen), from its metadata only."""
-    planes, _ = lazy_planes(path, channels)
+    planes, _ = lazy_planes(path, channels, separate=separate)
     return len(planes), (planes[0].height, planes[0].width)
 
 
@@ -909,4 +936,4 @@ def streamed_file(
                 f"'{Path(source).name}' is segmented tile by tile, so its {kind} are written as .zarr or tiled .tif, "
                 f"not '{path.suffix}': use --format zarr or tif."
             )
-    return StreamedFile(Path(source), finals, parse_channels(channels))
+    return StreamedFile(Path(source), finals, parse_channels(channels, at_most=None))

@@ -33,6 +33,7 @@ __all__ = [
     "check_fitted",
     "check_model_features",
     "channels_for",
+    "check_channel_count",
     "common_feature_config",
     "describe_feature_differences",
     "feature_mismatch",
@@ -124,12 +125,34 @@ def check_backbone(model: Segmenter, backbone: Backbone) -> None:
     check_fitted(model)
     check_backbone_family(model, backbone_family_of(backbone), source=str(backbone.source))
     expected = model.n_hr_features_
+    separate = model.feature_config is not None and model.feature_config.channel_mode == "separate"
+    if separate and expected is not None and int(expected) % int(backbone.embed_dim) == 0:
+        expected = backbone.embed_dim  # C blocks of embed_dim (the channel count is checked with the image)
     if expected is not None and int(backbone.embed_dim) != int(expected):
         raise InputError(
             f"The backbone '{backbone.source}' gives {backbone.embed_dim} features per pixel but the model was "
             f"trained on {expected}: use the backbone the model was trained with."
         )
     check_backbone_weights(model, backbone_fingerprint(backbone.model))
+
+
+def check_channel_count(model: Segmenter, n_channels: int, block_width: int) -> None:
+    """Raise :class:`InputError` if features of ``n_channels`` image channels encoded separately do not fit ``model``.
+
+    A model trained with ``channel_mode="separate"`` has ``C x D`` HR-Dv2 features (``D = block_width``, the
+    features of one channel): it takes images of exactly ``C`` channels.
+    """
+    check_fitted(model)
+    n_hr = model.n_hr_features_
+    if n_hr is None or block_width < 1 or int(n_hr) % int(block_width):
+        return  # another width: the width check names it
+    trained = int(n_hr) // int(block_width)
+    if trained != int(n_channels):
+        chosen = f" (channels {','.join(str(c) for c in model.channels)} of its images)" if model.channels else ""
+        raise InputError(
+            f"This model was trained on {trained} channels separately{chosen}; the image has {n_channels}. "
+            f"Give it an image of {trained} channels (choose them with --channels / channels=), or retrain."
+        )
 
 
 def channels_for(model: Segmenter, channels: Sequence[int] | str | None) -> tuple[int, ...] | None:
@@ -142,7 +165,7 @@ def channels_for(model: Segmenter, channels: Sequence[int] | str | None) -> tupl
     """
     from ..files.images import parse_channels
 
-    chosen = parse_channels(channels)
+    chosen = parse_channels(channels, at_most=None)
     trained = model.channels
     trained = tuple(trained) if trained is not None else None
     if chosen is None:

@@ -198,7 +198,7 @@ def record_from_contents(tensors: dict[str, np.ndarray], meta: dict[str, str], *
             from ..files.images import parse_channels
 
             try:
-                record.channels = parse_channels(json.loads(meta["channels"]))
+                record.channels = parse_channels(json.loads(meta["channels"]), at_most=None)
             except InputError as err:
                 raise ValueError(f"channels: {err}") from None
         summary = _json_entry(meta, "summary", (dict, type(None)), default="null")

@@ -319,6 +319,8 @@ class LinearSegmenter:
             self.check_compatible_config(getattr(features, "config", None))
             self.check_backbone_family(getattr(features, "backbone_family", None))
             self.check_backbone_weights(getattr(features, "backbone_fingerprint", None))
+        if getattr(features, "n_channels", None) is not None and hasattr(features, "block_width"):
+            compatibility.check_channel_count(self, features.n_channels, features.block_width)
         n = hybrid.n_features(features, self._classical)
         if n != self.coef_.shape[1]:
             raise InputError(

@@ -52,7 +52,10 @@ class StackEncoder:
     ):
         shape = tuple(stack.shape) if hasattr(stack, "shape") else np.shape(stack)
         # A zero-stride view tells plane-first stacks from single (H, W[, C]) images without reading data.
-        self.stack = stack if is_stack(np.broadcast_to(np.uint8(0), shape)) else np.asarray(stack)[None]
+        separate = config.channel_mode == "separate"  # (H, W, C) with any C is one image
+        self.stack = (
+            stack if is_stack(np.broadcast_to(np.uint8(0), shape), separate=separate) else np.asarray(stack)[None]
+        )
         self.config = config
         self.cache = cache if cache is not None else EncodingCache(max_bytes)
 
