@@ -80,3 +80,21 @@ def test_multichannel_files_keep_every_channel(tmp_path):
         np.testing.assert_array_equal(planes[0].read(slice(10, 80), slice(20, 90)), five[10:80, 20:90][..., [3, 1]])
     with pytest.raises(hr.InputError, match="channel-mode separate"):
         read_image(tmp_path / "a.ome.tif")
+
+
+@pytest.mark.parametrize("refine", ["guided", "crf"])
+def test_refined_region_of_four_channels_equals_in_memory(tiled, refine):
+    """Refinement of separate channels is guided by every channel scaled on its own, whole or tile by tile."""
+    image, _ = five_channel_image(200)
+    image = np.ascontiguousarray(image[..., 1:])  # 4 channels: none of them is alpha in separate mode
+    featurizer = hr.Featurizer(tiled)
+    encoding = featurizer.encode(image, with_attention=False)
+    labels = np.zeros(image.shape[:2], dtype=np.uint8)
+    labels[:112, :112] = strokes(np.zeros((112, 112)))
+    model = hr.LinearSegmenter(refine=refine).fit(encoding, labels)
+    guide = model.guide(encoding)
+    assert guide.shape == (*image.shape[:2], 4)
+    np.testing.assert_array_equal(guide, scale_channels(image))
+    whole = streaming.segment_region(model, image, featurizer=featurizer, outputs=("labels", "probabilities"))
+    np.testing.assert_array_equal(whole["labels"], model.predict(encoding))
+    np.testing.assert_allclose(whole["probabilities"], model.predict_proba(encoding), atol=1e-4)

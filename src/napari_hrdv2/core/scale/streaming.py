@@ -171,7 +171,7 @@ class TileEncoder:
         Equals :func:`~..segmentation.refine.guide_image` of the whole image in memory, cropped.
         """
         block = self.plane.read(slice(*rows), slice(*cols))
-        if block.ndim == 3 and block.shape[-1] == 4:
+        if block.ndim == 3 and block.shape[-1] == 4 and not self.separate:
             block = block[..., :3]
         return self.scaling.apply(block)
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..config import Normalize
 from ..errors import InputError
-from ..features.preprocess import scale_intensities, validate_image
+from ..features.preprocess import scale_channels, scale_intensities, validate_image
 from ..features.sources import is_encoding
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -179,18 +179,26 @@ def halo(settings: RefineSettings) -> int:
     return 0
 
 
-def guide_image(image: np.ndarray, *, normalize: Normalize = "minmax") -> np.ndarray:
+def guide_image(image: np.ndarray, *, normalize: Normalize = "minmax", separate: bool = False) -> np.ndarray:
     """The guide of a whole image in memory: scaled to [0, 1] as the feature pipeline scales it.
 
-    Returns ``(H, W)`` float32 for grey images, ``(H, W, 3)`` for colour (alpha dropped).
+    Returns ``(H, W)`` float32 for grey images, ``(H, W, 3)`` for colour (alpha dropped); with ``separate``
+    (``channel_mode="separate"``) ``(H, W, C)`` with every channel scaled on its own (:func:`scale_channels`).
     """
+    if separate:
+        image = np.asarray(image)
+        if not np.isfinite(image).all():
+            raise InputError("The image contains NaN or infinite values.")
+        return scale_channels(image, normalize=normalize)
     image = validate_image(image)
     if image.ndim == 3 and image.shape[-1] == 4:
         image = image[..., :3]
     return np.ascontiguousarray(scale_intensities(image, normalize=normalize), dtype=np.float32)
 
 
-def guide_of(features: Any, image: np.ndarray | None = None, *, normalize: Normalize = "minmax") -> np.ndarray:
+def guide_of(
+    features: Any, image: np.ndarray | None = None, *, normalize: Normalize = "minmax", separate: bool = False
+) -> np.ndarray:
     """The guide of features ``(C, H, W)`` or an Encoding: ``image`` if given, else the image the Encoding keeps,
     scaled by :func:`guide_image`; an :class:`InputError` saying what to pass when there is none or it does not fit.
     """
@@ -201,7 +209,7 @@ def guide_of(features: Any, image: np.ndarray | None = None, *, normalize: Norma
             "Refining the probabilities (refine='crf' or 'guided') needs the image: pass an Encoding made by "
             "Featurizer.encode (it keeps the image) or the image itself with image=..., or use refine='none'."
         )
-    guide = guide_image(image, normalize=normalize)
+    guide = guide_image(image, normalize=normalize, separate=separate)
     shape = tuple(features.shape) if is_encoding(features) else tuple(np.asarray(features).shape[1:])
     if guide.shape[:2] != shape:
         raise InputError(f"The image {guide.shape[:2]} does not match the features {shape}: pass the same image.")

@@ -385,8 +385,10 @@ class LinearSegmenter:
 
         ``image`` (the raw ``(H, W[, C])`` image of the features) wins; otherwise the image an Encoding keeps.
         """
-        normalize = self.feature_config.normalize if self.feature_config is not None else "minmax"
-        return guide_of(features, image, normalize=normalize)
+        config = self.feature_config
+        normalize = config.normalize if config is not None else "minmax"
+        separate = config is not None and config.channel_mode == "separate"
+        return guide_of(features, image, normalize=normalize, separate=separate)
 
     def predict_proba(
         self, features: FeatureSource, *, refine: RefineChoice = None, image: np.ndarray | None = None
