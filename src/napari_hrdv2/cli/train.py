@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .common import EPILOG, EXIT_OK, encode_with_progress, say, say_precision
-from .options import SharedOptions, positive_int
+from .common import EPILOG, EXIT_OK, encode_with_progress, progress_callback, say, say_precision
+from .options import SharedOptions, add_spacing_option, positive_int
 from .settings import build_config, make_featurizer
 
 
@@ -22,7 +22,8 @@ def add_parser(commands: Any, shared: SharedOptions) -> None:
         help="train a segmentation model from images and brush labels",
         description="Train a LinearSegmenter on the labelled pixels of one or more images. Label images hold "
         "class values (1, 2, ...) and 0 for unlabelled pixels, one label file per image; a TIFF stack takes a "
-        "label stack of as many planes (planes without labels are skipped).",
+        "label stack of as many planes (planes without labels are skipped). With --volume a stack (Z, Y, X) is a "
+        "volume and its labels (Z, Y, X) may be painted on any plane.",
         epilog=EPILOG,
     )
     train.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
@@ -41,6 +42,7 @@ def add_parser(commands: Any, shared: SharedOptions) -> None:
     group.add_argument(
         "--min-object-size", type=int, default=0, metavar="PX", help="clean-up: merge regions smaller than this"
     )
+    add_spacing_option(train)
     train.set_defaults(run=run)
 
 
@@ -94,6 +96,37 @@ def check_two_classes(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> No
         raise InputError(f"Only one class (value {classes[0]}) is labelled: label pixels of at least two classes.")
 
 
+def train_volumes(args: argparse.Namespace, segmenter: Any, config: Any) -> int:
+    """``--volume``: train on the labelled voxels of volumes (Z, Y, X[, C]); returns the labelled XY planes."""
+    from ..core.errors import InputError
+    from ..core.features.cache import EncodingCache
+    from ..core.features.volume import VolumeEncoder
+    from ..core.files.lazy import read_input_image, read_input_labels
+    from ..core.progress import run_steps
+    from ..core.segmentation.volume import iter_fit_volume
+
+    if len(args.images) != len(args.labels):
+        raise InputError(
+            f"Got {len(args.images)} volume(s) but {len(args.labels)} label file(s): give one label file per volume."
+        )
+    featurizer = make_featurizer(args, config.replace(volume=False))
+    say_precision(args, featurizer)
+    cache = EncodingCache()
+    encoders, labels = [], []
+    for image_path, labels_path in zip(args.images, args.labels):
+        encoders.append(
+            VolumeEncoder(read_input_image(image_path, channels=args.channels), featurizer, spacing=args.spacing,
+                          cache=cache)
+        )  # fmt: skip
+        labels.append(read_input_labels(labels_path))
+    show, close = progress_callback(args, "plane")
+    try:
+        run_steps(iter_fit_volume(segmenter, encoders, labels), progress=show)
+    finally:
+        close()
+    return sum(int(lab.reshape(len(lab), -1).any(axis=1).sum()) for lab in labels)
+
+
 def run(args: argparse.Namespace) -> int:
     """``napari-hrdv2 train``."""
     from ..core.errors import InputError
@@ -116,23 +149,28 @@ def run(args: argparse.Namespace) -> int:
         majority_size=args.majority_size,
         min_object_size=args.min_object_size,
     )
-    pairs = training_planes(args.images, args.labels, args.channels)
-    featurizer = make_featurizer(args, build_config(args))
-    say_precision(args, featurizer)
-    encodings = []
-    with inference_mode():
-        for i, (desc, plane, _) in enumerate(pairs):
-            desc = f"{desc} ({i + 1}/{len(pairs)})"
-            encodings.append(encode_with_progress(args, featurizer, plane, desc, with_attention=False))
-    # Outside inference mode: the optimiser needs autograd.
-    segmenter.fit(encodings, [lab for _, _, lab in pairs])
+    config = build_config(args)
+    if config.volume:
+        n_planes = train_volumes(args, segmenter, config)
+    else:
+        pairs = training_planes(args.images, args.labels, args.channels)
+        featurizer = make_featurizer(args, config)
+        say_precision(args, featurizer)
+        encodings = []
+        with inference_mode():
+            for i, (desc, plane, _) in enumerate(pairs):
+                desc = f"{desc} ({i + 1}/{len(pairs)})"
+                encodings.append(encode_with_progress(args, featurizer, plane, desc, with_attention=False))
+        # Outside inference mode: the optimiser needs autograd.
+        segmenter.fit(encodings, [lab for _, _, lab in pairs])
+        n_planes = len(pairs)
     segmenter.channels = args.channels  # segment reads its inputs with the same channels
     segmenter.save(output, overwrite=args.overwrite)
     summary = segmenter.summary_
     counts = ", ".join(f"{value}: {count}" for value, count in summary.pixels_per_class.items())
     say(
         args,
-        f"Trained on {len(pairs)} labelled plane(s), pixels per class {{{counts}}}, "
+        f"Trained on {n_planes} labelled plane(s), pixels per class {{{counts}}}, "
         f"training accuracy {summary.training_accuracy:.3f}. Wrote {output}",
     )
     return EXIT_OK

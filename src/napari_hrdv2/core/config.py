@@ -219,6 +219,13 @@ class FeatureConfig:
     layer : int or None
         Block to read, 0-based (negative counts from the end); ``None`` = the
         last. The attention maps are those of this block.
+    volume : bool
+        A ``(Z, Y, X[, C])`` stack is a volume: each voxel's feature is the mean
+        of the features of the XY, XZ and YZ planes through it, each plane an
+        ordinary encoding with these settings (``napari_hrdv2.fit_stack`` /
+        ``predict_stack``, :mod:`~napari_hrdv2.core.features.volume`). About 3x
+        the passes of plane-by-plane features. Default False: a stack is a pile
+        of independent planes.
     """
 
     backbone: str = _setting(
@@ -390,6 +397,14 @@ class FeatureConfig:
         metavar="I",
         widget="spin",
     )
+    volume: bool = _setting(
+        False,
+        flag="--volume",
+        label="Volume (3D features)",
+        help="a (Z, Y, X[, C]) stack is a volume: each voxel's feature is the mean of the XY, XZ and YZ plane "
+        "features through it (about 3x the passes); default off: plane by plane",
+        kind="bool",
+    )
 
     def __post_init__(self) -> None:
         distances = self.shift_distances
@@ -438,6 +453,9 @@ class FeatureConfig:
                 raise InputError(f"layer={self.layer} is not a block index of any ViT.")
         if self.batch_size is not None and not 1 <= int(self.batch_size) <= MAX_BATCH_SIZE:
             raise InputError(f"batch_size must be 1..{MAX_BATCH_SIZE}, got {self.batch_size}.")
+        if not isinstance(self.volume, (bool, np.bool_)):
+            raise InputError(f"volume must be True or False, got {self.volume!r}.")
+        object.__setattr__(self, "volume", bool(self.volume))
         if not isinstance(self.backbone, str) or not self.backbone.strip():
             raise InputError(f"backbone must be a preset name, Hugging Face id or path, got {self.backbone!r}.")
         if self._passes_upper_bound() > MAX_PASSES:

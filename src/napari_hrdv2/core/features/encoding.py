@@ -688,6 +688,12 @@ class Featurizer:
         scaled to [0, 1] (a tile of a larger image scaled with the whole image's range,
         :mod:`.streaming`) and skips the per-image scaling.
         """
+        if self.config.volume:
+            raise InputError(
+                "FeatureConfig(volume=True) describes the features of a volume (the mean of its XY, XZ and YZ "
+                "planes), not of one plane: segment the (Z, Y, X) stack with napari_hrdv2.fit_stack / predict_stack "
+                "(or features.volume.VolumeEncoder), or use volume=False for plane-by-plane features."
+            )
         backbone = self.backbone
         patch, stride = backbone.patch_size, self.stride
         layer = self.config.layer
