@@ -40,11 +40,18 @@ class TrainTab:
             tooltip="Also train on classical multiscale filters of the image (intensity, edges, texture): "
             "helps where the classes differ mostly in brightness",
         )
+        self.volume = CheckBox(
+            text="Volume (3D features)",
+            enabled=False,
+            tooltip="For 3D images (Z, Y, X): each voxel's features are the mean of those of the XY, XZ and YZ planes "
+            "through it (about 3x the work); scribbles on any plane train, Predict segments the whole volume. The "
+            "layer's scale gives the voxel sizes.",
+        )
         self.model_status = Label(label="Model", value=NO_MODEL)
         self.shortcuts = Label(value=SHORTCUTS_TEXT)
         for label in (self.model_status, self.shortcuts):
             wrap_label(label.native, selectable=True)
-        self.page = tab_page(self.classes.widget, self.hybrid, self.model_status, self.shortcuts)
+        self.page = tab_page(self.classes.widget, self.hybrid, self.volume, self.model_status, self.shortcuts)
 
 
 def copy_scribbles(viewer: Any, geometry: Any, labels_layer: Any, image_layer: Any) -> dict[int, Any]:

@@ -26,6 +26,7 @@ from ..errors import InputError
 from ..features.volume import VolumeEncoder
 from ..files.label_images import label_dtype
 from ..progress import Progress, within
+from ..runtime.devices import inference_mode
 from .compatibility import check_backbone, check_model_features
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,10 +83,12 @@ def iter_fit_volume(
     if not total:
         raise InputError("No voxel holds a label: paint a few strokes of at least two classes on any plane.")
     done = 0
-    for encoder, planes in zip(encoders, plans):
-        yield from within(encoder.iter_encode_planes(planes), done, len(planes), total=total + 1)
-        done += len(planes)
+    with inference_mode():
+        for encoder, planes in zip(encoders, plans):
+            yield from within(encoder.iter_encode_planes(planes), done, len(planes), total=total + 1)
+            done += len(planes)
     yield Progress(total, total + 1, "training")
+    # Outside inference mode: the optimiser needs autograd.
     sources, targets = [], []
     for encoder, planes, lab in zip(encoders, plans, label_list):
         zs = [index for axis, index in planes if axis == 0]
@@ -127,8 +130,9 @@ def iter_predict_volume(
         if not 0 <= index < depth:
             raise InputError(f"Plane {index} does not exist; the volume has {depth} planes.")
     out = np.zeros((len(indices), height, width), dtype=label_dtype(int(segmenter.classes_.max())))
-    yield from within(iter_volume_logits(segmenter, encoder), 0, 0.95, total=1)
-    for i, index in enumerate(indices):
-        out[i] = segmenter.predict(encoder.plane_source(index))
-        yield Progress(0.95 + 0.05 * (i + 1) / max(len(indices), 1), 1, f"labels of plane {index + 1}")
+    with inference_mode():
+        yield from within(iter_volume_logits(segmenter, encoder), 0, 0.95, total=1)
+        for i, index in enumerate(indices):
+            out[i] = segmenter.predict(encoder.plane_source(index))
+            yield Progress(0.95 + 0.05 * (i + 1) / max(len(indices), 1), 1, f"labels of plane {index + 1}")
     return out
