@@ -151,7 +151,13 @@ def test_model_round_trip_records_volume(config, tmp_path):
     model.save(tmp_path / "m.hrdv2")
     loaded = hr.LinearSegmenter.load(tmp_path / "m.hrdv2")
     assert loaded.feature_config.volume is True and loaded.feature_config == model.feature_config
-    np.testing.assert_array_equal(hr.predict_stack(loaded, volume), hr.predict_stack(model, volume, config=config))
+    expected = hr.predict_stack(model, volume, config=config)
+    np.testing.assert_array_equal(hr.predict_stack(loaded, volume), expected)
+    # The logits may live on disk (a volume whose logits exceed memory): the same labels.
+    on_disk = np.lib.format.open_memmap(tmp_path / "logits.npy", mode="w+", dtype=np.float32, shape=(2, 28, 28, 28))
+    encoder = VolumeEncoder(volume, config)
+    np.testing.assert_array_equal(run_steps(iter_predict_volume(loaded, encoder, logits_out=on_disk)), expected)
+    assert np.abs(on_disk).max() > 0
     with pytest.raises(hr.InputError, match="volume"):
         hr.predict_stack(loaded, volume, config=config.replace(volume=False))  # plane-by-plane features
     with pytest.raises(hr.InputError, match="volume=True"):

@@ -353,7 +353,8 @@ class VolumeEncoder:
         Each plane of each orientation is encoded (or taken from the cache), projected on its low-resolution
         maps (:meth:`Encoding.project`), brought back to voxel rows and added; the sum is divided by 3 and the
         bias added once. Memory: ``out`` (``n_out * Z * Y * X * 4`` bytes; pass a ``np.memmap`` to keep it on
-        disk) plus one plane's encoding and one slab of planes. The latest result is kept (:meth:`projection`).
+        disk) plus one plane's encoding and one slab of planes. The latest result (``out`` too) is kept for
+        :meth:`projection`.
         """
         weight = np.asarray(weight, dtype=np.float32)
         key = _weights_key(weight, bias)
@@ -389,8 +390,7 @@ class VolumeEncoder:
         out *= np.float32(1.0 / 3.0)
         if bias is not None:
             out += np.asarray(bias, dtype=np.float32).reshape(-1, 1, 1, 1)
-        if not isinstance(out, np.memmap):
-            self._projection = (key, out)
+        self._projection = (key, out)
         return out
 
     def _slabs(self, axis: int) -> Generator[tuple[int, np.ndarray], None, None]:

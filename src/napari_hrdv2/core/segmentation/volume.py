@@ -99,7 +99,9 @@ def iter_fit_volume(
     return segmenter
 
 
-def iter_volume_logits(segmenter: Segmenter, encoder: VolumeEncoder) -> Generator[Progress, None, None]:
+def iter_volume_logits(
+    segmenter: Segmenter, encoder: VolumeEncoder, *, out: np.ndarray | None = None
+) -> Generator[Progress, None, None]:
     """Compute (and keep in ``encoder``) the projection a linear model's predictions read, with progress.
 
     For a model with ``coef_`` / ``intercept_`` (:class:`~.protocol.LinearModel`) these are the weights its
@@ -109,16 +111,21 @@ def iter_volume_logits(segmenter: Segmenter, encoder: VolumeEncoder) -> Generato
     coef, intercept = getattr(segmenter, "coef_", None), getattr(segmenter, "intercept_", None)
     n_hr = getattr(segmenter, "n_hr_features_", None)
     if coef is not None and n_hr is not None:
-        yield from encoder.iter_project(coef[:, :n_hr], intercept)
+        yield from encoder.iter_project(coef[:, :n_hr], intercept, out=out)
 
 
 def iter_predict_volume(
-    segmenter: Segmenter, encoder: VolumeEncoder, indices: Sequence[int] | None = None
+    segmenter: Segmenter,
+    encoder: VolumeEncoder,
+    indices: Sequence[int] | None = None,
+    *,
+    logits_out: np.ndarray | None = None,
 ) -> Generator[Progress, None, np.ndarray]:
     """Labels of XY planes ``indices`` (default all) of the volume: ``(len(indices), Y, X)``.
 
     The whole volume's logits are computed once (one encoding per plane per orientation); each plane's
-    labels come from its slice of them (with the model's clean-up, plane by plane).
+    labels come from its slice of them (with the model's clean-up, plane by plane). ``logits_out``: where
+    they go, ``(n_classes, Z, Y, X)`` float32 (e.g. a ``np.memmap`` for a volume whose logits exceed memory).
     """
     check_model_features(segmenter, encoder.config)
     _refuse_hybrid(segmenter)
@@ -131,7 +138,7 @@ def iter_predict_volume(
             raise InputError(f"Plane {index} does not exist; the volume has {depth} planes.")
     out = np.zeros((len(indices), height, width), dtype=label_dtype(int(segmenter.classes_.max())))
     with inference_mode():
-        yield from within(iter_volume_logits(segmenter, encoder), 0, 0.95, total=1)
+        yield from within(iter_volume_logits(segmenter, encoder, out=logits_out), 0, 0.95, total=1)
         for i, index in enumerate(indices):
             out[i] = segmenter.predict(encoder.plane_source(index))
             yield Progress(0.95 + 0.05 * (i + 1) / max(len(indices), 1), 1, f"labels of plane {index + 1}")
