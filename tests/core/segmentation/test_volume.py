@@ -128,6 +128,14 @@ def test_intensity_scaling_is_the_volume_s(config):
     encoder = VolumeEncoder(volume, config)
     np.testing.assert_allclose(encoder.plane_image(0, 0), (volume[0] - 10) / 105, rtol=1e-6)
     np.testing.assert_allclose(encoder.plane_image(2, 3), (volume[:, :, 3] - 10) / 105, rtol=1e-6)
+    # A lazy (Zarr) volume, read in chunks: the same scaling and planes.
+    zarr = pytest.importorskip("zarr")
+    lazy = zarr.create_array(store={}, shape=volume.shape, chunks=(4, 8, 8), dtype=volume.dtype)
+    lazy[:] = volume
+    assert volume_intensity_range(lazy, "percentile") == volume_intensity_range(volume, "percentile")
+    lazy_encoder = VolumeEncoder(lazy, config)
+    for axis, index in ((0, 9), (1, 2), (2, 15)):
+        np.testing.assert_array_equal(lazy_encoder.plane_image(axis, index), encoder.plane_image(axis, index))
 
 
 def test_only_planes_through_labels_are_encoded(config):
