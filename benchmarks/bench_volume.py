@@ -106,7 +106,7 @@ def main() -> None:
                 f"{figures['predict'] / unit / (3 * side):.2f}",
                 gib(peak),
                 f"{peak / bare_peak:.2f}",
-                gib(logits),
+                f"{logits / 2**20:.0f} MiB",
                 f"{time.perf_counter() - started:.0f}",
             ]
         )
