@@ -459,6 +459,50 @@ def train_lazy_job(
     return PredictionResult(segmenter=segmenter, config=config)
 
 
+def volume_job(
+    data: Any,
+    labels: np.ndarray | None,
+    config: FeatureConfig,
+    cache: EncodingCache,
+    *,
+    spacing: Sequence[float] | None,
+    make_segmenter: Callable[[], LinearSegmenter] | None = None,
+    segmenter: Segmenter | None = None,
+    predict: bool = True,
+    uncertainty: bool = False,
+    probabilities: bool = False,
+) -> Generator[Progress | BackboneInfo, None, PredictionResult]:
+    """A volume ``(Z, Y, X[, C])`` with volume features (``config.volume``): train on ``labels`` (Z, Y, X), if given,
+    a new model of ``make_segmenter`` (else use ``segmenter``), then predict every plane (if ``predict``).
+
+    Predicting one plane costs as much as all of them (the logits of every plane of every orientation), so all
+    planes are predicted. ``spacing``: the layer's (dz, dy, dx) scale.
+    """
+    from .core.features.volume import VolumeEncoder
+    from .core.segmentation.volume import iter_fit_volume, iter_predict_volume
+
+    config = config.replace(volume=True)
+    yield Progress(0.0, 1, "Loading the backbone")
+    yield load_backbone_info(cache, config.replace(volume=False))
+    encoder = VolumeEncoder(data, config, spacing=spacing, cache=cache)
+    span = 0.5 if predict else 1.0
+    if labels is not None:
+        steps = iter_fit_volume(make_segmenter(), encoder, labels)
+        segmenter = yield from within(steps, 0.0, span, message="Encoding the planes through the scribbles")
+    result = PredictionResult(segmenter=segmenter, config=config)
+    if predict:
+        start = 1.0 - span if labels is not None else 0.0
+        steps = iter_predict_volume(segmenter, encoder)
+        predicted = yield from within(steps, start, 1.0 - start, message="Segmenting the volume")
+        for z, plane in enumerate(predicted):
+            result.labels[z] = plane
+            if uncertainty:
+                result.uncertainty[z] = np.asarray(segmenter.uncertainty(encoder.plane_source(z)), dtype=np.float32)
+            if probabilities:
+                result.probabilities[z] = np.asarray(segmenter.predict_proba(encoder.plane_source(z)), np.float32)
+    return result
+
+
 @dataclass
 class RegionResult:
     """A prediction of one rectangle of a (possibly huge, lazily read) plane: paste it at ``(top, left)``."""

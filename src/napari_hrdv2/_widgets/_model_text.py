@@ -22,7 +22,8 @@ def describe_config(config: FeatureConfig) -> str:
     flips = ", flips" if config.flips else ""
     facet = f", {config.facet} facet" if config.facet != "token" else ""
     block = f", block {config.layer}" if config.layer is not None else ""
-    return f"{backbone}, {shifts}{flips}{facet}{block}, {config.device}"
+    volume = ", volume (3D features)" if config.volume else ""
+    return f"{backbone}, {shifts}{flips}{facet}{block}{volume}, {config.device}"
 
 
 def dock_mismatch(model_config: FeatureConfig | None, settings: FeatureConfig) -> str | None:
@@ -33,6 +34,8 @@ def dock_mismatch(model_config: FeatureConfig | None, settings: FeatureConfig) -
     """
     from ..core.segmentation.compatibility import feature_mismatch
 
+    if model_config is not None:  # volume features are the Segmentation dock's choice, not the Features dock's
+        settings = settings.replace(volume=model_config.volume)
     listed = feature_mismatch(model_config, settings, used_by="Features dock")
     if listed is None:
         return None

@@ -27,7 +27,7 @@ from ._model_text import describe_config, model_text
 from ._scribbles_box import ScribblesBox
 from ._segmentation_batch import BatchTab
 from ._segmentation_files import ModelFiles, confirm_overwrite
-from ._segmentation_jobs import SegmentationJobs, geometry_of, new_segmenter, warm_factory
+from ._segmentation_jobs import SegmentationJobs, geometry_of, is_volume_layer, new_segmenter, warm_factory
 from ._segmentation_keys import CLASS_KEYS, SHORTCUTS, DockShortcuts
 from ._segmentation_predict import PredictTab
 from ._segmentation_results import SegmentationResults
@@ -176,6 +176,7 @@ class SegmentationWidget(DockFrame, Container):
     def _choose_scribbles(self) -> None:
         self.scribbles_box.choose_for(self._image.value)
         self.class_sync.watch(self._scribbles.value)
+        self.train_tab.volume.enabled = is_volume_layer(self._image.value)
 
     def _image_changed(self, _layer: Any) -> None:
         self._choose_scribbles()

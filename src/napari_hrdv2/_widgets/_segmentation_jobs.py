@@ -23,6 +23,7 @@ from .._workers import (
     predict_region_job,
     train_job,
     train_lazy_job,
+    volume_job,
 )
 from ..core.errors import HRDv2Error, InputError
 from ._common import ProgressRow, image_layer_choices, refining_message
@@ -80,6 +81,22 @@ def geometry_of(image_layer: Any) -> SourceGeometry:
     if image_layer is None:
         raise InputError(NO_IMAGE)
     return SourceGeometry.from_layer(image_layer)
+
+
+def is_volume_layer(image_layer: Any) -> bool:
+    """Whether ``image_layer`` is a 3D image (Z, Y, X[, 3|4]) that volume features can describe."""
+    if image_layer is None or getattr(image_layer, "multiscale", False):
+        return False
+    try:
+        return SourceGeometry.from_layer(image_layer).is_stack
+    except HRDv2Error:
+        return False
+
+
+def layer_spacing(geometry: SourceGeometry) -> tuple[float, float, float]:
+    """The (dz, dy, dx) voxel sizes of a 3D image layer: its scale."""
+    dz, dy, dx = geometry.scale[-3:]
+    return abs(dz), abs(dy), abs(dx)
 
 
 def trains_lazily(image_layer: Any, geometry: SourceGeometry) -> bool:
@@ -168,6 +185,8 @@ class SegmentationJobs:
             indices = sorted(scribbles) if self._train_tab.auto_segment.value else []
         runner = self._live_runner if live else self._runner
         generation = self._live_mode.next_generation() if live else None
+        if self._train_tab.volume.value and self._train_tab.volume.enabled:
+            return self._train_volume(image_layer, geometry, scribbles, runner, generation, live=live)
         common = {
             "is_stack": geometry.is_stack,
             "make_segmenter": self._segmenter_factory(live),
@@ -203,6 +222,34 @@ class SegmentationJobs:
             on_returned=partial(self.show_prediction, geometry, generation=generation),
             on_yielded=partial(self.on_job_item, geometry, generation),
             **common,
+        )
+
+    def _train_volume(
+        self, image_layer: Any, geometry: SourceGeometry, scribbles: dict[int, Any], runner: JobRunner,
+        generation: int | None, *, live: bool,
+    ) -> GeneratorWorker | None:  # fmt: skip
+        """Train with volume features on the scribbles of every plane, then segment the whole volume."""
+        if self._train_tab.hybrid.value:
+            self._messages.report(InputError("Untick '+ classical filters' to train with volume features."), quiet=live)
+            return None
+        labels = np.zeros(geometry.planes_shape, dtype=next(iter(scribbles.values())).dtype)
+        for index, plane in scribbles.items():
+            labels[index] = plane
+        return runner.start(
+            volume_job,
+            image_layer.data,
+            labels,
+            self._session.config,
+            self._session.cache,
+            spacing=layer_spacing(geometry),
+            make_segmenter=self._segmenter_factory(live),
+            predict=bool(self._train_tab.auto_segment.value or live),
+            **self._predict_tab.outputs(),
+            description=f"HR-Dv2 training on the volume {geometry.name}",
+            on_returned=partial(self.show_prediction, geometry, generation=generation),
+            on_yielded=partial(self.on_job_item, geometry, generation),
+            source=image_layer,
+            quiet_errors=live,
         )
 
     def _lazy_trained(
@@ -241,6 +288,22 @@ class SegmentationJobs:
         self._select(image_layer)
         if not self.model_backbone_allowed():
             return None
+        config = self._session.prediction_config()
+        if config.volume:  # one plane costs as much as all of them: the whole volume is segmented
+            return self._runner.start(
+                volume_job,
+                image_layer.data,
+                None,
+                config,
+                self._session.cache,
+                spacing=layer_spacing(geometry) if geometry.is_stack else None,
+                segmenter=self._session.segmenter,
+                **self._predict_tab.outputs(),
+                description=f"HR-Dv2 segmentation of the volume {geometry.name}",
+                on_returned=partial(self.show_prediction, geometry, generation=None),
+                on_yielded=partial(self.on_job_item, geometry, None),
+                source=image_layer,
+            )
         indices = geometry.plane_indices if all_planes else [current_plane(self._viewer, image_layer)]
         data, _ = image_data(self._viewer, image_layer, self._session.prediction_config().channel_mode)
         return self._runner.start(
@@ -265,6 +328,8 @@ class SegmentationJobs:
                 raise InputError(NO_IMAGE)
             geometry = SourceGeometry.from_layer(image_layer, multiscale_ok=True)
             segmenter = self.model_or_raise()
+            if segmenter.feature_config is not None and segmenter.feature_config.volume:
+                raise InputError("This is a volume model: press 'Predict plane' or 'All planes' to segment the volume.")
             if getattr(segmenter, "hybrid", False):
                 raise InputError(
                     "'View' segments tile by tile, which models trained with '+ classical filters' cannot do yet: "

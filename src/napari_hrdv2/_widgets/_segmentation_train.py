@@ -68,12 +68,19 @@ class TrainTab:
             tooltip="Refine the class probabilities along the image's edges: a local dense CRF, a guided filter, "
             "or none. Saved with the model; Predict, View, Live and folders all use it",
         )
+        self.volume = CheckBox(
+            text="Volume (3D features)",
+            enabled=False,
+            tooltip="For 3D images (Z, Y, X): each voxel's features are the mean of those of the XY, XZ and YZ planes "
+            "through it (about 3x the work); scribbles on any plane train, Predict segments the whole volume. The "
+            "layer's scale gives the voxel sizes.",
+        )
         self.model_status = Label(label="Model", value=NO_MODEL)
         self.shortcuts = Label(value=SHORTCUTS_TEXT)
         for label in (self.model_status, self.shortcuts):
             wrap_label(label.native, selectable=True)
         self.page = tab_page(
-            self.classes.widget, self.hybrid, self.head, self.refine, self.model_status, self.shortcuts
+            self.classes.widget, self.hybrid, self.head, self.refine, self.volume, self.model_status, self.shortcuts
         )
 
 

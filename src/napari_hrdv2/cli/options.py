@@ -210,6 +210,18 @@ def feature_options() -> argparse.ArgumentParser:
     return parent
 
 
+def add_spacing_option(parser: Any) -> None:
+    """``--spacing DZ DY DX``: voxel sizes of volumes (``--volume``)."""
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("DZ", "DY", "DX"),
+        help="voxel sizes of volumes (--volume), any unit, e.g. --spacing 2 0.5 0.5: XZ and YZ planes are resampled "
+        "along z to square pixels (default: isotropic voxels)",
+    )
+
+
 @dataclass(frozen=True)
 class SharedOptions:
     """The parent parsers a command's parser may inherit from."""

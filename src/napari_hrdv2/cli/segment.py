@@ -15,7 +15,7 @@ from .common import (
     say,
     say_precision,
 )
-from .options import SharedOptions
+from .options import SharedOptions, add_spacing_option
 from .settings import make_featurizer, model_runtime_config
 
 
@@ -61,6 +61,7 @@ def add_parser(commands: Any, shared: SharedOptions) -> None:
         metavar="PATH",
         help="where the model's backbone weights are on this computer, if not where they were when it was trained",
     )
+    add_spacing_option(segment)
     segment.set_defaults(run=run)
 
 
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             progress=show,
             client=client,
             channels=args.channels,
+            spacing=args.spacing,
             **cluster_options,
         )
     except WeightsNotFoundError as err:

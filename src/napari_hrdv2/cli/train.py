@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .common import EPILOG, EXIT_OK, encode_with_progress, say, say_precision
-from .options import SharedOptions, add_refine_options, positive_int
+from .common import EPILOG, EXIT_OK, encode_with_progress, progress_callback, say, say_precision
+from .options import SharedOptions, add_refine_options, add_spacing_option, positive_int
 from .settings import build_config, make_featurizer
 
 #: The classifier heads of ``--head`` and ``--hidden``'s default: copies of ``core.segmentation.heads.HEADS`` and
@@ -27,7 +27,8 @@ def add_parser(commands: Any, shared: SharedOptions) -> None:
         help="train a segmentation model from images and brush labels",
         description="Train a segmentation model (a linear classifier, or a small MLP with --head mlp) on the labelled pixels of one or more images. Label images hold "
         "class values (1, 2, ...) and 0 for unlabelled pixels, one label file per image; a TIFF stack takes a "
-        "label stack of as many planes (planes without labels are skipped).",
+        "label stack of as many planes (planes without labels are skipped). With --volume a stack (Z, Y, X) is a "
+        "volume and its labels (Z, Y, X) may be painted on any plane.",
         epilog=EPILOG,
     )
     train.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
@@ -57,6 +58,7 @@ def add_parser(commands: Any, shared: SharedOptions) -> None:
         "--min-object-size", type=int, default=0, metavar="PX", help="clean-up: merge regions smaller than this"
     )
     add_refine_options(group)
+    add_spacing_option(train)
     train.set_defaults(run=run)
 
 
@@ -114,6 +116,37 @@ def check_two_classes(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> No
         raise InputError(f"Only one class (value {classes[0]}) is labelled: label pixels of at least two classes.")
 
 
+def train_volumes(args: argparse.Namespace, segmenter: Any, config: Any) -> int:
+    """``--volume``: train on the labelled voxels of volumes (Z, Y, X[, C]); returns the labelled XY planes."""
+    from ..core.errors import InputError
+    from ..core.features.cache import EncodingCache
+    from ..core.features.volume import VolumeEncoder
+    from ..core.files.lazy import read_input_image, read_input_labels
+    from ..core.progress import run_steps
+    from ..core.segmentation.volume import iter_fit_volume
+
+    if len(args.images) != len(args.labels):
+        raise InputError(
+            f"Got {len(args.images)} volume(s) but {len(args.labels)} label file(s): give one label file per volume."
+        )
+    featurizer = make_featurizer(args, config.replace(volume=False))
+    say_precision(args, featurizer)
+    cache = EncodingCache()
+    encoders, labels = [], []
+    for image_path, labels_path in zip(args.images, args.labels):
+        encoders.append(
+            VolumeEncoder(read_input_image(image_path, channels=args.channels), featurizer, spacing=args.spacing,
+                          cache=cache)
+        )  # fmt: skip
+        labels.append(read_input_labels(labels_path))
+    show, close = progress_callback(args, "plane")
+    try:
+        run_steps(iter_fit_volume(segmenter, encoders, labels), progress=show)
+    finally:
+        close()
+    return sum(int(lab.reshape(len(lab), -1).any(axis=1).sum()) for lab in labels)
+
+
 def run(args: argparse.Namespace) -> int:
     """``napari-hrdv2 train``."""
     from ..core.errors import InputError
@@ -148,23 +181,27 @@ def run(args: argparse.Namespace) -> int:
         **head_options,
     )
     config = build_config(args)
-    pairs = training_planes(args.images, args.labels, args.channels, separate=config.channel_mode == "separate")
-    featurizer = make_featurizer(args, config)
-    say_precision(args, featurizer)
-    encodings = []
-    with inference_mode():
-        for i, (desc, plane, _) in enumerate(pairs):
-            desc = f"{desc} ({i + 1}/{len(pairs)})"
-            encodings.append(encode_with_progress(args, featurizer, plane, desc, with_attention=False))
-    # Outside inference mode: the optimiser needs autograd.
-    segmenter.fit(encodings, [lab for _, _, lab in pairs])
+    if config.volume:
+        n_planes = train_volumes(args, segmenter, config)
+    else:
+        pairs = training_planes(args.images, args.labels, args.channels, separate=config.channel_mode == "separate")
+        featurizer = make_featurizer(args, config)
+        say_precision(args, featurizer)
+        encodings = []
+        with inference_mode():
+            for i, (desc, plane, _) in enumerate(pairs):
+                desc = f"{desc} ({i + 1}/{len(pairs)})"
+                encodings.append(encode_with_progress(args, featurizer, plane, desc, with_attention=False))
+        # Outside inference mode: the optimiser needs autograd.
+        segmenter.fit(encodings, [lab for _, _, lab in pairs])
+        n_planes = len(pairs)
     segmenter.channels = args.channels  # segment reads its inputs with the same channels
     segmenter.save(output, overwrite=args.overwrite)
     summary = segmenter.summary_
     counts = ", ".join(f"{value}: {count}" for value, count in summary.pixels_per_class.items())
     say(
         args,
-        f"Trained {'an MLP' if args.head == 'mlp' else 'a linear'} model on {len(pairs)} labelled plane(s), "
+        f"Trained {'an MLP' if args.head == 'mlp' else 'a linear'} model on {n_planes} labelled plane(s), "
         f"pixels per class {{{counts}}}, training accuracy {summary.training_accuracy:.3f}, "
         f"refinement {segmenter.refine_settings.describe()}. Wrote {output}",
     )

@@ -230,6 +230,13 @@ class FeatureConfig:
         (``normalize`` over that channel of the whole image); the features are the
         ``C`` blocks of ``D`` concatenated in channel order (``C x D`` features,
         ``C`` times the time and memory of one grey image).
+    volume : bool
+        A ``(Z, Y, X[, C])`` stack is a volume: each voxel's feature is the mean
+        of the features of the XY, XZ and YZ planes through it, each plane an
+        ordinary encoding with these settings (``napari_hrdv2.fit_stack`` /
+        ``predict_stack``, :mod:`~napari_hrdv2.core.features.volume`). About 3x
+        the passes of plane-by-plane features. Default False: a stack is a pile
+        of independent planes.
     """
 
     backbone: str = _setting(
@@ -411,6 +418,14 @@ class FeatureConfig:
         choices=CHANNEL_MODES,
         widget="combo",
     )
+    volume: bool = _setting(
+        False,
+        flag="--volume",
+        label="Volume (3D features)",
+        help="a (Z, Y, X[, C]) stack is a volume: each voxel's feature is the mean of the XY, XZ and YZ plane "
+        "features through it (about 3x the passes); default off: plane by plane",
+        kind="bool",
+    )
 
     def __post_init__(self) -> None:
         distances = self.shift_distances
@@ -461,6 +476,14 @@ class FeatureConfig:
                 raise InputError(f"layer={self.layer} is not a block index of any ViT.")
         if self.batch_size is not None and not 1 <= int(self.batch_size) <= MAX_BATCH_SIZE:
             raise InputError(f"batch_size must be 1..{MAX_BATCH_SIZE}, got {self.batch_size}.")
+        if not isinstance(self.volume, (bool, np.bool_)):
+            raise InputError(f"volume must be True or False, got {self.volume!r}.")
+        object.__setattr__(self, "volume", bool(self.volume))
+        if self.volume and self.channel_mode == "separate":
+            raise InputError(
+                "volume=True with channel_mode='separate' is not supported yet: encode the volume's channels together "
+                "(channel_mode='joint', up to 3 channels) or segment its planes one by one (volume=False)."
+            )
         if not isinstance(self.backbone, str) or not self.backbone.strip():
             raise InputError(f"backbone must be a preset name, Hugging Face id or path, got {self.backbone!r}.")
         if self._passes_upper_bound() > MAX_PASSES:

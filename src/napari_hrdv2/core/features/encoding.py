@@ -693,6 +693,12 @@ class Featurizer:
         already scaled on its own, :func:`.preprocess.scale_channels`). A separate-channel encode yields no
         :class:`PartialEncoding`.
         """
+        if self.config.volume:
+            raise InputError(
+                "FeatureConfig(volume=True) describes the features of a volume (the mean of its XY, XZ and YZ "
+                "planes), not of one plane: segment the (Z, Y, X) stack with napari_hrdv2.fit_stack / predict_stack "
+                "(or features.volume.VolumeEncoder), or use volume=False for plane-by-plane features."
+            )
         backbone = self.backbone
         layer = self.config.layer
         if layer is not None and not -backbone.depth <= layer < backbone.depth:

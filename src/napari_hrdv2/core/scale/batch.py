@@ -35,6 +35,7 @@ def segment_files(
     progress: Callable[[Progress], None] | None = None,
     client: Any = None,
     channels: Sequence[int] | str | None = None,
+    spacing: Sequence[float] | None = None,
     **cluster_options: Any,
 ) -> BatchReport:
     """:func:`~.in_process.iter_segment_files` run to the end; ``progress`` is called with every item.
@@ -43,6 +44,11 @@ def segment_files(
     (:func:`~.distributed.segment_files_distributed`; ``cluster_options`` such as ``model_path``,
     ``backbone_path``, ``retries``, ``cancel`` go there), with the same outputs and report.
     """
+    config = featurizer_or_config if isinstance(featurizer_or_config, FeatureConfig) else featurizer_or_config.config
+    if client is not None and config.volume:
+        raise InputError(
+            "Volumes (volume=True) are segmented in this process; run without a dask client (--scheduler)."
+        )
     if client is not None:
         from .distributed import segment_files_distributed
 
@@ -61,5 +67,6 @@ def segment_files(
         overwrite=overwrite,
         uncertainty=uncertainty,
         channels=channels,
+        spacing=spacing,
     )
     return run_steps(steps, progress=progress)

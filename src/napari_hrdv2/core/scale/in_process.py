@@ -51,6 +51,7 @@ def iter_segment_files(
     overwrite: bool = False,
     uncertainty: bool = False,
     channels: Sequence[int] | str | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> Generator[Progress, None, BatchReport]:
     """Segment every image in ``inputs`` and write one label image per input image.
 
@@ -72,6 +73,9 @@ def iter_segment_files(
     channels : channels of multichannel files to use (``io.read_image(channels=)``)
         Default: the channels the model was trained on (``segmenter.channels``), else the images as stored.
         A model trained on some channels refuses others.
+    spacing : (dz, dy, dx) or None
+        Voxel sizes of volumes (``featurizer_or_config.volume``: every input is a ``(Z, Y, X[, C])`` volume,
+        segmented in memory with volume features, :mod:`..segmentation.volume`); default isotropic.
 
     Yields
     ------
@@ -112,8 +116,15 @@ def iter_segment_files(
                 yield Progress(i, n, "Loading the backbone")
                 check_backbone(segmenter, featurizer.backbone)
                 loaded = True
-            run = _iter_streamed if job.streamed is not None else _iter_in_memory
-            if (yield from run(job, segmenter, featurizer, report, (path, i, n, label), overwrite=plan.overwrite)):
+            where = (path, i, n, label)
+            if featurizer.config.volume:
+                placed = yield from _iter_volume(
+                    job, segmenter, featurizer, report, where, overwrite=plan.overwrite, spacing=spacing
+                )
+            else:
+                run = _iter_streamed if job.streamed is not None else _iter_in_memory
+                placed = yield from run(job, segmenter, featurizer, report, where, overwrite=plan.overwrite)
+            if placed:
                 written[path_key(job.target)] = path
     yield Progress(n, n, report.summary())
     return report
@@ -199,6 +210,45 @@ def _iter_in_memory(
     except Exception as err:
         report.failed.append((path, per_file_reason(err)))
     return placed
+
+
+def _iter_volume(
+    job: FileJob,
+    segmenter: Segmenter,
+    featurizer: Featurizer,
+    report: BatchReport,
+    where: tuple[Path, int, int, str],
+    *,
+    overwrite: bool,
+    spacing: Sequence[float] | None,
+) -> Generator[Progress, None, bool]:
+    """An input that is a volume ``(Z, Y, X[, C])``, segmented with volume features; arguments as :func:`_iter_in_memory`.
+
+    Memory: the volume, ``n_classes x Z x Y x X`` float32 of logits and the labels.
+    """
+    from ..features.volume import VolumeEncoder
+    from ..segmentation.volume import iter_predict_volume
+
+    path, i, n, label = where
+    try:
+        if job.streamed is not None or job.planes is None:
+            raise InputError(
+                "volume=True segments volumes held in memory; this input is read tile by tile (too large, or a Zarr "
+                "output was asked for): use napari_hrdv2.predict_stack on a lazy (Zarr / dask) array instead."
+            )
+        encoder = VolumeEncoder(job.planes[0] if job.single else job.planes, featurizer, spacing=spacing)
+        labels = yield from within(iter_predict_volume(segmenter, encoder), i, 0.95, total=n, message=label)
+        if not is_kept(job.target, overwrite=overwrite):
+            report.written.append(write_labels(job.target, labels, overwrite=overwrite))
+        else:  # only the uncertainty map was missing
+            report.skipped.append(job.target)
+        if job.extra is not None:
+            maps = np.stack([segmenter.uncertainty(encoder.plane_source(z)) for z in range(len(labels))])
+            report.extra.append(_write_float(job.extra, maps, overwrite=overwrite))
+    except Exception as err:
+        report.failed.append((path, per_file_reason(err)))
+        return False
+    return True
 
 
 def _write_float(path: Path, data: np.ndarray, overwrite: bool) -> Path:

@@ -18,10 +18,12 @@ import numpy as np
 from ..config import FeatureConfig
 from ..errors import InputError
 from ..features.cache import DEFAULT_CACHE_BYTES, EncodingCache
+from ..features.volume import VolumeEncoder
 from ..files.images import is_stack
 from ..files.label_images import label_dtype
 from ..progress import Progress, relabel, run_steps, within
 from .compatibility import check_model_features
+from .volume import iter_fit_volume, iter_predict_volume
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..features.encoding import Encoding
@@ -141,10 +143,18 @@ def fit_stack(
     labels: np.ndarray,
     config: FeatureConfig,
     *,
+    spacing: Sequence[float] | None = None,
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> LinearSegmenter:
-    """Train on the labelled planes of a stack: ``stack`` (N, H, W[, C]), ``labels`` (N, H, W)."""
+    """Train on the labelled planes of a stack: ``stack`` (N, H, W[, C]), ``labels`` (N, H, W).
+
+    With ``config.volume`` the stack is a volume ``(Z, Y, X[, C])``: the model trains on every labelled voxel
+    with volume features (:mod:`.volume`); ``spacing`` = ``(dz, dy, dx)`` voxel sizes (default isotropic).
+    """
+    if config.volume:
+        encoder = VolumeEncoder(stack, config, spacing=spacing)
+        return run_steps(iter_fit_volume(segmenter, encoder, labels), progress=progress, cancel=cancel)
     return run_steps(iter_fit_stack(segmenter, StackEncoder(stack, config), labels), progress=progress, cancel=cancel)
 
 
@@ -153,12 +163,18 @@ def predict_stack(
     stack: Any,
     *,
     config: FeatureConfig | None = None,
+    spacing: Sequence[float] | None = None,
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> np.ndarray:
     """Segment every plane of ``stack`` (N, H, W[, C]): ``(N, H, W)`` labels.
 
-    ``config`` defaults to the model's own feature settings (``segmenter.feature_config``).
+    ``config`` defaults to the model's own feature settings (``segmenter.feature_config``). With
+    ``config.volume`` the stack is a volume ``(Z, Y, X[, C])`` segmented with volume features (:mod:`.volume`;
+    ``spacing`` = ``(dz, dy, dx)``): memory ``n_classes x Z x Y x X`` float32 of logits plus the labels.
     """
     config = config or segmenter.featurizer().config
+    if config.volume:
+        encoder = VolumeEncoder(stack, config, spacing=spacing)
+        return run_steps(iter_predict_volume(segmenter, encoder), progress=progress, cancel=cancel)
     return run_steps(iter_predict_stack(segmenter, StackEncoder(stack, config)), progress=progress, cancel=cancel)
