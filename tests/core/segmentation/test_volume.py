@@ -190,3 +190,14 @@ def test_bad_inputs_are_refused_clearly(config):
         hr.fit_stack(hr.LinearSegmenter(hybrid=True), volume, strokes(truth, [3]), config)
     with pytest.raises(hr.InputError, match="volume must be True or False"):
         config.replace(volume="yes")
+
+
+@pytest.mark.parametrize("make", [lambda: hr.MLPSegmenter(hidden=8, seed=0), lambda: hr.LinearSegmenter(refine="guided")])
+def test_volume_with_an_mlp_head_or_refinement_segments_the_stripes(config, make):
+    """The MLP's first layer and the refinement (each XY plane, guided by that plane) work on volumes too."""
+    volume, truth = z_stripes()
+    labels = strokes(truth, list(range(1, 28, 3)))
+    model = hr.fit_stack(make(), volume, labels, config)
+    predicted = hr.predict_stack(model, volume, config=config)
+    assert predicted.shape == truth.shape
+    assert (predicted == truth).mean() > 0.9

@@ -10,7 +10,8 @@ The features (the mean of the XY, XZ and YZ plane encodings through each voxel) 
 - :func:`iter_predict_volume` predicts planes of the volume. A linear model's logits are the mean over the
   three orientations of the projections of each plane's low-resolution maps, so they are computed once for
   the whole volume (``n_classes x Z x Y x X`` float32, the only volume-sized array besides the labels),
-  from one encoding per plane per orientation; each plane's labels are then read from them.
+  from one encoding per plane per orientation; each plane's labels are then read from them. An MLP head's
+  first layer is projected the same way; a refining model refines each XY plane in 2D, guided by that plane.
 
 Axis convention: volumes ``(Z, Y, X[, 3|4])``; label volumes ``(Z, Y, X)``, 0 = unlabelled.
 """
@@ -28,6 +29,8 @@ from ..files.label_images import label_dtype
 from ..progress import Progress, within
 from ..runtime.devices import inference_mode
 from .compatibility import check_backbone, check_model_features
+from .refine import refine_probabilities
+from .segmenter import softmax_inplace
 
 if TYPE_CHECKING:  # pragma: no cover
     from .protocol import Segmenter
@@ -114,6 +117,18 @@ def iter_volume_logits(
         yield from encoder.iter_project(coef[:, :n_hr], intercept, out=out)
 
 
+def _plane_labels(segmenter: Segmenter, encoder: VolumeEncoder, index: int) -> np.ndarray:
+    """Labels of XY plane ``index``; a refining model refines it as a 2D image guided by that plane, scaled with the
+    volume's intensity range (as it was encoded)."""
+    source = encoder.plane_source(index)
+    settings = getattr(segmenter, "refine_settings", None)
+    if settings is None or not settings.active:
+        return segmenter.predict(source)
+    probabilities = softmax_inplace(segmenter.decision_function(source))
+    refined = refine_probabilities(probabilities, encoder.plane_image(0, index), settings)
+    return segmenter.clean(segmenter.labels_from_probabilities(refined))
+
+
 def iter_predict_volume(
     segmenter: Segmenter,
     encoder: VolumeEncoder,
@@ -140,6 +155,6 @@ def iter_predict_volume(
     with inference_mode():
         yield from within(iter_volume_logits(segmenter, encoder, out=logits_out), 0, 0.95, total=1)
         for i, index in enumerate(indices):
-            out[i] = segmenter.predict(encoder.plane_source(index))
+            out[i] = _plane_labels(segmenter, encoder, index)
             yield Progress(0.95 + 0.05 * (i + 1) / max(len(indices), 1), 1, f"labels of plane {index + 1}")
     return out
