@@ -176,6 +176,7 @@ NON_DEFAULT_CONFIG = {
     "storage_dtype": "bfloat16",
     "batch_size": 3,
     "weights_sha256": "ab" * 32,
+    "volume": True,
 }
 NON_DEFAULT_PARAMS = {
     "l2": 0.5,
