@@ -126,6 +126,25 @@ def test_interrupted_stream_resumes_from_finished_chunks(tmp_path, tiled, model,
     assert not (tmp_path / "a_labels.zarr.partial").exists()
 
 
+def test_a_band_returns_the_chunk_rows_it_wrote(tmp_path, tiled, model):
+    """150 rows in chunks of 64 are 3 chunk rows (64, 64, 22): a band writes only the missing ones and counts them."""
+    from napari_hrdv2.core.progress import run_steps
+
+    image = big_image(150)[:, :120]
+    featurizer = hr.Featurizer(tiled)
+    outputs = {"labels": tmp_path / "b_labels.zarr"}
+    job = streaming.StreamJob.create(model, image, outputs, config=featurizer.config, chunk=64).open()
+    assert job.n_chunk_rows == 3 and job.missing_rows(0) == [0, 1, 2]
+    assert run_steps(job.iter_band(model, featurizer, 0, (1, 3))) == 2
+    assert job.missing_rows(0) == [0] and not job.complete()
+    assert run_steps(job.iter_band(model, featurizer, 0)) == 1
+    assert run_steps(job.iter_band(model, featurizer, 0)) == 0
+    assert job.complete()
+    job.finish()
+    expected = model.predict(featurizer.encode(image, with_attention=False))
+    np.testing.assert_array_equal(zarr.open_group(str(outputs["labels"]))["0"][:], expected)
+
+
 def test_partial_output_of_another_model_is_discarded(tmp_path, tiled, model):
     image = big_image(200)
     out = tmp_path / "b_labels.zarr"
