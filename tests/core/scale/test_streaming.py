@@ -127,17 +127,18 @@ def test_interrupted_stream_resumes_from_finished_chunks(tmp_path, tiled, model,
 
 
 def test_a_band_returns_the_chunk_rows_it_wrote(tmp_path, tiled, model):
-    """150 rows in chunks of 64 are 3 chunk rows (64, 64, 22): a band writes only the missing ones and counts them."""
+    """300 rows in chunks of 32 are 10 chunk rows (9 of 32, one of 12): a band writes only the missing ones, in
+    several writes as the tile rows finish, and returns how many it wrote."""
     from napari_hrdv2.core.progress import run_steps
 
-    image = big_image(150)[:, :120]
+    image = big_image(300)[:, :120]
     featurizer = hr.Featurizer(tiled)
     outputs = {"labels": tmp_path / "b_labels.zarr"}
-    job = streaming.StreamJob.create(model, image, outputs, config=featurizer.config, chunk=64).open()
-    assert job.n_chunk_rows == 3 and job.missing_rows(0) == [0, 1, 2]
-    assert run_steps(job.iter_band(model, featurizer, 0, (1, 3))) == 2
-    assert job.missing_rows(0) == [0] and not job.complete()
-    assert run_steps(job.iter_band(model, featurizer, 0)) == 1
+    job = streaming.StreamJob.create(model, image, outputs, config=featurizer.config, chunk=32).open()
+    assert job.n_chunk_rows == 10 and job.missing_rows(0) == list(range(10))
+    assert run_steps(job.iter_band(model, featurizer, 0, (2, 5))) == 3
+    assert job.missing_rows(0) == [0, 1, 5, 6, 7, 8, 9] and not job.complete()
+    assert run_steps(job.iter_band(model, featurizer, 0)) == 7
     assert run_steps(job.iter_band(model, featurizer, 0)) == 0
     assert job.complete()
     job.finish()
