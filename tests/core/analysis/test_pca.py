@@ -225,9 +225,40 @@ def test_foreground_pca_blacks_out_background(encoding):
 def test_norm_and_cosine_similarity(encoding):
     dense = encoding.features()
     np.testing.assert_allclose(hr.feature_norm(encoding), np.linalg.norm(dense, axis=0), rtol=1e-4)
+    assert hr.feature_norm(encoding).dtype == np.float32 and hr.feature_norm(dense).dtype == np.float32
     similarity = hr.cosine_similarity_map(encoding, 10, 10)
     assert similarity[10, 10] == pytest.approx(1.0, abs=1e-4)
     np.testing.assert_allclose(similarity, hr.cosine_similarity_map(dense, 10, 10), atol=1e-4)
     assert similarity[:, :30].mean() > similarity[:, 54:].mean()  # same texture is more similar
     with pytest.raises(hr.InputError, match="outside"):
         hr.cosine_similarity_map(encoding, 100, 0)
+
+
+def test_other_weights_are_refused_naming_where_the_basis_backbone_was():
+    def basis(**metadata):
+        eye = np.eye(2, 4, dtype=np.float32)
+        low, high = np.zeros(2, np.float32), np.ones(2, np.float32)
+        return hr.PCABasis(np.zeros(4, np.float32), eye, low, high, metadata=metadata, backbone_fingerprint=np.ones(3))
+
+    relative = basis(backbone="bb/tiny", backbone_resolved="/data/bb/tiny")
+    relative.check_backbone_weights(np.ones(3))  # the same weights
+    relative.check_backbone_weights(None)  # unknown weights pass
+    with pytest.raises(hr.InputError, match=r"backbone 'bb/tiny' \(at '/data/bb/tiny' when it was fitted"):
+        relative.check_backbone_weights(np.full(3, 2.0))
+    with pytest.raises(hr.InputError, match=r"backbone 'hub' \(at 'hub' when it was fitted"):
+        basis(backbone="hub").check_backbone_weights(np.full(3, 2.0))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"n_components": 0}, "n_components must be at least 1, got 0"),
+        ({"n_pixels": 1}, "n_pixels and max_pixels must be at least 2, got 1 and"),
+        ({"max_pixels": 1}, "n_pixels and max_pixels must be at least 2, got .* and 1"),
+        ({"foreground": True, "foreground_cue": "colour"}, "foreground_cue='colour' is not one of"),
+        ({"foreground": True, "foreground_threshold": 1.0}, "in \\(0, 1\\); got 1.0"),
+    ],
+)
+def test_fit_options_are_checked_before_any_work(encoding, options, message):
+    with pytest.raises(hr.InputError, match=message):
+        hr.fit_pca(encoding, **options)

@@ -135,3 +135,18 @@ def test_match_table_csv_round_trip(tmp_path, shifted_pair):
     path.write_text(matches_to_csv_text(matches))
     assert path.read_text().splitlines()[0] == ",".join(MATCH_COLUMNS) == "row_a,col_a,row_b,col_b,score"
     np.testing.assert_allclose(read_matches_csv(path), matches, atol=1e-6)
+
+
+def test_dense_features_match_their_permuted_patches():
+    """(C, H, W) arrays: four 4 x 4 patches, each one unit vector, placed in reverse order in b: each patch of a
+    matches the patch of b with its vector, with cosine similarity 1."""
+    dense_a = np.zeros((4, 8, 8), np.float32)
+    for k, (r, c) in enumerate([(0, 0), (0, 4), (4, 0), (4, 4)]):
+        dense_a[k, r : r + 4, c : c + 4] = 1.0
+    dense_b = dense_a[::-1].copy()  # patch k of a holds vector k; in b that patch holds vector 3 - k
+    matches = match_patches(dense_a, dense_b, patch_size=4)
+    centres = {(1, 1): (5, 5), (1, 5): (5, 1), (5, 1): (1, 5), (5, 5): (1, 1)}  # centres at (step - 1) // 2
+    assert {(a_r, a_c): (b_r, b_c) for a_r, a_c, b_r, b_c, _ in matches.tolist()} == centres
+    np.testing.assert_allclose(matches[:, 4], 1.0)
+    with pytest.raises(hr.InputError, match="4- and 3-channel features"):
+        match_patches(dense_a, dense_b[:3], patch_size=4)

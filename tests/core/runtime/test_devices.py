@@ -58,6 +58,26 @@ def test_measured_speedup_is_a_positive_ratio():
     assert 0 < devices.measure_bfloat16_speedup(repeats=1) < 100
 
 
+def test_measured_speedup_is_the_bfloat16_time_over_the_float32_time(monkeypatch):
+    """With a clock on which every float32 product takes 4 s and every bfloat16 one 1 s, the ratio is 1/4."""
+    seconds = {torch.float32: 4.0, torch.bfloat16: 1.0}
+    clock = {"now": 0.0, "started": False}
+    real_linear = torch.nn.functional.linear
+
+    def timed_linear(x, w):
+        if clock["started"]:  # the timed calls (not the warm-up) advance the clock by their dtype's time
+            clock["now"] += seconds[x.dtype]
+        return real_linear(x, w)
+
+    def perf_counter():
+        clock["started"] = True
+        return clock["now"]
+
+    monkeypatch.setattr(devices, "time", type("FakeTime", (), {"perf_counter": staticmethod(perf_counter)}))
+    monkeypatch.setattr(torch.nn.functional, "linear", timed_linear)
+    assert devices.measure_bfloat16_speedup(repeats=2) == pytest.approx(0.25)
+
+
 @pytest.fixture
 def fresh_detection():
     """Forget the cached CPU bfloat16 detection before and after the test (it then follows the restored env)."""

@@ -126,6 +126,26 @@ def test_interrupted_stream_resumes_from_finished_chunks(tmp_path, tiled, model,
     assert not (tmp_path / "a_labels.zarr.partial").exists()
 
 
+def test_a_band_returns_the_chunk_rows_it_wrote(tmp_path, tiled, model):
+    """300 rows in chunks of 32 are 10 chunk rows (9 of 32, one of 12): a band writes only the missing ones, in
+    several writes as the tile rows finish, and returns how many it wrote."""
+    from napari_hrdv2.core.progress import run_steps
+
+    image = big_image(300)[:, :120]
+    featurizer = hr.Featurizer(tiled)
+    outputs = {"labels": tmp_path / "b_labels.zarr"}
+    job = streaming.StreamJob.create(model, image, outputs, config=featurizer.config, chunk=32).open()
+    assert job.n_chunk_rows == 10 and job.missing_rows(0) == list(range(10))
+    assert run_steps(job.iter_band(model, featurizer, 0, (2, 5))) == 3
+    assert job.missing_rows(0) == [0, 1, 5, 6, 7, 8, 9] and not job.complete()
+    assert run_steps(job.iter_band(model, featurizer, 0)) == 7
+    assert run_steps(job.iter_band(model, featurizer, 0)) == 0
+    assert job.complete()
+    job.finish()
+    expected = model.predict(featurizer.encode(image, with_attention=False))
+    np.testing.assert_array_equal(zarr.open_group(str(outputs["labels"]))["0"][:], expected)
+
+
 def test_partial_output_of_another_model_is_discarded(tmp_path, tiled, model):
     image = big_image(200)
     out = tmp_path / "b_labels.zarr"
