@@ -234,3 +234,35 @@ def test_channels_on_a_cluster_equal_single_process(client, batch, tmp_path):
     assert report.ok and len(report.written) == 2
     for path in report.written:
         np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["0"][:], expected)
+
+
+def test_separate_channels_refined_mlp_on_a_cluster_equal_single_process(client, tiny_backbone, tmp_path):
+    """The features, heads and refinement added together: a 5-channel MLP model that refines its edges gives the
+    same labels on the cluster (files and Zarr bands) as in one process and as ``predict``."""
+    config = hr.FeatureConfig(backbone=tiny_backbone, device="cpu", shifts="none", tile_size=None,
+                              channel_mode="separate")  # fmt: skip
+    rng = np.random.default_rng(3)
+    texture, truth = two_texture_image(84)
+    data = rng.integers(0, 255, (84, 84, 5), dtype=np.uint8)
+    data[..., 3] = texture
+    labels = np.zeros_like(truth)
+    labels[5:-5, 10:13] = truth[5:-5, 10:13]
+    labels[5:-5, 70:73] = truth[5:-5, 70:73]
+    encoding = hr.Featurizer(config).encode(data, with_attention=False)
+    model = hr.MLPSegmenter(hidden=8, refine="guided").fit(encoding, labels)
+    model_path = model.save(tmp_path / "model.hrdv2")
+    expected = model.predict(encoding)
+    np.save(tmp_path / "five.npy", data)
+    inputs = [tmp_path / "five.npy"]
+    single = hr.segment_files(inputs, tmp_path / "single", model, config)
+    assert single.ok
+    np.testing.assert_array_equal(tifffile.imread(single.written[0]), expected)
+    report = hr.segment_files(inputs, tmp_path / "cluster", model, config, client=client, model_path=model_path)
+    assert report.ok
+    np.testing.assert_array_equal(tifffile.imread(report.written[0]), expected)
+    report = hr.segment_files(
+        inputs, tmp_path / "zarr", model, config, client=client, model_path=model_path, suffix=".zarr", chunk=32,
+        band_chunk_rows=1,
+    )  # fmt: skip
+    assert report.ok
+    np.testing.assert_array_equal(zarr.open_group(str(report.written[0]), mode="r")["0"][:], expected)
