@@ -231,3 +231,16 @@ def test_outputs_of_other_inputs_are_not_inputs(tmp_path):
     names = [(PCA_TAG, ".png")]
     assert without_outputs(paths, None, names) == [tmp_path / "x.png", tmp_path / "y_pca.png"]
     assert without_outputs(paths, tmp_path / "elsewhere", names) == paths
+
+
+def test_check_output_folder_names_the_reason_a_folder_cannot_be_made(tmp_path):
+    """A folder below a file cannot be made (ENOTDIR): the message gives the system's reason in words, without
+    Python's ``[Errno 20] ...: 'path'`` form, and names the folder once.
+
+    Mutation killed: ``err.strerror or err`` -> ``err.strerror and err`` (the raw exception text).
+    """
+    (tmp_path / "file").write_text("x")
+    folder = tmp_path / "file" / "out"
+    with pytest.raises(OutputError) as caught:
+        atomic.check_output_folder(folder)
+    assert str(caught.value) == f"Cannot create the output folder '{folder}': {os.strerror(errno.ENOTDIR)}."
