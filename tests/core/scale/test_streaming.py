@@ -86,6 +86,7 @@ def test_streamed_zarr_equals_in_memory_2048(tmp_path, tiny_backbone, model):
     assert files == {"labels": out}
     written = zarr.open_group(str(out), mode="r")
     np.testing.assert_array_equal(written["0"][:], expected)
+    assert written["0"].dtype == expected.dtype == np.uint8  # labels stay labels, not float32
     assert written.attrs["multiscales"][0]["axes"][-1]["name"] == "x"
     info = zarr_output_info(out)
     assert info["complete"] and info["model_sha256"] == streaming.model_digest(model)

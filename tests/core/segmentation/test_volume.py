@@ -201,3 +201,13 @@ def test_volume_with_an_mlp_head_or_refinement_segments_the_stripes(config, make
     predicted = hr.predict_stack(model, volume, config=config)
     assert predicted.shape == truth.shape
     assert (predicted == truth).mean() > 0.9
+
+
+def test_interpolate_axis_is_linear_and_float32():
+    """Resampling along z: a ramp goes to the pixel-centre positions (clamped at the ends), float32 (not float64)."""
+    ramp = np.repeat(np.arange(4, dtype=np.float32)[:, None], 3, axis=1)  # value = row index
+    out = interpolate_axis(ramp, linear_taps(4, 7), 0)
+    assert out.dtype == np.float32 and out.shape == (7, 3)
+    centres = np.clip((np.arange(7) + 0.5) * 4 / 7 - 0.5, 0, 3)
+    np.testing.assert_allclose(out[:, 0], centres, atol=1e-6)
+    np.testing.assert_allclose(out, out[:, :1].repeat(3, axis=1))
