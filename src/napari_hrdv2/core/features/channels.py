@@ -21,6 +21,7 @@ import numpy as np
 
 from ..config import FeatureConfig
 from ..errors import InputError
+from .sources import cosine_similarity_to_pixel
 
 
 class ChannelEncoding:
@@ -212,10 +213,7 @@ class ChannelEncoding:
 
     def cosine_similarity(self, row: int, col: int) -> np.ndarray:
         """Cosine similarity of every pixel's feature to the feature at ``(row, col)``: (H, W) in [-1, 1]."""
-        reference = self.sample([row], [col])[0]
-        dots = self.project(reference[None, :])[0]
-        denominator = self.feature_norm() * max(float(np.linalg.norm(reference)), 1e-12)
-        return np.clip(dots / np.maximum(denominator, 1e-12), -1.0, 1.0)
+        return cosine_similarity_to_pixel(self, row, col)
 
     def to(self, device: Any) -> ChannelEncoding:
         """Move every block's low-resolution maps (e.g. to the CPU); returns self."""

@@ -37,6 +37,7 @@ from ..transforms import Transform
 from .channels import ChannelEncoding
 from .preprocess import scale_channels, scale_intensities, validate_image
 from .resample import AxisTaps, token_axis_taps
+from .sources import cosine_similarity_to_pixel
 from .tiling import Tile, plan_tiles
 
 #: Budget (in float32 elements, 256 MB) of the temporary buffers of one channel block during reconstruction.
@@ -560,10 +561,7 @@ class Encoding:
 
     def cosine_similarity(self, row: int, col: int) -> np.ndarray:
         """Cosine similarity of every pixel's feature to the feature at ``(row, col)``: (H, W) in [-1, 1]."""
-        reference = self.sample([row], [col])[0]
-        dots = self.project(reference[None, :])[0]
-        denominator = self.feature_norm() * max(float(np.linalg.norm(reference)), 1e-12)
-        return np.clip(dots / np.maximum(denominator, 1e-12), -1.0, 1.0)
+        return cosine_similarity_to_pixel(self, row, col)
 
     def to(self, device: str | torch.device) -> Encoding:
         """Move the low-resolution maps (e.g. to the CPU to free GPU memory); returns self."""

@@ -106,3 +106,15 @@ def count_sources(inputs: Any) -> int | None:
     if not isinstance(inputs, Sequence) or any(isinstance(item, (str, Path)) for item in inputs):
         return None
     return len(inputs)
+
+
+def cosine_similarity_to_pixel(encoding: Any, row: int, col: int) -> np.ndarray:
+    """Cosine similarity of every pixel's feature to the feature at ``(row, col)``: (H, W) in [-1, 1].
+
+    For encodings that ``sample``, ``project`` (linear, on low-resolution maps) and give a ``feature_norm``: the
+    dot products come from one projection, so the full features are never built.
+    """
+    reference = encoding.sample([row], [col])[0]
+    dots = encoding.project(reference[None, :])[0]
+    denominator = encoding.feature_norm() * max(float(np.linalg.norm(reference)), 1e-12)
+    return np.clip(dots / np.maximum(denominator, 1e-12), -1.0, 1.0)
