@@ -29,6 +29,10 @@ compile
     One ViT-S/14 forward at 518 x 518 (float32, as the encoder runs it): eager vs ``torch.compile``
     (after its warm-up, which is printed) vs channels-last input; and the tile copy with its
     normalisation in two steps (as now) vs one fused ``addcmul``.
+runtimes
+    The same forward (``--batch`` images) in eager torch vs ONNX Runtime (TorchScript export) vs
+    OpenVINO (``convert_model``, f32 inference hint), each checked against eager; needs the optional
+    packages ``onnxruntime onnx openvino`` (a runtime that is not installed is reported, not timed).
 threads
     Where latency on a busy machine comes from: the same retrain + predict in fresh interpreters
     with torch threads 2 / 1 and ``OMP_WAIT_POLICY`` unset / PASSIVE, quiet and busy.
@@ -41,6 +45,7 @@ Usage::
     python benchmarks/bench_cpu.py --only c               # ~3 min (+ one-off encode, cached)
     python benchmarks/bench_cpu.py --only solver          # ~2 min (+ the same cached encode)
     python benchmarks/bench_cpu.py --only compile         # ~2 min on 2 quiet cores, most of it compiling
+    python benchmarks/bench_cpu.py --only runtimes        # ~2 min (pip install onnxruntime onnx openvino)
     python benchmarks/bench_cpu.py --only a --repeats 2   # ~5 min on 2 cores
     python benchmarks/bench_cpu.py --only b               # ~10 min on 2 cores
 """
@@ -522,6 +527,110 @@ def section_compile(backbone: str, repeats: int) -> None:
     print(f"max |fused - two-step| normalised tile: {copy_difference:.2e}")
 
 
+# ---------------------------------------------------------------- runtimes: CPU inference runtimes vs eager torch
+
+
+def _tokens_module(model: object) -> object:
+    """``forward_tokens`` (tokens and the CLS attention row, as the encoder runs it) as an ``nn.Module`` to export."""
+    import torch
+
+    from napari_hrdv2.core.backbone.vit import forward_tokens
+
+    class TokensAndAttention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return forward_tokens(self.model, pixels)
+
+    return TokensAndAttention().eval()
+
+
+def _onnx_runtime(module: object, pixels: object, folder: Path) -> tuple[Callable[[], object], str]:
+    """Export ``module`` to ONNX (TorchScript exporter) and return an ONNX Runtime CPU session's call."""
+    import onnxruntime as ort
+    import torch
+
+    path = folder / "vits14.onnx"
+    torch.onnx.export(module, (pixels,), str(path), dynamo=False, opset_version=17,
+                      input_names=["pixels"], output_names=["tokens", "attention"])  # fmt: skip
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"pixels": pixels.numpy()}
+    return (lambda: session.run(["tokens"], feed)[0]), f"onnxruntime {ort.__version__}"
+
+
+def _openvino_runtime(module: object, pixels: object) -> tuple[Callable[[], object], str]:
+    """Convert ``module`` with OpenVINO and compile it for the CPU in float32 (no bf16 / f16 inference hint)."""
+    import openvino as ov
+    import torch
+
+    converted = ov.convert_model(module, example_input=pixels)
+    compiled = ov.Core().compile_model(
+        converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    )
+    request = compiled.create_infer_request()
+    array = pixels.numpy()
+
+    def call() -> object:
+        return request.infer({0: array})[0]
+
+    return call, f"openvino {ov.__version__}"
+
+
+def section_runtimes(backbone: str, repeats: int, batch: int) -> None:
+    """One ViT forward at 518 x 518, float32, eager torch vs ONNX Runtime and OpenVINO (optional packages)."""
+    import tempfile
+
+    import torch
+
+    from napari_hrdv2.core.backbone.loading import load_backbone
+
+    model = load_backbone(backbone, device=torch.device("cpu"), dtype=torch.float32)
+    module = _tokens_module(model)
+    pixels = torch.randn(batch, 3, 518, 518, generator=torch.Generator().manual_seed(0))
+    runs: dict[str, Callable[[], object]] = {}
+    notes = []
+    with torch.inference_mode():
+        reference = module(pixels)[0]
+    runs["eager torch (as encode runs it)"] = lambda: module(pixels)
+    with tempfile.TemporaryDirectory() as folder:
+        makers = {
+            "ONNX Runtime, CPU provider, all graph optimisations": lambda: _onnx_runtime(module, pixels, Path(folder)),
+            "OpenVINO, CPU, f32 inference hint": lambda: _openvino_runtime(module, pixels),
+        }
+        for name, make in makers.items():
+            try:
+                with torch.inference_mode(False), torch.no_grad():
+                    prepare, (call, version) = timed(make)
+                first, result = timed(call)
+                difference = float(np.abs(np.asarray(result) - reference.numpy()).max())
+                runs[name] = call
+                notes.append(f"{version}: export + compile {prepare:.1f} s, first call {first:.2f} s; max |{name.split(',')[0]} "
+                             f"- eager| tokens = {difference:.2e} (max |token| {float(reference.abs().max()):.2f})")  # fmt: skip
+            except Exception as err:  # noqa: BLE001 - report a missing package or an exporter failure
+                notes.append(f"{name}: not measured: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        with torch.inference_mode():
+            for fn in runs.values():
+                fn()
+            for _ in range(repeats):  # interleaved: every variant sees the same contention
+                for name, fn in runs.items():
+                    times[name].append(timed(fn)[0])
+    base = median(times["eager torch (as encode runs it)"])
+    rows = [[name, median(values), min(values), median(values) / base, load_text()] for name, values in times.items()]
+    print_table(
+        rows,
+        [f"ViT-S/14 forward, batch {batch} x 518x518, float32", "median s", "min s", "x eager", "load"],
+        title=f"(runtimes) per-forward CPU time, interleaved, {repeats} repeats, torch threads {torch.get_num_threads()}",
+    )
+    for note in notes:
+        print(note)
+
+
 # ---------------------------------------------------------------- solver: where a retrain's time goes
 
 
@@ -683,8 +792,9 @@ def section_live_retrain(encoding: hr.Encoding, truth: np.ndarray, labels: np.nd
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="a,b,c", help="comma-separated sections: a, b, c, threads, compile, solver")
+    parser.add_argument("--only", default="a,b,c", help="comma-separated sections: a, b, c, threads, compile, runtimes, solver")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=1, help="runtimes: images per forward")
     parser.add_argument("--size", type=int, default=1024, help="image side of section a")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048], help="image sides of section b")
     parser.add_argument("--with-bfloat16", action="store_true", help="a: also encode in bfloat16 where not native")
@@ -727,6 +837,8 @@ def main(argv: list[str] | None = None) -> None:
         section_solver(backbone, args.repeats or 5)
     if "compile" in sections:
         section_compile(backbone, args.repeats or 5)
+    if "runtimes" in sections:
+        section_runtimes(backbone, args.repeats or 5, args.batch)
     if "threads" in sections:
         section_latency(
             backbone,
