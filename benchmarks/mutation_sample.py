@@ -10,7 +10,7 @@ the test selection is ``[tool.mutmut]`` in ``pyproject.toml`` (the headless suit
 
     python benchmarks/mutation_sample.py list                     # generate mutants/, write their names
     python benchmarks/mutation_sample.py sample --seed 13 --size 150      # print the sampled names
-    python benchmarks/mutation_sample.py run --seed 13 --size 150         # nice -n 19, one mutmut child
+    python benchmarks/mutation_sample.py run --seed 13 --size 150         # nice -n 19, one mutmut child (--children N)
     python benchmarks/mutation_sample.py table --seed 13 --size 150       # per-module table, Wilson 95 % CI
     python benchmarks/mutation_sample.py survivors --seed 13 --size 150   # diffs of the surviving mutants
 
@@ -81,8 +81,8 @@ def draw_sample(names: list[str], seed: int, size: int) -> list[str]:
     return order[:size]
 
 
-def run_mutmut(names: list[str], *, debug: bool, clean_run: bool = True) -> None:
-    """``mutmut run --max-children 1 NAMES``, without its clean run when the statistics are collected afresh.
+def run_mutmut(names: list[str], *, debug: bool, clean_run: bool = True, children: int = 1) -> None:
+    """``mutmut run --max-children CHILDREN NAMES``, without its clean run when the statistics are collected afresh.
 
     A fresh statistics run already runs the whole test selection unmutated and stops on any failure, so mutmut's
     second, clean run of the same tests only costs time (a quarter of an hour here); ``clean_run=False`` skips it
@@ -102,7 +102,7 @@ def run_mutmut(names: list[str], *, debug: bool, clean_run: bool = True) -> None
             return runner
 
         mutmut_main.get_mutant_runner = runner_without_clean_run
-    mutmut_main._run(names, 1)
+    mutmut_main._run(names, children)
 
 
 def module_of(name: str) -> str:
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=0, help="run: mutmut runs of BATCH mutants, in sample order")
     parser.add_argument("--until", help="run: start no batch after this UTC time (HH:MM)")
     parser.add_argument("--no-clean-run", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--children", type=int, default=1, help="run: mutants tested at once (default 1)")
     parser.add_argument("--debug", action="store_true", help="show every pytest run of mutmut (-vv) in the output")
     parser.add_argument("names", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_intermixed_args(argv)
@@ -208,13 +209,14 @@ def main(argv: list[str] | None = None) -> None:
                 break
             print(f"batch: sample names {args.start + first}..{args.start + first + size - 1}", flush=True)
             options = ["--debug"] if args.debug else []
+            options += ["--children", str(args.children)]
             options += ["--no-clean-run"] if first else []  # the statistics were collected by the first batch
             command = ["nice", "-n", "19", sys.executable, __file__, "_mutmut", *options, *todo[first : first + size]]
             done = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             if done.returncode:
                 sys.exit(done.returncode)
     elif args.command == "_mutmut":
-        run_mutmut(args.names, debug=args.debug, clean_run=not args.no_clean_run)
+        run_mutmut(args.names, debug=args.debug, clean_run=not args.no_clean_run, children=args.children)
     elif args.command == "table":
         print(f"sample: seed {args.seed}, first {len(sample)} of {len(all_names())} mutants")
         print_table(sample)
