@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 
 from napari_hrdv2.core.config import FeatureConfig
 from napari_hrdv2.core.errors import InputError
@@ -115,6 +116,7 @@ def test_scale_channels_scales_any_number_of_channels_on_their_own():
     assert scaled.shape == (3, 4, 5) and scaled.dtype == np.float32
     for c in range(5):
         np.testing.assert_allclose(scaled[..., c], np.arange(12).reshape(3, 4) / 11.0, rtol=1e-6)
+    np.testing.assert_allclose(scale_channels(image, normalize="dtype"), image / 2147483647.0, rtol=1e-6)
     grey = scale_channels(image[..., 2])
     assert grey.shape == (3, 4, 1)
     np.testing.assert_array_equal(grey[..., 0], scaled[..., 2])
@@ -198,6 +200,18 @@ def test_token_grid_and_padding_of_small_and_odd_sides():
     assert [grid_tokens(s, patch_size=14, stride=7) for s in (1, 14, 15, 21, 22)] == [1, 1, 2, 2, 3]
     assert [padded_size(s, patch_size=14, stride=7) for s in (1, 14, 15, 21, 22)] == [14, 14, 21, 21, 28]
     assert padded_size(30, patch_size=14, stride=14) == 42
+
+
+def test_feature_sources_of_files_and_their_names(tmp_path):
+    tifffile.imwrite(tmp_path / "five.tif", np.zeros((20, 30, 5), dtype=np.uint8), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((2, 20, 30), dtype=np.uint8))
+    separate = FeatureConfig(channel_mode="separate")
+    named = [(name, image.shape) for name, image in iter_sources(tmp_path / "five.tif", separate)]
+    assert named == [("five.tif", (20, 30, 5))]
+    named = [(name, image.shape) for name, image in iter_sources([tmp_path / "stack.tif"], FeatureConfig())]
+    assert named == [("stack.tif plane 0", (20, 30)), ("stack.tif plane 1", (20, 30))]
+    with pytest.raises(InputError, match="5 channels"):
+        list(iter_sources(tmp_path / "five.tif", FeatureConfig()))
 
 
 def test_feature_sources_of_arrays_and_their_names():
