@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 import zarr
 
 from napari_hrdv2.core.errors import InputError
@@ -114,3 +115,33 @@ def test_open_channels_of_arrays_without_axis_names():
     view, note = open_channels(np.stack([five, five]), [4, 0])  # (N, H, W, C)
     assert view.shape == (2, 20, 30, 3) and note.endswith("as red and green (blue empty).")
     assert view[1, 0:1, 0:1].tolist() == [[[40, 0, 0]]]
+
+
+def test_open_channels_of_ome_zarr_and_tiff_channel_axes(tmp_path):
+    data = np.stack([np.full((20, 30), 10 * c + 1, dtype=np.uint8) for c in range(5)])  # c, y, x
+    ome_group(tmp_path / "c5.zarr", data, axes=["c", "y", "x"])
+    with pytest.raises(InputError, match=r"^'c5\.zarr' has 5 channels \(c axis\); HR-Dv2 uses grey or RGB"):
+        open_channels(tmp_path / "c5.zarr")
+    view, note = open_channels(tmp_path / "c5.zarr", "1,0,2")
+    assert note == "'c5.zarr': using channels 1, 0, 2 of 5 (c axis) as RGB."
+    assert view.shape == (20, 30, 3) and view[3:5, 4:6].tolist() == [[[11, 1, 21]] * 2] * 2
+    ome_group(tmp_path / "c4.zarr", data[:4], axes=["c", "y", "x"])
+    assert open_channels(tmp_path / "c4.zarr")[0].shape == (20, 30, 4)  # 4 channels: colour, as napari shows it
+    ome_group(tmp_path / "yx.zarr", data[0], axes=["y", "x"])
+    view, note = open_channels(tmp_path / "yx.zarr", 0)
+    assert note is None and view.shape == (20, 30) and np.all(view[0:2, 0:2] == 1)
+    tifffile.imwrite(tmp_path / "five.tiff", np.moveaxis(data, 0, -1), photometric="minisblack")
+    view, note = open_channels(tmp_path / "five.tiff", [2])
+    assert note.startswith("'five.tiff': using channel 2 of 5 (") and note.endswith(") as grey.")
+    assert view.shape == (20, 30) and np.all(view[0:3, 0:3] == 21)
+    assert open_lazy(tmp_path / "five.tiff").shape == (20, 30, 5)
+
+
+def test_a_group_of_one_group_names_the_path_it_was_given(tmp_path):
+    group = zarr.open_group(str(tmp_path / "deep.zarr"), mode="w")
+    inner = group.create_group("inner")
+    for name in ("a", "b"):
+        inner.create_array(name, shape=(4, 6), dtype=np.uint8)
+    assert message(open_lazy, tmp_path / "deep.zarr").startswith(
+        f"'{tmp_path / 'deep.zarr'}' is a Zarr group with 2 arrays and no OME-Zarr metadata"
+    )
