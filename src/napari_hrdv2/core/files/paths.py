@@ -53,9 +53,7 @@ def check_path(path: str | Path, what: str = "path", *, error: type[HRDv2Error] 
             )
     size = len(os.fsencode(text))
     if size > PATH_MAX:
-        raise error(
-            f"{subject} '{_shortened(text)}' is {size} bytes long; paths may have at most {PATH_MAX} bytes."
-        )
+        raise error(f"{subject} '{_shortened(text)}' is {size} bytes long; paths may have at most {PATH_MAX} bytes.")
     return path
 
 
