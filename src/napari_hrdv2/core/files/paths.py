@@ -41,20 +41,19 @@ def check_path(path: str | Path, what: str = "path", *, error: type[HRDv2Error] 
     """
     path = Path(path)
     text = str(path)
+    subject = "The path" if what == "path" else f"The {what} path"  # not "The path path" by default
     if "\0" in text:
-        raise error(f"The {what} path {_shortened(text)!r} contains a NUL character; no file can have that name.")
+        raise error(f"{subject} {_shortened(text)!r} contains a NUL character; no file can have that name.")
     for part in path.parts:
         size = len(os.fsencode(part))
         if size > NAME_MAX:
             raise error(
-                f"The {what} path '{_shortened(text)}' has a name of {size} bytes ('{_shortened(part, 20)}'); "
+                f"{subject} '{_shortened(text)}' has a name of {size} bytes ('{_shortened(part, 20)}'); "
                 f"file systems allow at most {NAME_MAX} bytes per file or folder name. Use a shorter name."
             )
     size = len(os.fsencode(text))
     if size > PATH_MAX:
-        raise error(
-            f"The {what} path '{_shortened(text)}' is {size} bytes long; paths may have at most {PATH_MAX} bytes."
-        )
+        raise error(f"{subject} '{_shortened(text)}' is {size} bytes long; paths may have at most {PATH_MAX} bytes.")
     return path
 
 
