@@ -217,6 +217,15 @@ def test_features_of_another_family_are_refused_naming_both(trained, tiny_dinov3
         _weights(model, other)
 
 
+
+def test_family_refusal_names_the_source_only_when_given(trained):
+    model = LinearSegmenter.load(trained[0])
+    with pytest.raises(InputError) as unnamed:
+        model.check_backbone_family("dinov3")
+    assert "DINOv3 backbone, but the model was trained on DINOv2 features" in str(unnamed.value)
+    with pytest.raises(InputError, match=r"DINOv3 backbone \('b\.tif'\), but the model"):
+        model.check_backbone_family("dinov3", source="b.tif")
+
 def test_model_files_without_a_family_still_load_and_apply(tmp_path, saved_model):
     model = LinearSegmenter.load(crafted(tmp_path, saved_model))  # written without backbone_family
     assert model.backbone_family_ is None
