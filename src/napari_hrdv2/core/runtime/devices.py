@@ -43,7 +43,10 @@ def resolve_device(device: str | torch.device = "auto", *, runtime: str = "torch
     raises :class:`InputError`: that runtime runs on the CPU only.
     """
     if runtime == "onnxruntime":
-        resolved = torch.device("cpu") if device == "auto" else resolve_device(device)
+        try:
+            resolved = torch.device("cpu" if device == "auto" else device)
+        except (RuntimeError, TypeError) as err:
+            raise InputError(f"Unknown device {device!r}: use 'auto' or 'cpu' with runtime='onnxruntime'.") from err
         if resolved.type != "cpu":
             raise InputError(
                 f"runtime='onnxruntime' runs on the CPU only, not on {resolved}: use device='cpu' (or 'auto'), "
