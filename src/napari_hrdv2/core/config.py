@@ -369,6 +369,7 @@ class FeatureConfig:
         "pip install 'napari-hrdv2[onnx]'; exports the backbone once, cached on disk)",
         kind="choice",
         choices=RUNTIMES,
+        widget="combo",
         section="computation",
         runtime=True,
     )
