@@ -21,6 +21,7 @@ forward at 518 x 518 in 0.70x the time of eager torch (float32, AVX-512 Xeon, 2 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -49,6 +50,7 @@ __all__ = [
     "ONNX_INSTALL_HINT",
     "ONNX_OPSET",
     "OnnxForward",
+    "export_key",
     "onnx_cache_folder",
     "onnx_forward",
     "require_onnxruntime",
@@ -98,6 +100,13 @@ def _import_onnxruntime() -> ModuleType:
     return onnxruntime
 
 
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _position_names(backbone: Backbone) -> tuple[str, ...]:
     return ("rope_cos", "rope_sin") if backbone.parts.rope_inv_freq is not None else ("positions",)
 
@@ -111,7 +120,8 @@ def _source_hash() -> str:
 
 
 def export_key(backbone: Backbone, *, stride: int, facet: Facet, layer: int) -> str:
-    """The cache key of one export: weights fingerprint, architecture, setting, torch version, opset, code."""
+    """The cache key of one export: weights fingerprint, architecture, setting, torch/transformers versions, opset,
+    code of the forward pass."""
     parameters = sorted((name, tuple(p.shape)) for name, p in backbone.model.named_parameters())
     digest = hashlib.sha256(np.ascontiguousarray(backbone_fingerprint(backbone.model), np.float32).tobytes())
     digest.update(
@@ -126,6 +136,7 @@ def export_key(backbone: Backbone, *, stride: int, facet: Facet, layer: int) -> 
                 "facet": facet,
                 "layer": layer,
                 "torch": torch.__version__,
+                "transformers": _version("transformers"),
                 "opset": ONNX_OPSET,
                 "code": _source_hash(),
             },
