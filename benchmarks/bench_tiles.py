@@ -6,9 +6,12 @@ prints the old plan (tiles of 518 px, overlap 84: the planner before cost-based 
 chosen preset with each plan as a ratio to one bare 518 x 518 forward in the same run, and the mean
 cosine of old vs new features, and the whole job the issue times (encode + fit + predict with the new plan;
 3 classes x 1000 labelled pixels from intensity terciles, fixed seed) in the same unit. ``--seams`` adds the seam error of tiled vs whole-image features for
-overlaps of 1..6 patches.
+overlaps of 1..6 patches. ``--runtime torch onnxruntime`` times the same jobs with each runtime
+(``FeatureConfig.runtime``; ONNX Runtime's one-off export and session are made before the timing and
+printed apart); the unit stays one bare 518 x 518 torch forward.
 
     PYTHONPATH=src python benchmarks/bench_tiles.py --sizes 518 1024 2048 --repeat 1
+    PYTHONPATH=src python benchmarks/bench_tiles.py --sizes 1024 --runtime torch onnxruntime
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 import napari_hrdv2 as hr
 from _common import RANDOM_WEIGHTS_NOTE, SHARED_DATA, backbone_or_random, machine_line, median, print_table, timed
 from napari_hrdv2.core.backbone.vit import forward_tokens
-from napari_hrdv2.core.config import PRESETS
+from napari_hrdv2.core.config import PRESETS, RUNTIMES
 from napari_hrdv2.core.features.tiling import Tile, plan_cost
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "napari_hrdv2" / "sample_data" / "superalloy_lshr_15kx.png"
@@ -55,6 +58,7 @@ def main() -> None:
     parser.add_argument("--image", default=None, help="file name in $HRDV2_DATA (default: the bundled sample)")
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--seams", action="store_true", help="seam error for overlaps of 1..6 patches")
+    parser.add_argument("--runtime", nargs="+", default=["torch"], choices=RUNTIMES, help="runtimes to time")
     args = parser.parse_args()
     backbone, random = backbone_or_random(args.backbone)
     path = SHARED_DATA / args.image if args.image else SAMPLE
@@ -74,42 +78,55 @@ def main() -> None:
         unit = median([timed(lambda: forward_tokens(bb, pixels, with_attention=False))[0] for _ in range(args.repeat)])
     print(f"one bare 518x518 forward: {unit:.2f} s (the time unit below)")
     rows = []
-    for size in args.sizes:
-        image = image_of(size, path)
-        old = hr.Featurizer(old_config, backbone=bb)
-        # The old planner: fixed 518-px tiles, starts round(linspace), as before cost-based plans.
-        old_tiles = _old_plan(size, size, 518, 84)
-        new_tiles = new.plan_tiles(size, size)
-        results = {}
-        old.plan_tiles = lambda h, w, _t=old_tiles: _t  # the old plan through the same encoder
-        for name, featurizer in (("old", old), ("new", new)):
-            times = []
-            for _ in range(args.repeat):
-                seconds, encoding = timed(lambda f=featurizer, x=image: f.encode(x, with_attention=False))
-                times.append(seconds)
-            results[name] = (median(times), encoding.features())
-        fit_predict = median([train_and_predict(encoding, image) for _ in range(args.repeat)])
-        rows.append(
-            [
-                size,
-                f"{len(old_tiles)} x {old_tiles[0].height}",
-                f"{len(new_tiles)} x {new_tiles[0].height}x{new_tiles[0].width}",
-                tokens(old_tiles, patch),
-                tokens(new_tiles, patch),
-                f"{plan_cost(new_tiles) / plan_cost(old_tiles):.2f}",
-                f"{results['old'][0] / unit:.1f}",
-                f"{results['new'][0] / unit:.1f}",
-                f"{results['new'][0] / results['old'][0]:.2f}",
-                f"{cosine(results['old'][1], results['new'][1]):.4f}",
-                f"{fit_predict / unit:.1f}",
-                f"{(results['new'][0] + fit_predict) / unit:.1f}",
-            ]
-        )
-    headers = ["px", "old tiles", "new tiles", "old tokens", "new tokens", "cost new/old", "old enc", "new enc",
-               "time new/old", "cos old-new", "fit+predict", "new total"]  # fmt: skip
-    print_table(rows, headers, title="encode time in bare 518x518 forwards")
+    for runtime in args.runtime:
+        if runtime != "torch":
+            warm_up = hr.Featurizer(new_config.replace(runtime=runtime), backbone=bb)
+            ramp = np.arange(4 * patch * patch, dtype=np.uint8).reshape(2 * patch, 2 * patch)
+            seconds, _ = timed(lambda f=warm_up, x=ramp: f.encode(x))
+            print(f"{runtime}: export (or load of the cached export) and session, once: {seconds:.1f} s")
+        for size in args.sizes:
+            rows.append(plan_row(size, path, bb, old_config.replace(runtime=runtime),
+                                 new_config.replace(runtime=runtime), unit, args.repeat))  # fmt: skip
+    headers = ["runtime", "px", "old tiles", "new tiles", "old tokens", "new tokens", "cost new/old", "old enc",
+               "new enc", "time new/old", "cos old-new", "fit+predict", "new total"]  # fmt: skip
+    print_table(rows, headers, title="encode time in bare 518x518 torch forwards")
     if args.seams:
         seams(base, bb, path, patch)
+
+
+def plan_row(size: int, path: Path, bb, old_config, new_config, unit: float, repeat: int) -> list:
+    """One table row: the old and new plans of a ``size`` crop encoded, then fit + predict, in ``unit``s."""
+    patch = bb.patch_size
+    image = image_of(size, path)
+    new = hr.Featurizer(new_config, backbone=bb)
+    old = hr.Featurizer(old_config, backbone=bb)
+    # The old planner: fixed 518-px tiles, starts round(linspace), as before cost-based plans.
+    old_tiles = _old_plan(size, size, 518, 84)
+    new_tiles = new.plan_tiles(size, size)
+    results = {}
+    old.plan_tiles = lambda h, w, _t=old_tiles: _t  # the old plan through the same encoder
+    for name, featurizer in (("old", old), ("new", new)):
+        times = []
+        for _ in range(repeat):
+            seconds, encoding = timed(lambda f=featurizer, x=image: f.encode(x, with_attention=False))
+            times.append(seconds)
+        results[name] = (median(times), encoding.features())
+    fit_predict = median([train_and_predict(encoding, image) for _ in range(repeat)])
+    return [
+        new_config.runtime,
+        size,
+        f"{len(old_tiles)} x {old_tiles[0].height}",
+        f"{len(new_tiles)} x {new_tiles[0].height}x{new_tiles[0].width}",
+        tokens(old_tiles, patch),
+        tokens(new_tiles, patch),
+        f"{plan_cost(new_tiles) / plan_cost(old_tiles):.2f}",
+        f"{results['old'][0] / unit:.1f}",
+        f"{results['new'][0] / unit:.1f}",
+        f"{results['new'][0] / results['old'][0]:.2f}",
+        f"{cosine(results['old'][1], results['new'][1]):.4f}",
+        f"{fit_predict / unit:.1f}",
+        f"{(results['new'][0] + fit_predict) / unit:.1f}",
+    ]
 
 
 def train_and_predict(encoding: hr.Encoding, image: np.ndarray, *, per_class: int = 1000, seed: int = 0) -> float:

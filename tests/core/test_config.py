@@ -67,3 +67,25 @@ def test_field_specs_declare_every_field_once_and_derive_the_cli_options():
     assert field_spec("shift_distances").flag == "--distances" and field_spec("tile_size").minimum == 28
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert all(s.flag in help_text for s in specs)
+
+
+def test_runtime_is_a_runtime_setting_that_older_files_lack_and_the_cli_sets():
+    from napari_hrdv2.cli import build_parser
+    from napari_hrdv2.cli.settings import build_config, runtime_config
+    from napari_hrdv2.core.config import RUNTIME_FIELDS, RUNTIMES, FeatureConfig, field_spec
+
+    assert "runtime" in RUNTIME_FIELDS and FeatureConfig().runtime == "torch" and RUNTIMES == ("torch", "onnxruntime")
+    spec = field_spec("runtime")
+    assert (spec.flag, spec.kind, spec.section, spec.choices) == ("--runtime", "choice", "computation", RUNTIMES)
+    older = FeatureConfig().to_dict()
+    del older["runtime"]  # a model or basis file written before the field existed
+    assert FeatureConfig.from_dict(older) == FeatureConfig()
+    onnx = FeatureConfig(runtime="onnxruntime")
+    assert onnx.feature_differences(FeatureConfig()) == {}  # same features: a model applies with either runtime
+    assert FeatureConfig().with_runtime_of(onnx).runtime == "onnxruntime"
+    with pytest.raises(hr.InputError, match="runtime='openvino' is not one of"):
+        FeatureConfig(runtime="openvino")
+    parser = build_parser()
+    assert build_config(parser.parse_args(["features", "x.tif", "--runtime", "onnxruntime"])).runtime == "onnxruntime"
+    assert build_config(parser.parse_args(["features", "x.tif"])).runtime == "torch"
+    assert runtime_config(parser.parse_args(["segment", "x.tif", "--model", "m.hrdv2"]), onnx).runtime == "torch"

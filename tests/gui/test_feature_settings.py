@@ -16,7 +16,7 @@ def test_controls_carry_the_declared_labels_choices_and_help(qtbot):
         "shifts": controls.shifts, "shift_distances": controls.distances, "flips": controls.flips,
         "rotations": controls.rotations, "stride": controls.stride, "resize": controls.resize,
         "tile_size": controls.tile_size, "facet": controls.facet, "layer": controls.layer, "device": controls.device,
-        "channel_mode": controls.channel_mode,
+        "channel_mode": controls.channel_mode, "runtime": controls.runtime,
     }.items():  # fmt: skip
         spec = field_spec(name)
         shown = control.text if spec.widget == "check" else control.label
@@ -27,3 +27,18 @@ def test_controls_carry_the_declared_labels_choices_and_help(qtbot):
     assert controls.flips.tooltip == field_spec("flips").help
     # The dock's own choices where the declaration is open text or None is spelled 0:
     assert tuple(controls.device.choices) == DEVICES and controls.tile_size.min == 0 and controls.stride.min == 0
+
+
+def test_the_runtime_control_defaults_to_torch_and_reads_and_shows_the_setting(qtbot):
+    from napari_hrdv2.core.config import FeatureConfig
+
+    controls = FeatureSettingsControls()
+    assert controls.runtime.value == "torch" and controls.runtime in controls.advanced_controls
+    controls.show(FeatureConfig())
+    assert controls.read(FeatureConfig()).runtime == "torch"  # the dock's default state computes with torch
+    controls.runtime.value = "onnxruntime"
+    assert controls.read(FeatureConfig()).runtime == "onnxruntime"
+    controls.show(FeatureConfig())
+    assert controls.runtime.value == "torch"
+    controls.show(FeatureConfig(runtime="onnxruntime"))
+    assert controls.runtime.value == "onnxruntime"

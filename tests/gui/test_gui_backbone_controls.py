@@ -162,3 +162,31 @@ def test_a_folder_named_like_a_preset_does_not_hide_the_download(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     assert download_needed("small") == "facebook/dinov2-small"
     assert download_needed("./small") is None  # written as a path: the local folder
+
+
+def test_the_runtime_choice_reaches_the_settings_and_the_precision_line(
+    viewer, qtbot, tiny_config, tmp_path, monkeypatch
+):
+    import importlib.util
+
+    from napari_hrdv2.core.backbone.onnx_forward import ONNX_CACHE_ENV
+
+    monkeypatch.setenv(ONNX_CACHE_ENV, str(tmp_path / "onnx"))
+    image = viewer.add_image(two_texture_image()[0], name="tex")
+    features = dock(viewer, "HR-Dv2 Features")
+    runtime = features.controls.runtime
+    assert any(w is runtime for w in features._pages["Advanced"])
+    # Default state: torch, and the precision line names no other runtime.
+    assert runtime.value == "torch" and features.settings.runtime == "torch"
+    assert "ONNX" not in features._precision.value
+
+    features.set_settings(tiny_config)
+    runtime.value = "onnxruntime"
+    assert features._session.config.runtime == "onnxruntime"
+    assert "ONNX Runtime, float32 (auto: float32 under ONNX Runtime)" in features._precision.value
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        return
+    features._want_attention.value = False
+    features.compute(image)
+    wait_idle(qtbot, features)
+    assert viewer.layers["tex PCA"].metadata["napari_hrdv2"]["config"]["runtime"] == "onnxruntime"

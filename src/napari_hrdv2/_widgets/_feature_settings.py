@@ -151,6 +151,7 @@ class FeatureSettingsControls:
         )
         self.facet = field_control("facet", tooltip=FACET_TIP)
         self.layer = field_control("layer", min=-MAX_BLOCKS, max=MAX_BLOCKS - 1, value=LAST_BLOCK, tooltip=BLOCK_TIP)
+        self.runtime = field_control("runtime")
         self.device = field_control("device", choices=list(DEVICES), value="auto")
         self.channel_mode = field_control("channel_mode", tooltip=CHANNELS_TIP)
 
@@ -159,15 +160,15 @@ class FeatureSettingsControls:
         """The controls whose change makes new settings."""
         return (
             self.backbone, self.weights, self.shifts, self.distances, self.flips, self.rotations, self.stride,
-            self.resize, self.facet, self.layer, self.tile_size, self.device, self.channel_mode,
+            self.resize, self.facet, self.layer, self.tile_size, self.runtime, self.device, self.channel_mode,
         )  # fmt: skip
 
     @property
     def advanced_controls(self) -> tuple[Any, ...]:
-        """The Advanced tab's controls, in order (the device last: its precision line follows it)."""
+        """The Advanced tab's controls, in order (runtime and device last: the precision line follows them)."""
         return (
             self.shifts, self.distances, self.flips, self.rotations, self.stride, self.resize, self.facet,
-            self.layer, self.channel_mode, self.tile_size, self.device,
+            self.layer, self.channel_mode, self.tile_size, self.runtime, self.device,
         )  # fmt: skip
 
     @property
@@ -191,6 +192,7 @@ class FeatureSettingsControls:
             layer=block_setting(int(self.layer.value)),
             tile_size=tile,
             tile_overlap=overlap,
+            runtime=self.runtime.value,
             device=self.device.value,
             channel_mode=self.channel_mode.value,
         )
@@ -214,5 +216,6 @@ class FeatureSettingsControls:
         if config.device not in self.device.choices:
             self.device.set_choice(config.device, config.device)
         self.device.value = config.device
+        self.runtime.value = config.runtime
         self.channel_mode.value = config.channel_mode
         self.preset.value = matching_preset(config)

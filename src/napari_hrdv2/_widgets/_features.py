@@ -87,6 +87,7 @@ class FeaturesWidget(DockFrame, Container):
             widget.changed.connect(self._on_setting_changed)
         self._preset.changed.connect(self._on_preset_changed)
         self._device.changed.connect(self._show_precision)
+        self.controls.runtime.changed.connect(self._show_precision)
         self._select_weights.changed.connect(self._select_weights_clicked)
         self._compute_plane.changed.connect(self._compute_clicked)
         self._compute_all.changed.connect(partial(self._compute_clicked, all_planes=True))
@@ -168,11 +169,13 @@ class FeaturesWidget(DockFrame, Container):
             self._show_help(None)
 
     def _show_precision(self) -> None:
-        """Show which device and compute dtype the selected device gives here (e.g. bfloat16 on an AMX CPU)."""
+        """Show which device and compute dtype the selected device and runtime give here (e.g. bfloat16 on AMX)."""
         from ..core.runtime.devices import describe_precision
 
         try:
-            self._precision.value = describe_precision(self._device.value, self._session.config.dtype)
+            self._precision.value = describe_precision(
+                self._device.value, self._session.config.dtype, runtime=self.controls.runtime.value
+            )
         except HRDv2Error as err:
             self._precision.value = str(err)
 

@@ -44,8 +44,9 @@ def build_config(args: argparse.Namespace) -> FeatureConfig:
 
 
 def runtime_config(args: argparse.Namespace, saved: FeatureConfig) -> FeatureConfig:
-    """``saved`` computed with the runtime options given; device and dtypes default to "auto" (other computer)."""
-    runtime: dict[str, Any] = {"device": "auto", "dtype": "auto", "storage_dtype": "auto"}
+    """``saved`` computed with the runtime options given; device and dtypes default to "auto", the runtime
+    to torch (another computer may lack the saved one's)."""
+    runtime: dict[str, Any] = {"device": "auto", "dtype": "auto", "storage_dtype": "auto", "runtime": "torch"}
     runtime.update(config_values(args, RUNTIME_FIELDS))
     return saved.replace(**runtime)
 

@@ -33,6 +33,9 @@ Resize = Literal["bilinear", "nearest"]
 RESIZE_OPTIONS: tuple[str, ...] = ("bilinear", "nearest")
 #: Accepted values of ``FeatureConfig.dtype`` and ``FeatureConfig.storage_dtype`` (torch dtype names, or auto).
 DTYPE_OPTIONS: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
+Runtime = Literal["torch", "onnxruntime"]
+#: Accepted values of ``FeatureConfig.runtime``: what runs the backbone's forward pass (ONNX Runtime: CPU, float32).
+RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime")
 ChannelMode = Literal["joint", "separate"]
 #: Accepted values of ``FeatureConfig.channel_mode``: channels encoded together as one grey/RGB image, or one by one.
 CHANNEL_MODES: tuple[str, ...] = ("joint", "separate")
@@ -358,6 +361,18 @@ class FeatureConfig:
         section="computation",
         runtime=True,
     )
+    runtime: Runtime = _setting(
+        "torch",
+        flag="--runtime",
+        label="Runtime",
+        help="what runs the backbone: torch (default) or onnxruntime (CPU, float32; often faster there; needs "
+        "pip install 'napari-hrdv2[onnx]'; exports the backbone once, cached on disk)",
+        kind="choice",
+        choices=RUNTIMES,
+        widget="combo",
+        section="computation",
+        runtime=True,
+    )
     storage_dtype: str = _setting(
         "auto",
         flag="--storage-dtype",
@@ -465,6 +480,8 @@ class FeatureConfig:
         for name in ("dtype", "storage_dtype"):
             if getattr(self, name) not in DTYPE_OPTIONS:
                 raise InputError(f"{name}={getattr(self, name)!r} is not one of {DTYPE_OPTIONS}.")
+        if self.runtime not in RUNTIMES:
+            raise InputError(f"runtime={self.runtime!r} is not one of {RUNTIMES}.")
         if self.channel_mode not in CHANNEL_MODES:
             raise InputError(f"channel_mode={self.channel_mode!r} is not one of {CHANNEL_MODES}.")
         if self.facet not in FACETS:

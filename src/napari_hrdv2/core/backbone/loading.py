@@ -75,6 +75,8 @@ class Backbone:
     family: str = "dinov2"
     #: The model's submodules by role (blocks, norms, projections), resolved once on creation.
     parts: ViTParts = field(init=False, repr=False, compare=False)
+    #: Other runtimes' forms of the forward pass made for this model, by setting (:func:`.onnx_forward.onnx_forward`).
+    compiled: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         from .structure import vit_parts

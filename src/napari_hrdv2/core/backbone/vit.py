@@ -29,7 +29,7 @@ from ..config import FACETS, Facet
 if TYPE_CHECKING:
     from .loading import Backbone
 
-__all__ = ["FACETS", "Facet", "forward_cls", "forward_tokens", "rope_cos_sin", "token_grid"]
+__all__ = ["FACETS", "Facet", "forward_cls", "forward_tokens", "grid_positions", "rope_cos_sin", "token_grid"]
 
 
 # ---------------------------------------------------------------- embeddings
@@ -78,22 +78,52 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _embed(backbone: Backbone, pixels: torch.Tensor, stride: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Token sequence [CLS, registers, patches] of (B, 3, Hp, Wp) pixels, and the patch grid."""
+def grid_positions(backbone: Backbone, grid: tuple[int, int], *, stride: int) -> tuple[torch.Tensor, ...]:
+    """The position tensors of a token grid, as the forward pass adds them (they depend on the grid only).
+
+    DINOv2: ``(positions,)``, the learned table interpolated to the grid, CLS first, (1, 1 + gh * gw, C)
+    in the model's dtype (transformers' own interpolation when ``stride == P``); DINOv3: the RoPE
+    ``(cos, sin)`` of :func:`rope_cos_sin`. Computing them outside the forward pass lets an exported graph
+    (:mod:`.onnx_forward`) take them as inputs, so it stays exact at every image size.
+    """
+    parts = backbone.parts
+    dtype = parts.patch_projection.weight.dtype
+    if parts.rope_inv_freq is not None:
+        return rope_cos_sin(parts.rope_inv_freq, grid, patch_size=backbone.patch_size, stride=stride, dtype=dtype)
+    embeddings = parts.embeddings
+    if stride == backbone.patch_size:
+        shape_only = torch.empty(1, 1 + grid[0] * grid[1], backbone.embed_dim, dtype=dtype)
+        table = embeddings.interpolate_pos_encoding(shape_only, grid[0] * stride, grid[1] * stride)
+        return (table.to(dtype),)
+    cls = embeddings.position_embeddings[:, :1].to(dtype)
+    return (torch.cat([cls, _position_table(backbone, grid, dtype)], dim=1),)
+
+
+def _embed(
+    backbone: Backbone, pixels: torch.Tensor, stride: int, positions: tuple[torch.Tensor, ...] | None = None
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Token sequence [CLS, registers, patches] of (B, 3, Hp, Wp) pixels, and the patch grid.
+
+    ``positions``: the DINOv2 position table of :func:`grid_positions`, or None to compute it here.
+    """
     parts = backbone.parts
     patch = backbone.patch_size
     grid = token_grid(pixels.shape[-2], pixels.shape[-1], patch_size=patch, stride=stride)
     embeddings = parts.embeddings
     projection = parts.patch_projection
     pixels = pixels.to(projection.weight.dtype)
-    if parts.rope_inv_freq is None and stride == patch:
+    if parts.rope_inv_freq is None and stride == patch and positions is None:
         return embeddings(pixels), grid  # transformers' own embedding (position interpolation included)
     patches = F.conv2d(pixels, projection.weight, projection.bias, stride=stride).flatten(2).transpose(1, 2)
     batch = patches.shape[0]
     cls = embeddings.cls_token.expand(batch, -1, -1)
     if parts.rope_inv_freq is None:  # DINOv2: learned positions; CLS keeps its own
-        patches = patches + _position_table(backbone, grid, patches.dtype)
-        cls = cls + embeddings.position_embeddings[:, :1].to(patches.dtype)
+        if positions is None:
+            patches = patches + _position_table(backbone, grid, patches.dtype)
+            cls = cls + embeddings.position_embeddings[:, :1].to(patches.dtype)
+        else:
+            table = positions[0].to(patches.dtype)
+            patches, cls = patches + table[:, 1:], cls + table[:, :1]
     pieces = [cls]
     if backbone.num_registers:
         pieces.append(embeddings.register_tokens.expand(batch, -1, -1))
@@ -111,16 +141,23 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def _run_blocks(
-    backbone: Backbone, pixels: torch.Tensor, *, stride: int, n_blocks: int
+    backbone: Backbone,
+    pixels: torch.Tensor,
+    *,
+    stride: int,
+    n_blocks: int,
+    positions: tuple[torch.Tensor, ...] | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int], dict]:
     """Hidden tokens (B, N, C) after the first ``n_blocks`` blocks, the patch grid and the block options (RoPE)."""
     parts = backbone.parts
-    hidden, grid = _embed(backbone, pixels, stride)
+    hidden, grid = _embed(backbone, pixels, stride, positions)
     options: dict = {}
     if parts.rope_inv_freq is not None:
-        options["position_embeddings"] = rope_cos_sin(
-            parts.rope_inv_freq, grid, patch_size=backbone.patch_size, stride=stride, dtype=hidden.dtype
-        )
+        if positions is None:
+            positions = rope_cos_sin(
+                parts.rope_inv_freq, grid, patch_size=backbone.patch_size, stride=stride, dtype=hidden.dtype
+            )
+        options["position_embeddings"] = tuple(t.to(hidden.dtype) for t in positions)
     for block in parts.blocks[:n_blocks]:
         hidden = block.layer(hidden, **options)
         if isinstance(hidden, tuple):  # transformers 4.x blocks return tuples
@@ -146,6 +183,7 @@ def forward_tokens(
     with_attention: bool = True,
     facet: Facet = "token",
     layer: int | None = None,
+    positions: tuple[torch.Tensor, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the backbone on normalised, padded pixels.
 
@@ -161,6 +199,8 @@ def forward_tokens(
         normalised input (before RoPE, so a shifted image gives shifted maps).
     layer : int or None
         Block to read (0-based, negative from the end); ``None`` = the last.
+    positions : tuple of tensors or None
+        The grid's position tensors (:func:`grid_positions`); ``None`` = computed here.
 
     Returns
     -------
@@ -178,7 +218,7 @@ def forward_tokens(
     if not -depth <= index < depth:
         raise ValueError(f"layer={layer} is outside this backbone's {depth} blocks (0..{depth - 1}).")
     index %= depth
-    hidden, grid, options = _run_blocks(backbone, pixels, stride=stride, n_blocks=index)
+    hidden, grid, options = _run_blocks(backbone, pixels, stride=stride, n_blocks=index, positions=positions)
     cos_sin = options.get("position_embeddings")
     block = parts.blocks[index]
     first_patch = 1 + backbone.num_registers

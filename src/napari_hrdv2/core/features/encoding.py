@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..backbone.identity import backbone_family_of, backbone_fingerprint
 from ..backbone.loading import Backbone, load_backbone
+from ..backbone.onnx_forward import onnx_forward, require_onnxruntime
 from ..backbone.vit import forward_tokens, token_grid
 from ..config import FeatureConfig
 from ..errors import InputError
@@ -605,9 +606,13 @@ class Featurizer:
 
     def __init__(self, config: FeatureConfig | None = None, *, backbone: Backbone | None = None):
         self.config = config or FeatureConfig()
-        self.device = resolve_device(self.config.device)
-        #: The compute dtype and why it was chosen (``dtype="auto"`` on the CPU: bfloat16 where native).
-        self.dtype_choice = choose_dtype(self.config.dtype, self.device)
+        runtime = self.config.runtime
+        self.device = resolve_device(self.config.device, runtime=runtime)
+        #: The compute dtype and why it was chosen (``dtype="auto"`` on the CPU: bfloat16 where native;
+        #: float32 under ONNX Runtime).
+        self.dtype_choice = choose_dtype(self.config.dtype, self.device, runtime=runtime)
+        if runtime == "onnxruntime":
+            require_onnxruntime()
         self.dtype = self.dtype_choice.dtype
         self.storage_dtype = resolve_storage_dtype(self.config.storage_dtype, self.dtype)
         self._backbone = backbone
@@ -929,6 +934,11 @@ class Featurizer:
         restore_usual_threads()  # forwards are long: all of torch's threads, even in a worker started mid-retrain
         try:
             with self._lock, torch.inference_mode():
+                if self.config.runtime == "onnxruntime":  # its session follows torch's thread count when made
+                    forward = onnx_forward(
+                        self.backbone, stride=stride, facet=self.config.facet, layer=self.config.layer
+                    )
+                    return forward(copies, with_attention=with_attention)
                 return forward_tokens(
                     self.backbone,
                     copies,

@@ -36,8 +36,23 @@ def inference_mode() -> torch.inference_mode:
     return torch.inference_mode()
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Return the torch device for ``device`` (``"auto"``, ``"cpu"``, ``"cuda[:i]"``, ``"mps"``)."""
+def resolve_device(device: str | torch.device = "auto", *, runtime: str = "torch") -> torch.device:
+    """Return the torch device for ``device`` (``"auto"``, ``"cpu"``, ``"cuda[:i]"``, ``"mps"``).
+
+    Under ``runtime="onnxruntime"`` (``FeatureConfig.runtime``) "auto" is the CPU, and another device
+    raises :class:`InputError`: that runtime runs on the CPU only.
+    """
+    if runtime == "onnxruntime":
+        try:
+            resolved = torch.device("cpu" if device == "auto" else device)
+        except (RuntimeError, TypeError) as err:
+            raise InputError(f"Unknown device {device!r}: use 'auto' or 'cpu' with runtime='onnxruntime'.") from err
+        if resolved.type != "cpu":
+            raise InputError(
+                f"runtime='onnxruntime' runs on the CPU only, not on {resolved}: use device='cpu' (or 'auto'), "
+                "or runtime='torch' to compute on the GPU."
+            )
+        return resolved
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -202,12 +217,21 @@ def cpu_bfloat16_support() -> Bfloat16Support:
     return detect_cpu_bfloat16(_cpu_capabilities(), mkldnn_bf16=_mkldnn_bf16_supported())
 
 
-def choose_dtype(dtype: str | torch.dtype, device: torch.device) -> DtypeChoice:
+def choose_dtype(dtype: str | torch.dtype, device: torch.device, *, runtime: str = "torch") -> DtypeChoice:
     """The compute dtype for ``dtype`` on ``device``, with the reason.
 
     ``"auto"``: float16 on CUDA; float32 on MPS; on the CPU bfloat16 where the processor computes it
-    natively (:func:`cpu_bfloat16_support`), else float32.
+    natively (:func:`cpu_bfloat16_support`), else float32. Under ``runtime="onnxruntime"`` (CPU only)
+    it is float32, the one precision that runtime computes here; another dtype raises :class:`InputError`.
     """
+    if runtime == "onnxruntime":
+        if dtype in ("auto", torch.float32, "float32"):
+            return DtypeChoice(torch.float32, "auto: float32 under ONNX Runtime" if dtype == "auto" else "given")
+        name = str(dtype).removeprefix("torch.")
+        raise InputError(
+            f"runtime='onnxruntime' computes in float32, not {name}: use dtype='float32' (or 'auto'), "
+            "or runtime='torch' for 16-bit precision."
+        )
     if isinstance(dtype, torch.dtype):
         return DtypeChoice(dtype, "given")
     if dtype != "auto":
@@ -222,14 +246,17 @@ def choose_dtype(dtype: str | torch.dtype, device: torch.device) -> DtypeChoice:
     return DtypeChoice(torch.float32, f"auto: {support.detail}, so bfloat16 would be emulated and slower")
 
 
-def describe_precision(device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> str:
+def describe_precision(
+    device: str | torch.device = "auto", dtype: str | torch.dtype = "auto", *, runtime: str = "torch"
+) -> str:
     """The device and compute dtype a FeatureConfig's ``device`` and ``dtype`` give here, with the reason.
 
     E.g. ``"cpu, float32 (auto: CPU without AMX-BF16 or AVX512-BF16, so bfloat16 would be emulated and
     slower)"``. Loads no model; raises :class:`InputError` for an unusable device.
     """
-    resolved = resolve_device(device)
-    return f"{resolved}, {choose_dtype(dtype, resolved)}"
+    resolved = resolve_device(device, runtime=runtime)
+    onnx = ", ONNX Runtime" if runtime == "onnxruntime" else ""
+    return f"{resolved}{onnx}, {choose_dtype(dtype, resolved, runtime=runtime)}"
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
