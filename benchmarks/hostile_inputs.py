@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -546,6 +547,7 @@ class Cases(_ChannelCases):
         self._channel_cases()
         self._room_cases()
         self._second_pass_cases()
+        self._runtime_cases()
 
     def fresh(self, name: str) -> Path:
         folder = self.root / "cases" / name.replace("/", "_")
@@ -1646,6 +1648,84 @@ class Cases(_ChannelCases):
         self.add("second pass/unclear/truncated model.safetensors in the Hugging Face cache/cli features --backbone",
                  truncated_hf_cache)  # fmt: skip
 
+
+    # ------------------------------------------------------------------ ONNX Runtime (issue 21)
+    def _runtime_cases(self) -> None:
+        """``--runtime onnxruntime``: refused settings, and a damaged or unwritable cache of exported graphs."""
+        if importlib.util.find_spec("onnxruntime") is None:
+            return
+        from napari_hrdv2.core.backbone.onnx_forward import ONNX_CACHE_ENV
+
+        tex = self.files / "tex.tif"
+
+        def features(out: Path, *extra: Any) -> list[Any]:
+            return ["features", tex, "-o", out, "--overwrite", *self.opts, "--runtime", "onnxruntime", *extra]
+
+        for name, extra in {"with --device cuda": ("--device", "cuda"), "with --dtype bfloat16": ("--dtype", "bfloat16"),
+                            "with --dtype float16": ("--dtype", "float16")}.items():  # fmt: skip
+            out = self.fresh(f"runtime {name}") / "f.npy"
+            self.add(f"runtime/onnxruntime {name}/cli features",
+                     lambda out=out, extra=extra: run_cli(features(out, *extra), expect="error"))  # fmt: skip
+
+        def with_cache(folder: Path, call: Callable[[], Outcome]) -> Outcome:
+            before = os.environ.get(ONNX_CACHE_ENV)
+            os.environ[ONNX_CACHE_ENV] = str(folder)
+            try:
+                return call()
+            finally:
+                if before is None:
+                    os.environ.pop(ONNX_CACHE_ENV, None)
+                else:
+                    os.environ[ONNX_CACHE_ENV] = before
+
+        def equals_torch(out: Path) -> Callable[[str, str], bool | str]:
+            def check(_out: str, _err: str) -> bool | str:
+                from napari_hrdv2.cli import main
+
+                reference = self.fresh("runtime torch reference") / "f.npy"
+                if not reference.exists():
+                    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                        main([str(a) for a in ["features", tex, "-o", reference, "--overwrite", *self.opts]])
+                found, expected = np.load(out), np.load(reference)
+                if found.shape != expected.shape:
+                    return f"shape {found.shape}, torch {expected.shape}"
+                error = float(np.abs(found - expected).max() / (np.abs(expected).max() + 1e-12))
+                tolerance = 1e-3 if found.dtype == np.float32 else 4 * float(np.finfo(found.dtype).eps)  # kernels round apart
+                return True if error < tolerance else f"max relative difference {error:.2e} from torch ({found.dtype})"
+
+            return check
+
+        def in_fresh_process(cache: Path, out: Path) -> Outcome:
+            """A fresh interpreter: no backbone or session of this process's earlier cases is reused."""
+            outcome = with_cache(cache, lambda: run_subprocess(features(out), timeout=180))
+            if outcome.category != "defined":
+                return outcome
+            verdict = equals_torch(out)("", "")
+            return Outcome("defined", "ok") if verdict is True else Outcome("silent", str(verdict))
+
+        def damaged_cache(how: str) -> Outcome:
+            folder = self.fresh(f"runtime cache {how}")
+            cache, out = folder / "cache", folder / "f.npy"
+            first = in_fresh_process(cache, out)
+            graphs = sorted(cache.rglob("*.onnx"))
+            if first.category != "defined" or not graphs:
+                return first if first.category != "defined" else Outcome("silent", "no exported graph was cached")
+            for graph in graphs:
+                data = graph.read_bytes()
+                graph.write_bytes(data[: len(data) // 2] if how == "truncated" else data[:-64] + bytes(64))
+            out.unlink()
+            return in_fresh_process(cache, out)
+
+        for how in ("truncated", "overwritten tail"):
+            self.add(f"runtime/cached ONNX export {how}/cli features", lambda how=how: damaged_cache(how))
+
+        def unwritable_cache() -> Outcome:
+            folder = self.fresh("runtime cache unwritable")
+            blocker, out = folder / "a file", folder / "f.npy"
+            blocker.write_text("not a folder")
+            return in_fresh_process(blocker / "cache", out)
+
+        self.add("runtime/cache folder below a file/cli features", unwritable_cache)
 
 @contextlib.contextmanager
 def _free_bytes(free: int):
