@@ -90,8 +90,8 @@ def test_per_file_reasons_and_errors_that_stop_the_batch():
     assert per_file_reason(TypeError()) == (
         "unexpected TypeError while reading or segmenting it: no message (the file may be damaged)"
     )
-    long = per_file_reason(TypeError("a  b\n" + "c" * 400))
-    assert long.startswith("unexpected TypeError while reading or segmenting it: a b c") and "c" * 301 not in long
+    long = per_file_reason(TypeError("a  b\n" + "c" * 400))  # white space squeezed, cut at 300 characters
+    assert long == f"unexpected TypeError while reading or segmenting it: a b {'c' * 296} (the file may be damaged)"
     for stop in (OutputError("full"), ModelFileError("m"), hr.Cancelled()):
         with pytest.raises(type(stop)):
             per_file_reason(stop)
