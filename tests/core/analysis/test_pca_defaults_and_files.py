@@ -287,6 +287,9 @@ def test_signature_difference_skips_defaults_of_settings_missing_on_one_side():
     )
     assert signature_difference({"new": None}, {}) == "" and signature_difference({}, {"new": False}) == ""
     assert signature_difference({"new": 3}, {}) == "new=3 for the basis but None for these features"
+    assert signature_difference({"flag": False}, {}) == "" and signature_difference({"extra": ()}, {}) == ""
+    assert signature_difference({"flag": True}, {}) == "flag=True for the basis but None for these features"
+    assert signature_difference({}, {"flag": True}) == "flag=None for the basis but True for these features"
     assert signature_difference({}, {"new": 3}) == "new=None for the basis but 3 for these features"
     from napari_hrdv2.core.config import FeatureConfig
 

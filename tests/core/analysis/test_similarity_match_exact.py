@@ -149,6 +149,10 @@ def test_patch_centres_of_odd_and_tiny_images():
     rows, cols = patch_centres(10, 3, 14)  # the row centre (6) fits, the column one does not
     assert rows.size == 0
     assert patch_centres(20, 20, 14)[0].tolist() == [6]
+    rows, cols = patch_centres(14, 27, 14)  # one whole patch across: one column, not a second one at 20
+    assert (rows.tolist(), cols.tolist()) == ([6], [6])
+    assert patch_centres(20, 6, 14)[1].size == 0 and patch_centres(6, 20, 14)[0].size == 0  # centre 6 == side
+    assert patch_centres(7, 20, 14)[0].tolist() == [6]
 
 
 def blocks(order) -> np.ndarray:

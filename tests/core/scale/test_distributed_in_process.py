@@ -89,6 +89,7 @@ def test_constants_and_scheduler_specs():
     assert SCHEDULER_SCHEMES == ("tcp", "tls", "ws", "wss", "ucx", "inproc")
     assert parse_scheduler("  local  ") == ("local", None)
     assert parse_scheduler("local:") == ("local", None)
+    assert parse_scheduler("local:1") == ("local", 1) and parse_scheduler(" local:12 ") == ("local", 12)
     assert parse_scheduler("TLS://h:1") == ("TLS://h:1", None)
     assert parse_scheduler("h:8786") == ("h:8786", None)
     with pytest.raises(InputError) as caught:
