@@ -97,7 +97,8 @@ def family_title(family: str | None) -> str:
 
 
 def _looks_like_hub_id(text: str) -> bool:
-    return re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None
+    """``owner/name``; neither part starts with '.' or '-' (so ``./x.pth`` and ``../x`` are paths, not ids)."""
+    return re.fullmatch(r"(?![.-])[\w.-]+/(?![.-])[\w.-]+", text) is not None
 
 
 def download_needed(source: str) -> str | None:

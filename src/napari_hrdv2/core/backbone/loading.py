@@ -235,7 +235,8 @@ def _download_failure(err: BaseException) -> str:
 
 
 def _looks_like_hub_id(text: str) -> bool:
-    return re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None
+    """``owner/name``; neither part starts with '.' or '-' (so ``./x.pth`` and ``../x`` are paths, not ids)."""
+    return re.fullmatch(r"(?![.-])[\w.-]+/(?![.-])[\w.-]+", text) is not None
 
 
 def relative_path_hint(source: str) -> str:

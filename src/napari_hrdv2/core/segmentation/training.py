@@ -66,7 +66,9 @@ def paired_images(
     features: Sequence[FeatureSource] | FeatureSource, labels: Sequence[np.ndarray] | np.ndarray
 ) -> tuple[list[FeatureSource], list[np.ndarray]]:
     """One image's features and labels, or sequences of them, as two lists of equal length (at least one)."""
-    sources = [features] if is_encoding(features) or np.asarray(features).ndim == 3 else list(features)
+    # A list or tuple is a sequence of images (of any sizes: np.asarray of arrays of different shapes fails).
+    single = is_encoding(features) or (not isinstance(features, (list, tuple)) and np.asarray(features).ndim == 3)
+    sources = [features] if single else list(features)
     label_list = [labels] if isinstance(labels, np.ndarray) and labels.ndim == 2 else list(labels)
     if len(sources) != len(label_list):
         raise InputError(f"Got {len(sources)} images but {len(label_list)} label images; give one per image.")
