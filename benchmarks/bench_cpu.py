@@ -31,8 +31,10 @@ compile
     normalisation in two steps (as now) vs one fused ``addcmul``.
 runtimes
     The same forward (``--batch`` images) in eager torch vs ONNX Runtime (TorchScript export) vs
-    OpenVINO (``convert_model``, f32 inference hint), each checked against eager; needs the optional
-    packages ``onnxruntime onnx openvino`` (a runtime that is not installed is reported, not timed).
+    OpenVINO (``convert_model``, f32 inference hint), and both runtimes on the product's path
+    (``OnnxForward``: the dynamic-shape export with the grid's positions as inputs), each checked against
+    eager; needs the optional packages ``onnxruntime onnx openvino`` (a runtime that is not installed is
+    reported, not timed).
 threads
     Where latency on a busy machine comes from: the same retrain + predict in fresh interpreters
     with torch threads 2 / 1 and ``OMP_WAIT_POLICY`` unset / PASSIVE, quiet and busy.
@@ -45,7 +47,7 @@ Usage::
     python benchmarks/bench_cpu.py --only c               # ~3 min (+ one-off encode, cached)
     python benchmarks/bench_cpu.py --only solver          # ~2 min (+ the same cached encode)
     python benchmarks/bench_cpu.py --only compile         # ~2 min on 2 quiet cores, most of it compiling
-    python benchmarks/bench_cpu.py --only runtimes        # ~2 min (pip install onnxruntime onnx openvino)
+    python benchmarks/bench_cpu.py --only runtimes        # ~3 min (pip install onnxruntime onnx openvino)
     python benchmarks/bench_cpu.py --only a --repeats 2   # ~5 min on 2 cores
     python benchmarks/bench_cpu.py --only b               # ~10 min on 2 cores
 """
@@ -55,6 +57,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import subprocess
@@ -581,6 +584,15 @@ def _openvino_runtime(module: object, pixels: object) -> tuple[Callable[[], obje
     return call, f"openvino {ov.__version__}"
 
 
+def _product_runtime(runtime: str, model: object, pixels: object, folder: Path) -> tuple[Callable[[], object], str]:
+    """The product's path: :class:`OnnxForward` (dynamic-shape export with position inputs, cached) run by ``runtime``."""
+    from napari_hrdv2.core.backbone.onnx_forward import OnnxForward
+
+    forward = OnnxForward(model, runtime=runtime, cache_folder=folder / "cache")
+    module = importlib.import_module(runtime)
+    return (lambda: forward(pixels, with_attention=False)[0]), f"{runtime} {module.__version__} (OnnxForward)"
+
+
 def section_runtimes(backbone: str, repeats: int, batch: int) -> None:
     """One ViT forward at 518 x 518, float32, eager torch vs ONNX Runtime and OpenVINO (optional packages)."""
     import tempfile
@@ -601,6 +613,12 @@ def section_runtimes(backbone: str, repeats: int, batch: int) -> None:
         makers = {
             "ONNX Runtime, CPU provider, all graph optimisations": lambda: _onnx_runtime(module, pixels, Path(folder)),
             "OpenVINO, CPU, f32 inference hint": lambda: _openvino_runtime(module, pixels),
+            "ONNX Runtime via OnnxForward (dynamic shapes)": lambda: _product_runtime(
+                "onnxruntime", model, pixels, Path(folder)
+            ),
+            "OpenVINO via OnnxForward (dynamic shapes)": lambda: _product_runtime(
+                "openvino", model, pixels, Path(folder)
+            ),
         }
         for name, make in makers.items():
             try:

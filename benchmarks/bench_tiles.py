@@ -6,12 +6,12 @@ prints the old plan (tiles of 518 px, overlap 84: the planner before cost-based 
 chosen preset with each plan as a ratio to one bare 518 x 518 forward in the same run, and the mean
 cosine of old vs new features, and the whole job the issue times (encode + fit + predict with the new plan;
 3 classes x 1000 labelled pixels from intensity terciles, fixed seed) in the same unit. ``--seams`` adds the seam error of tiled vs whole-image features for
-overlaps of 1..6 patches. ``--runtime torch onnxruntime`` times the same jobs with each runtime
-(``FeatureConfig.runtime``; ONNX Runtime's one-off export and session are made before the timing and
+overlaps of 1..6 patches. ``--runtime torch onnxruntime openvino`` times the same jobs with each runtime
+(``FeatureConfig.runtime``; an exported runtime's one-off export (or cached-export load) and compile are made before the timing and
 printed apart); the unit stays one bare 518 x 518 torch forward.
 
     PYTHONPATH=src python benchmarks/bench_tiles.py --sizes 518 1024 2048 --repeat 1
-    PYTHONPATH=src python benchmarks/bench_tiles.py --sizes 1024 --runtime torch onnxruntime
+    PYTHONPATH=src python benchmarks/bench_tiles.py --sizes 1024 --runtime torch onnxruntime openvino
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def test_runtime_is_a_runtime_setting_that_older_files_lack_and_the_cli_sets():
     from napari_hrdv2.cli.settings import build_config, runtime_config
     from napari_hrdv2.core.config import RUNTIME_FIELDS, RUNTIMES, FeatureConfig, field_spec
 
-    assert "runtime" in RUNTIME_FIELDS and FeatureConfig().runtime == "torch" and RUNTIMES == ("torch", "onnxruntime")
+    assert "runtime" in RUNTIME_FIELDS and FeatureConfig().runtime == "torch" and RUNTIMES == ("torch", "onnxruntime", "openvino")
     spec = field_spec("runtime")
     assert (spec.flag, spec.kind, spec.section, spec.choices) == ("--runtime", "choice", "computation", RUNTIMES)
     older = FeatureConfig().to_dict()
@@ -83,9 +83,10 @@ def test_runtime_is_a_runtime_setting_that_older_files_lack_and_the_cli_sets():
     onnx = FeatureConfig(runtime="onnxruntime")
     assert onnx.feature_differences(FeatureConfig()) == {}  # same features: a model applies with either runtime
     assert FeatureConfig().with_runtime_of(onnx).runtime == "onnxruntime"
-    with pytest.raises(hr.InputError, match="runtime='openvino' is not one of"):
-        FeatureConfig(runtime="openvino")
+    with pytest.raises(hr.InputError, match="runtime='tensorrt' is not one of"):
+        FeatureConfig(runtime="tensorrt")
     parser = build_parser()
-    assert build_config(parser.parse_args(["features", "x.tif", "--runtime", "onnxruntime"])).runtime == "onnxruntime"
+    for runtime in ("onnxruntime", "openvino"):
+        assert build_config(parser.parse_args(["features", "x.tif", "--runtime", runtime])).runtime == runtime
     assert build_config(parser.parse_args(["features", "x.tif"])).runtime == "torch"
     assert runtime_config(parser.parse_args(["segment", "x.tif", "--model", "m.hrdv2"]), onnx).runtime == "torch"

@@ -42,3 +42,6 @@ def test_the_runtime_control_defaults_to_torch_and_reads_and_shows_the_setting(q
     assert controls.runtime.value == "torch"
     controls.show(FeatureConfig(runtime="onnxruntime"))
     assert controls.runtime.value == "onnxruntime"
+    assert tuple(controls.runtime.choices) == ("torch", "onnxruntime", "openvino")  # from the field's declaration
+    controls.runtime.value = "openvino"
+    assert controls.read(FeatureConfig()).runtime == "openvino"

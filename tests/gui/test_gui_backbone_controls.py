@@ -181,6 +181,9 @@ def test_the_runtime_choice_reaches_the_settings_and_the_precision_line(
     assert "ONNX" not in features._precision.value
 
     features.set_settings(tiny_config)
+    runtime.value = "openvino"
+    assert features._session.config.runtime == "openvino"
+    assert "OpenVINO, float32 (auto: float32 under OpenVINO)" in features._precision.value
     runtime.value = "onnxruntime"
     assert features._session.config.runtime == "onnxruntime"
     assert "ONNX Runtime, float32 (auto: float32 under ONNX Runtime)" in features._precision.value

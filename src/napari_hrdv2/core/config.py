@@ -33,9 +33,15 @@ Resize = Literal["bilinear", "nearest"]
 RESIZE_OPTIONS: tuple[str, ...] = ("bilinear", "nearest")
 #: Accepted values of ``FeatureConfig.dtype`` and ``FeatureConfig.storage_dtype`` (torch dtype names, or auto).
 DTYPE_OPTIONS: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
-Runtime = Literal["torch", "onnxruntime"]
-#: Accepted values of ``FeatureConfig.runtime``: what runs the backbone's forward pass (ONNX Runtime: CPU, float32).
-RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime")
+Runtime = Literal["torch", "onnxruntime", "openvino"]
+#: Runtimes that run an ONNX export of the backbone's forward pass on the CPU, in float32: their titles, and the
+#: pip extra that installs each (``pip install 'napari-hrdv2[<extra>]'``).
+EXPORTED_RUNTIMES: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("ONNX Runtime", "onnx"),
+    "openvino": ("OpenVINO", "openvino"),
+}
+#: Accepted values of ``FeatureConfig.runtime``: what runs the backbone's forward pass (torch, or an exported runtime).
+RUNTIMES: tuple[str, ...] = ("torch", *EXPORTED_RUNTIMES)
 ChannelMode = Literal["joint", "separate"]
 #: Accepted values of ``FeatureConfig.channel_mode``: channels encoded together as one grey/RGB image, or one by one.
 CHANNEL_MODES: tuple[str, ...] = ("joint", "separate")
@@ -365,8 +371,8 @@ class FeatureConfig:
         "torch",
         flag="--runtime",
         label="Runtime",
-        help="what runs the backbone: torch (default) or onnxruntime (CPU, float32; often faster there; needs "
-        "pip install 'napari-hrdv2[onnx]'; exports the backbone once, cached on disk)",
+        help="what runs the backbone: torch (default), onnxruntime or openvino (CPU, float32; often faster there; "
+        "need pip install 'napari-hrdv2[onnx]' or 'napari-hrdv2[openvino]'; export the backbone once, cached on disk)",
         kind="choice",
         choices=RUNTIMES,
         widget="combo",

@@ -1,9 +1,11 @@
-"""The backbone's forward pass in ONNX Runtime on the CPU (``FeatureConfig.runtime="onnxruntime"``).
+"""The backbone's forward pass as an ONNX export run on the CPU by ONNX Runtime or OpenVINO
+(``FeatureConfig.runtime="onnxruntime"`` or ``"openvino"``, :data:`.config.EXPORTED_RUNTIMES`).
 
 :class:`OnnxForward` exports :func:`.vit.forward_tokens` of one loaded backbone, for one
 (stride, facet, block), to an ONNX graph with dynamic batch, height and width, and runs it in an
-ONNX Runtime CPU session. It is called like ``forward_tokens`` (float32 torch tensors in and out, the
-same shapes). The position tensors of a token grid (:func:`.vit.grid_positions`: the interpolated
+ONNX Runtime CPU session or an OpenVINO model compiled for the CPU (float32 inference precision, never
+bfloat16/float16; dynamic shapes, as one compiled model serves every tile shape). It is called like
+``forward_tokens`` (float32 torch tensors in and out, the same shapes). The position tensors of a token grid (:func:`.vit.grid_positions`: the interpolated
 DINOv2 table or the DINOv3 RoPE angles) are computed by torch for every shape and fed to the graph as
 inputs, so one export is exact at every image size.
 
@@ -11,30 +13,34 @@ The export (seconds for a ViT-S, once per backbone and setting) is cached on dis
 :func:`onnx_cache_folder`, under a key of the backbone's weights fingerprint, the setting, the torch
 version, the opset and the source of the forward pass; a second process loads it. A cached file is
 checked against the size and sha256 recorded beside it (and ONNX Runtime must load it); a damaged one
-is exported again.
+is exported again. Both runtimes read the same export file.
 
-``onnxruntime`` and ``onnx`` are optional (``pip install 'napari-hrdv2[onnx]'``) and imported only
-here, when a session is made. ``benchmarks/bench_cpu.py --only runtimes`` measured one ViT-S/14
-forward at 518 x 518 in 0.70x the time of eager torch (float32, AVX-512 Xeon, 2 busy cores).
+The runtimes are optional (``pip install 'napari-hrdv2[onnx]'``: onnxruntime and onnx;
+``'napari-hrdv2[openvino]'``: openvino and onnx, which torch's exporter needs) and imported only here,
+when a forward is made. ``benchmarks/bench_cpu.py --only runtimes`` measured one ViT-S/14 forward at
+518 x 518 in 0.58-0.69x the time of eager torch with ONNX Runtime and 0.47-0.61x with OpenVINO (float32,
+AVX-512 Xeon, 2 busy cores; benchmarks/README.md, "Runtimes").
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ..config import Facet
+from ..config import EXPORTED_RUNTIMES, Facet
 from ..errors import InputError
 from ..files.atomic import atomic_path, write_json
 from ..files.checksums import file_sha256
@@ -47,19 +53,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ONNX_CACHE_ENV",
-    "ONNX_INSTALL_HINT",
     "ONNX_OPSET",
     "OnnxForward",
     "export_key",
+    "install_hint",
     "onnx_cache_folder",
     "onnx_forward",
-    "require_onnxruntime",
+    "require_runtime",
 ]
 
 #: Folder of the cached exports, when set (else ``$XDG_CACHE_HOME/napari-hrdv2/onnx`` or ``~/.cache/...``).
 ONNX_CACHE_ENV = "NAPARI_HRDV2_ONNX_CACHE"
-#: The command that installs the optional runtime.
-ONNX_INSTALL_HINT = "pip install 'napari-hrdv2[onnx]'"
+#: The packages each exported runtime imports (onnx: torch's TorchScript exporter writes the graph with it).
+_PACKAGES: dict[str, tuple[str, str]] = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
 #: ONNX opset of the exported graphs.
 ONNX_OPSET = 17
 #: ONNX files hold at most 2 GiB of weights inline (protobuf limit); larger backbones are refused.
@@ -78,26 +84,33 @@ def onnx_cache_folder() -> Path:
     return (Path(base).expanduser() if base else Path.home() / ".cache") / "napari-hrdv2" / "onnx"
 
 
-def require_onnxruntime() -> None:
-    """Raise :class:`InputError` with the install command when onnxruntime or onnx is missing (imports neither)."""
-    missing = [name for name in ("onnxruntime", "onnx") if importlib.util.find_spec(name) is None]
+def install_hint(runtime: str) -> str:
+    """The command that installs an exported runtime (``"onnxruntime"`` or ``"openvino"``) with this package."""
+    return f"pip install 'napari-hrdv2[{EXPORTED_RUNTIMES[runtime][1]}]'"
+
+
+def _missing_message(runtime: str, missing: list[str]) -> str:
+    return (
+        f"runtime={runtime!r} needs the optional package{'s' if len(missing) > 1 else ''} {' and '.join(missing)}: "
+        f"{install_hint(runtime)}, or use runtime='torch'."
+    )
+
+
+def require_runtime(runtime: str) -> None:
+    """Raise :class:`InputError` with the install command when a package of an exported runtime is missing
+    (imports none of them)."""
+    missing = [name for name in _PACKAGES[runtime] if importlib.util.find_spec(name) is None]
     if missing:
-        raise InputError(
-            f"runtime='onnxruntime' needs the optional package{'s' if len(missing) > 1 else ''} "
-            f"{' and '.join(missing)}: {ONNX_INSTALL_HINT}, or use runtime='torch'."
-        )
+        raise InputError(_missing_message(runtime, missing))
 
 
-def _import_onnxruntime() -> ModuleType:
+def _import_runtime(runtime: str) -> ModuleType:
+    """The runtime's module (``onnxruntime`` or ``openvino``), after importing ``onnx`` for the exporter."""
     try:
-        import onnx  # noqa: F401  (torch's exporter needs it)
-        import onnxruntime
+        modules = [importlib.import_module(name) for name in _PACKAGES[runtime]]
     except ImportError as err:
-        raise InputError(
-            f"runtime='onnxruntime' needs the optional packages onnxruntime and onnx ({err.name} is missing): "
-            f"{ONNX_INSTALL_HINT}, or use runtime='torch'."
-        ) from None
-    return onnxruntime
+        raise InputError(_missing_message(runtime, [err.name or str(err)])) from None
+    return modules[0]
 
 
 def _version(package: str) -> str:
@@ -205,23 +218,64 @@ def _intact(path: Path) -> bool:
         return False
 
 
-def _session(onnxruntime: ModuleType, path: Path, threads: int) -> Any:
+#: A loaded graph: float32 feed by input name -> (tokens, attention) arrays.
+GraphRun = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
+
+
+def _onnxruntime_run(onnxruntime: ModuleType, path: Path, threads: int) -> GraphRun:
+    """An ONNX Runtime CPU session of ``path``, all graph optimisations (its ``run`` is thread-safe)."""
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
     # Idle threads sleep instead of spinning: kinder to napari's GUI thread and other processes (no slower here).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        tokens, attention = session.run(["tokens", "attention"], feed)
+        return tokens, attention
+
+    return run
+
+
+#: OpenVINO CPU settings: exact float32 (CPUs with AMX or AVX512-BF16 would otherwise infer in bfloat16) and one
+#: stream for the lowest latency of one call (its default on the CPU; measured no slower than a static shape).
+_OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+
+
+def _openvino_run(openvino: ModuleType, path: Path, threads: int) -> GraphRun:
+    """``path`` read by OpenVINO (its ONNX reader) and compiled for the CPU, dynamic shapes, float32."""
+    core = openvino.Core()
+    config = {**_OPENVINO_CONFIG, "INFERENCE_NUM_THREADS": max(1, threads)}
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    request = compiled.create_infer_request()
+    lock = threading.Lock()  # one infer request: one call at a time
+
+    def run(feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        with lock:
+            outputs = request.infer(feed)  # copies of the output tensors (share_outputs=False)
+            return outputs["tokens"], outputs["attention"]
+
+    return run
+
+
+_RUNNERS: dict[str, Callable[[ModuleType, Path, int], GraphRun]] = {
+    "onnxruntime": _onnxruntime_run,
+    "openvino": _openvino_run,
+}
 
 
 class OnnxForward:
-    """``forward_tokens`` of one backbone and (stride, facet, block), run by ONNX Runtime on the CPU.
+    """``forward_tokens`` of one backbone and (stride, facet, block), exported to ONNX and run on the CPU by
+    ONNX Runtime or OpenVINO.
 
     Parameters
     ----------
     backbone : Backbone
         A float32 backbone on the CPU.
+    runtime : {"onnxruntime", "openvino"}
+        What runs the export (the same cached file serves both).
     stride : int or None
         Patch-embedding stride (``None``: the patch size).
     facet, layer
@@ -229,28 +283,31 @@ class OnnxForward:
     cache_folder : path or None
         Where exports are kept (default :func:`onnx_cache_folder`).
     threads : int or None
-        ONNX Runtime's threads (default: torch's thread count now).
+        The runtime's threads (default: torch's thread count now).
 
     Raises
     ------
     InputError
-        onnxruntime/onnx are missing, or the backbone is not float32 on the CPU or too large for one file.
+        The runtime's packages are missing, or the backbone is not float32 on the CPU or too large for one file.
     """
 
     def __init__(
         self,
         backbone: Backbone,
         *,
+        runtime: str = "onnxruntime",
         stride: int | None = None,
         facet: Facet = "token",
         layer: int | None = None,
         cache_folder: str | Path | None = None,
         threads: int | None = None,
     ) -> None:
-        onnxruntime = _import_onnxruntime()
+        if runtime not in _RUNNERS:
+            raise ValueError(f"runtime={runtime!r} is not one of {tuple(_RUNNERS)}.")
+        module = _import_runtime(runtime)
         if backbone.device.type != "cpu" or backbone.dtype != torch.float32:
             raise InputError(
-                f"runtime='onnxruntime' runs float32 on the CPU; this {family_title(backbone_family_of(backbone))} "
+                f"runtime={runtime!r} runs float32 on the CPU; this {family_title(backbone_family_of(backbone))} "
                 f"backbone is {str(backbone.dtype).removeprefix('torch.')} on {backbone.device}. "
                 "Use device='cpu' and dtype='float32' (or 'auto'), or runtime='torch'."
             )
@@ -264,6 +321,7 @@ class OnnxForward:
         if layer is not None and not -depth <= int(layer) < depth:
             raise ValueError(f"layer={layer} is outside this backbone's {depth} blocks (0..{depth - 1}).")
         self.backbone = backbone
+        self.runtime = runtime
         self.stride = int(stride or backbone.patch_size)
         self.facet: Facet = facet
         self.layer = (depth - 1 if layer is None else int(layer)) % depth
@@ -275,17 +333,18 @@ class OnnxForward:
         #: True when this object exported the graph (False: a cached export was loaded).
         self.exported = False
         self._names = _position_names(backbone)
-        self._session = self._load_or_export(onnxruntime)
+        self._run = self._load_or_export(module)
 
-    def _load_or_export(self, onnxruntime: ModuleType) -> Any:
+    def _load_or_export(self, module: ModuleType) -> GraphRun:
+        load = _RUNNERS[self.runtime]
         if _intact(self.path):
             try:
-                return _session(onnxruntime, self.path, self.threads)
+                return load(module, self.path, self.threads)
             except Exception:  # noqa: BLE001  (an unreadable cache file: export it again)
                 pass
         _export(self.backbone, self.path, stride=self.stride, facet=self.facet, layer=self.layer)
         self.exported = True
-        return _session(onnxruntime, self.path, self.threads)
+        return load(module, self.path, self.threads)
 
     def __call__(
         self, pixels: torch.Tensor, *, with_attention: bool = True
@@ -297,7 +356,7 @@ class OnnxForward:
             positions = grid_positions(self.backbone, grid, stride=self.stride)
         feed = {"pixels": np.ascontiguousarray(pixels.detach().cpu().numpy(), dtype=np.float32)}
         feed.update({name: p.detach().numpy() for name, p in zip(self._names, positions)})
-        tokens, attention = self._session.run(["tokens", "attention"], feed)
+        tokens, attention = self._run(feed)
         return torch.from_numpy(tokens), (torch.from_numpy(attention) if with_attention else None)
 
 
@@ -305,9 +364,14 @@ _FORWARDS_LOCK = threading.Lock()
 
 
 def onnx_forward(
-    backbone: Backbone, *, stride: int | None = None, facet: Facet = "token", layer: int | None = None
+    backbone: Backbone,
+    *,
+    runtime: str = "onnxruntime",
+    stride: int | None = None,
+    facet: Facet = "token",
+    layer: int | None = None,
 ) -> OnnxForward:
-    """The :class:`OnnxForward` of a backbone and setting, made once per backbone and torch thread count.
+    """The :class:`OnnxForward` of a backbone, runtime and setting, made once per backbone and torch thread count.
 
     Kept in ``backbone.compiled``, so it lives as long as the loaded backbone.
     """
@@ -315,8 +379,8 @@ def onnx_forward(
     index = depth - 1 if layer is None else int(layer)
     if not -depth <= index < depth:
         raise ValueError(f"layer={layer} is outside this backbone's {depth} blocks (0..{depth - 1}).")
-    key = ("onnxruntime", int(stride or backbone.patch_size), facet, index % depth, torch.get_num_threads())
+    key = (runtime, int(stride or backbone.patch_size), facet, index % depth, torch.get_num_threads())
     with _FORWARDS_LOCK:
         if key not in backbone.compiled:
-            backbone.compiled[key] = OnnxForward(backbone, stride=stride, facet=facet, layer=index)
+            backbone.compiled[key] = OnnxForward(backbone, runtime=runtime, stride=stride, facet=facet, layer=index)
         return backbone.compiled[key]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..backbone.identity import backbone_family_of, backbone_fingerprint
 from ..backbone.loading import Backbone, load_backbone
-from ..backbone.onnx_forward import onnx_forward, require_onnxruntime
+from ..backbone.onnx_forward import onnx_forward, require_runtime
 from ..backbone.vit import forward_tokens, token_grid
 from ..config import FeatureConfig
 from ..errors import InputError
@@ -609,10 +609,10 @@ class Featurizer:
         runtime = self.config.runtime
         self.device = resolve_device(self.config.device, runtime=runtime)
         #: The compute dtype and why it was chosen (``dtype="auto"`` on the CPU: bfloat16 where native;
-        #: float32 under ONNX Runtime).
+        #: float32 under ONNX Runtime or OpenVINO).
         self.dtype_choice = choose_dtype(self.config.dtype, self.device, runtime=runtime)
-        if runtime == "onnxruntime":
-            require_onnxruntime()
+        if runtime != "torch":
+            require_runtime(runtime)
         self.dtype = self.dtype_choice.dtype
         self.storage_dtype = resolve_storage_dtype(self.config.storage_dtype, self.dtype)
         self._backbone = backbone
@@ -934,9 +934,13 @@ class Featurizer:
         restore_usual_threads()  # forwards are long: all of torch's threads, even in a worker started mid-retrain
         try:
             with self._lock, torch.inference_mode():
-                if self.config.runtime == "onnxruntime":  # its session follows torch's thread count when made
+                if self.config.runtime != "torch":  # an exported runtime: it follows torch's thread count when made
                     forward = onnx_forward(
-                        self.backbone, stride=stride, facet=self.config.facet, layer=self.config.layer
+                        self.backbone,
+                        runtime=self.config.runtime,
+                        stride=stride,
+                        facet=self.config.facet,
+                        layer=self.config.layer,
                     )
                     return forward(copies, with_attention=with_attention)
                 return forward_tokens(

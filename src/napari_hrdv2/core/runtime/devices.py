@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..config import DTYPE_OPTIONS
+from ..config import DTYPE_OPTIONS, EXPORTED_RUNTIMES
 from ..errors import InputError
 
 #: torch dtype of every name in :data:`.config.DTYPE_OPTIONS` but "auto".
@@ -39,17 +39,18 @@ def inference_mode() -> torch.inference_mode:
 def resolve_device(device: str | torch.device = "auto", *, runtime: str = "torch") -> torch.device:
     """Return the torch device for ``device`` (``"auto"``, ``"cpu"``, ``"cuda[:i]"``, ``"mps"``).
 
-    Under ``runtime="onnxruntime"`` (``FeatureConfig.runtime``) "auto" is the CPU, and another device
-    raises :class:`InputError`: that runtime runs on the CPU only.
+    Under an exported runtime (``FeatureConfig.runtime`` "onnxruntime" or "openvino",
+    :data:`.config.EXPORTED_RUNTIMES`) "auto" is the CPU, and another device raises :class:`InputError`:
+    those runtimes run on the CPU only.
     """
-    if runtime == "onnxruntime":
+    if runtime in EXPORTED_RUNTIMES:
         try:
             resolved = torch.device("cpu" if device == "auto" else device)
         except (RuntimeError, TypeError) as err:
-            raise InputError(f"Unknown device {device!r}: use 'auto' or 'cpu' with runtime='onnxruntime'.") from err
+            raise InputError(f"Unknown device {device!r}: use 'auto' or 'cpu' with runtime={runtime!r}.") from err
         if resolved.type != "cpu":
             raise InputError(
-                f"runtime='onnxruntime' runs on the CPU only, not on {resolved}: use device='cpu' (or 'auto'), "
+                f"runtime={runtime!r} runs on the CPU only, not on {resolved}: use device='cpu' (or 'auto'), "
                 "or runtime='torch' to compute on the GPU."
             )
         return resolved
@@ -221,15 +222,17 @@ def choose_dtype(dtype: str | torch.dtype, device: torch.device, *, runtime: str
     """The compute dtype for ``dtype`` on ``device``, with the reason.
 
     ``"auto"``: float16 on CUDA; float32 on MPS; on the CPU bfloat16 where the processor computes it
-    natively (:func:`cpu_bfloat16_support`), else float32. Under ``runtime="onnxruntime"`` (CPU only)
-    it is float32, the one precision that runtime computes here; another dtype raises :class:`InputError`.
+    natively (:func:`cpu_bfloat16_support`), else float32. Under an exported runtime (``"onnxruntime"``,
+    ``"openvino"``; CPU only) it is float32, the one precision those runtimes compute here (OpenVINO is told so:
+    never bfloat16 or float16); another dtype raises :class:`InputError`.
     """
-    if runtime == "onnxruntime":
+    if runtime in EXPORTED_RUNTIMES:
+        title = EXPORTED_RUNTIMES[runtime][0]
         if dtype in ("auto", torch.float32, "float32"):
-            return DtypeChoice(torch.float32, "auto: float32 under ONNX Runtime" if dtype == "auto" else "given")
+            return DtypeChoice(torch.float32, f"auto: float32 under {title}" if dtype == "auto" else "given")
         name = str(dtype).removeprefix("torch.")
         raise InputError(
-            f"runtime='onnxruntime' computes in float32, not {name}: use dtype='float32' (or 'auto'), "
+            f"runtime={runtime!r} computes in float32, not {name}: use dtype='float32' (or 'auto'), "
             "or runtime='torch' for 16-bit precision."
         )
     if isinstance(dtype, torch.dtype):
@@ -255,8 +258,8 @@ def describe_precision(
     slower)"``. Loads no model; raises :class:`InputError` for an unusable device.
     """
     resolved = resolve_device(device, runtime=runtime)
-    onnx = ", ONNX Runtime" if runtime == "onnxruntime" else ""
-    return f"{resolved}{onnx}, {choose_dtype(dtype, resolved, runtime=runtime)}"
+    exported = f", {EXPORTED_RUNTIMES[runtime][0]}" if runtime in EXPORTED_RUNTIMES else ""
+    return f"{resolved}{exported}, {choose_dtype(dtype, resolved, runtime=runtime)}"
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
