@@ -178,6 +178,7 @@ NON_DEFAULT_CONFIG = {
     "weights_sha256": "ab" * 32,
     "channel_mode": "separate",
     "volume": True,
+    "runtime": "openvino",
 }
 #: Fields that cannot all be away from their defaults in one config (volumes of separate channels are refused):
 #: the round trip is checked once with each of them at its default.
