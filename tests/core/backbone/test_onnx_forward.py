@@ -160,6 +160,21 @@ def test_an_unloadable_cache_file_with_a_matching_record_is_exported_again(tiny_
     assert OnnxForward(fresh_backbone(tiny_backbone), runtime=runtime).exported
 
 
+@pytest.mark.parametrize("runtime", EXPORTED)
+def test_a_cache_folder_that_cannot_be_written_still_runs_for_this_session(tmp_path, monkeypatch, tiny_backbone, runtime):
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(ONNX_CACHE_ENV, str(blocker / "cache"))
+    backbone = fresh_backbone(tiny_backbone)
+    with pytest.warns(RuntimeWarning, match=rf"for this session only.*Set {ONNX_CACHE_ENV} to a writable folder"):
+        forward = OnnxForward(backbone, runtime=runtime)
+    assert forward.exported and forward.path.is_file() and forward.path.parent != blocker / "cache"
+    pixels = torch.randn(1, 3, 42, 56)
+    with torch.inference_mode():
+        expected, _ = forward_tokens(backbone, pixels)
+    assert relative_error(forward(pixels)[0].numpy(), expected.numpy()) < RTOL
+
+
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_an_exported_runtime_refuses_a_gpu_device_with_the_fix(runtime):
     for device in ("cuda", "cuda:1", "mps"):

@@ -24,12 +24,15 @@ AVX-512 Xeon, 2 busy cores; benchmarks/README.md, "Runtimes").
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
 import json
 import os
+import shutil
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable
@@ -203,6 +206,18 @@ def _export(backbone: Backbone, path: Path, *, stride: int, facet: Facet, layer:
     write_json(_record_path(path), {"size": path.stat().st_size, "sha256": file_sha256(path)}, overwrite=True)
 
 
+_SESSION_FOLDER: list[Path] = []
+
+
+def _session_folder() -> Path:
+    """A private temporary folder for exports when the cache cannot be written, removed when Python exits."""
+    if not _SESSION_FOLDER:
+        folder = Path(tempfile.mkdtemp(prefix="napari-hrdv2-onnx-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _SESSION_FOLDER.append(folder)
+    return _SESSION_FOLDER[0]
+
+
 def _record_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
@@ -342,7 +357,18 @@ class OnnxForward:
                 return load(module, self.path, self.threads)
             except Exception:  # noqa: BLE001  (an unreadable cache file: export it again)
                 pass
-        _export(self.backbone, self.path, stride=self.stride, facet=self.facet, layer=self.layer)
+        try:
+            _export(self.backbone, self.path, stride=self.stride, facet=self.facet, layer=self.layer)
+        except OSError as err:  # OutputError too: the cache folder cannot be written
+            folder = _session_folder()
+            warnings.warn(
+                f"{err}: the exported backbone was written to {folder} for this session only (exported again in "
+                f"the next). Set {ONNX_CACHE_ENV} to a writable folder to keep it.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.path = folder / self.path.name
+            _export(self.backbone, self.path, stride=self.stride, facet=self.facet, layer=self.layer)
         self.exported = True
         return load(module, self.path, self.threads)
 
