@@ -1651,20 +1651,24 @@ class Cases(_ChannelCases):
 
     # ------------------------------------------------------------------ ONNX Runtime (issue 21)
     def _runtime_cases(self) -> None:
-        """``--runtime onnxruntime``: refused settings, and a damaged or unwritable cache of exported graphs."""
-        if importlib.util.find_spec("onnxruntime") is None:
-            return
+        """Exported runtimes (``--runtime onnxruntime`` / ``openvino``, where installed): refused settings, and a
+        damaged or unwritable cache of exported graphs."""
+        for runtime in ("onnxruntime", "openvino"):
+            if importlib.util.find_spec(runtime) is not None and importlib.util.find_spec("onnx") is not None:
+                self._exported_runtime_cases(runtime)
+
+    def _exported_runtime_cases(self, runtime: str) -> None:
         from napari_hrdv2.core.backbone.onnx_forward import ONNX_CACHE_ENV
 
         tex = self.files / "tex.tif"
 
         def features(out: Path, *extra: Any) -> list[Any]:
-            return ["features", tex, "-o", out, "--overwrite", *self.opts, "--runtime", "onnxruntime", *extra]
+            return ["features", tex, "-o", out, "--overwrite", *self.opts, "--runtime", runtime, *extra]
 
         for name, extra in {"with --device cuda": ("--device", "cuda"), "with --dtype bfloat16": ("--dtype", "bfloat16"),
                             "with --dtype float16": ("--dtype", "float16")}.items():  # fmt: skip
-            out = self.fresh(f"runtime {name}") / "f.npy"
-            self.add(f"runtime/onnxruntime {name}/cli features",
+            out = self.fresh(f"{runtime} {name}") / "f.npy"
+            self.add(f"runtime/{runtime} {name}/cli features",
                      lambda out=out, extra=extra: run_cli(features(out, *extra), expect="error"))  # fmt: skip
 
         def with_cache(folder: Path, call: Callable[[], Outcome]) -> Outcome:
@@ -1704,7 +1708,7 @@ class Cases(_ChannelCases):
             return Outcome("defined", "ok") if verdict is True else Outcome("silent", str(verdict))
 
         def damaged_cache(how: str) -> Outcome:
-            folder = self.fresh(f"runtime cache {how}")
+            folder = self.fresh(f"{runtime} cache {how}")
             cache, out = folder / "cache", folder / "f.npy"
             first = in_fresh_process(cache, out)
             graphs = sorted(cache.rglob("*.onnx"))
@@ -1717,15 +1721,15 @@ class Cases(_ChannelCases):
             return in_fresh_process(cache, out)
 
         for how in ("truncated", "overwritten tail"):
-            self.add(f"runtime/cached ONNX export {how}/cli features", lambda how=how: damaged_cache(how))
+            self.add(f"runtime/{runtime}: cached ONNX export {how}/cli features", lambda how=how: damaged_cache(how))
 
         def unwritable_cache() -> Outcome:
-            folder = self.fresh("runtime cache unwritable")
+            folder = self.fresh(f"{runtime} cache unwritable")
             blocker, out = folder / "a file", folder / "f.npy"
             blocker.write_text("not a folder")
             return in_fresh_process(blocker / "cache", out)
 
-        self.add("runtime/cache folder below a file/cli features", unwritable_cache)
+        self.add(f"runtime/{runtime}: cache folder below a file/cli features", unwritable_cache)
 
 @contextlib.contextmanager
 def _free_bytes(free: int):
