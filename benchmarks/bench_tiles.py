@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +73,16 @@ def main() -> None:
     new = hr.Featurizer(new_config)
     bb = new.backbone
     patch = bb.patch_size
-    with torch.inference_mode():
-        pixels = torch.randn(1, 3, 518, 518)
-        forward_tokens(bb, pixels, with_attention=False)
-        unit = median([timed(lambda: forward_tokens(bb, pixels, with_attention=False))[0] for _ in range(args.repeat)])
-    print(f"one bare 518x518 forward: {unit:.2f} s (the time unit below)")
+    pixels = torch.randn(1, 3, 518, 518)
+
+    def bare_forward() -> float:
+        """Seconds of one bare 518 x 518 torch forward: the unit, timed next to every encode of a row."""
+        with torch.inference_mode():
+            return timed(lambda: forward_tokens(bb, pixels, with_attention=False))[0]
+
+    bare_forward()  # warm-up
+    print(f"one bare 518x518 forward: {bare_forward():.2f} s now; each row's unit is the median of the bare forwards "
+          "timed before, between and after its encodes (the 'unit s' column)")  # fmt: skip
     rows = []
     for runtime in args.runtime:
         if runtime != "torch":
@@ -86,16 +92,20 @@ def main() -> None:
             print(f"{runtime}: export (or load of the cached export) and session, once: {seconds:.1f} s")
         for size in args.sizes:
             rows.append(plan_row(size, path, bb, old_config.replace(runtime=runtime),
-                                 new_config.replace(runtime=runtime), unit, args.repeat))  # fmt: skip
-    headers = ["runtime", "px", "old tiles", "new tiles", "old tokens", "new tokens", "cost new/old", "old enc",
-               "new enc", "time new/old", "cos old-new", "fit+predict", "new total"]  # fmt: skip
+                                 new_config.replace(runtime=runtime), bare_forward, args.repeat))  # fmt: skip
+    headers = ["runtime", "px", "unit s", "old tiles", "new tiles", "old tokens", "new tokens", "cost new/old",
+               "old enc", "new enc", "time new/old", "cos old-new", "fit+predict", "new total"]  # fmt: skip
     print_table(rows, headers, title="encode time in bare 518x518 torch forwards")
     if args.seams:
         seams(base, bb, path, patch)
 
 
-def plan_row(size: int, path: Path, bb, old_config, new_config, unit: float, repeat: int) -> list:
-    """One table row: the old and new plans of a ``size`` crop encoded, then fit + predict, in ``unit``s."""
+def plan_row(
+    size: int, path: Path, bb, old_config, new_config, bare_forward: Callable[[], float], repeat: int
+) -> list:
+    """One table row: the old and new plans of a ``size`` crop encoded, then fit + predict, in units of the
+    median bare forward timed before, between and after the encodes (``bare_forward()``), so that each row
+    carries its own minutes' load in its unit too."""
     patch = bb.patch_size
     image = image_of(size, path)
     new = hr.Featurizer(new_config, backbone=bb)
@@ -105,16 +115,20 @@ def plan_row(size: int, path: Path, bb, old_config, new_config, unit: float, rep
     new_tiles = new.plan_tiles(size, size)
     results = {}
     old.plan_tiles = lambda h, w, _t=old_tiles: _t  # the old plan through the same encoder
+    units = [bare_forward()]
     for name, featurizer in (("old", old), ("new", new)):
         times = []
         for _ in range(repeat):
             seconds, encoding = timed(lambda f=featurizer, x=image: f.encode(x, with_attention=False))
             times.append(seconds)
+            units.append(bare_forward())
         results[name] = (median(times), encoding.features())
     fit_predict = median([train_and_predict(encoding, image) for _ in range(repeat)])
+    unit = median(units)
     return [
         new_config.runtime,
         size,
+        f"{unit:.2f}",
         f"{len(old_tiles)} x {old_tiles[0].height}",
         f"{len(new_tiles)} x {new_tiles[0].height}x{new_tiles[0].width}",
         tokens(old_tiles, patch),
