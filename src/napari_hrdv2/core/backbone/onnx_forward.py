@@ -18,8 +18,8 @@ is exported again. Both runtimes read the same export file.
 The runtimes are optional (``pip install 'napari-hrdv2[onnx]'``: onnxruntime and onnx;
 ``'napari-hrdv2[openvino]'``: openvino and onnx, which torch's exporter needs) and imported only here,
 when a forward is made. ``benchmarks/bench_cpu.py --only runtimes`` measured one ViT-S/14 forward at
-518 x 518 in 0.58-0.69x the time of eager torch with ONNX Runtime and 0.47-0.61x with OpenVINO (float32,
-AVX-512 Xeon, 2 busy cores; benchmarks/README.md, "Runtimes").
+518 x 518 (float32, 2-core AVX-512 Xeon) in 0.86-0.91x the time of eager torch with OpenVINO and 1.02-1.05x
+with ONNX Runtime when the cores are free, 0.5-0.7x for both at load 3-5 (benchmarks/README.md, "Runtimes").
 """
 
 from __future__ import annotations
