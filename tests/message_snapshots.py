@@ -1,0 +1,277 @@
+"""Snapshots of the messages users read: every error, warning and progress update a headless test provokes.
+
+While each headless test's body runs, this pytest plugin records
+
+- every :class:`~napari_hrdv2.core.errors.HRDv2Error` constructed (its class and text: what the CLI, the API
+  and the docks show),
+- every warning our code issues (its category and text),
+- every :class:`~napari_hrdv2.core.progress.Progress` update (``done/total`` and its message),
+
+and compares them, as a multiset, with ``tests/message_snapshots/<test file>.json``. A changed word, a lost
+file name or a wrong progress count then fails the test that provoked it, even when the test itself only
+asserts part of the message (``match=``). After a deliberate change of wording, record again and review the
+JSON diff like any other change::
+
+    python -m pytest --update-messages tests/core/files      # rewrite the entries of the tests that ran
+
+Machine-dependent parts are normalised before comparison: temporary and home folders, the repository
+root, object addresses and byte sizes (free memory differs from run to run). Messages can also quote other
+packages (numpy's, tifffile's, torch's errors) and the precision ``dtype="auto"`` picks on this CPU, so the
+snapshots are compared only where the environment they were recorded in is the one running
+(``environment.json``: the Python minor version, the versions of the packages whose text we quote, and the
+CPU's auto dtype); elsewhere the header of the run says they were not compared. Tests whose messages depend
+on timing carry ``@pytest.mark.messages_vary``; GUI tests (``gui`` marker) are not recorded.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import threading
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+SNAPSHOT_FOLDER = Path(__file__).resolve().parent / "message_snapshots"
+ENVIRONMENT_FILE = SNAPSHOT_FOLDER / "environment.json"
+#: Packages whose own messages ours can quote (their versions must match for the snapshots to compare).
+QUOTED_PACKAGES = (
+    "numpy",
+    "torch",
+    "transformers",
+    "safetensors",
+    "tifffile",
+    "imageio",
+    "pillow",
+    "zarr",
+    "scipy",
+    "scikit-image",
+    "dask",
+    "distributed",
+    "onnxruntime",
+    "openvino",
+)
+
+
+class _Recorder:
+    """The current test's messages (None between tests), shared by every thread of the process."""
+
+    def __init__(self) -> None:
+        self.records: list[str] | None = None
+        self.lock = threading.Lock()
+        self.replacements: list[tuple[str, str]] = []
+
+    def add(self, kind: str, text: str) -> None:
+        if self.records is None:
+            return
+        with self.lock:
+            if self.records is not None:
+                self.records.append(f"{kind}: {self.normalise(text)}")
+
+    def normalise(self, text: str) -> str:
+        for path, name in self.replacements:
+            text = text.replace(path, name)
+        text = re.sub(r"<tmp>/[^/\s'\"]+", "<tmp>/<test>", text)
+        text = re.sub(r"/tmp/tmp[\w-]+", "<tmp>/<tempfile>", text)
+        text = re.sub(r"0x[0-9a-fA-F]{6,}", "0x?", text)
+        return text
+
+
+RECORDER = _Recorder()
+
+
+def _progress_text(done: float, total: float, message: str) -> str:
+    return f"{done:.6g}/{total:.6g} {message}"
+
+
+def _install_probes() -> None:
+    """Wrap the three places user-facing text is made (once per process)."""
+    from napari_hrdv2.core.errors import HRDv2Error
+    from napari_hrdv2.core.progress import Progress
+
+    if getattr(HRDv2Error, "_message_probe", False):
+        return
+
+    def recording_init(self, *args, **kwargs):
+        super(HRDv2Error, self).__init__(*args, **kwargs)
+        RECORDER.add(f"error {type(self).__name__}", str(self))
+
+    HRDv2Error.__init__ = recording_init
+    HRDv2Error._message_probe = True
+
+    progress_init = Progress.__init__
+
+    @functools.wraps(progress_init)
+    def recording_progress_init(self, *args, **kwargs):
+        progress_init(self, *args, **kwargs)
+        RECORDER.add("progress", _progress_text(self.done, self.total, self.message))
+
+    Progress.__init__ = recording_progress_init
+
+    warn = warnings.warn
+
+    @functools.wraps(warn)
+    def recording_warn(message, category=None, stacklevel=1, source=None):
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith("napari_hrdv2"):
+            kind = type(message).__name__ if isinstance(message, Warning) else (category or UserWarning).__name__
+            RECORDER.add(f"warning {kind}", str(message))
+        return warn(message, category, stacklevel + 1, source)
+
+    warnings.warn = recording_warn
+
+
+def environment() -> dict[str, str]:
+    """What the recorded text depends on besides our code."""
+    import torch
+
+    from napari_hrdv2.core.runtime.devices import choose_dtype
+
+    found = {}
+    for package in QUOTED_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "absent"
+    return {
+        "python": ".".join(platform.python_version_tuple()[:2]),
+        **found,
+        "auto dtype on this CPU": str(choose_dtype("auto", torch.device("cpu"))).removeprefix("torch."),
+    }
+
+
+def _snapshot_file(item: pytest.Item) -> Path:
+    relative = Path(str(item.path)).resolve().relative_to(Path(__file__).resolve().parent)
+    return SNAPSHOT_FOLDER / (relative.with_suffix("").as_posix().replace("/", "__") + ".json")
+
+
+def _read(path: Path) -> dict[str, list[str]]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+class MessageSnapshots:
+    """The plugin: records each headless test's messages and compares (or, updating, stores) them."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.updating = bool(config.getoption("update_messages"))
+        self.config = config
+        self.loaded: dict[Path, dict[str, list[str]]] = {}
+        self.recorded: dict[Path, dict[str, list[str]]] = {}
+        self.ran: dict[Path, set[str]] = {}
+        self.mismatch = ""
+
+    def check_environment(self) -> None:
+        """Compare only where the snapshots were recorded in this environment (else say why not)."""
+        if self.updating:
+            return
+        recorded_in = json.loads(ENVIRONMENT_FILE.read_text(encoding="utf-8")) if ENVIRONMENT_FILE.is_file() else {}
+        running = environment()
+        differs = sorted(key for key in running.keys() | recorded_in.keys() if running.get(key) != recorded_in.get(key))
+        self.mismatch = ", ".join(f"{key} {recorded_in.get(key)} -> {running.get(key)}" for key in differs)
+
+    def pytest_sessionstart(self) -> None:
+        import napari_hrdv2
+
+        repository = Path(napari_hrdv2.__file__).resolve().parents[2]
+        base = self.config._tmp_path_factory.getbasetemp()  # the folder of every tmp_path
+        places = [
+            (str(base.resolve()), "<tmp>"),
+            (str(base), "<tmp>"),
+            (str(repository), "<repo>"),
+            (str(Path(sys.prefix)), "<venv>"),
+            (str(Path.home()), "<home>"),
+            (tempfile.gettempdir(), "<tempdir>"),
+        ]
+        RECORDER.replacements = sorted(set(places), key=lambda pair: -len(pair[0]))
+
+    def header(self) -> str:
+        if self.updating:
+            return "message snapshots: recording (--update-messages)"
+        if self.mismatch:
+            return f"message snapshots: not compared (recorded in another environment: {self.mismatch})"
+        return "message snapshots: compared"
+
+    def recorded_for(self, item: pytest.Item) -> bool:
+        return item.get_closest_marker("gui") is None and item.get_closest_marker("messages_vary") is None
+
+    def expected(self, path: Path) -> dict[str, list[str]]:
+        if path not in self.loaded:
+            self.loaded[path] = _read(path)
+        return self.loaded[path]
+
+    def check(self, item: pytest.Item, records: list[str]) -> None:
+        path = _snapshot_file(item)
+        got = sorted(records)
+        if self.updating:
+            self.ran.setdefault(path, set()).add(item.name)
+            if got:
+                self.recorded.setdefault(path, {})[item.name] = got
+            return
+        if self.mismatch:
+            return
+        want = self.expected(path).get(item.name, [])
+        if got != want:
+            missing = [line for line in want if line not in got]
+            extra = [line for line in got if line not in want]
+            lines = [f"The messages of {item.nodeid} differ from {path.relative_to(SNAPSHOT_FOLDER.parent)}:"]
+            lines += [f"  - {line}" for line in missing] + [f"  + {line}" for line in extra]
+            if not missing and not extra:
+                lines.append("  (the same messages, a different number of times)")
+            lines.append("A deliberate change of wording: record again with `python -m pytest --update-messages ...`.")
+            raise AssertionError("\n".join(lines))
+
+    def write(self) -> None:
+        if not self.updating or not self.ran:
+            return
+        SNAPSHOT_FOLDER.mkdir(exist_ok=True)
+        for path, names in self.ran.items():
+            entries = {name: lines for name, lines in _read(path).items() if name not in names}
+            entries.update(self.recorded.get(path, {}))
+            if entries:
+                path.write_text(json.dumps(dict(sorted(entries.items())), indent=1, ensure_ascii=False) + "\n", "utf-8")
+            elif path.is_file():
+                path.unlink()
+        ENVIRONMENT_FILE.write_text(json.dumps(environment(), indent=1) + "\n", encoding="utf-8")
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item):
+        if not self.recorded_for(item):
+            return (yield)
+        RECORDER.records = []
+        try:
+            result = yield
+        finally:
+            records, RECORDER.records = RECORDER.records, None
+        self.check(item, records)
+        return result
+
+    def pytest_report_header(self) -> str:
+        return self.header()
+
+    def pytest_sessionfinish(self) -> None:
+        self.write()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-messages",
+        action="store_true",
+        help="record the messages of the tests that run into tests/message_snapshots/ instead of comparing them",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "messages_vary: the test's messages depend on timing (not snapshotted)")
+    if os.environ.get("NAPARI_HRDV2_MESSAGE_SNAPSHOTS", "1") == "0":
+        return
+    plugin = MessageSnapshots(config)
+    _install_probes()
+    plugin.check_environment()
+    config.pluginmanager.register(plugin, "napari-hrdv2-message-snapshots")
