@@ -16,10 +16,10 @@ JSON diff like any other change::
 
 Machine-dependent parts are normalised before comparison: temporary and home folders, the repository
 root, object addresses and byte sizes (free memory differs from run to run). Messages can also quote other
-packages (numpy's, tifffile's, torch's errors) and the precision ``dtype="auto"`` picks on this CPU, so the
+packages (numpy's, tifffile's, torch's errors) and the precision ``dtype="auto"`` picks on a CPU, so the
 snapshots are compared only where the environment they were recorded in is the one running
 (``environment.json``: the Python minor version, the versions of the packages whose text we quote, and the
-CPU's auto dtype); elsewhere the header of the run says they were not compared. Tests whose messages depend
+CPU's native bfloat16 flags); elsewhere the header of the run says they were not compared. Tests whose messages depend
 on timing carry ``@pytest.mark.messages_vary``; GUI tests (``gui`` marker) are not recorded.
 """
 
@@ -128,23 +128,25 @@ def _install_probes() -> None:
     warnings.warn = recording_warn
 
 
-def environment() -> dict[str, str]:
-    """What the recorded text depends on besides our code."""
+def _bfloat16_flags() -> str:
+    """The CPU's native bfloat16 flags and the override (no computation: torch must stay idle before mutmut forks)."""
     import torch
 
-    from napari_hrdv2.core.runtime.devices import choose_dtype
+    capabilities = torch.cpu.get_capabilities()
+    flags = sorted(name for name, present in capabilities.items() if present is True and "bf16" in name)
+    forced = os.environ.get("NAPARI_HRDV2_CPU_BFLOAT16", "")
+    return f"{' '.join(flags) or 'none'}; NAPARI_HRDV2_CPU_BFLOAT16={forced!r}"
 
+
+def environment() -> dict[str, str]:
+    """What the recorded text depends on besides our code."""
     found = {}
     for package in QUOTED_PACKAGES:
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             found[package] = "absent"
-    return {
-        "python": ".".join(platform.python_version_tuple()[:2]),
-        **found,
-        "auto dtype on this CPU": str(choose_dtype("auto", torch.device("cpu"))).removeprefix("torch."),
-    }
+    return {"python": ".".join(platform.python_version_tuple()[:2]), **found, "CPU bfloat16": _bfloat16_flags()}
 
 
 def _snapshot_file(item: pytest.Item) -> Path:
