@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from message_snapshots import pytest_addoption, pytest_configure  # noqa: F401  (the message snapshot plugin)
+from message_snapshots import pytest_addoption, pytest_collection_modifyitems, pytest_configure  # noqa: F401  (the message snapshot plugin)
 from napari_hrdv2.testing import save_random_dinov2
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -15,7 +15,7 @@ JSON diff like any other change::
     python -m pytest --update-messages tests/core/files      # rewrite the entries of the tests that ran
 
 Machine-dependent parts are normalised before comparison: temporary and home folders, the repository
-root, object addresses and byte sizes (free memory differs from run to run). Messages can also quote other
+root, object addresses, checksums and the free disk space or memory a message quotes. Messages can also quote other
 packages (numpy's, tifffile's, torch's errors) and the precision ``dtype="auto"`` picks on a CPU, so the
 snapshots are compared only where the environment they were recorded in is the one running
 (``environment.json``: the Python minor version, the versions of the packages whose text we quote, and the
@@ -80,8 +80,11 @@ class _Recorder:
             text = text.replace(path, name)
         text = re.sub(r"<tmp>/[^/\s'\"]+", "<tmp>/<test>", text)
         text = re.sub(r"/tmp/tmp[\w-]+", "<tmp>/<tempfile>", text)
+        text = re.sub(r"<tempdir>/[^/\s'\"]+", "<tempdir>/<folder>", text)
         text = re.sub(r"0x[0-9a-fA-F]{6,}", "0x?", text)
-        return text
+        text = re.sub(r"\b[0-9a-f]{12,64}\b", "<hash>", text)  # checksums of files made from random weights
+        # free disk space and memory change from run to run (sizes that are computed stay as they are)
+        return re.sub(r"\d[\d.,]*\s?(?:[KMGTP]i?B|bytes)(?= (?:is |are )?(?:free|available)\b)", "<free>", text)
 
 
 RECORDER = _Recorder()
@@ -267,6 +270,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="record the messages of the tests that run into tests/message_snapshots/ instead of comparing them",
     )
+    parser.addoption("--reverse-order", action="store_true", help="run the tests in reverse order")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--reverse-order``: run the tests backwards, to check that no test's messages depend on an earlier test
+    (mutation testing runs a few tests at a time, so a warning given once per process must not move between tests)."""
+    if config.getoption("reverse_order"):
+        items.reverse()
 
 
 def pytest_configure(config: pytest.Config) -> None:

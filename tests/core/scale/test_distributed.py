@@ -76,9 +76,17 @@ def same_outputs(folder: Path, reference: Path) -> None:
         np.testing.assert_array_equal(tifffile.imread(folder / name), tifffile.imread(reference / name))
 
 
+@pytest.mark.messages_vary  # files finish in the cluster's order
 def test_two_workers_equal_single_process(client, batch):
     out = batch["root"] / "two_workers"
     seen = []
+
+    def worker_models():
+        return client.run(
+            lambda: sorted(__import__("napari_hrdv2.core.scale.distributed").core.scale.distributed._WORKER_MODELS)
+        )
+
+    before = worker_models()  # models an earlier test of this module left on the workers
     report = hr.segment_files(
         [batch["folder"]], out, batch["model"], batch["config"], uncertainty=True, client=client,
         model_path=batch["model_path"], progress=seen.append,
@@ -87,11 +95,10 @@ def test_two_workers_equal_single_process(client, batch):
     assert [p.name for p in report.written] == [f"img{i}_labels.tif" for i in range(N_IMAGES)]
     same_outputs(out, batch["single"])
     assert seen[-1].fraction == 1.0
-    # each worker process loaded the model once (keyed by the file's sha256) and kept it
-    loaded = client.run(
-        lambda: sorted(__import__("napari_hrdv2.core.scale.distributed").core.scale.distributed._WORKER_MODELS)
-    )
-    assert all(keys in ([], [file_sha256(batch["model_path"])]) for keys in loaded.values())
+    # each worker process loaded this model once (keyed by the file's sha256) and kept it
+    added = {worker: sorted(set(keys) - set(before.get(worker, []))) for worker, keys in worker_models().items()}
+    sha = file_sha256(batch["model_path"])
+    assert all(keys in ([], [sha]) for keys in added.values()) or all(sha in keys for keys in before.values())
 
     # a rerun after a crash redoes only what is missing
     (out / "img2_labels.tif").unlink()
@@ -102,6 +109,7 @@ def test_two_workers_equal_single_process(client, batch):
     same_outputs(out, batch["single"])
 
 
+@pytest.mark.messages_vary  # files finish in the cluster's order
 def test_killed_worker_run_still_completes(client, batch):
     """Fault injection: the worker busy with an image is killed (SIGKILL) mid-run; its task is retried elsewhere."""
     out = batch["root"] / "killed"
@@ -131,6 +139,7 @@ def test_killed_worker_run_still_completes(client, batch):
     assert set(client.run(os.getpid).values()) != set(pids.values())  # the nanny replaced the killed process
 
 
+@pytest.mark.messages_vary  # files finish in the cluster's order
 def test_zarr_outputs_in_bands_equal_single_process(client, batch):
     """--format zarr: every image streamed in bands of output chunk rows, one task per band, then renamed."""
     out = batch["root"] / "zarr"
@@ -145,6 +154,7 @@ def test_zarr_outputs_in_bands_equal_single_process(client, batch):
     assert not list(out.glob("*.partial"))
 
 
+@pytest.mark.messages_vary  # files finish in the cluster's order
 def test_cli_scheduler_address(client, batch, capsys):
     """``segment --scheduler ADDRESS`` end to end on the running cluster: same files as the single-process run."""
     from napari_hrdv2.cli import main
@@ -203,6 +213,7 @@ def test_outputs_of_a_killed_attempt_count_as_written(tmp_path):
     assert rerun.skipped == [labels] and not rerun.written and not rerun.extra
 
 
+@pytest.mark.messages_vary  # files finish in the cluster's order
 def test_channels_on_a_cluster_equal_single_process(client, batch, tmp_path):
     """A model that reads channel 1: in-memory inputs (one task each) and Zarr outputs streamed in bands on the
     cluster give the single-process labels, and the client says which channels were used."""
@@ -236,6 +247,7 @@ def test_channels_on_a_cluster_equal_single_process(client, batch, tmp_path):
         np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["0"][:], expected)
 
 
+@pytest.mark.messages_vary  # files finish in the cluster's order
 def test_separate_channels_refined_mlp_on_a_cluster_equal_single_process(client, tiny_backbone, tmp_path):
     """The features, heads and refinement added together: a 5-channel MLP model that refines its edges gives the
     same labels on the cluster (files and Zarr bands) as in one process and as ``predict``."""

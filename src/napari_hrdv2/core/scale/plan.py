@@ -55,7 +55,7 @@ def collect_inputs(
     suffix = label_suffix(suffix)
     inputs = list(inputs)
     paths = _with_zarr_inputs(inputs, expand_inputs(inputs))
-    names = [(tag, out_suffix) for tag in (LABELS_TAG, UNCERTAINTY_TAG) for out_suffix in {suffix, ".tif", ".zarr"}]
+    names = [(tag, out_suffix) for tag in (LABELS_TAG, UNCERTAINTY_TAG) for out_suffix in dict.fromkeys((suffix, ".tif", ".zarr"))]
     return without_outputs(paths, outdir, names)
 
 
@@ -86,7 +86,7 @@ def check_distinct_outputs(paths: Sequence[Path], outdir: str | Path | None, suf
     clashes: list[str] = []
     for path in paths:
         # A stack always gives .tif, so a .png output may become .tif: both names are claimed.
-        for out_suffix in {suffix, ".tif"}:
+        for out_suffix in dict.fromkeys((suffix, ".tif")):  # in this order: the message names the chosen format
             key = path_key(output_path(path, outdir, out_suffix))
             other = claimed.setdefault(key, path)
             if other != path:
@@ -329,7 +329,7 @@ class BatchPlan:
         from .streaming import STREAM_PIXELS, plane_shape, streamed_file
 
         for tag in (LABELS_TAG, UNCERTAINTY_TAG):  # never written over an input, overwrite or not
-            for out_suffix in {self.suffix, ".tif"}:
+            for out_suffix in dict.fromkeys((self.suffix, ".tif")):  # in this order: messages name the same output
                 check_not_an_input(self.output(path, out_suffix, tag), [path], option="output")
         suffix = self.suffix
         if suffix != ".zarr" and path.suffix.lower() not in (".tif", ".tiff", ".zarr", ".npy"):
