@@ -7,7 +7,7 @@ While each headless test's body runs, this pytest plugin records
 - every warning our code issues (its category and text),
 - every :class:`~napari_hrdv2.core.progress.Progress` update (``done/total`` and its message),
 
-and compares them, as a multiset, with ``tests/message_snapshots/<test file>.json``. A changed word, a lost
+and compares them, as a multiset (a repeated line is stored once with its count), with ``tests/message_snapshots/<test file>.json``. A changed word, a lost
 file name or a wrong progress count then fails the test that provoked it, even when the test itself only
 asserts part of the message (``match=``). After a deliberate change of wording, record again and review the
 JSON diff like any other change::
@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import warnings
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
@@ -213,7 +214,7 @@ class MessageSnapshots:
 
     def check(self, item: pytest.Item, records: list[str]) -> None:
         path = _snapshot_file(item)
-        got = sorted(records)
+        got = [line if count == 1 else f"{line} (x{count})" for line, count in sorted(Counter(records).items())]
         if self.updating:
             self.ran.setdefault(path, set()).add(item.name)
             if got:
@@ -227,8 +228,6 @@ class MessageSnapshots:
             extra = [line for line in got if line not in want]
             lines = [f"The messages of {item.nodeid} differ from {path.relative_to(SNAPSHOT_FOLDER.parent)}:"]
             lines += [f"  - {line}" for line in missing] + [f"  + {line}" for line in extra]
-            if not missing and not extra:
-                lines.append("  (the same messages, a different number of times)")
             lines.append("A deliberate change of wording: record again with `python -m pytest --update-messages ...`.")
             raise AssertionError("\n".join(lines))
 

@@ -815,7 +815,7 @@ class ZarrOutput:
         return self
 
     def _lock(self) -> None:
-        """Hold ``<path>.partial``'s lock for this process (kept until :meth:`finish` or :meth:`discard`).
+        """Hold ``<path>.partial``'s lock for this process (kept until :meth:`finish`; a failed run keeps it and its partial output, to resume).
 
         A lock of a process that has ended (same computer) is taken over, so an interrupted run resumes.
         Workers of a cluster run write bands with ``open(create=False)`` and take no lock.
@@ -922,9 +922,6 @@ class ZarrOutput:
         remove_tree(self._state)
         replace_tree(self.partial, self.path)
         return self.path
-
-    def discard(self) -> None:
-        remove_tree(self.partial)
 
 
 def write_tiled_tiff(path: str | Path, source: Any, *, tile: int = 512) -> Path:

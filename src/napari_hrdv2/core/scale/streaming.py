@@ -680,10 +680,6 @@ class StreamJob:
             raise InputError("Some chunks are not written yet; run the missing bands first.")
         return {kind: self._output(kind).finish() for kind in self.outputs}
 
-    def discard(self) -> None:
-        for kind in self.outputs:
-            self._output(kind).discard()
-
 
 def iter_stream_segment(
     segmenter: LinearModel,
