@@ -1,4 +1,4 @@
-"""Snapshots of the messages users read: every error, warning and progress update a headless test provokes.
+"""Snapshots of what users read and get: every error, warning, progress update and result a headless test provokes.
 
 While each headless test's body runs, this pytest plugin records
 
@@ -6,21 +6,29 @@ While each headless test's body runs, this pytest plugin records
   and the docks show),
 - every warning our code issues (its category and text),
 - every :class:`~napari_hrdv2.core.progress.Progress` update (``done/total`` and its message),
+- a digest of every result of the public API's array methods (features, projections, attention, samples,
+  logits, probabilities, labels, uncertainty, PCA views, a fit's coefficients): shape, dtype, value counts of
+  integer arrays and statistics (mean, spread, range, and means weighted by row and by column, so that a
+  shifted or flipped map differs too),
 
-and compares them, as a multiset (a repeated line is stored once with its count), with ``tests/message_snapshots/<test file>.json``. A changed word, a lost
-file name or a wrong progress count then fails the test that provoked it, even when the test itself only
-asserts part of the message (``match=``). After a deliberate change of wording, record again and review the
-JSON diff like any other change::
+and compares them with ``tests/message_snapshots/<test file>.json``: messages as a multiset (a repeated line
+is stored once with its count), results as a set that must be among the module's recorded results (a result
+another test computed first may come from a cache). Numbers are compared with a relative tolerance of 2e-4,
+so float noise passes and a changed count, size or statistic does not. A changed word, a lost file name, a
+wrong progress count or a changed result then fails the test that provoked it, even when the test itself
+only asserts part of it. After a deliberate change, record again and review the JSON diff like any other
+change::
 
     python -m pytest --update-messages tests/core/files      # rewrite the entries of the tests that ran
 
 Machine-dependent parts are normalised before comparison: temporary and home folders, the repository
 root, object addresses, checksums and the free disk space or memory a message quotes. Messages can also quote other
-packages (numpy's, tifffile's, torch's errors) and the precision ``dtype="auto"`` picks on a CPU, so the
+packages (numpy's, tifffile's, torch's errors) and results depend on the precision ``dtype="auto"`` picks on a CPU, so the
 snapshots are compared only where the environment they were recorded in is the one running
 (``environment.json``: the Python minor version, the versions of the packages whose text we quote, and the
 CPU's native bfloat16 flags); elsewhere the header of the run says they were not compared. Tests whose messages depend
 on timing carry ``@pytest.mark.messages_vary``; GUI tests (``gui`` marker) are not recorded.
+``--reverse-order`` runs the tests backwards, to check that no test's records depend on an earlier test.
 """
 
 from __future__ import annotations
@@ -131,6 +139,82 @@ def _install_probes() -> None:
 
     warnings.warn = recording_warn
 
+    from napari_hrdv2.core.analysis.pca import PCABasis
+    from napari_hrdv2.core.features.channels import ChannelEncoding
+    from napari_hrdv2.core.features.encoding import Encoding
+    from napari_hrdv2.core.features.volume import VolumeEncoder
+    from napari_hrdv2.core.segmentation.mlp import MLPSegmenter
+    from napari_hrdv2.core.segmentation.segmenter import LinearSegmenter
+
+    for cls, names in (
+        (Encoding, ("features", "project", "attention", "sample")),
+        (ChannelEncoding, ("features", "project", "attention", "sample")),
+        (VolumeEncoder, ("features",)),
+        (LinearSegmenter, ("predict", "predict_proba", "decision_function", "uncertainty")),
+        (MLPSegmenter, ("decision_function", "hidden_activations")),
+        (PCABasis, ("project", "to_grey", "foreground_mask", "scale")),
+    ):
+        for name in names:
+            setattr(cls, name, _recording_result(cls, name))
+    fit = LinearSegmenter.fit
+
+    @functools.wraps(fit)
+    def recording_fit(self, *args, **kwargs):
+        fitted = fit(self, *args, **kwargs)
+        RECORDER.add(f"result {type(self).__name__}.fit", _digest(fitted.head_arrays()) or "?")
+        return fitted
+
+    LinearSegmenter.fit = recording_fit
+
+
+def _recording_result(cls: type, name: str):
+    method = vars(cls)[name]
+
+    @functools.wraps(method)
+    def recording(self, *args, **kwargs):
+        result = method(self, *args, **kwargs)
+        digest = _digest(result)
+        if digest is not None:
+            RECORDER.add(f"result {cls.__name__}.{name}", digest)
+        return result
+
+    return recording
+
+
+def _digest(value) -> str | None:
+    """Shape, dtype and a few statistics of an array (or of each of a tuple of arrays): what a result says.
+
+    Statistics, not bytes: they are compared with a relative tolerance, so last-bit differences of float
+    arithmetic (another thread count) pass, and a label flipped at a near-tie moves a count by one.
+    ``row``/``col`` weigh the values by their position, so a shifted or flipped map differs too.
+    """
+    import numpy as np
+
+    if isinstance(value, (tuple, list)):
+        parts = [_digest(part) for part in value]
+        return " | ".join(part or "-" for part in parts) if any(parts) else None
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().float().numpy()
+    if not isinstance(value, np.ndarray):
+        return None
+    text = f"{value.shape} {value.dtype}"
+    if value.size == 0:
+        return text
+    numbers = value.astype(np.float64)
+    finite = np.isfinite(numbers)
+    if not finite.all():
+        text += f" non-finite {int(np.count_nonzero(~finite))}"
+        numbers = np.where(finite, numbers, 0.0)
+    if value.dtype.kind in "biu":
+        values, counts = np.unique(value, return_counts=True)
+        text += " counts " + " ".join(f"{v}:{c}" for v, c in zip(values[:12].tolist(), counts[:12].tolist()))
+    stats = {"mean": numbers.mean(), "std": numbers.std(), "min": numbers.min(), "max": numbers.max()}
+    if numbers.ndim >= 2:
+        rows = np.linspace(0.0, 1.0, numbers.shape[-2])[:, None]
+        cols = np.linspace(0.0, 1.0, numbers.shape[-1])[None, :]
+        stats |= {"row": (numbers * rows).mean(), "col": (numbers * cols).mean()}
+    return text + " " + " ".join(f"{key} {stat:.6g}" for key, stat in stats.items())
+
 
 def _bfloat16_flags() -> str:
     """The CPU's native bfloat16 flags and the override (no computation: torch must stay idle before mutmut forks)."""
@@ -151,6 +235,39 @@ def environment() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[package] = "absent"
     return {"python": ".".join(platform.python_version_tuple()[:2]), **found, "CPU bfloat16": _bfloat16_flags()}
+
+
+RESULT = "result "
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+STATISTIC = re.compile(r"\b(mean|std|min|max|row|col) (-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)")
+#: Relative tolerance of the numbers in a record: float noise (another thread count, a near-tie) passes, a
+#: changed count, size or statistic does not. Statistics of a result are compared on the result's range.
+RELATIVE_TOLERANCE = 2e-4
+
+
+def _split_numbers(line: str) -> tuple[str, list[float]]:
+    return NUMBER.sub("#", line), [float(number) for number in NUMBER.findall(line)]
+
+
+def _close(got: str, want: str) -> bool:
+    (shape_got, numbers_got), (shape_want, numbers_want) = _split_numbers(got), _split_numbers(want)
+    if shape_got != shape_want or len(numbers_got) != len(numbers_want):
+        return False
+    stats = STATISTIC.findall(want)
+    result_range = max([abs(float(value)) for key, value in stats if key in ("std", "min", "max")] + [0.0])
+    first_statistic = len(numbers_want) - len(stats)
+    for index, (a, b) in enumerate(zip(numbers_got, numbers_want)):
+        scale = max(abs(a), abs(b), result_range if index >= first_statistic else 0.0)
+        if abs(a - b) > RELATIVE_TOLERANCE * scale:
+            return False
+    return True
+
+
+def same_within_tolerance(got: list[str], want: list[str]) -> bool:
+    """Whether two record lists differ only in numbers, each within :data:`RELATIVE_TOLERANCE`."""
+    if len(got) != len(want):
+        return False
+    return all(_close(a, b) for a, b in zip(sorted(got, key=_split_numbers), sorted(want, key=_split_numbers)))
 
 
 def _snapshot_file(item: pytest.Item) -> Path:
@@ -214,7 +331,9 @@ class MessageSnapshots:
 
     def check(self, item: pytest.Item, records: list[str]) -> None:
         path = _snapshot_file(item)
-        got = [line if count == 1 else f"{line} (x{count})" for line, count in sorted(Counter(records).items())]
+        messages = Counter(line for line in records if not line.startswith(RESULT))
+        got = [line if count == 1 else f"{line} (x{count})" for line, count in sorted(messages.items())]
+        got += sorted({line for line in records if line.startswith(RESULT)})
         if self.updating:
             self.ran.setdefault(path, set()).add(item.name)
             if got:
@@ -222,13 +341,21 @@ class MessageSnapshots:
             return
         if self.mismatch:
             return
-        want = self.expected(path).get(item.name, [])
-        if got != want:
-            missing = [line for line in want if line not in got]
-            extra = [line for line in got if line not in want]
-            lines = [f"The messages of {item.nodeid} differ from {path.relative_to(SNAPSHOT_FOLDER.parent)}:"]
+        entries = self.expected(path)
+        want = entries.get(item.name, [])
+        got_messages = [line for line in got if not line.startswith(RESULT)]
+        want_messages = [line for line in want if not line.startswith(RESULT)]
+        # Results are a set: a result another test of the module computed first may come from a cache (so a test
+        # run alone may compute it again), but every result must be one recorded, within the float tolerance.
+        known = {line for lines in entries.values() for line in lines if line.startswith(RESULT)}
+        unknown = [line for line in got if line.startswith(RESULT) and line not in known]
+        unknown = [line for line in unknown if not any(_close(line, other) for other in known)]
+        if unknown or (got_messages != want_messages and not same_within_tolerance(got_messages, want_messages)):
+            missing = [line for line in want_messages if line not in got_messages]
+            extra = [line for line in got_messages if line not in want_messages] + unknown
+            lines = [f"The messages or results of {item.nodeid} differ from {path.relative_to(SNAPSHOT_FOLDER.parent)}:"]
             lines += [f"  - {line}" for line in missing] + [f"  + {line}" for line in extra]
-            lines.append("A deliberate change of wording: record again with `python -m pytest --update-messages ...`.")
+            lines.append("A deliberate change: record again with `python -m pytest --update-messages ...` and review the diff.")
             raise AssertionError("\n".join(lines))
 
     def write(self) -> None:

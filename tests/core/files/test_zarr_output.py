@@ -68,3 +68,22 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_pat
     monkeypatch.setattr(lazy, "process_alive", lambda pid: False)  # that run has ended: taken over
     output(tmp_path).open()
     assert json.loads(lock.read_text())["pid"] != 4242
+
+
+@pytest.mark.parametrize(
+    ("shape", "single", "channel_axis", "chunks"),
+    [
+        ((2, 20, 50), False, False, (1, 20, 32)),  # a stack of wide planes: rows clipped to the height
+        ((2, 50, 20), False, False, (1, 32, 20)),  # tall planes: columns clipped to the width
+        ((2, 3, 50, 20), False, True, (1, 3, 32, 20)),  # probabilities: the class axis whole
+        ((1, 20, 50), True, False, (20, 32)),  # one image: no plane axis
+    ],
+)
+def test_chunks_are_square_tiles_clipped_to_each_side_of_the_plane(tmp_path, shape, single, channel_axis, chunks):
+    import zarr
+
+    out = ZarrOutput(
+        tmp_path / "x.zarr", shape, "uint8", chunks=32, job=JOB, single=single, channel_axis=channel_axis
+    ).open()
+    array = zarr.open_array(str(out.partial / "0"), mode="r")
+    assert array.shape == (shape[1:] if single else shape) and array.chunks == chunks
