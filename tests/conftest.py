@@ -29,6 +29,17 @@ def pytest_report_header(config) -> str:
     return f"napari-hrdv2 dtype='auto' on the CPU: {choose_dtype('auto', torch.device('cpu'))}"
 
 
+_TORCH_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def usual_torch_threads():
+    """Each test starts with the process's usual torch thread count (a test of the cluster workers lowers it, and
+    float results, hence the result snapshots, depend slightly on it)."""
+    if torch.get_num_threads() != _TORCH_THREADS:
+        torch.set_num_threads(_TORCH_THREADS)
+
+
 @pytest.fixture(scope="session")
 def tiny_dinov3(tmp_path_factory) -> str:
     """Folder of a tiny random DINOv3 (128 dims, 2 heads of 64, 2 layers, patch 16, 4 registers)."""

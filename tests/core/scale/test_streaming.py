@@ -170,6 +170,20 @@ def test_fit_on_labelled_tiles_only(tiled, model):
     np.testing.assert_allclose(lazy.intercept_, in_memory.intercept_, rtol=1e-4, atol=1e-5)
 
 
+def test_labels_and_image_given_as_files_are_read_lazily(tiled, tmp_path):
+    image = big_image(336)
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    labels[:112] = strokes((112, 336))
+    tifffile.imwrite(tmp_path / "image.tif", image, tile=(64, 64))
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    featurizer = hr.Featurizer(tiled)
+    _, from_arrays = run_steps_of(streaming.iter_encode_labelled(featurizer, image, labels))
+    for label_file in (tmp_path / "labels.tif", str(tmp_path / "labels.tif")):
+        _, from_files = run_steps_of(streaming.iter_encode_labelled(featurizer, tmp_path / "image.tif", label_file))
+        assert len(from_files) == len(from_arrays)
+        assert all(np.array_equal(a, b) for a, b in zip(from_files, from_arrays))
+
+
 def test_lazy_inputs_tiff_npy_ome_zarr(tmp_path):
     image = big_image(300)[:, :260]
     tifffile.imwrite(tmp_path / "a.tif", image, tile=(64, 64))
