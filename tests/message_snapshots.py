@@ -27,7 +27,7 @@ packages (numpy's, tifffile's, torch's errors) and results depend on the precisi
 snapshots are compared only where the environment they were recorded in is the one running
 (``environment.json``: the Python minor version, the versions of the packages whose text we quote, and the
 CPU's native bfloat16 flags); elsewhere the header of the run says they were not compared. Tests whose messages depend
-on timing carry ``@pytest.mark.messages_vary``; GUI tests (``gui`` marker) are not recorded.
+on timing carry ``@pytest.mark.messages_vary``; GUI tests (``gui`` marker, ``tests/gui/``) are not recorded.
 ``--reverse-order`` runs the tests backwards, to check that no test's records depend on an earlier test.
 """
 
@@ -322,7 +322,8 @@ class MessageSnapshots:
         return "message snapshots: compared"
 
     def recorded_for(self, item: pytest.Item) -> bool:
-        return item.get_closest_marker("gui") is None and item.get_closest_marker("messages_vary") is None
+        in_gui_folder = Path(str(item.path)).resolve().parent.name == "gui"
+        return not in_gui_folder and item.get_closest_marker("gui") is None and item.get_closest_marker("messages_vary") is None
 
     def expected(self, path: Path) -> dict[str, list[str]]:
         if path not in self.loaded:
