@@ -175,6 +175,14 @@ def _row(module: str, counts: Counter, columns: list[str]) -> str:
     return f"| {module} | {sum(counts.values())} | " + " | ".join(cells) + f" | {score} |"
 
 
+def _deadline(until: str) -> datetime.datetime:
+    """The next ``HH:MM`` UTC from now (tomorrow's when today's has passed: a run may cross midnight)."""
+    now = datetime.datetime.now(datetime.UTC)
+    hours, minutes = (int(part) for part in until.split(":"))
+    deadline = now.replace(hour=hours, minute=minutes, second=0, microsecond=0)
+    return deadline if deadline > now else deadline + datetime.timedelta(days=1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["list", "sample", "run", "table", "survivors", "_mutmut"])
@@ -182,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=150)
     parser.add_argument("--start", type=int, default=0, help="skip the first START names of the sample (run only)")
     parser.add_argument("--batch", type=int, default=0, help="run: mutmut runs of BATCH mutants, in sample order")
-    parser.add_argument("--until", help="run: start no batch after this UTC time (HH:MM)")
+    parser.add_argument("--until", help="run: start no batch after this UTC time (HH:MM, the next one: may be tomorrow)")
     parser.add_argument("--no-clean-run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--children", type=int, default=1, help="run: mutants tested at once (default 1)")
     parser.add_argument("--debug", action="store_true", help="show every pytest run of mutmut (-vv) in the output")
@@ -203,8 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "run":
         todo = sample[args.start :]
         size = args.batch or len(todo)
+        deadline = _deadline(args.until) if args.until else None
         for first in range(0, len(todo), size):
-            if args.until and datetime.datetime.now(datetime.UTC).strftime("%H:%M") >= args.until:
+            if deadline is not None and datetime.datetime.now(datetime.UTC) >= deadline:
                 print(f"{args.until} UTC reached: sample names {args.start + first}.. not started.", flush=True)
                 break
             print(f"batch: sample names {args.start + first}..{args.start + first + size - 1}", flush=True)
