@@ -192,9 +192,6 @@ def test_bad_inputs_are_refused_clearly(config):
         config.replace(volume="yes")
 
 
-# Its MLP's results differ (beyond float noise) when another test of this file ran first in the process; the
-# labels still pass. Not snapshotted until that order dependence is understood (found by --reverse-order).
-@pytest.mark.messages_vary
 @pytest.mark.parametrize("make", [lambda: hr.MLPSegmenter(hidden=8, seed=0), lambda: hr.LinearSegmenter(refine="guided")])
 def test_volume_with_an_mlp_head_or_refinement_segments_the_stripes(config, make):
     """The MLP's first layer and the refinement (each XY plane, guided by that plane) work on volumes too."""
